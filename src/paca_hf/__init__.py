@@ -1,0 +1,34 @@
+"""PaCa-ViT (Patch-to-Cluster Attention, CVPR 2023) for Hugging Face transformers.
+
+Importing this package registers the PaCa-ViT classes with transformers' Auto classes.
+"""
+
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+)
+
+from .configuration_pacavit import PaCaViTConfig
+from .modeling_pacavit import (
+    PaCaViTBackbone,
+    PaCaViTForImageClassification,
+    PaCaViTForSemanticSegmentation,
+    PaCaViTModel,
+    PaCaViTPreTrainedModel,
+)
+
+
+AutoConfig.register(PaCaViTConfig.model_type, PaCaViTConfig, exist_ok=True)
+AutoModel.register(PaCaViTConfig, PaCaViTModel, exist_ok=True)
+AutoModelForImageClassification.register(PaCaViTConfig, PaCaViTForImageClassification, exist_ok=True)
+AutoBackbone.register(PaCaViTConfig, PaCaViTBackbone, exist_ok=True)
+
+__all__ = [
+    "PaCaViTBackbone",
+    "PaCaViTConfig",
+    "PaCaViTForImageClassification",
+    "PaCaViTModel",
+    "PaCaViTPreTrainedModel",
+]

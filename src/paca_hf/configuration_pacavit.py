@@ -1,0 +1,261 @@
+"""PaCa-ViT model configuration."""
+
+import copy
+import json
+from importlib import resources
+
+from huggingface_hub.dataclasses import strict
+from transformers.backbone_utils import BackboneConfigMixin
+from transformers.configuration_utils import PreTrainedConfig
+
+
+CLUSTERING_TYPES = ("conv", "mlp", "linear")
+
+# Architectures of the authors' released models (`_arch_settings` in their `models/paca_vit.py`).
+_ARCHITECTURES = {
+    "tiny": {"hidden_sizes": [96, 192, 320, 384], "depths": [2, 2, 4, 2], "drop_path_rate": 0.1},
+    "small": {"hidden_sizes": [96, 192, 320, 384], "depths": [3, 3, 10, 3], "drop_path_rate": 0.1},
+    "base": {"hidden_sizes": [96, 192, 384, 512], "depths": [3, 3, 18, 3], "drop_path_rate": 0.5},
+    "tiny_teacher": {
+        "hidden_sizes": [96, 192, 320, 384],
+        "depths": [2, 2, 2, 2],
+        "teacher_depths": [2, 2, 2, 2],
+        "drop_path_rate": 0.1,
+    },
+    "small_teacher": {
+        "hidden_sizes": [96, 192, 320, 384],
+        "depths": [3, 3, 7, 3],
+        "teacher_depths": [2, 2, 2, 2],
+        "drop_path_rate": 0.1,
+    },
+    "base_teacher": {
+        "hidden_sizes": [96, 192, 384, 512],
+        "depths": [3, 3, 16, 3],
+        "teacher_depths": [2, 2, 4, 2],
+        "drop_path_rate": 0.1,
+    },
+}
+
+# The authors' 13 ImageNet-1k classifiers: official name -> (architecture, clustering type, clusters, interval).
+_IMAGENET_MODELS = {
+    "pacavit_tiny_p2cconv_100_0": ("tiny", "conv", [100, 100, 100, 0], 0),
+    "pacavit_small_p2cconv_100_0": ("small", "conv", [100, 100, 100, 0], 0),
+    "pacavit_base_p2cconv_100_0": ("base", "conv", [100, 100, 100, 0], 0),
+    "pacavit_small_p2cmlp_100_0": ("small", "mlp", [100, 100, 100, 0], 0),
+    "pacavit_small_p2cconv_2_0": ("small", "conv", [2, 2, 2, 0], 0),
+    "pacavit_small_p2cconv_49_0": ("small", "conv", [49, 49, 49, 0], 0),
+    "pacavit_small_p2cconv_49_100": ("small", "conv", [49, 64, 81, 100], 0),
+    "pacavit_small_p2cconv_100_49": ("small", "conv", [100, 81, 64, 49], 0),
+    "pacavit_small_p2cconv_100": ("small", "conv", [100, 100, 100, 100], 0),
+    "pacavit_small_p2cconv_100_blockwise": ("small", "conv", [100, 100, 100, 100], 1),
+    "pacavit_convmixer_tiny_100": ("tiny_teacher", "conv", [100, 100, 100, 100], 0),
+    "pacavit_convmixer_small_100": ("small_teacher", "conv", [100, 100, 100, 100], 0),
+    "pacavit_convmixer_base_100": ("base_teacher", "conv", [100, 100, 100, 100], 0),
+}
+
+# The authors' 6 released ADE20k PaCa-head segmentors: name -> (ImageNet backbone, downstream cluster counts).
+_ADE20K_MODELS = {
+    "pacahead_pacavit_tiny_p2cconv_100_0_512x512_160k_ade20k": ("pacavit_tiny_p2cconv_100_0", [200, 200, 200, 0]),
+    "pacahead_pacavit_small_p2cconv_100_0_512x512_160k_ade20k": ("pacavit_small_p2cconv_100_0", [200, 200, 200, 0]),
+    "pacahead_pacavit_base_p2cconv_100_0_512x512_160k_ade20k": ("pacavit_base_p2cconv_100_0", [200, 200, 200, 0]),
+    "pacahead_pacavit_small_p2cmlp_100_0_512x512_160k_ade20k": ("pacavit_small_p2cmlp_100_0", [200, 200, 200, 0]),
+    "pacahead_pacavit_convmixer_small_100_512x512_160k_ade20k": (
+        "pacavit_convmixer_small_100",
+        [200, 200, 200, 200],
+    ),
+    "pacahead_pacavit_convmixer_base_100_512x512_160k_ade20k": ("pacavit_convmixer_base_100", [200, 200, 200, 200]),
+}
+
+# Drop-path rates where the ADE20k config differs from the ImageNet architecture default.
+_ADE20K_DROP_PATH = {"pacahead_pacavit_convmixer_base_100_512x512_160k_ade20k": 0.5}
+
+OFFICIAL_NAMES = tuple(_IMAGENET_MODELS) + tuple(_ADE20K_MODELS)
+
+
+def load_id2label(dataset: str) -> dict[int, str]:
+    """Class names shipped with the package: `dataset` is "imagenet-1k" or "ade20k"."""
+    text = resources.files("paca_hf").joinpath("data", f"{dataset}-id2label.json").read_text()
+    return {int(index): name for index, name in json.loads(text).items()}
+
+
+def _per_stage(value, num_stages):
+    return list(value) if isinstance(value, (list, tuple)) else [value] * num_stages
+
+
+@strict
+class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
+    r"""
+    Configuration of a PaCa-ViT model (Patch-to-Cluster Attention, Grainger et al., CVPR 2023).
+
+    The defaults give PaCa-Tiny (`pacavit_tiny_p2cconv_100_0`); `PaCaViTConfig.from_official_name` gives every
+    released model of the authors.
+
+    Args:
+        num_channels (`int`, defaults to 3): channels of the input images.
+        hidden_sizes, depths, num_attention_heads, mlp_ratios (per stage): width, number of blocks, attention heads
+            and MLP expansion of each stage.
+        num_clusters (per stage): number of learned clusters that provide keys and values; 0 means plain
+            patch-to-patch attention in that stage.
+        clustering_type (`str`): "conv" (depthwise conv, GELU, 1x1 conv, GELU, 1x1 conv), "mlp" (Linear, GELU,
+            Linear) or "linear" (one Linear without bias).
+        clustering_kernel_size (`int` or per stage): kernel of the depthwise conv of "conv" clustering.
+        clustering_interval (per stage): 0 computes the cluster assignment in the first block of a stage and reuses
+            it in the others; 1 recomputes it in every block; k > 1 in blocks 0, k, 2k, ...
+        teacher_depths (per stage, optional): depths of the ConvMixer clustering teacher that supplies every
+            stage's cluster assignment; None for no teacher.
+        teacher_kernel_size (`int`): depthwise kernel of the teacher.
+        decode_head_hidden_size, classifier_dropout_prob, cluster_loss_weight, semantic_loss_ignore_index: the PaCa
+            segmentation head (channels, dropout before the classifier, weight of the clustering loss, ignored label).
+        out_features / out_indices: stages returned by `PaCaViTBackbone`.
+    """
+
+    model_type = "pacavit"
+
+    num_channels: int = 3
+    hidden_sizes: list[int] | tuple[int, ...] = (96, 192, 320, 384)
+    depths: list[int] | tuple[int, ...] = (2, 2, 4, 2)
+    num_attention_heads: list[int] | tuple[int, ...] = (2, 4, 8, 16)
+    mlp_ratios: list[float | int] | tuple[float | int, ...] = (4, 4, 4, 4)
+    num_clusters: list[int] | tuple[int, ...] = (100, 100, 100, 0)
+    clustering_type: str = "conv"
+    clustering_kernel_size: int | list[int] | tuple[int, ...] = 7
+    clustering_interval: list[int] | tuple[int, ...] = (0, 0, 0, 0)
+    teacher_depths: list[int] | tuple[int, ...] | None = None
+    teacher_kernel_size: int = 7
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-6
+    drop_path_rate: float | int = 0.1
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    initializer_range: float = 0.02
+    image_size: int | list[int] | tuple[int, int] = 224
+    decode_head_hidden_size: int = 256
+    classifier_dropout_prob: float | int = 0.1
+    cluster_loss_weight: float | int = 0.4
+    semantic_loss_ignore_index: int = 255
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        for name in ("hidden_sizes", "depths", "num_attention_heads", "mlp_ratios", "num_clusters"):
+            setattr(self, name, list(getattr(self, name)))
+        self.clustering_interval = list(self.clustering_interval)
+        if isinstance(self.clustering_kernel_size, tuple):
+            self.clustering_kernel_size = list(self.clustering_kernel_size)
+        if self.teacher_depths is not None:
+            self.teacher_depths = list(self.teacher_depths)
+        # Checked here rather than only in the strict validators so that users get a plain `ValueError`.
+        self.validate_architecture()
+        self.stage_names = [f"stage{index}" for index in range(1, len(self.depths) + 1)]
+        self.set_output_features_output_indices(
+            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
+        )
+        super().__post_init__(**kwargs)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
+
+    @property
+    def clustering_kernel_sizes(self) -> list[int]:
+        return _per_stage(self.clustering_kernel_size, self.num_stages)
+
+    def validate_architecture(self):
+        """Raise `ValueError` naming the field when the architecture is inconsistent."""
+        num_stages = len(self.depths)
+        if num_stages == 0:
+            raise ValueError("`depths` must name at least one stage, got an empty list.")
+        per_stage = {
+            "hidden_sizes": self.hidden_sizes,
+            "num_attention_heads": self.num_attention_heads,
+            "mlp_ratios": self.mlp_ratios,
+            "num_clusters": self.num_clusters,
+            "clustering_interval": self.clustering_interval,
+        }
+        if isinstance(self.clustering_kernel_size, list):
+            per_stage["clustering_kernel_size"] = self.clustering_kernel_size
+        for name, values in per_stage.items():
+            if len(values) != num_stages:
+                raise ValueError(
+                    f"`{name}` has {len(values)} entries but `depths` has {num_stages} stages; every per-stage "
+                    f"list must have one entry per stage."
+                )
+        for name in ("hidden_sizes", "depths", "num_attention_heads"):
+            if any(value < 1 for value in getattr(self, name)):
+                raise ValueError(f"`{name}` must be positive in every stage, got {getattr(self, name)}.")
+        if any(ratio <= 0 for ratio in self.mlp_ratios):
+            raise ValueError(f"`mlp_ratios` must be positive in every stage, got {self.mlp_ratios}.")
+        for stage, (width, heads) in enumerate(zip(self.hidden_sizes, self.num_attention_heads)):
+            if width % heads != 0:
+                raise ValueError(
+                    f"`hidden_sizes[{stage}]` = {width} is not divisible by `num_attention_heads[{stage}]` = {heads}."
+                )
+        if self.clustering_type not in CLUSTERING_TYPES:
+            raise ValueError(
+                f"`clustering_type` must be one of {', '.join(map(repr, CLUSTERING_TYPES))}, "
+                f"got {self.clustering_type!r}."
+            )
+        if any(count < 0 for count in self.num_clusters):
+            raise ValueError(f"`num_clusters` must be >= 0 in every stage (0 = no clusters), got {self.num_clusters}.")
+        if any(interval < 0 for interval in self.clustering_interval):
+            raise ValueError(
+                f"`clustering_interval` must be >= 0 in every stage (0 = stage-wise, 1 = block-wise, k = every "
+                f"k blocks), got {self.clustering_interval}."
+            )
+        if any(size < 1 or size % 2 == 0 for size in self.clustering_kernel_sizes):
+            raise ValueError(
+                f"`clustering_kernel_size` must be a positive odd number, got {self.clustering_kernel_size}."
+            )
+        if self.teacher_depths is not None:
+            if len(self.teacher_depths) != num_stages:
+                raise ValueError(
+                    f"`teacher_depths` has {len(self.teacher_depths)} stages but the model has {num_stages} "
+                    f"(`depths` = {self.depths}); the teacher needs one depth per stage."
+                )
+            if any(depth < 1 for depth in self.teacher_depths):
+                raise ValueError(f"`teacher_depths` must be positive in every stage, got {self.teacher_depths}.")
+            if self.teacher_kernel_size < 1 or self.teacher_kernel_size % 2 == 0:
+                raise ValueError(f"`teacher_kernel_size` must be a positive odd number, got {self.teacher_kernel_size}.")
+        if self.num_channels < 1:
+            raise ValueError(f"`num_channels` must be positive, got {self.num_channels}.")
+
+    @classmethod
+    def from_official_name(cls, name: str, **overrides) -> "PaCaViTConfig":
+        """Config of one of the authors' released models, e.g. `pacavit_small_p2cconv_100_0` (ImageNet-1k) or
+        `pacahead_pacavit_small_p2cconv_100_0_512x512_160k_ade20k` (ADE20k, PaCa head)."""
+        if name in _ADE20K_MODELS:
+            backbone, clusters = _ADE20K_MODELS[name]
+            kwargs = cls._official_kwargs(backbone)
+            kwargs.update(
+                num_clusters=clusters,
+                image_size=512,
+                id2label=load_id2label("ade20k"),
+                drop_path_rate=_ADE20K_DROP_PATH.get(name, kwargs["drop_path_rate"]),
+                out_features=list(f"stage{index}" for index in range(1, len(kwargs["depths"]) + 1)),
+            )
+        elif name in _IMAGENET_MODELS:
+            kwargs = cls._official_kwargs(name)
+            kwargs["id2label"] = load_id2label("imagenet-1k")
+        else:
+            raise ValueError(f"Unknown official PaCa-ViT name {name!r}. Known names: {', '.join(OFFICIAL_NAMES)}.")
+        kwargs["label2id"] = {label: index for index, label in kwargs["id2label"].items()}
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @staticmethod
+    def _official_kwargs(name: str) -> dict:
+        architecture, clustering_type, clusters, interval = _IMAGENET_MODELS[name]
+        kwargs = copy.deepcopy(_ARCHITECTURES[architecture])
+        num_stages = len(kwargs["depths"])
+        kwargs.update(
+            num_attention_heads=[2, 4, 8, 16],
+            mlp_ratios=[4] * num_stages,
+            num_clusters=list(clusters),
+            clustering_type=clustering_type,
+            clustering_kernel_size=7,
+            clustering_interval=[interval] * num_stages,
+        )
+        return kwargs
+
+
+__all__ = ["PaCaViTConfig"]

@@ -1,0 +1,770 @@
+"""PyTorch PaCa-ViT model (Patch-to-Cluster Attention, Grainger et al., CVPR 2023)."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin, filter_output_hidden_states
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BackboneOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import ModelOutput, can_return_tuple
+
+from .configuration_pacavit import PaCaViTConfig
+
+
+@dataclass
+class PaCaViTModelOutput(ModelOutput):
+    """
+    Output of [`PaCaViTModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, hidden_size, height, width)`):
+            Feature map of the last stage, after its LayerNorm.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            Mean of the last feature map over all positions (what the classifier reads).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            Feature map of each stage, `(batch_size, hidden_size, height, width)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            Attention weights of every block, `(batch_size, num_heads, num_patches, num_keys)` where `num_keys` is
+            the stage's number of clusters (or of patches in a stage without clusters).
+        cluster_assignments (`tuple(torch.FloatTensor)`, *optional*, returned with `output_cluster_assignments=True`):
+            For each stage, the soft assignment of patches to clusters used by its last block,
+            `(batch_size, num_clusters, height, width)`, summing to 1 over the patches; `None` for stages without
+            clusters.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
+
+
+@dataclass
+class PaCaViTImageClassifierOutput(ModelOutput):
+    """
+    Output of [`PaCaViTForImageClassification`]: `loss` (with `labels`), `logits` `(batch_size, num_labels)`, and
+    `hidden_states`, `attentions`, `cluster_assignments` as in [`PaCaViTModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
+
+
+@dataclass
+class PaCaViTSemanticSegmenterOutput(ModelOutput):
+    """
+    Output of [`PaCaViTForSemanticSegmentation`].
+
+    Args:
+        loss (`torch.FloatTensor`, *optional*, returned with `labels`):
+            Cross-entropy of the upsampled logits plus `config.cluster_loss_weight` times the cross-entropy of the
+            upsampled clustering logits.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height / 4, width / 4)`):
+            Class scores at a quarter of the input resolution; upsample them to the image size (the image
+            processor's `post_process_semantic_segmentation` does).
+        cluster_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height / 4, width / 4)`):
+            The head's clustering logits, one cluster per class; their softmax over pixels is the cluster
+            assignment of the head's patch-to-cluster attention.
+        hidden_states, attentions, cluster_assignments: as in [`PaCaViTModelOutput`], on request.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cluster_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
+
+
+def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`(batch, height * width, channels)` -> `(batch, channels, height, width)`, as a view (channels-last memory)."""
+    return tokens.transpose(1, 2).unflatten(2, (height, width))
+
+
+def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
+    """`(batch, channels, height, width)` -> `(batch, height * width, channels)`."""
+    return feature_map.flatten(2).transpose(1, 2)
+
+
+def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop whole residual branches per sample."""
+    if drop_prob == 0.0 or not training:
+        return hidden_states
+    keep_prob = 1.0 - drop_prob
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+    mask = torch.empty(shape, dtype=hidden_states.dtype, device=hidden_states.device).bernoulli_(keep_prob)
+    return hidden_states * mask / keep_prob
+
+
+class PaCaViTDropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return drop_path(hidden_states, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class PaCaViTPatchEmbeddings(nn.Module):
+    """Strided 3x3 convolutions and a LayerNorm over channels: the stem (two convolutions, stride 4) or the
+    downsampling at the start of a later stage (one convolution, stride 2)."""
+
+    def __init__(self, config: PaCaViTConfig, in_channels: int, out_channels: int, is_stem: bool):
+        super().__init__()
+        if is_stem:
+            self.projection = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels // 2, kernel_size=3, stride=2, padding=1),
+                nn.Conv2d(out_channels // 2, out_channels, kernel_size=3, stride=2, padding=1),
+            )
+        else:
+            self.projection = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
+        self.layer_norm = nn.LayerNorm(out_channels, eps=config.layer_norm_eps)
+
+    def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        feature_map = self.projection(feature_map)
+        height, width = feature_map.shape[-2:]
+        return self.layer_norm(map_to_tokens(feature_map)), height, width
+
+
+class PaCaViTConvClustering(nn.Module):
+    """Cluster logits from a depthwise kxk conv, GELU, 1x1 conv, GELU and a 1x1 conv to the clusters."""
+
+    def __init__(self, config: PaCaViTConfig, hidden_size: int, num_clusters: int, kernel_size: int, mlp_ratio):
+        super().__init__()
+        self.depthwise = nn.Conv2d(
+            hidden_size, hidden_size, kernel_size, padding=(kernel_size - 1) // 2, groups=hidden_size
+        )
+        self.pointwise = nn.Conv2d(hidden_size, hidden_size, kernel_size=1)
+        self.to_clusters = nn.Conv2d(hidden_size, num_clusters, kernel_size=1, bias=False)
+        self.activation = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        feature_map = tokens_to_map(hidden_states, height, width)
+        feature_map = self.activation(self.depthwise(feature_map))
+        feature_map = self.activation(self.pointwise(feature_map))
+        return self.to_clusters(feature_map).flatten(2)
+
+
+class PaCaViTMlpClustering(nn.Module):
+    """Cluster logits from a two-layer MLP (Linear, GELU, Linear) applied to every patch."""
+
+    def __init__(self, config: PaCaViTConfig, hidden_size: int, num_clusters: int, kernel_size: int, mlp_ratio):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, int(hidden_size * mlp_ratio))
+        self.activation = ACT2FN[config.hidden_act]
+        self.to_clusters = nn.Linear(int(hidden_size * mlp_ratio), num_clusters)
+
+    def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return self.to_clusters(self.activation(self.dense(hidden_states))).transpose(1, 2)
+
+
+class PaCaViTLinearClustering(nn.Module):
+    """Cluster logits from one linear map of every patch."""
+
+    def __init__(self, config: PaCaViTConfig, hidden_size: int, num_clusters: int, kernel_size: int, mlp_ratio):
+        super().__init__()
+        self.to_clusters = nn.Linear(hidden_size, num_clusters, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return self.to_clusters(hidden_states).transpose(1, 2)
+
+
+CLUSTERING_CLASSES = {
+    "conv": PaCaViTConvClustering,
+    "mlp": PaCaViTMlpClustering,
+    "linear": PaCaViTLinearClustering,
+}
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    attn_weights = attn_weights.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class PaCaViTAttention(nn.Module):
+    """Patch-to-cluster attention: queries from the patches, keys and values from `num_clusters` clusters, each a
+    softmax-weighted average of the patches. With 0 clusters this is plain patch-to-patch attention."""
+
+    def __init__(self, config: PaCaViTConfig, stage_index: int, computes_assignment: bool):
+        super().__init__()
+        self.config = config
+        hidden_size = config.hidden_sizes[stage_index]
+        self.num_heads = config.num_attention_heads[stage_index]
+        self.head_dim = hidden_size // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.num_clusters = config.num_clusters[stage_index]
+        self.clustering = None
+        self.cluster_norm = None
+        if self.num_clusters > 0:
+            self.cluster_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+            if computes_assignment:
+                self.clustering = CLUSTERING_CLASSES[config.clustering_type](
+                    config,
+                    hidden_size,
+                    self.num_clusters,
+                    config.clustering_kernel_sizes[stage_index],
+                    config.mlp_ratios[stage_index],
+                )
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        height: int,
+        width: int,
+        cluster_assignment: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        batch_size, num_patches, hidden_size = hidden_states.shape
+        if self.num_clusters > 0:
+            if self.clustering is not None:
+                logits = self.clustering(hidden_states, height, width)
+                cluster_assignment = logits.softmax(dim=-1, dtype=torch.float32).to(hidden_states.dtype)
+            if cluster_assignment is None:
+                raise ValueError("This block reuses a cluster assignment, but none was passed to it.")
+            key_value_states = self.cluster_norm(torch.matmul(cluster_assignment, hidden_states))
+        else:
+            key_value_states = hidden_states
+
+        head_shape = (batch_size, -1, self.num_heads, self.head_dim)
+        query = self.query(hidden_states).view(head_shape).transpose(1, 2)
+        key = self.key(key_value_states).view(head_shape).transpose(1, 2)
+        value = self.value(key_value_states).view(head_shape).transpose(1, 2)
+
+        attention_interface = eager_attention_forward
+        if not output_attentions and self.config._attn_implementation != "eager":
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            scaling=self.scaling,
+            dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
+            is_causal=False,
+        )
+        attn_output = self.dropout(self.dense(attn_output.reshape(batch_size, num_patches, hidden_size)))
+        return attn_output, cluster_assignment, attn_weights if output_attentions else None
+
+
+class PaCaViTMixFFN(nn.Module):
+    """MLP with a residual 3x3 depthwise convolution after the expansion."""
+
+    def __init__(self, config: PaCaViTConfig, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.dense1 = nn.Linear(hidden_size, intermediate_size)
+        self.depthwise_conv = nn.Conv2d(
+            intermediate_size, intermediate_size, kernel_size=3, padding=1, groups=intermediate_size
+        )
+        self.activation = ACT2FN[config.hidden_act]
+        self.dense2 = nn.Linear(intermediate_size, hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        hidden_states = self.dense1(hidden_states)
+        hidden_states = hidden_states + map_to_tokens(self.depthwise_conv(tokens_to_map(hidden_states, height, width)))
+        hidden_states = self.dropout(self.activation(hidden_states))
+        return self.dropout(self.dense2(hidden_states))
+
+
+class PaCaViTLayer(GradientCheckpointingLayer):
+    """A pre-norm block: patch-to-cluster attention and a Mix-FFN, each with a residual connection."""
+
+    def __init__(self, config: PaCaViTConfig, stage_index: int, drop_path_rate: float, computes_assignment: bool):
+        super().__init__()
+        hidden_size = config.hidden_sizes[stage_index]
+        self.layernorm_before = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.attention = PaCaViTAttention(config, stage_index, computes_assignment)
+        self.layernorm_after = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.mlp = PaCaViTMixFFN(config, hidden_size, int(hidden_size * config.mlp_ratios[stage_index]))
+        self.drop_path = PaCaViTDropPath(drop_path_rate)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        height: int,
+        width: int,
+        cluster_assignment: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        attention_output, cluster_assignment, attn_weights = self.attention(
+            self.layernorm_before(hidden_states), height, width, cluster_assignment, output_attentions
+        )
+        hidden_states = hidden_states + self.drop_path(attention_output)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states), height, width))
+        return hidden_states, cluster_assignment, attn_weights
+
+
+class PaCaViTConvActNorm(nn.Sequential):
+    """Convolution, activation, BatchNorm: the building block of the ConvMixer clustering teacher."""
+
+    def __init__(self, config: PaCaViTConfig, in_channels, out_channels, kernel_size=1, stride=1, groups=1):
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2, groups=groups
+        )
+        self.activation = ACT2FN[config.hidden_act]
+        self.norm = nn.BatchNorm2d(out_channels)
+
+
+class PaCaViTConvMixerLayer(nn.Module):
+    """ConvMixer block: residual depthwise conv-act-BN, then pointwise conv-act-BN."""
+
+    def __init__(self, config: PaCaViTConfig, channels: int):
+        super().__init__()
+        kernel_size = config.teacher_kernel_size
+        self.depthwise = PaCaViTConvActNorm(config, channels, channels, kernel_size, groups=channels)
+        self.pointwise = PaCaViTConvActNorm(config, channels, channels)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(feature_map + self.depthwise(feature_map))
+
+
+class PaCaViTBlurDownsample(nn.Module):
+    """Anti-aliased downsampling: a fixed [1, 2, 1] x [1, 2, 1] / 16 blur, then a stride-2 conv-act-BN."""
+
+    def __init__(self, config: PaCaViTConfig, in_channels: int, out_channels: int):
+        super().__init__()
+        self.projection = PaCaViTConvActNorm(config, in_channels, out_channels, kernel_size=3, stride=2)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        taps = feature_map.new_tensor([1.0, 2.0, 1.0])
+        kernel = (taps[:, None] * taps[None, :] / 16).expand(feature_map.shape[1], 1, 3, 3)
+        blurred = F.conv2d(feature_map, kernel, padding=1, groups=feature_map.shape[1])
+        return self.projection(blurred)
+
+
+class PaCaViTClusteringTeacher(nn.Module):
+    """ConvMixer with a top-down feature pyramid that supplies every stage's cluster assignment (and adds its stage
+    outputs to the transformer's), as in the authors' "teacher" models."""
+
+    def __init__(self, config: PaCaViTConfig):
+        super().__init__()
+        sizes = config.hidden_sizes
+        self.stages = nn.ModuleList(
+            nn.Sequential(*(PaCaViTConvMixerLayer(config, size) for _ in range(depth)))
+            for size, depth in zip(sizes, config.teacher_depths)
+        )
+        self.downsamples = nn.ModuleList(
+            PaCaViTBlurDownsample(config, sizes[index], sizes[index + 1]) for index in range(len(sizes) - 1)
+        )
+        self.laterals = nn.ModuleList(
+            PaCaViTConvActNorm(config, sizes[index + 1], sizes[index]) for index in range(len(sizes) - 1)
+        )
+        self.fusions = nn.ModuleList(PaCaViTConvMixerLayer(config, sizes[index]) for index in range(len(sizes) - 1))
+        self.to_clusters = nn.ModuleList(
+            nn.Conv2d(size, count, kernel_size=1) if count > 0 else None
+            for size, count in zip(sizes, config.num_clusters)
+        )
+
+    def forward(self, feature_map: torch.Tensor) -> tuple[list[torch.Tensor | None], list[torch.Tensor]]:
+        stage_outputs = []
+        for index, stage in enumerate(self.stages):
+            if index > 0:
+                feature_map = self.downsamples[index - 1](feature_map)
+            feature_map = stage(feature_map)
+            stage_outputs.append(feature_map)
+
+        fused = list(stage_outputs)
+        for index in range(len(stage_outputs) - 1, 0, -1):
+            upsampled = F.interpolate(
+                fused[index], size=stage_outputs[index - 1].shape[-2:], mode="bilinear", align_corners=False
+            )
+            fused[index - 1] = self.fusions[index - 1](stage_outputs[index - 1] + self.laterals[index - 1](upsampled))
+
+        assignments = [
+            None if to_clusters is None else to_clusters(features).flatten(2).softmax(dim=-1)
+            for to_clusters, features in zip(self.to_clusters, fused)
+        ]
+        return assignments, [map_to_tokens(output) for output in stage_outputs]
+
+
+class PaCaViTStage(nn.Module):
+    """Downsampling (for every stage but the first), PaCa blocks and a final LayerNorm."""
+
+    def __init__(self, config: PaCaViTConfig, stage_index: int, drop_path_rates: list[float]):
+        super().__init__()
+        hidden_size = config.hidden_sizes[stage_index]
+        self.downsample = None
+        if stage_index > 0:
+            self.downsample = PaCaViTPatchEmbeddings(
+                config, config.hidden_sizes[stage_index - 1], hidden_size, is_stem=False
+            )
+        taught = config.teacher_depths is not None
+        interval = config.clustering_interval[stage_index]
+        self.layers = nn.ModuleList(
+            PaCaViTLayer(
+                config,
+                stage_index,
+                drop_path_rates[index],
+                computes_assignment=not taught and (index == 0 or (interval > 0 and index % interval == 0)),
+            )
+            for index in range(config.depths[stage_index])
+        )
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        height: int,
+        width: int,
+        cluster_assignment: torch.Tensor | None = None,
+        teacher_output: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, int, int, torch.Tensor | None, tuple]:
+        """Takes the previous stage's tokens (or the stem's) and returns this stage's normalised tokens."""
+        if self.downsample is not None:
+            hidden_states, height, width = self.downsample(tokens_to_map(hidden_states, height, width))
+        attentions = ()
+        for layer in self.layers:
+            hidden_states, cluster_assignment, attn_weights = layer(
+                hidden_states, height, width, cluster_assignment, output_attentions
+            )
+            attentions += (attn_weights,)
+        if teacher_output is not None:
+            hidden_states = hidden_states + teacher_output
+        return self.layer_norm(hidden_states), height, width, cluster_assignment, attentions
+
+
+class PaCaViTPreTrainedModel(PreTrainedModel):
+    config: PaCaViTConfig
+    config_class = PaCaViTConfig
+    base_model_prefix = "pacavit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["PaCaViTLayer", "PaCaViTClusteringTeacher"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The authors' init: truncated normal for Linear, fan-out normal for Conv2d, 1/0 for norms."""
+        super()._init_weights(module)
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
+    """Refuse inputs the model cannot read, with a message that names the problem."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise ValueError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"`pixel_values` must have 4 dimensions (batch, channels, height, width), got shape "
+            f"{tuple(pixel_values.shape)}."
+        )
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"`pixel_values` must be a floating-point tensor (normalised images), got dtype {pixel_values.dtype}; "
+            f"use the image processor or convert with `.float()`."
+        )
+    if pixel_values.shape[0] == 0:
+        raise ValueError("`pixel_values` is an empty batch (batch size 0).")
+    if pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"`pixel_values` has {pixel_values.shape[1]} channels but the model expects {num_channels} "
+            f"(config.num_channels); shape {tuple(pixel_values.shape)} should be (batch, {num_channels}, height, width)."
+        )
+    if pixel_values.shape[2] == 0 or pixel_values.shape[3] == 0:
+        raise ValueError(f"`pixel_values` has an empty spatial size: shape {tuple(pixel_values.shape)}.")
+
+
+class PaCaViTModel(PaCaViTPreTrainedModel):
+    """The bare PaCa-ViT encoder: the stem, an optional clustering teacher and the stages."""
+
+    def __init__(self, config: PaCaViTConfig):
+        super().__init__(config)
+        self.embeddings = PaCaViTPatchEmbeddings(config, config.num_channels, config.hidden_sizes[0], is_stem=True)
+        self.clustering_teacher = PaCaViTClusteringTeacher(config) if config.teacher_depths is not None else None
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()
+        starts = [sum(config.depths[:index]) for index in range(config.num_stages)]
+        self.stages = nn.ModuleList(
+            PaCaViTStage(config, index, rates[start : start + depth])
+            for index, (start, depth) in enumerate(zip(starts, config.depths))
+        )
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_cluster_assignments: bool | None = None,
+        **kwargs,
+    ) -> PaCaViTModelOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): any height and width.
+        output_cluster_assignments (`bool`, *optional*): return each stage's cluster assignment.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        check_pixel_values(pixel_values, self.config.num_channels)
+
+        hidden_states, height, width = self.embeddings(pixel_values)
+        teacher_assignments = teacher_outputs = [None] * self.config.num_stages
+        if self.clustering_teacher is not None:
+            teacher_assignments, teacher_outputs = self.clustering_teacher(tokens_to_map(hidden_states, height, width))
+
+        all_hidden_states, all_attentions, all_assignments = (), (), ()
+        for stage, teacher_assignment, teacher_output in zip(self.stages, teacher_assignments, teacher_outputs):
+            hidden_states, height, width, assignment, attentions = stage(
+                hidden_states, height, width, teacher_assignment, teacher_output, output_attentions
+            )
+            all_hidden_states += (tokens_to_map(hidden_states, height, width),)
+            all_attentions += attentions
+            all_assignments += (None if assignment is None else assignment.unflatten(2, (height, width)),)
+
+        return PaCaViTModelOutput(
+            last_hidden_state=all_hidden_states[-1],
+            pooler_output=hidden_states.mean(dim=1),
+            hidden_states=all_hidden_states if output_hidden_states else None,
+            attentions=all_attentions if output_attentions else None,
+            cluster_assignments=all_assignments if output_cluster_assignments else None,
+        )
+
+
+class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
+    """PaCa-ViT with a linear classifier on the mean-pooled last feature map (ImageNet)."""
+
+    def __init__(self, config: PaCaViTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.pacavit = PaCaViTModel(config)
+        self.classifier = (
+            nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_cluster_assignments: bool | None = None,
+        **kwargs,
+    ) -> PaCaViTImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices for the cross-entropy loss
+            (or float targets for regression / multi-label, following `config.problem_type`).
+        """
+        outputs = self.pacavit(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_cluster_assignments=output_cluster_assignments,
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config)
+        return PaCaViTImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cluster_assignments=outputs.cluster_assignments,
+        )
+
+
+class PaCaViTConvNormAct(nn.Sequential):
+    """1x1 convolution (no bias), BatchNorm, ReLU: mmseg's `ConvModule` as the PaCa head uses it."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels)
+        self.activation = nn.ReLU()
+
+
+class PaCaViTClusterProjection(nn.Module):
+    """Linear, BatchNorm over channels, ReLU, applied to each cluster's features."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.dense = nn.Linear(in_features, out_features)
+        self.norm = nn.BatchNorm1d(out_features)
+        self.activation = nn.ReLU()
+
+    def forward(self, clusters: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.norm(self.dense(clusters).transpose(1, 2)).transpose(1, 2)
+        return self.activation(hidden_states)
+
+
+class PaCaViTDecodeHead(nn.Module):
+    """The paper's PaCa segmentation head: the stages' features, projected and concatenated at the first stage's
+    resolution, attend to one learned cluster per class."""
+
+    def __init__(self, config: PaCaViTConfig):
+        super().__init__()
+        channels = config.decode_head_hidden_size
+        concat_channels = channels * config.num_stages
+        self.stage_projections = nn.ModuleList(PaCaViTConvNormAct(size, channels) for size in config.hidden_sizes)
+        self.query_projection = PaCaViTConvNormAct(concat_channels, channels)
+        self.clustering = PaCaViTConvNormAct(concat_channels, channels)
+        self.to_clusters = nn.Conv2d(channels, config.num_labels, kernel_size=1)
+        self.key_projection = PaCaViTClusterProjection(concat_channels, channels)
+        self.value_projection = PaCaViTClusterProjection(concat_channels, channels)
+        self.output_projection = PaCaViTConvNormAct(channels, channels)
+        self.dropout = nn.Dropout2d(config.classifier_dropout_prob)
+        self.classifier = nn.Conv2d(channels, config.num_labels, kernel_size=1)
+
+    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        size = feature_maps[0].shape[-2:]
+        features = torch.cat(
+            [
+                F.interpolate(projection(feature_map), size=size, mode="bilinear", align_corners=False)
+                for projection, feature_map in zip(self.stage_projections, feature_maps)
+            ],
+            dim=1,
+        )
+        query = map_to_tokens(self.query_projection(features))
+        cluster_logits = self.to_clusters(self.clustering(features))
+        assignment = cluster_logits.flatten(2).softmax(dim=-1, dtype=torch.float32).to(features.dtype)
+        clusters = torch.matmul(assignment, map_to_tokens(features))
+        key, value = self.key_projection(clusters), self.value_projection(clusters)
+        # One head and no 1/sqrt(d) scaling, exactly as the authors' head.
+        attention = torch.matmul(query, key.transpose(1, 2)).softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+        output = tokens_to_map(torch.matmul(attention, value), *size)
+        logits = self.classifier(self.dropout(self.output_projection(output)))
+        return logits, cluster_logits
+
+
+class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
+    """PaCa-ViT with the paper's PaCa segmentation head (ADE20k)."""
+
+    def __init__(self, config: PaCaViTConfig):
+        super().__init__(config)
+        self.pacavit = PaCaViTModel(config)
+        self.decode_head = PaCaViTDecodeHead(config)
+        self.post_init()
+
+    def compute_loss(self, logits: torch.Tensor, cluster_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of both logits, upsampled to the labels' size, ignoring `semantic_loss_ignore_index`."""
+        if self.config.num_labels < 2:
+            raise ValueError(f"Semantic segmentation needs at least 2 labels, config has {self.config.num_labels}.")
+        if labels.ndim != 3:
+            raise ValueError(f"`labels` must have shape (batch, height, width), got {tuple(labels.shape)}.")
+        if labels.shape[0] != logits.shape[0]:
+            raise ValueError(f"`labels` has batch size {labels.shape[0]} but the images {logits.shape[0]}.")
+
+        def cross_entropy(scores):
+            upsampled = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            return F.cross_entropy(upsampled, labels.long(), ignore_index=self.config.semantic_loss_ignore_index)
+
+        return cross_entropy(logits) + self.config.cluster_loss_weight * cross_entropy(cluster_logits)
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_cluster_assignments: bool | None = None,
+        **kwargs,
+    ) -> PaCaViTSemanticSegmenterOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*): class index of every pixel,
+            `config.semantic_loss_ignore_index` (255) for pixels to ignore.
+        """
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        outputs = self.pacavit(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=True,
+            output_cluster_assignments=output_cluster_assignments,
+        )
+        logits, cluster_logits = self.decode_head(outputs.hidden_states)
+        loss = None if labels is None else self.compute_loss(logits, cluster_logits, labels)
+        return PaCaViTSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            cluster_logits=cluster_logits,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+            cluster_assignments=outputs.cluster_assignments,
+        )
+
+
+class PaCaViTBackbone(BackboneMixin, PaCaViTModel):
+    """PaCa-ViT as a backbone for dense heads (UperNet, Mask2Former, ...): NCHW feature maps of the stages named in
+    `config.out_features`, each after its stage's LayerNorm."""
+
+    def __init__(self, config: PaCaViTConfig):
+        super().__init__(config)
+        self.num_features = list(config.hidden_sizes)
+
+    @can_return_tuple
+    @filter_output_hidden_states
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput:
+        outputs = PaCaViTModel.forward(
+            self, pixel_values, output_attentions=output_attentions, output_hidden_states=True
+        )
+        feature_maps = tuple(
+            hidden_state
+            for stage, hidden_state in zip(self.stage_names, outputs.hidden_states)
+            if stage in self.out_features
+        )
+        return BackboneOutput(
+            feature_maps=feature_maps, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+__all__ = [
+    "PaCaViTBackbone",
+    "PaCaViTForImageClassification",
+    "PaCaViTImageClassifierOutput",
+    "PaCaViTModel",
+    "PaCaViTModelOutput",
+    "PaCaViTForSemanticSegmentation",
+    "PaCaViTPreTrainedModel",
+    "PaCaViTSemanticSegmenterOutput",
+]
