@@ -8,10 +8,10 @@ import pytest
 from safetensors.torch import load_file
 
 from paca_hf import PaCaViTConfig
+from paca_hf.convert import config_from_authors_settings
 
 
 REFERENCE_DIR = Path(os.environ.get("PACA_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"))
-_CLUSTERING_TYPES = {"P2CConv2d": "conv", "P2CMlp": "mlp", "P2CLinear": "linear"}
 
 
 def require_reference() -> Path:
@@ -31,31 +31,17 @@ def manifest() -> dict:
 def case_config(name: str) -> PaCaViTConfig:
     """Our config for a reference case, translated from the authors' terms in cases.json."""
     case = cases()[name]
-    arch, paca = case["arch"], case["paca"]
-    clusters = case.get("downstream_clusters", paca["clusters"])
-    kwargs = dict(
-        hidden_sizes=arch["embed_dims"],
-        depths=arch["depths"],
-        num_attention_heads=arch["num_heads"],
-        mlp_ratios=arch["mlp_ratios"],
-        num_clusters=clusters,
-        clustering_type=_CLUSTERING_TYPES[paca["type"]],
-        clustering_kernel_size=paca["clustering_kernel_size"],
-        clustering_interval=paca["onsite_clustering"],
-        teacher_depths=case.get("teacher_depths"),
-        drop_path_rate=0.0,
-        num_labels=max(case["num_classes"], 1),
-    )
+    kwargs = dict(teacher_depths=case.get("teacher_depths"), drop_path_rate=0.0, num_labels=max(case["num_classes"], 1))
+    paca = dict(case["paca"], clusters=case.get("downstream_clusters", case["paca"]["clusters"]))
     if case["task"] == "semantic-segmentation":
         kwargs.update(
             decode_head_hidden_size=case["head_channels"],
             cluster_loss_weight=case["aux_loss_weight"],
             semantic_loss_ignore_index=case["ignore_index"],
-            out_features=["stage1", "stage2", "stage3", "stage4"],
         )
-    if case["task"] == "backbone":
+    if case["task"] in ("semantic-segmentation", "backbone"):
         kwargs["out_features"] = ["stage1", "stage2", "stage3", "stage4"]
-    return PaCaViTConfig(**kwargs)
+    return config_from_authors_settings(case["arch"], paca, **kwargs)
 
 
 def case_io(name: str) -> dict:

@@ -6,11 +6,14 @@ Importing this package registers the PaCa-ViT classes with transformers' Auto cl
 from transformers import (
     AutoBackbone,
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
 )
 
 from .configuration_pacavit import PaCaViTConfig
+from .image_processing_pacavit import PaCaViTImageProcessor
 from .modeling_pacavit import (
     PaCaViTBackbone,
     PaCaViTForImageClassification,
@@ -23,12 +26,16 @@ from .modeling_pacavit import (
 AutoConfig.register(PaCaViTConfig.model_type, PaCaViTConfig, exist_ok=True)
 AutoModel.register(PaCaViTConfig, PaCaViTModel, exist_ok=True)
 AutoModelForImageClassification.register(PaCaViTConfig, PaCaViTForImageClassification, exist_ok=True)
+AutoModelForSemanticSegmentation.register(PaCaViTConfig, PaCaViTForSemanticSegmentation, exist_ok=True)
 AutoBackbone.register(PaCaViTConfig, PaCaViTBackbone, exist_ok=True)
+AutoImageProcessor.register(PaCaViTConfig, image_processor_classes={"pil": PaCaViTImageProcessor}, exist_ok=True)
 
 __all__ = [
     "PaCaViTBackbone",
     "PaCaViTConfig",
     "PaCaViTForImageClassification",
+    "PaCaViTForSemanticSegmentation",
+    "PaCaViTImageProcessor",
     "PaCaViTModel",
     "PaCaViTPreTrainedModel",
 ]

@@ -239,6 +239,9 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
         else:
             raise ValueError(f"Unknown official PaCa-ViT name {name!r}. Known names: {', '.join(OFFICIAL_NAMES)}.")
         kwargs["label2id"] = {label: index for index, label in kwargs["id2label"].items()}
+        if "num_labels" in overrides and "id2label" not in overrides:
+            # A new head (fine-tuning on other classes): the official class names no longer apply.
+            del kwargs["id2label"], kwargs["label2id"]
         kwargs.update(overrides)
         return cls(**kwargs)
 

@@ -1,0 +1,82 @@
+"""PaCaViTConfig: field names, validation, official names, serialisation."""
+
+import pytest
+
+from paca_hf import PaCaViTConfig
+from paca_hf.configuration_pacavit import OFFICIAL_NAMES
+
+
+def test_defaults_are_paca_tiny():
+    config = PaCaViTConfig()
+    assert config.model_type == "pacavit"
+    assert config.hidden_sizes == [96, 192, 320, 384]
+    assert config.depths == [2, 2, 4, 2]
+    assert config.num_clusters == [100, 100, 100, 0]
+    assert config.clustering_type == "conv"
+    assert config.layer_norm_eps == 1e-6
+    assert config.stage_names == ["stage1", "stage2", "stage3", "stage4"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(depths=[2, 2]), r"`hidden_sizes` has 4 entries but `depths` has 2"),
+        (dict(num_clusters=[8, 8, 0]), r"`num_clusters` has 3 entries"),
+        (dict(mlp_ratios=[4, 4, 4, 4, 4]), r"`mlp_ratios` has 5 entries"),
+        (dict(clustering_interval=[0]), r"`clustering_interval` has 1 entries"),
+        (dict(clustering_kernel_size=[7, 7]), r"`clustering_kernel_size` has 2 entries"),
+        (dict(hidden_sizes=[96, 190, 320, 384]), r"`hidden_sizes\[1\]` = 190 is not divisible by `num_attention_heads\[1\]` = 4"),
+        (dict(clustering_type="kmeans"), r"`clustering_type` must be one of 'conv', 'mlp', 'linear', got 'kmeans'"),
+        (dict(num_clusters=[100, -1, 100, 0]), r"`num_clusters` must be >= 0"),
+        (dict(teacher_depths=[2, 2, 2]), r"`teacher_depths` has 3 stages but the model has 4"),
+        (dict(teacher_depths=[2, 0, 2, 2]), r"`teacher_depths` must be positive"),
+        (dict(clustering_interval=[0, -1, 0, 0]), r"`clustering_interval` must be >= 0"),
+        (dict(clustering_kernel_size=4), r"`clustering_kernel_size` must be a positive odd number"),
+        (dict(depths=[]), r"`depths` must name at least one stage"),
+        (dict(depths=[2, 0, 4, 2]), r"`depths` must be positive"),
+    ],
+)
+def test_invalid_configs_raise_value_error_naming_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PaCaViTConfig(**kwargs)
+
+
+def test_any_number_of_stages():
+    config = PaCaViTConfig(
+        hidden_sizes=[16, 32], depths=[1, 1], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+        num_clusters=[4, 0], clustering_interval=[0, 0],
+    )
+    assert config.stage_names == ["stage1", "stage2"]
+    assert config.out_features == ["stage2"]
+
+
+@pytest.mark.parametrize("name", OFFICIAL_NAMES)
+def test_official_names_round_trip_through_json(name, tmp_path):
+    config = PaCaViTConfig.from_official_name(name)
+    config.save_pretrained(tmp_path)
+    loaded = PaCaViTConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+
+
+def test_official_name_details():
+    small = PaCaViTConfig.from_official_name("pacavit_small_p2cconv_100_0")
+    assert small.depths == [3, 3, 10, 3] and small.num_clusters == [100, 100, 100, 0]
+    mlp = PaCaViTConfig.from_official_name("pacavit_small_p2cmlp_100_0")
+    assert mlp.clustering_type == "mlp"
+    blockwise = PaCaViTConfig.from_official_name("pacavit_small_p2cconv_100_blockwise")
+    assert blockwise.clustering_interval == [1, 1, 1, 1]
+    teacher = PaCaViTConfig.from_official_name("pacavit_convmixer_base_100")
+    assert teacher.teacher_depths == [2, 2, 4, 2] and teacher.hidden_sizes == [96, 192, 384, 512]
+    segmentor = PaCaViTConfig.from_official_name("pacahead_pacavit_small_p2cconv_100_0_512x512_160k_ade20k")
+    assert segmentor.num_clusters == [200, 200, 200, 0] and segmentor.num_labels == 150
+    assert segmentor.decode_head_hidden_size == 256 and segmentor.out_indices == [0, 1, 2, 3]
+    overridden = PaCaViTConfig.from_official_name("pacavit_tiny_p2cconv_100_0", drop_path_rate=0.0, num_labels=3)
+    assert overridden.drop_path_rate == 0.0
+    assert overridden.num_labels == 3 and overridden.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+
+
+def test_backbone_out_features():
+    config = PaCaViTConfig(out_features=["stage2", "stage4"])
+    assert config.out_indices == [1, 3]
+    with pytest.raises(ValueError, match="out_features"):
+        PaCaViTConfig(out_features=["stage5"])

@@ -1,0 +1,645 @@
+"""Tests for PaCaViTImageProcessor.
+
+Expected values are built independently of the processor: directly with PIL / numpy / torch, or written by hand.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from paca_hf.image_processing_pacavit import PaCaViTImageProcessor
+
+
+MEAN = np.array([0.485, 0.456, 0.406])
+STD = np.array([0.229, 0.224, 0.225])
+# Bounds of a normalized value that came from a pixel in [0, 1].
+LOW, HIGH = (0 - MEAN) / STD, (1 - MEAN) / STD
+# Float / 16-bit inputs are resized in 32-bit float, uint8 ones in PIL's 8-bit mode, which rounds to an integer after
+# the first (horizontal) and again after the second (vertical) pass. For an image where nothing is clipped the gap is
+# at most 0.5 * sum|bicubic weights| + 0.5; for Keys' a=-0.5 kernel sum|w| <= 1.25 (reached at a half-pixel offset:
+# 2 * 0.5625 + 2 * 0.0625), so <= 1.125 grey levels. 1.2 / 255 adds a margin for float32 noise and nothing more.
+RESIZE_ROUNDING_ATOL = 1.2 / 255
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return PaCaViTImageProcessor()
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def smooth_rgb(height, width, seed=0):
+    """Low-frequency uint8 image in [20, 235] (bicubic never overshoots past 0 / 255 on it, so nothing is clipped)."""
+    r = rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    channels = []
+    for _ in range(3):
+        fy, fx, phase = r.uniform(0.5, 2.0), r.uniform(0.5, 2.0), r.uniform(0, 2 * np.pi)
+        wave = np.sin(2 * np.pi * (fy * y / height + fx * x / width) + phase)
+        channels.append(127.5 + 107.5 * wave)
+    return np.stack(channels, axis=-1).round().astype(np.uint8)
+
+
+def noise_rgb(height, width, seed=0):
+    return rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def run(processor, images, **kwargs):
+    return processor(images, return_tensors="np", **kwargs)["pixel_values"]
+
+
+def reference(image: Image.Image, resized_wh, crop_left_top, crop=224):
+    """The authors' eval transform done by hand: PIL bicubic resize, crop box, /255, ImageNet normalisation."""
+    resized = image.resize(resized_wh, Image.BICUBIC)
+    left, top = crop_left_top
+    cropped = np.asarray(resized.crop((left, top, left + crop, top + crop)), dtype=np.float64) / 255.0
+    return ((cropped - MEAN) / STD).transpose(2, 0, 1)[None]
+
+
+# ----------------------------------------------------------------------------- default transform
+
+
+def test_defaults_match_timm_eval_transform():
+    p = PaCaViTImageProcessor()
+    assert p.crop_pct == 0.9 and p.resample == Image.BICUBIC
+    assert dict(p.size) == {"shortest_edge": 224} and dict(p.crop_size) == {"height": 224, "width": 224}
+    assert tuple(p.image_mean) == (0.485, 0.456, 0.406) and tuple(p.image_std) == (0.229, 0.224, 0.225)
+    assert p.do_reduce_labels is False and p.model_input_names == ["pixel_values"]
+
+
+@pytest.mark.parametrize(
+    "width, height, resized_wh, left_top",
+    [
+        # floor(224 / 0.9) = 248 for the short side; long side int(248 * 338 / 250) = 335.
+        # (335 - 224) / 2 = 55.5: torchvision / timm round it (banker's) to 56, a floor would give 55.
+        (338, 250, (335, 248), (56, 12)),
+        (250, 338, (248, 335), (12, 56)),
+        # int(248 * 640 / 480) = int(330.67) = 330 (truncated); (330 - 224) / 2 = 53 exactly.
+        (640, 480, (330, 248), (53, 12)),
+    ],
+)
+def test_default_transform_against_hand_built_reference(processor, width, height, resized_wh, left_top):
+    assert math.floor(224 / 0.9) == 248
+    image = Image.fromarray(noise_rgb(height, width, seed=width))
+    out = processor(image, return_tensors="pt")["pixel_values"]
+    assert tuple(out.shape) == (1, 3, 224, 224)
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), reference(image, resized_wh, left_top), rtol=0, atol=1e-5)
+
+
+def test_return_tensors_np_and_list(processor):
+    image = Image.fromarray(noise_rgb(100, 130))
+    as_np = processor(image, return_tensors="np")["pixel_values"]
+    assert isinstance(as_np, np.ndarray) and as_np.dtype == np.float32 and as_np.shape == (1, 3, 224, 224)
+    as_list = processor(image)["pixel_values"]
+    assert len(as_list) == 1
+    np.testing.assert_array_equal(as_list[0], as_np[0])
+
+
+def test_crop_pct_one_resizes_short_side_to_crop(processor):
+    image = Image.fromarray(noise_rgb(200, 300, seed=3))
+    out = run(processor, image, crop_pct=1.0)
+    # 200x300 (h x w) -> 224 x 336, crop left (336 - 224) / 2 = 56, top 0.
+    np.testing.assert_allclose(out, reference(image, (336, 224), (56, 0)), rtol=0, atol=1e-5)
+
+
+def test_per_call_and_constructor_overrides(processor):
+    image = Image.fromarray(noise_rgb(200, 300, seed=4))
+    # Without the crop, crop_pct has no role: the short side goes straight to shortest_edge (aspect kept).
+    assert run(processor, image, do_center_crop=False).shape == (1, 3, 224, 336)
+    assert run(processor, image, do_center_crop=False, size={"height": 64, "width": 96}).shape == (1, 3, 64, 96)
+    assert run(processor, image, do_center_crop=False, size=100).shape == (1, 3, 100, 150)
+    assert run(processor, image, do_resize=False, do_center_crop=False).shape == (1, 3, 200, 300)
+    custom = PaCaViTImageProcessor(do_center_crop=False, size={"height": 128, "width": 160})
+    assert run(custom, image).shape == (1, 3, 128, 160)
+    # The processor object itself is unchanged by per-call overrides.
+    assert run(processor, image).shape == (1, 3, 224, 224)
+
+
+def test_no_rescale_no_normalize_keeps_raw_pixels(processor):
+    array = noise_rgb(50, 60)
+    raw = dict(do_resize=False, do_center_crop=False, do_rescale=False, do_normalize=False)
+    out = run(processor, Image.fromarray(array), **raw)
+    np.testing.assert_array_equal(out[0], array.transpose(2, 0, 1).astype(np.float32))
+
+
+def test_center_crop_pads_small_images_with_zeros(processor):
+    array = np.full((10, 20, 3), 200, np.uint8)
+    raw = dict(do_resize=False, do_rescale=False, do_normalize=False)
+    out = run(processor, array, crop_size={"height": 14, "width": 16}, **raw)
+    expected = np.zeros((14, 16, 3), np.float32)
+    expected[2:12, :] = 200  # height 10 -> 14: pad (14 - 10) // 2 = 2 rows on top; width 20 -> 16: crop 2 from the left
+    np.testing.assert_array_equal(out[0], expected.transpose(2, 0, 1))
+
+
+# ----------------------------------------------------------------------------- PIL modes
+
+
+PIL_MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I", "I;16", "F"]
+
+
+def pil_image_in_mode(mode, height=90, width=120, seed=0):
+    rgb = Image.fromarray(noise_rgb(height, width, seed))
+    if mode == "I;16":
+        return Image.fromarray(rng(seed).integers(0, 65536, (height, width), dtype=np.uint16))
+    if mode == "I":
+        return Image.fromarray(rng(seed).integers(0, 65536, (height, width), dtype=np.int32))
+    if mode == "F":
+        return Image.fromarray(rng(seed).random((height, width), dtype=np.float32))
+    if mode == "P":
+        return rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    return rgb.convert(mode)
+
+
+@pytest.mark.parametrize("mode", PIL_MODES)
+def test_every_pil_mode_gives_three_finite_channels(processor, mode):
+    image = pil_image_in_mode(mode)
+    assert image.mode == mode
+    out = processor(image, return_tensors="pt")["pixel_values"]
+    assert tuple(out.shape) == (1, 3, 224, 224) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    for c in range(3):  # every value comes from a pixel in [0, 1]
+        assert LOW[c] - 1e-5 <= out[0, c].min() and out[0, c].max() <= HIGH[c] + 1e-5
+
+
+def test_grey_gives_three_identical_channels(processor):
+    out = run(processor, Image.fromarray(noise_rgb(80, 100)[..., 0]), do_normalize=False)
+    np.testing.assert_array_equal(out[0, 0], out[0, 1])
+    np.testing.assert_array_equal(out[0, 0], out[0, 2])
+
+
+def test_palette_image_equals_its_rgb(processor):
+    image = pil_image_in_mode("P")
+    np.testing.assert_array_equal(run(processor, image), run(processor, image.convert("RGB")))
+
+
+def test_sixteen_bit_white_equals_eight_bit_white(processor):
+    white16 = Image.fromarray(np.full((70, 90), 65535, np.uint16))
+    assert white16.mode == "I;16"
+    white8 = Image.new("L", (90, 70), 255)
+    np.testing.assert_allclose(run(processor, white16), run(processor, white8), rtol=0, atol=1e-5)
+    white_i = Image.fromarray(np.full((70, 90), 65535, np.int32))
+    assert white_i.mode == "I"
+    np.testing.assert_allclose(run(processor, white_i), run(processor, white8), rtol=0, atol=1e-5)
+
+
+def test_sixteen_bit_is_divided_by_257(processor):
+    grey8 = smooth_rgb(90, 120)[..., 0]
+    grey16 = Image.fromarray(grey8.astype(np.uint16) * 257)  # v * 257 / 257 == v
+    kwargs = dict(do_normalize=False)
+    np.testing.assert_allclose(
+        run(processor, grey16, **kwargs),
+        run(processor, Image.fromarray(grey8), **kwargs),
+        rtol=0,
+        atol=RESIZE_ROUNDING_ATOL,
+    )
+    # Without resizing there is no rounding at all.
+    kwargs.update(do_resize=False, do_center_crop=False)
+    np.testing.assert_allclose(
+        run(processor, grey16, **kwargs), run(processor, Image.fromarray(grey8), **kwargs), rtol=0, atol=1e-6
+    )
+
+
+def test_rgba_drops_alpha(processor):
+    array = np.concatenate([noise_rgb(60, 80), rng(1).integers(0, 256, (60, 80, 1), dtype=np.uint8)], axis=-1)
+    with_alpha = Image.fromarray(array)
+    assert with_alpha.mode == "RGBA"
+    np.testing.assert_array_equal(run(processor, with_alpha), run(processor, Image.fromarray(array[..., :3])))
+    # Same for a 4-channel array.
+    np.testing.assert_array_equal(run(processor, array), run(processor, array[..., :3]))
+
+
+def test_float_pil_image_equals_uint8_over_255(processor):
+    grey8 = smooth_rgb(90, 120)[..., 1]
+    as_f = Image.fromarray(grey8.astype(np.float32) / 255)
+    assert as_f.mode == "F"
+    np.testing.assert_allclose(
+        run(processor, as_f, do_normalize=False),
+        run(processor, Image.fromarray(grey8), do_normalize=False),
+        rtol=0,
+        atol=RESIZE_ROUNDING_ATOL,
+    )
+
+
+# ----------------------------------------------------------------------------- arrays and tensors
+
+
+def test_hwc_chw_and_torch_agree(processor):
+    hwc = noise_rgb(90, 120, seed=7)
+    chw = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+    expected = run(processor, Image.fromarray(hwc))
+    np.testing.assert_array_equal(run(processor, hwc), expected)
+    np.testing.assert_array_equal(run(processor, chw), expected)
+    np.testing.assert_array_equal(run(processor, torch.from_numpy(chw)), expected)
+    # 2-D and single-channel arrays are grey images.
+    grey = hwc[..., 0]
+    expected_grey = run(processor, Image.fromarray(grey))
+    np.testing.assert_array_equal(run(processor, grey), expected_grey)
+    np.testing.assert_array_equal(run(processor, grey[None]), expected_grey)
+    np.testing.assert_array_equal(run(processor, grey[..., None]), expected_grey)
+    np.testing.assert_array_equal(run(processor, torch.from_numpy(grey.copy())), expected_grey)
+
+
+def test_input_data_format_resolves_ambiguous_layout(processor):
+    hwc = noise_rgb(3, 40, seed=2)  # (3, 40, 3): both the first and the last axis could be channels
+    expected = run(processor, Image.fromarray(hwc))
+    np.testing.assert_array_equal(run(processor, hwc, input_data_format="channels_last"), expected)
+
+
+def test_uint16_arrays_are_divided_by_257(processor):
+    rgb8 = smooth_rgb(90, 120, seed=5)
+    rgb16 = rgb8.astype(np.uint16) * 257
+    kwargs = dict(do_normalize=False)
+    np.testing.assert_allclose(
+        run(processor, rgb16, **kwargs), run(processor, rgb8, **kwargs), rtol=0, atol=RESIZE_ROUNDING_ATOL
+    )
+    np.testing.assert_allclose(
+        run(processor, np.full((50, 60, 3), 65535, np.uint16)),
+        run(processor, np.full((50, 60, 3), 255, np.uint8)),
+        rtol=0,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_float_arrays_in_unit_range_equal_uint8_over_255(processor, dtype):
+    rgb8 = smooth_rgb(90, 120, seed=6)
+    as_float = (rgb8 / 255.0).astype(dtype)
+    raw = dict(do_normalize=False)
+    got = run(processor, as_float, **raw)
+    want = run(processor, rgb8, **raw)
+    # float16 stores v / 255 with a relative error of 2**-11 (<= 0.13 grey levels), hence the small extra margin.
+    atol = RESIZE_ROUNDING_ATOL + (1 / 255 / 4 if dtype == np.float16 else 0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    # The differences are rounding noise, not a bias (a wrong scale or offset would shift the mean).
+    assert abs((got - want).mean()) < 0.05 / 255
+    # Float input counts as already rescaled: do_rescale does not divide it by 255 again.
+    np.testing.assert_array_equal(run(processor, as_float, do_rescale=False, **raw), got)
+    # Normalised outputs agree too (the difference is scaled by 1 / std).
+    np.testing.assert_allclose(
+        run(processor, as_float), run(processor, rgb8), rtol=0, atol=RESIZE_ROUNDING_ATOL / STD.min() + 1e-6
+    )
+
+
+def test_float_torch_tensor_and_bool_array(processor):
+    rgb8 = smooth_rgb(64, 64, seed=8)
+    tensor = torch.from_numpy(rgb8.transpose(2, 0, 1).copy()).to(torch.bfloat16) / 255
+    out = run(processor, tensor)
+    assert out.shape == (1, 3, 224, 224) and np.isfinite(out).all()
+    mask = rng(3).random((40, 50)) > 0.5
+    np.testing.assert_array_equal(run(processor, mask), run(processor, mask.astype(np.uint8) * 255))
+
+
+def test_int64_array_in_byte_range_equals_uint8(processor):
+    rgb8 = noise_rgb(50, 70)
+    np.testing.assert_array_equal(run(processor, rgb8.astype(np.int64)), run(processor, rgb8))
+
+
+def test_mixed_list_batches_to_same_shape(processor):
+    images = [
+        Image.fromarray(noise_rgb(50, 100, seed=1)),
+        noise_rgb(300, 200, seed=2),
+        torch.from_numpy(noise_rgb(64, 64, seed=3).transpose(2, 0, 1).copy()),
+        Image.fromarray(noise_rgb(31, 17, seed=4)[..., 0]),
+    ]
+    out = processor(images, return_tensors="pt")["pixel_values"]
+    assert tuple(out.shape) == (4, 3, 224, 224)
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(out[i].numpy(), run(processor, image)[0])
+    # A rank-4 array is a batch; a nested list is flattened.
+    batch = np.stack([noise_rgb(40, 60, seed=s) for s in range(3)])
+    assert run(processor, batch).shape == (3, 3, 224, 224)
+    assert run(processor, [[images[0]], [images[1], images[2]]]).shape == (3, 3, 224, 224)
+
+
+# ----------------------------------------------------------------------------- refused inputs
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((32, 32, 2), np.uint8), "expected 1, 3 or 4 channels, got 2"),
+        (np.zeros((5, 32, 32), np.uint8), "expected 1, 3 or 4 channels, got 5"),
+        (torch.zeros(5, 32, 32), "expected 1, 3 or 4 channels, got 5"),
+        (np.zeros((32,), np.uint8), "rank 1"),
+        (np.zeros((2, 3, 4, 5, 6), np.uint8), "rank 5"),
+        ([np.zeros((1, 3, 8, 8), np.uint8)], "rank 4"),
+        (np.zeros((0, 0), np.uint8), "empty"),
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+        (Image.new("RGB", (0, 5)), "empty"),
+        (np.full((8, 8, 3), "a"), "dtype"),
+        (np.full((8, 8, 3), None, dtype=object), "dtype"),
+        (np.full((8, 8, 3), 1 + 1j), "dtype"),
+        (np.full((8, 8), np.nan, np.float32), "NaN"),
+        (np.full((8, 8, 3), np.inf), "NaN or infinite"),
+        (np.full((8, 8, 3), 200.0), r"\[0, 1\]"),
+        (np.full((8, 8, 3), -0.5), r"\[0, 1\]"),
+        (np.full((8, 8, 3), 300, np.int32), r"\[0, 255\]"),
+        (np.full((8, 8, 3), -1, np.int8), r"\[0, 255\]"),
+        (Image.fromarray(np.full((8, 8), -5, np.int32)), "16-bit"),
+        (Image.new("La", (8, 8)), "cannot convert PIL mode 'La'"),
+        ([], "no images"),
+        (12, "unsupported image type"),
+        ({"pixel_values": 1}, "unsupported image type"),
+    ],
+)
+def test_bad_inputs_raise_value_error(processor, bad, match):
+    with pytest.raises(ValueError, match=match):
+        processor(bad, return_tensors="np")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(crop_pct=0.0), "crop_pct"),
+        (dict(crop_pct=-1.0), "crop_pct"),
+        (dict(size={"longest_edge": 100}), "size"),
+        (dict(image_mean=[0.5, 0.5]), "image_mean"),
+    ],
+)
+def test_bad_settings_raise_value_error(processor, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        processor(noise_rgb(20, 20), return_tensors="np", **kwargs)
+
+
+# ----------------------------------------------------------------------------- property-based
+
+
+@st.composite
+def valid_image(draw):
+    height = draw(st.integers(1, 300))
+    width = draw(st.integers(1, 300))
+    kind = draw(st.sampled_from(["pil", "numpy", "torch"]))
+    seed = draw(st.integers(0, 2**16))
+    r = rng(seed)
+    if kind == "pil":
+        mode = draw(st.sampled_from(PIL_MODES))
+        return pil_image_in_mode(mode, height, width, seed)
+    channels = draw(st.sampled_from([None, 1, 3, 4]))
+    layout = draw(st.sampled_from(["first", "last"]))
+    dtype = draw(st.sampled_from(["uint8", "uint16", "float32", "float64", "bool", "int64"]))
+    if channels is None:
+        shape = (height, width)
+    else:
+        shape = (channels, height, width) if layout == "first" else (height, width, channels)
+    if dtype == "uint8":
+        array = r.integers(0, 256, shape, dtype=np.uint8)
+    elif dtype == "uint16":
+        array = r.integers(0, 65536, shape, dtype=np.uint16)
+    elif dtype == "int64":
+        array = r.integers(0, 256, shape, dtype=np.int64)
+    elif dtype == "bool":
+        array = r.random(shape) > 0.5
+    else:
+        array = r.random(shape).astype(dtype)
+    return torch.from_numpy(array) if kind == "torch" else array
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(images=st.lists(valid_image(), min_size=1, max_size=3))
+def test_property_valid_inputs_always_give_normalised_batch(processor, images):
+    out = run(processor, images)
+    assert out.shape == (len(images), 3, 224, 224) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    for c in range(3):
+        assert LOW[c] - 1e-5 <= out[:, c].min() and out[:, c].max() <= HIGH[c] + 1e-5
+
+
+@st.composite
+def any_array(draw):
+    ndim = draw(st.integers(1, 4))
+    shape = tuple(draw(st.lists(st.integers(0, 64), min_size=ndim, max_size=ndim)))
+    dtype = draw(st.sampled_from(["uint8", "uint16", "int32", "float32", "float64"]))
+    special = draw(st.sampled_from([None, "nan", "big", "negative"]))
+    r = rng(draw(st.integers(0, 2**16)))
+    if dtype.startswith("float"):
+        array = r.random(shape).astype(dtype)
+    else:
+        array = r.integers(0, 256 if dtype != "uint16" else 65536, shape).astype(dtype)
+    if array.size and special == "nan" and dtype.startswith("float"):
+        array.flat[0] = np.nan
+    elif array.size and special == "big" and dtype not in ("uint8", "uint16"):
+        array.flat[0] = 70000  # beyond 16 bits for int32, beyond [0, 1] for floats
+    elif array.size and special == "negative" and dtype not in ("uint8", "uint16"):
+        array.flat[0] = -3
+    return array
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(array=any_array(), crop_pct=st.floats(0.5, 1.0), crop=st.integers(8, 64))
+def test_property_arbitrary_arrays_give_valid_output_or_value_error(processor, array, crop_pct, crop):
+    try:
+        out = run(processor, array, crop_pct=crop_pct, crop_size={"height": crop, "width": crop})
+    except ValueError as error:
+        assert str(error)  # refused with a message
+        return
+    n = array.shape[0] if array.ndim == 4 else 1
+    assert out.shape == (n, 3, crop, crop) and np.isfinite(out).all()
+    for c in range(3):
+        assert LOW[c] - 1e-5 <= out[:, c].min() and out[:, c].max() <= HIGH[c] + 1e-5
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def test_reduce_labels_hand_computed(processor):
+    label = np.array([[0, 1, 2], [255, 150, 3]], dtype=np.uint8)
+    expected = np.array([[255, 0, 1], [255, 149, 2]], dtype=np.int64)
+    np.testing.assert_array_equal(PaCaViTImageProcessor.reduce_label(label), expected)
+    geometry = dict(do_resize=False, do_center_crop=False, return_tensors="np")
+    image = noise_rgb(2, 3)
+    out = processor(image, segmentation_maps=label, do_reduce_labels=True, **geometry)
+    np.testing.assert_array_equal(out["labels"], expected[None])
+    assert out["labels"].dtype == np.int64
+    # Default: labels untouched; constructor setting works too.
+    np.testing.assert_array_equal(processor(image, segmentation_maps=label, **geometry)["labels"], label[None])
+    ade = PaCaViTImageProcessor(do_reduce_labels=True)
+    np.testing.assert_array_equal(ade(image, segmentation_maps=label, **geometry)["labels"], expected[None])
+    # The map given by the caller is not modified in place.
+    np.testing.assert_array_equal(label, [[0, 1, 2], [255, 150, 3]])
+
+
+def test_segmentation_map_nearest_keeps_split_and_label_set(processor):
+    seg = np.full((40, 100), 3, np.uint8)
+    seg[:, 50:] = 7
+    image = noise_rgb(40, 100)
+    out = processor(image, segmentation_maps=seg, do_center_crop=False, size={"shortest_edge": 80}, return_tensors="pt")
+    labels = out["labels"]
+    assert tuple(out["pixel_values"].shape) == (1, 3, 80, 200)
+    assert tuple(labels.shape) == (1, 80, 200) and labels.dtype == torch.int64
+    assert (labels[0, :, :100] == 3).all() and (labels[0, :, 100:] == 7).all()
+
+
+def test_segmentation_labels_stay_in_label_set():
+    p = PaCaViTImageProcessor()
+    label_set = np.array([0, 5, 17, 150, 255, 1000])  # 1000: more than 8 bits must survive the resize
+    seg = rng(4).choice(label_set, size=(97, 131)).astype(np.int64)
+    out = p(noise_rgb(97, 131), segmentation_maps=seg, return_tensors="np")
+    assert out["labels"].shape == (1, 224, 224)
+    assert set(np.unique(out["labels"])) <= set(label_set.tolist())
+    assert len(np.unique(out["labels"])) == len(label_set)
+
+
+def test_segmentation_map_stays_aligned_with_image_through_resize_and_crop(processor):
+    height, width, split = 250, 338, 100  # asymmetric split: a wrong crop offset would move it
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, split:] = 255
+    seg = np.zeros((height, width), np.uint8)
+    seg[:, split:] = 1
+    out = processor(image, segmentation_maps=seg, return_tensors="np", do_normalize=False)
+    labels, pixels = out["labels"][0], out["pixel_values"][0, 0]
+    # By hand: resize 338 -> 335, crop left 56. Output column x samples source column (x + 0.5) * 338 / 335 (nearest:
+    # its floor; bicubic: its neighbourhood), which reaches the edge at 100 when x >= 100 * 335 / 338 - 0.5 = 98.6,
+    # i.e. resized column 99 = cropped column 43, for the labels and for the image alike.
+    assert (labels[:, :43] == 0).all() and (labels[:, 43:] == 1).all()
+    np.testing.assert_array_equal(labels, (pixels > 0.5).astype(np.int64))
+
+
+def test_segmentation_map_input_types_agree(processor):
+    seg = rng(5).integers(0, 20, (60, 80)).astype(np.uint8)
+    image = noise_rgb(60, 80)
+    expected = processor(image, segmentation_maps=seg, return_tensors="np")["labels"]
+    palette = Image.frombytes("P", (80, 60), seg.tobytes())  # palette indices are the labels
+    palette.putpalette(rng(6).integers(0, 256, 768, dtype=np.uint8).tolist())
+    for variant in [
+        Image.fromarray(seg),
+        Image.fromarray(seg.astype(np.int32)),
+        palette,
+        torch.from_numpy(seg.astype(np.int64)),
+        seg[None],
+        [seg],
+    ]:
+        got = processor(image, segmentation_maps=variant, return_tensors="np")["labels"]
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_segmentation_batch_and_padding(processor):
+    images = [noise_rgb(30, 40, seed=1), noise_rgb(50, 20, seed=2)]
+    maps = [np.ones((30, 40), np.uint8), np.ones((50, 20), np.uint8)]
+    out = processor(images, segmentation_maps=maps, return_tensors="pt", do_resize=False, crop_size=36)
+    assert tuple(out["pixel_values"].shape) == (2, 3, 36, 36) and tuple(out["labels"].shape) == (2, 36, 36)
+    # First map is 30 rows high: 3 rows of padding above and below, filled with the ignore label 255.
+    assert (out["labels"][0, :3] == 255).all() and (out["labels"][0, 3:33] == 1).all()
+    assert (out["labels"][0, 33:] == 255).all()
+
+
+@pytest.mark.parametrize(
+    "maps, match",
+    [
+        ([np.zeros((30, 40), np.uint8)] * 2, "1 images but 2 segmentation maps"),
+        (np.zeros((31, 40), np.uint8), "has size"),
+        ([np.zeros((30, 40, 3), np.uint8)], "rank 2"),
+        (np.zeros((2, 30, 40), np.uint8), "1 images but 2 segmentation maps"),  # rank 3 = a batch of maps
+        (Image.new("RGB", (40, 30)), "single-channel"),
+        (np.full((30, 40), 0.5), "integer labels"),
+        (np.full((30, 40), "x"), "dtype"),
+    ],
+)
+def test_bad_segmentation_maps_raise_value_error(processor, maps, match):
+    with pytest.raises(ValueError, match=match):
+        processor(noise_rgb(30, 40), segmentation_maps=maps)
+
+
+# ----------------------------------------------------------------------------- post-processing
+
+
+class Output:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+def test_post_process_without_target_sizes_is_plain_argmax(processor):
+    # logits[b, class, y, x]; the winning class is written by hand in `expected`.
+    logits = torch.tensor(
+        [
+            [[[5.0, 0.0], [0.0, 1.0]], [[1.0, 3.0], [0.0, 0.0]], [[0.0, 2.0], [9.0, 0.5]]],
+            [[[0.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]], [[0.0, 2.0], [0.0, 0.0]]],
+        ]
+    )
+    expected = [torch.tensor([[0, 1], [2, 0]]), torch.tensor([[1, 2], [1, 1]])]
+    maps = processor.post_process_semantic_segmentation(Output(logits))
+    assert len(maps) == 2
+    for got, want in zip(maps, expected):
+        assert got.dtype == torch.int64
+        assert torch.equal(got, want)
+
+
+def test_post_process_with_target_sizes(processor):
+    logits = torch.randn(2, 4, 3, 5, generator=torch.Generator().manual_seed(0))
+    sizes = [(7, 11), (2, 3)]
+    for target_sizes in (sizes, torch.tensor(sizes)):
+        maps = processor.post_process_semantic_segmentation(Output(logits), target_sizes=target_sizes)
+        for i, (height, width) in enumerate(sizes):
+            upsampled = F.interpolate(logits[i : i + 1], size=(height, width), mode="bilinear", align_corners=False)
+            want = upsampled[0].argmax(0)
+            assert tuple(maps[i].shape) == (height, width) and maps[i].dtype == torch.int64
+            assert torch.equal(maps[i], want)
+    # Upsampling by an integer factor keeps the hand-computable case: a class winning everywhere stays the winner.
+    flat = torch.zeros(1, 3, 2, 2)
+    flat[0, 2] = 1.0
+    assert torch.equal(processor.post_process_semantic_segmentation(Output(flat), [(4, 6)])[0], torch.full((4, 6), 2))
+    with pytest.raises(ValueError, match="target sizes"):
+        processor.post_process_semantic_segmentation(Output(logits), target_sizes=[(4, 4)])
+
+
+def test_image_segmentation_pipeline_uses_the_processor():
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, pipeline
+
+    torch.manual_seed(0)
+    id2label = {0: "a", 1: "b", 2: "c"}
+    config = SegformerConfig(
+        num_encoder_blocks=1, depths=[1], sr_ratios=[1], hidden_sizes=[8], patch_sizes=[7], strides=[4],
+        num_attention_heads=[1], mlp_ratios=[1], decoder_hidden_size=8, num_labels=3, id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
+    model = SegformerForSemanticSegmentation(config).eval()
+    seg_processor = PaCaViTImageProcessor(do_center_crop=False, size={"height": 64, "width": 64})
+    segmenter = pipeline("image-segmentation", model=model, image_processor=seg_processor)
+    result = segmenter(Image.fromarray(noise_rgb(50, 70)))
+    assert result and all(item["mask"].size == (70, 50) for item in result)
+    assert {item["label"] for item in result} <= set(id2label.values())
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def test_save_and_load_round_trip(tmp_path):
+    settings_ = dict(
+        crop_pct=0.95,
+        do_reduce_labels=True,
+        size={"height": 96, "width": 128},
+        do_center_crop=False,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.25, 0.25, 0.25],
+        resample=Image.BILINEAR,
+    )
+    original = PaCaViTImageProcessor(**settings_)
+    original.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "PaCaViTImageProcessor"
+    assert saved["crop_pct"] == 0.95 and saved["do_reduce_labels"] is True and saved["resample"] == 2
+    assert saved["size"] == {"height": 96, "width": 128} and saved["do_center_crop"] is False
+
+    loaded = PaCaViTImageProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == original.to_dict()
+    assert loaded.crop_pct == 0.95 and loaded.do_reduce_labels is True and loaded.do_center_crop is False
+    image, seg = noise_rgb(70, 90), rng(2).integers(0, 10, (70, 90))
+    a = original(image, segmentation_maps=seg, return_tensors="np")
+    b = loaded(image, segmentation_maps=seg, return_tensors="np")
+    assert a["pixel_values"].shape == (1, 3, 96, 128)
+    np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"])
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+
+    # The defaults also survive a round trip, and from_pretrained keyword overrides apply.
+    PaCaViTImageProcessor().save_pretrained(tmp_path / "default")
+    default = PaCaViTImageProcessor.from_pretrained(tmp_path / "default", crop_pct=0.875)
+    assert default.crop_pct == 0.875 and dict(default.size) == {"shortest_edge": 224}

@@ -1,0 +1,216 @@
+"""PaCa-ViT model behaviour: outputs, attention paths, gradient checkpointing, Auto classes, input checks."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForSemanticSegmentation
+
+from paca_hf import (
+    PaCaViTConfig,
+    PaCaViTForImageClassification,
+    PaCaViTForSemanticSegmentation,
+    PaCaViTModel,
+)
+
+
+def tiny_config(**overrides):
+    kwargs = dict(
+        hidden_sizes=[16, 32, 48, 64],
+        depths=[2, 1, 2, 1],
+        num_attention_heads=[1, 2, 2, 4],
+        mlp_ratios=[2, 2, 2, 2],
+        num_clusters=[4, 4, 4, 0],
+        drop_path_rate=0.0,
+        num_labels=5,
+        decode_head_hidden_size=16,
+    )
+    kwargs.update(overrides)
+    return PaCaViTConfig(**kwargs)
+
+
+def test_output_shapes_follow_hierarchical_models(seed):
+    model = PaCaViTModel(tiny_config()).eval()
+    pixel_values = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        outputs = model(pixel_values, output_hidden_states=True, output_attentions=True, output_cluster_assignments=True)
+    assert outputs.last_hidden_state.shape == (2, 64, 2, 3)
+    assert [tuple(h.shape) for h in outputs.hidden_states] == [(2, 16, 16, 24), (2, 32, 8, 12), (2, 48, 4, 6), (2, 64, 2, 3)]
+    torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state.mean(dim=(2, 3)))
+    # One attention map per block: keys are the clusters, or the patches in the stage without clusters.
+    assert [tuple(a.shape) for a in outputs.attentions] == [
+        (2, 1, 384, 4), (2, 1, 384, 4), (2, 2, 96, 4), (2, 2, 24, 4), (2, 2, 24, 4), (2, 4, 6, 6)
+    ]
+    assignments = outputs.cluster_assignments
+    assert [None if a is None else tuple(a.shape) for a in assignments] == [(2, 4, 16, 24), (2, 4, 8, 12), (2, 4, 4, 6), None]
+    for assignment in assignments[:3]:
+        assert (assignment >= 0).all()
+        torch.testing.assert_close(assignment.sum(dim=(2, 3)), torch.ones(2, 4))
+
+
+def test_optional_outputs_are_absent_unless_requested(seed):
+    outputs = PaCaViTModel(tiny_config()).eval()(torch.randn(1, 3, 32, 32))
+    assert outputs.hidden_states is None and outputs.attentions is None and outputs.cluster_assignments is None
+    as_tuple = PaCaViTModel(tiny_config()).eval()(torch.randn(1, 3, 32, 32), return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 2
+
+
+@pytest.mark.parametrize("clustering_type", ["conv", "mlp", "linear"])
+def test_sdpa_and_eager_attention_agree(clustering_type, seed):
+    config = tiny_config(clustering_type=clustering_type)
+    sdpa = PaCaViTForImageClassification(config).eval()
+    assert sdpa.config._attn_implementation == "sdpa"
+    eager = copy.deepcopy(sdpa)
+    eager.config._attn_implementation = "eager"
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(sdpa(pixel_values).logits, eager(pixel_values).logits, atol=1e-5, rtol=1e-5)
+        # Asking for the attention weights switches to the path that materialises them, with the same result.
+        with_weights = sdpa(pixel_values, output_attentions=True)
+    torch.testing.assert_close(with_weights.logits, eager(pixel_values).logits, atol=1e-5, rtol=1e-5)
+    for weights in with_weights.attentions:
+        torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+
+
+def test_attention_weights_reproduce_the_attention_output(seed):
+    """The returned weights are the softmax(q k^T / sqrt(d)) the block really used: recompute the block by hand."""
+    model = PaCaViTModel(tiny_config(depths=[1, 1, 1, 1])).eval()
+    pixel_values = torch.randn(1, 3, 32, 32)
+    captured = {}
+    attention = model.stages[0].layers[0].attention
+    attention.register_forward_hook(lambda module, args, output: captured.update(inputs=args, output=output))
+    with torch.no_grad():
+        outputs = model(pixel_values, output_attentions=True, output_cluster_assignments=True)
+        hidden, height, width = captured["inputs"][:3]
+        assignment = outputs.cluster_assignments[0].flatten(2)
+        clusters = attention.cluster_norm(assignment @ hidden)
+        query = attention.query(hidden)
+        key = attention.key(clusters)
+        weights = torch.softmax(query @ key.transpose(1, 2) / 16**0.5, dim=-1)  # one head of width 16
+        expected = attention.dense(weights @ attention.value(clusters))
+    torch.testing.assert_close(outputs.attentions[0][:, 0], weights, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(captured["output"][0], expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"teacher_depths": [1, 1, 1, 1], "num_clusters": [4, 4, 4, 4]}])
+def test_gradient_checkpointing_gives_the_same_gradients(overrides, seed):
+    model = PaCaViTForImageClassification(tiny_config(**overrides))
+    model.train()
+    pixel_values, labels = torch.randn(2, 3, 48, 48), torch.tensor([1, 3])
+
+    def gradients():
+        model.zero_grad()
+        model(pixel_values, labels=labels).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for stage in model.pacavit.stages for layer in stage.layers)
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys() and len(plain) == len(list(model.parameters()))
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_outputs_do_not_depend_on_the_rest_of_the_batch(seed):
+    model = PaCaViTForImageClassification(tiny_config(teacher_depths=[1, 1, 1, 1], num_clusters=[4, 4, 4, 4])).eval()
+    batch = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        together = model(batch).logits
+        alone = torch.cat([model(batch[i : i + 1]).logits for i in range(4)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(97, 61), (7, 5), (1, 1), (224, 224), (33, 250)])
+def test_any_input_size_works(size, seed):
+    model = PaCaViTForSemanticSegmentation(tiny_config(teacher_depths=[1, 1, 1, 1], num_clusters=[4, 4, 4, 4])).eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(1, 3, *size))
+    assert torch.isfinite(outputs.logits).all()
+    expected = size
+    for _ in range(2):  # two stride-2 convolutions of the stem
+        expected = tuple((side + 1) // 2 for side in expected)
+    assert outputs.logits.shape == (1, 5, *expected)
+
+
+def test_classification_loss_follows_problem_type(seed):
+    model = PaCaViTForImageClassification(tiny_config()).eval()
+    pixel_values = torch.randn(3, 3, 32, 32)
+    labels = torch.tensor([0, 4, 2])
+    outputs = model(pixel_values, labels=labels)
+    torch.testing.assert_close(outputs.loss, torch.nn.functional.cross_entropy(outputs.logits, labels))
+    model.config.problem_type = "multi_label_classification"
+    targets = torch.tensor([[1, 0, 0, 1, 0], [0, 0, 0, 0, 1], [1, 1, 1, 1, 1]], dtype=torch.float)
+    outputs = model(pixel_values, labels=targets)
+    torch.testing.assert_close(
+        outputs.loss, torch.nn.functional.binary_cross_entropy_with_logits(outputs.logits, targets)
+    )
+
+
+def test_segmentation_loss_is_decode_plus_weighted_cluster_loss(seed):
+    model = PaCaViTForSemanticSegmentation(tiny_config(classifier_dropout_prob=0.0)).eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    labels = torch.randint(0, 5, (2, 32, 32))
+    labels[0, :4] = 255
+    outputs = model(pixel_values, labels=labels)
+
+    def cross_entropy(scores):
+        up = torch.nn.functional.interpolate(scores, size=(32, 32), mode="bilinear", align_corners=False)
+        return torch.nn.functional.cross_entropy(up, labels, ignore_index=255)
+
+    expected = cross_entropy(outputs.logits) + 0.4 * cross_entropy(outputs.cluster_logits)
+    torch.testing.assert_close(outputs.loss, expected)
+    with pytest.raises(ValueError, match="labels"):
+        model(pixel_values, labels=labels[0])
+
+
+def test_save_load_round_trip_and_auto_classes(tmp_path, seed):
+    model = PaCaViTForSemanticSegmentation(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    pixel_values = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+        assert isinstance(AutoConfig.from_pretrained(tmp_path), PaCaViTConfig)
+        segmentation = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(segmentation(pixel_values).logits, expected, atol=0, rtol=0)
+        base = AutoModel.from_pretrained(tmp_path).eval()
+        assert isinstance(base, PaCaViTModel)
+        torch.testing.assert_close(
+            base(pixel_values, output_hidden_states=True).hidden_states[0],
+            model.pacavit(pixel_values, output_hidden_states=True).hidden_states[0],
+            atol=0, rtol=0,
+        )
+        classifier = AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=5)
+        assert isinstance(classifier, PaCaViTForImageClassification)
+
+
+def test_weight_init_follows_the_authors(seed):
+    model = PaCaViTForImageClassification(PaCaViTConfig.from_official_name("pacavit_tiny_p2cconv_100_0"))
+    linear = model.pacavit.stages[2].layers[0].attention.query.weight
+    # timm's trunc_normal_(std=0.02) truncates at +-2 (absolute), as transformers' does.
+    assert linear.std().item() == pytest.approx(0.02, rel=0.05) and abs(linear.mean().item()) < 1e-3
+    conv = model.pacavit.stages[0].layers[0].attention.clustering.depthwise
+    fan_out = 7 * 7 * 96 // 96
+    assert conv.weight.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)
+    norm = model.pacavit.stages[1].layer_norm
+    assert (norm.weight == 1).all() and (norm.bias == 0).all()
+
+
+@pytest.mark.parametrize(
+    "pixel_values, message",
+    [
+        (torch.randn(1, 1, 32, 32), r"has 1 channels but the model expects 3"),
+        (torch.randn(1, 4, 32, 32), r"has 4 channels but the model expects 3"),
+        (torch.randn(3, 32, 32), r"must have 4 dimensions"),
+        (torch.randn(1, 1, 3, 32, 32), r"must have 4 dimensions"),
+        (torch.randn(0, 3, 32, 32), r"empty batch"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), r"floating-point"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.long), r"floating-point"),
+        (torch.randn(1, 3, 0, 32), r"empty spatial size"),
+    ],
+)
+def test_bad_inputs_raise_value_error(pixel_values, message):
+    model = PaCaViTForImageClassification(tiny_config()).eval()
+    with pytest.raises(ValueError, match=message):
+        model(pixel_values)

@@ -1,0 +1,80 @@
+"""Real transformers clients: Auto classes and pipelines on converted reference models."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+from paca_hf import PaCaViTImageProcessor, PaCaViTForSemanticSegmentation
+from paca_hf.convert import convert_checkpoint
+from reference import case_checkpoint, case_config
+
+
+def scene(width=120, height=90):
+    """A real RGB picture: a red disc on a blue-green gradient."""
+    y, x = np.mgrid[0:height, 0:width]
+    array = np.stack([x * 255 // width, y * 255 // height, np.full_like(x, 160)], axis=-1).astype(np.uint8)
+    array[(x - width // 3) ** 2 + (y - height // 2) ** 2 < (height // 4) ** 2] = (220, 20, 20)
+    return Image.fromarray(array)
+
+
+@pytest.fixture(scope="module")
+def classifier_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("classifier")
+    config = case_config("cls_conv_stagewise")
+    config.id2label = {index: f"class_{index}" for index in range(10)}
+    config.label2id = {label: index for index, label in config.id2label.items()}
+    convert_checkpoint(case_checkpoint("cls_conv_stagewise"), config, folder / "model")
+    return folder / "model"
+
+
+def test_auto_classes_load_a_converted_folder(classifier_folder):
+    processor = AutoImageProcessor.from_pretrained(classifier_folder)
+    assert isinstance(processor, PaCaViTImageProcessor)
+    model = AutoModelForImageClassification.from_pretrained(classifier_folder).eval()
+    inputs = processor(scene(), return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 3, 224, 224)
+    with torch.no_grad():
+        assert model(**inputs).logits.shape == (1, 10)
+
+
+def test_image_classification_pipeline(classifier_folder):
+    classify = pipeline("image-classification", model=str(classifier_folder), device="cpu")
+    predictions = classify(scene(), top_k=3)
+    assert len(predictions) == 3
+    assert all(p["label"].startswith("class_") for p in predictions)
+    scores = [p["score"] for p in predictions]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
+    # The pipeline's answer is the model's own softmax on the processor's output.
+    processor = AutoImageProcessor.from_pretrained(classifier_folder)
+    model = AutoModelForImageClassification.from_pretrained(classifier_folder).eval()
+    with torch.no_grad():
+        probabilities = model(**processor(scene(), return_tensors="pt")).logits.softmax(-1)[0]
+    best = int(probabilities.argmax())
+    assert predictions[0]["label"] == f"class_{best}"
+    assert predictions[0]["score"] == pytest.approx(float(probabilities[best]), abs=1e-5)
+
+
+def test_image_segmentation_pipeline_masks(tmp_path):
+    config = case_config("seg_pacahead_conv")
+    config.id2label = {index: name for index, name in enumerate(["sky", "tree", "road", "car", "person", "wall"])}
+    config.label2id = {label: index for index, label in config.id2label.items()}
+    convert_checkpoint(case_checkpoint("seg_pacahead_conv"), config, tmp_path / "seg", task="semantic-segmentation")
+    segment = pipeline("image-segmentation", model=str(tmp_path / "seg"), device="cpu")
+    image = scene(width=150, height=100)
+    results = segment(image)
+    assert results, "no masks"
+    # One mask per label present in the model's prediction, at the image's size, named from id2label.
+    model = PaCaViTForSemanticSegmentation.from_pretrained(tmp_path / "seg").eval()
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "seg")
+    with torch.no_grad():
+        outputs = model(**processor(image, return_tensors="pt"))
+    prediction = processor.post_process_semantic_segmentation(outputs, target_sizes=[(100, 150)])[0]
+    present = sorted(int(label) for label in prediction.unique())
+    assert sorted(r["label"] for r in results) == sorted(config.id2label[label] for label in present)
+    for result in results:
+        mask = np.array(result["mask"])
+        assert mask.shape == (100, 150)
+        label = config.label2id[result["label"]]
+        np.testing.assert_array_equal(mask > 0, prediction.numpy() == label)
