@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Draw a PaCa-ViT model's clusters for one image (see `paca_hf.visualization.render_clusters`).
+
+    python scripts/visualize_clusters.py --model pacavit-tiny --image cat.jpg --output clusters.png --top-k 4
+
+Rows: every stage with clusters (or only `--stage N`; `--stage head` for a segmentation head), then the PaCa
+segmentation head's class clusters for a segmentation model. Columns: image | hard cluster map | top-k heatmaps.
+"""
+
+import argparse
+import os
+import sys
+
+from PIL import Image, UnidentifiedImageError
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a converted model folder or a Hub id")
+    parser.add_argument("--image", required=True, help="image file to look at")
+    parser.add_argument("--output", required=True, help="PNG file to write")
+    parser.add_argument("--stage", default=None, help="only this stage (1-based), or 'head'; default: all")
+    parser.add_argument("--top-k", type=int, default=4, help="heatmaps of the K most used clusters (default 4)")
+    parser.add_argument("--cell-size", type=int, default=None, help="longer side of each grid cell in pixels")
+    parser.add_argument("--device", default="cpu", help="torch device to run the model on (default cpu)")
+    return parser, parser.parse_args(argv)
+
+
+def load_image(parser, path):
+    if not os.path.exists(path):
+        parser.error(f"--image {path}: no such file")
+    if not os.path.isfile(path):
+        parser.error(f"--image {path}: not a file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        parser.error(f"--image {path}: not an image PIL can read ({error})")
+
+
+def main(argv=None) -> int:
+    parser, args = parse_args(argv)
+    if args.top_k < 0:
+        parser.error("--top-k must be >= 0")
+    stage = args.stage
+    if stage is not None and stage.lower() != "head":
+        try:
+            stage = int(stage)
+        except ValueError:
+            parser.error(f"--stage must be a stage number (1-based) or 'head', got {stage!r}")
+    image = load_image(parser, args.image)
+
+    from paca_hf.visualization import default_image_processor, load_model_and_processor, render_clusters
+
+    try:
+        model, image_processor = load_model_and_processor(args.model)
+    except (OSError, ValueError) as error:
+        print(f"error: cannot load model {args.model!r}: {error}", file=sys.stderr)
+        return 1
+    if image_processor is None:
+        image_processor = default_image_processor()
+        print("note: no image processor saved with the model; using PaCaViTImageProcessor defaults", file=sys.stderr)
+    model.to(args.device)
+    try:
+        picture = render_clusters(
+            model, image, stage=stage, top_k=args.top_k, image_processor=image_processor, cell_size=args.cell_size
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    directory = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(directory, exist_ok=True)
+    picture.save(args.output, format="PNG")
+    print(f"wrote {args.output} ({picture.width}x{picture.height})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data shipped with paca-hf: label maps (JSON) and the synthetic scene-parsing set (`scenes`)."""

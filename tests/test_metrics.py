@@ -1,0 +1,213 @@
+"""The shipped `evaluate` metrics (mean_iou, accuracy_topk) against hand-computed values."""
+
+import os
+
+import numpy as np
+import pytest
+
+from paca_hf.metrics import METRIC_NAMES, load_metric, metric_path
+
+
+@pytest.fixture(scope="module")
+def miou():
+    return load_metric("mean_iou")
+
+
+@pytest.fixture(scope="module")
+def topk():
+    return load_metric("accuracy_topk")
+
+
+# A 2x3 example with 3 classes, worked out by hand:
+#   pred = 0 1 1     ref = 0 1 2
+#          2 2 0           2 1 0
+# class 0: pred at (0,0),(1,2); ref at (0,0),(1,2)      -> I = 2, U = 2 + 2 - 2 = 2 -> IoU 1,   acc 2/2
+# class 1: pred at (0,1),(0,2); ref at (0,1),(1,1)      -> I = 1, U = 2 + 2 - 1 = 3 -> IoU 1/3, acc 1/2
+# class 2: pred at (1,0),(1,1); ref at (0,2),(1,0)      -> I = 1, U = 2 + 2 - 1 = 3 -> IoU 1/3, acc 1/2
+# mean IoU = (1 + 1/3 + 1/3) / 3 = 5/9; mean acc = (1 + 1/2 + 1/2) / 3 = 2/3; overall = 4 correct / 6 = 2/3
+PRED = np.array([[0, 1, 1], [2, 2, 0]])
+REF = np.array([[0, 1, 2], [2, 1, 0]])
+
+
+def test_mean_iou_hand_computed(miou):
+    out = miou.compute(predictions=[PRED], references=[REF], num_labels=3, ignore_index=255)
+    np.testing.assert_allclose(out["per_category_iou"], [1.0, 1 / 3, 1 / 3])
+    np.testing.assert_allclose(out["per_category_accuracy"], [1.0, 0.5, 0.5])
+    assert out["mean_iou"] == pytest.approx(5 / 9)
+    assert out["mean_accuracy"] == pytest.approx(2 / 3)
+    assert out["overall_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_mean_iou_accumulates_areas_over_images(miou):
+    # Second image 1x2: pred = ref = [1, 1]. Class 1 totals: I = 1 + 2 = 3, pred 2 + 2 = 4, ref 2 + 2 = 4,
+    # U = 4 + 4 - 3 = 5 -> IoU 3/5 (not the mean of per-image IoUs, 1/3 and 1); acc 3/4.
+    # Classes 0 and 2 unchanged. overall = (4 + 2) / (6 + 2) = 3/4.
+    out = miou.compute(
+        predictions=[PRED, np.array([[1, 1]])], references=[REF, np.array([[1, 1]])], num_labels=3, ignore_index=255
+    )
+    np.testing.assert_allclose(out["per_category_iou"], [1.0, 3 / 5, 1 / 3])
+    np.testing.assert_allclose(out["per_category_accuracy"], [1.0, 3 / 4, 0.5])
+    assert out["mean_iou"] == pytest.approx((1 + 3 / 5 + 1 / 3) / 3)
+    assert out["overall_accuracy"] == pytest.approx(3 / 4)
+
+
+def test_ignore_index_pixels_are_excluded(miou):
+    # pred = 0 1   ref = 0   255      valid pixels: (0,0) pred 0 ref 0, (1,0) pred 1 ref 1 -> all correct,
+    #        1 0         1   255      whatever the predictions at the two ignored pixels are.
+    out = miou.compute(
+        predictions=[np.array([[0, 1], [1, 0]])],
+        references=[np.array([[0, 255], [1, 255]])],
+        num_labels=2,
+        ignore_index=255,
+    )
+    np.testing.assert_allclose(out["per_category_iou"], [1.0, 1.0])
+    assert out["mean_iou"] == pytest.approx(1.0)
+    assert out["overall_accuracy"] == pytest.approx(1.0)
+
+
+def test_absent_class_is_nan_and_left_out_of_the_means(miou):
+    # Same maps with num_labels = 5: class 3 and 4 appear nowhere -> IoU NaN, accuracy NaN, excluded.
+    out = miou.compute(predictions=[PRED], references=[REF], num_labels=5, ignore_index=255)
+    assert np.isnan(out["per_category_iou"][3]) and np.isnan(out["per_category_iou"][4])
+    assert np.isnan(out["per_category_accuracy"][3])
+    assert out["mean_iou"] == pytest.approx(5 / 9)
+    assert out["mean_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_class_only_in_prediction_counts_as_zero_iou(miou):
+    # pred = 0 3   ref = 0 0 (num_labels 4): class 0: I 1, U 2 -> 1/2, acc 1/2; class 3: I 0, U 1 -> IoU 0,
+    # no reference pixel -> accuracy NaN; classes 1, 2 absent -> NaN. mean IoU = (1/2 + 0) / 2 = 1/4,
+    # mean accuracy = 1/2 (class 3's NaN accuracy left out).
+    out = miou.compute(
+        predictions=[np.array([[0, 3]])], references=[np.array([[0, 0]])], num_labels=4, ignore_index=255
+    )
+    assert out["per_category_iou"][3] == 0.0
+    assert np.isnan(out["per_category_accuracy"][3])
+    assert out["mean_iou"] == pytest.approx(0.25)
+    assert out["mean_accuracy"] == pytest.approx(0.5)
+    zeroed = miou.compute(
+        predictions=[np.array([[0, 3]])], references=[np.array([[0, 0]])], num_labels=4, ignore_index=255,
+        nan_to_num=-1,
+    )
+    np.testing.assert_array_equal(zeroed["per_category_iou"], [0.5, -1, -1, 0.0])
+
+
+def test_reduce_labels(miou):
+    # raw ref = 0 1 2      reduced (0 -> 255, k -> k-1, 255 stays) = 255 0 1
+    #           3 3 255                                               2   2 255
+    # pred    = 2 0 1      valid pixels: (0,1) p0 r0 ok, (0,2) p1 r1 ok, (1,0) p2 r2 ok, (1,1) p0 r2 wrong
+    #           2 0 0
+    # class 0: pred (0,1),(1,1); ref (0,1)        -> I 1, U 2 -> 1/2, acc 1/1
+    # class 1: pred (0,2); ref (0,2)              -> I 1, U 1 -> 1,   acc 1/1
+    # class 2: pred (1,0); ref (1,0),(1,1)        -> I 1, U 2 -> 1/2, acc 1/2
+    ref = np.array([[0, 1, 2], [3, 3, 255]])
+    ref_before = ref.copy()
+    out = miou.compute(
+        predictions=[np.array([[2, 0, 1], [2, 0, 0]])], references=[ref], num_labels=3, ignore_index=255,
+        reduce_labels=True,
+    )
+    np.testing.assert_allclose(out["per_category_iou"], [0.5, 1.0, 0.5])
+    np.testing.assert_allclose(out["per_category_accuracy"], [1.0, 1.0, 0.5])
+    assert out["mean_iou"] == pytest.approx(2 / 3)
+    assert out["mean_accuracy"] == pytest.approx(5 / 6)
+    assert out["overall_accuracy"] == pytest.approx(3 / 4)
+    np.testing.assert_array_equal(ref, ref_before)  # the caller's reference is not modified
+
+
+def test_mean_iou_add_batch_matches_one_shot(miou):
+    rng = np.random.default_rng(0)
+    preds = [rng.integers(0, 4, size=(5, 7)) for _ in range(4)]
+    refs = [np.where(rng.random((5, 7)) < 0.2, 255, rng.integers(0, 4, size=(5, 7))) for _ in range(4)]
+    one_shot = miou.compute(predictions=preds, references=refs, num_labels=4, ignore_index=255)
+    for p, r in zip(preds, refs):
+        miou.add_batch(predictions=[p], references=[r])
+    batched = miou.compute(num_labels=4, ignore_index=255)
+    np.testing.assert_allclose(batched["per_category_iou"], one_shot["per_category_iou"])
+    # independent count with plain loops over pixels
+    inter, union = np.zeros(4), np.zeros(4)
+    for p, r in zip(preds, refs):
+        for pv, rv in zip(p.ravel(), r.ravel()):
+            if rv == 255:
+                continue
+            for c in range(4):
+                inter[c] += (pv == c) and (rv == c)
+                union[c] += (pv == c) or (rv == c)
+    np.testing.assert_allclose(one_shot["per_category_iou"], inter / union)
+
+
+# Top-k, by hand (6 classes):
+#   row 0, true 1: scores higher than 0.5: 0.9           -> rank 1 -> top1 no, top2 yes, top5 yes
+#   row 1, true 0: highest                               -> rank 0 -> top1 yes
+#   row 2, true 0: lowest of 6                           -> rank 5 -> top5 no
+#   row 3, true 3 (0.2): higher are 0.3, 0.7, 0.6, 0.5   -> rank 4 -> top1 no, top2 no, top5 yes
+# top1 = 1/4, top2 = 2/4, top5 = 3/4
+SCORES = [
+    [0.1, 0.5, 0.2, 0.9, 0.0, 0.3],
+    [2.0, 1.0, 0.0, -1.0, -2.0, -3.0],
+    [0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
+    [0.3, 0.1, 0.7, 0.2, 0.6, 0.5],
+]
+TRUE = [1, 0, 0, 3]
+
+
+def test_topk_hand_computed(topk):
+    assert topk.compute(predictions=SCORES, references=TRUE) == pytest.approx({"top1": 0.25, "top5": 0.75})
+    out = topk.compute(predictions=SCORES, references=TRUE, top_k=(1, 2, 5))
+    assert out == pytest.approx({"top1": 0.25, "top2": 0.5, "top5": 0.75})
+
+
+def test_topk_ties_broken_by_class_index(topk):
+    # constant row: true class 2 has two classes (0, 1) ranked before it -> not top1 / top2, but top3
+    out = topk.compute(predictions=[[1.0, 1.0, 1.0, 1.0]], references=[2], top_k=(1, 2, 3))
+    assert out == {"top1": 0.0, "top2": 0.0, "top3": 1.0}
+
+
+def test_topk_matches_torch_topk(topk):
+    import torch
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 20, generator=gen)
+    labels = torch.randint(0, 20, (64,), generator=gen)
+    expected = {}
+    for k in (1, 5):
+        hits = (torch.topk(logits, k, dim=1).indices == labels[:, None]).any(dim=1)
+        expected[f"top{k}"] = hits.float().mean().item()
+    out = topk.compute(predictions=logits.numpy(), references=labels.numpy())
+    assert out == pytest.approx(expected)
+
+
+def test_metrics_load_offline_from_the_shipped_files(monkeypatch):
+    """`evaluate.load` of the shipped folder / file works offline: Hub access switched off by env and
+    constants, and any socket connection made to fail."""
+    import socket
+
+    import evaluate
+    import huggingface_hub
+
+    assert set(METRIC_NAMES) == {"mean_iou", "accuracy_topk"}
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access attempted while loading a local metric")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    with pytest.raises(OSError):  # the guard is live
+        socket.create_connection(("example.org", 80))
+
+    miou = evaluate.load(os.path.dirname(metric_path("mean_iou")))  # a folder holding mean_iou.py
+    topk = evaluate.load(metric_path("accuracy_topk"))  # the script file itself
+    a = miou.compute(predictions=[PRED], references=[REF], num_labels=3, ignore_index=255)
+    b = topk.compute(predictions=[[0.1, 0.9], [0.8, 0.2]], references=[1, 1], top_k=(1, 2))
+    assert a["mean_iou"] == pytest.approx(5 / 9)
+    assert b == pytest.approx({"top1": 0.5, "top2": 1.0})
+    # and through the package helper
+    assert load_metric("mean_iou").compute(predictions=[PRED], references=[REF], num_labels=3,
+                                           ignore_index=255)["mean_iou"] == pytest.approx(5 / 9)
+
+
+def test_load_metric_rejects_unknown_names():
+    with pytest.raises(ValueError):
+        load_metric("accuracy")

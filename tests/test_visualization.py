@@ -1,0 +1,297 @@
+"""Cluster pictures and cluster/label NMI (`paca_hf.visualization`, scripts/visualize_clusters.py, cluster_nmi.py)."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
+from paca_hf.visualization import (
+    LABEL_HEIGHT,
+    PADDING,
+    cluster_label_nmi,
+    cluster_palette,
+    compute_cluster_assignments,
+    contingency_table,
+    downsample_labels,
+    hard_cluster_map,
+    nmi_from_contingency,
+    reduce_labels,
+    render_clusters,
+    stage_cluster_nmi,
+    top_clusters,
+)
+from test_reference_parity import converted
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+INPUT_SIZE = 64  # the saved image processor's crop: stage maps 16x16, 8x8, 4x4 (and 2x2 without clusters)
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def grid_size(rows, top_k, cell):
+    columns = 2 + top_k
+    return columns * cell + (columns + 1) * PADDING, rows * (LABEL_HEIGHT + cell) + (rows + 1) * PADDING
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: one thread is many times faster than two competing ones.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from paca_hf.image_processing_pacavit import PaCaViTImageProcessor
+
+    return PaCaViTImageProcessor(
+        size={"shortest_edge": INPUT_SIZE}, crop_size={"height": INPUT_SIZE, "width": INPUT_SIZE}
+    )
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    model = converted("seg_pacahead_conv", PaCaViTForSemanticSegmentation)
+    model.config.id2label = {i: f"thing{i}" for i in range(model.config.num_labels)}
+    model.config.label2id = {name: i for i, name in model.config.id2label.items()}
+    return model
+
+
+@pytest.fixture(scope="module")
+def classifier_folder(tmp_path_factory, processor):
+    folder = tmp_path_factory.mktemp("classifier")
+    converted("cls_conv_stagewise", PaCaViTForImageClassification).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def segmenter_folder(tmp_path_factory, processor, segmenter):
+    folder = tmp_path_factory.mktemp("segmenter")
+    segmenter.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photo():
+    rng = np.random.default_rng(0)
+    array = np.zeros((80, 96, 3), dtype=np.uint8)
+    array[:, :48] = (200, 40, 40)
+    array[20:60, 50:90] = (40, 40, 220)
+    array += rng.integers(0, 30, array.shape, dtype=np.uint8)
+    return Image.fromarray(array)
+
+
+# ---------------------------------------------------------------------------------------------- script / picture
+
+
+def test_script_writes_grid_png(classifier_folder, photo, tmp_path):
+    image_path, output = tmp_path / "photo.jpg", tmp_path / "out" / "clusters.png"
+    photo.save(image_path)
+    script = load_script("visualize_clusters")
+    argv = ["--model", str(classifier_folder), "--image", str(image_path), "--output", str(output)]
+    assert script.main(argv + ["--top-k", "3", "--cell-size", "48"]) == 0
+    with Image.open(output) as picture:
+        assert picture.format == "PNG"
+        # cls_conv_stagewise has clusters [8, 8, 8, 0]: three rows; columns image | hard | 3 heatmaps.
+        assert picture.size == grid_size(rows=3, top_k=3, cell=48)
+    assert script.main(argv + ["--stage", "2", "--top-k", "1", "--cell-size", "40"]) == 0
+    with Image.open(output) as picture:
+        assert picture.size == grid_size(rows=1, top_k=1, cell=40)
+
+
+def test_script_rejects_missing_file_and_non_image(classifier_folder, tmp_path, capsys):
+    script = load_script("visualize_clusters")
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("hello")
+    for path, message in [(tmp_path / "absent.jpg", "no such file"), (not_an_image, "not an image")]:
+        argv = ["--model", str(classifier_folder), "--image", str(path), "--output", str(tmp_path / "o.png")]
+        with pytest.raises(SystemExit) as exit_info:
+            script.main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_script_loads_segmentation_folder_with_head_row(segmenter_folder, photo, tmp_path):
+    image_path, output = tmp_path / "photo.png", tmp_path / "seg.png"
+    photo.save(image_path)
+    script = load_script("visualize_clusters")
+    argv = ["--model", str(segmenter_folder), "--image", str(image_path), "--output", str(output)]
+    assert script.main(argv + ["--top-k", "2", "--cell-size", "32"]) == 0
+    with Image.open(output) as picture:
+        # Stages with clusters [16, 16, 16, 0] plus the PaCa head.
+        assert picture.size == grid_size(rows=4, top_k=2, cell=32)
+
+
+def test_render_segmentation_includes_head_cluster_rows(segmenter, processor, photo):
+    full = render_clusters(segmenter, photo, top_k=2, image_processor=processor, cell_size=32)
+    head = render_clusters(segmenter, photo, stage="head", top_k=2, image_processor=processor, cell_size=32)
+    stage1 = render_clusters(segmenter, photo, stage=1, top_k=2, image_processor=processor, cell_size=32)
+    assert full.size == grid_size(rows=4, top_k=2, cell=32)
+    assert head.size == stage1.size == grid_size(rows=1, top_k=2, cell=32)
+    row_height = LABEL_HEIGHT + 32 + PADDING
+    full_array = np.asarray(full)
+    # The last row of the full picture is the head's row, the first one stage 1's.
+    np.testing.assert_array_equal(full_array[3 * row_height :], np.asarray(head)[:])
+    np.testing.assert_array_equal(full_array[: row_height + PADDING], np.asarray(stage1))
+    assert not np.array_equal(np.asarray(head), np.asarray(stage1))
+
+
+def test_render_rejects_stage_without_clusters(segmenter, photo, processor):
+    with pytest.raises(ValueError, match="stage 4 has no clusters"):
+        render_clusters(segmenter, photo, stage=4, image_processor=processor)
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        render_clusters(segmenter, photo, stage=5, image_processor=processor)
+
+
+def test_assignments_are_softmax_normalised_over_patches(segmenter, seed):
+    pixel_values = torch.randn(2, 3, INPUT_SIZE, 48)
+    assignments = compute_cluster_assignments(segmenter, pixel_values)
+    assert list(assignments) == ["stage1", "stage2", "stage3", "head"]
+    expected_shapes = {"stage1": (16, 12), "stage2": (8, 6), "stage3": (4, 3), "head": (16, 12)}
+    for key, assignment in assignments.items():
+        clusters = segmenter.config.num_labels if key == "head" else 16
+        assert assignment.shape == (2, clusters, *expected_shapes[key])
+        assert assignment.min() >= 0
+        torch.testing.assert_close(assignment.sum(dim=(-2, -1)), torch.ones(2, clusters), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        outputs = segmenter(pixel_values, output_cluster_assignments=True)
+    assert outputs.cluster_assignments[3] is None
+    torch.testing.assert_close(outputs.cluster_assignments[0], assignments["stage1"])
+    # The hard map takes, per patch, the argmax over the cluster axis.
+    hard = hard_cluster_map(assignments["stage2"])
+    assert hard.shape == (2, 8, 6)
+    np.testing.assert_array_equal(hard, assignments["stage2"].argmax(dim=1).numpy())
+
+
+def test_palette_is_deterministic_and_distinct():
+    np.testing.assert_array_equal(cluster_palette(5), cluster_palette(12)[:5])
+    assert len({tuple(color) for color in cluster_palette(200)}) == 200
+
+
+def test_top_clusters_rank_by_patches_won():
+    hard = np.array([[2, 2, 0], [2, 1, 1]])
+    assert top_clusters(hard, num_clusters=4, top_k=3) == [(2, 3), (1, 2), (0, 1)]
+    assert top_clusters(hard, num_clusters=4, top_k=9) == [(2, 3), (1, 2), (0, 1), (3, 0)]
+
+
+# ---------------------------------------------------------------------------------------------- NMI
+
+
+def test_nmi_identical_partitions_up_to_relabelling_is_one():
+    labels = np.array([[0, 0, 1, 1], [2, 2, 1, 1], [2, 2, 3, 3]])
+    relabelled = np.array([7, 3, 9, 5])[labels]
+    assert cluster_label_nmi(relabelled, labels) == pytest.approx(1.0, abs=1e-12)
+    assert cluster_label_nmi(labels, labels) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_nmi_hand_computed():
+    clusters = np.array([[0, 0, 1, 1]])
+    labels = np.array([[0, 0, 0, 1]])
+    # Joint counts: (0,0)=2, (1,0)=1, (1,1)=1 of N=4. H(X) = log 2. H(Y) = -(3/4 log 3/4 + 1/4 log 1/4)
+    # = 2 log 2 - 3/4 log 3. H(Y|X) = 1/2 * 0 + 1/2 * log 2, so I = H(Y) - H(Y|X) = 3/2 log 2 - 3/4 log 3.
+    # NMI = 2I / (H(X) + H(Y)) = (3 log 2 - 3/2 log 3) / (3 log 2 - 3/4 log 3) = 0.34371...
+    expected = (3 * math.log(2) - 1.5 * math.log(3)) / (3 * math.log(2) - 0.75 * math.log(3))
+    assert cluster_label_nmi(clusters, labels) == pytest.approx(expected, abs=1e-9)
+    assert cluster_label_nmi(labels, clusters) == pytest.approx(expected, abs=1e-9)
+    np.testing.assert_array_equal(contingency_table(clusters, labels), [[2, 0], [1, 1]])
+
+
+def test_nmi_independent_maps_is_zero():
+    rows, cols = np.indices((4, 4))
+    checkerboard = (rows + cols) % 2
+    halves = (cols >= 2).astype(int)
+    # Each (checker, half) pair covers exactly 4 of the 16 pixels = (8/16) * (8/16) * 16: independent.
+    assert cluster_label_nmi(checkerboard, halves) < 1e-12
+    assert cluster_label_nmi(halves, checkerboard) < 1e-12
+
+
+def test_nmi_ignores_ignore_index_pixels():
+    clusters = np.array([[0, 0, 1, 1, 1, 0, 1]])
+    labels = np.array([[0, 0, 0, 1, 255, 255, 255]])
+    expected = cluster_label_nmi(clusters[:, :4], labels[:, :4])
+    assert cluster_label_nmi(clusters, labels) == pytest.approx(expected, abs=1e-12)
+    assert cluster_label_nmi(clusters, labels, ignore_index=None) != pytest.approx(expected, abs=1e-3)
+    with pytest.raises(ValueError, match="no pixel"):
+        cluster_label_nmi(clusters, np.full_like(labels, 255))
+
+
+def test_nmi_degenerate_cases():
+    constant, varied = np.zeros((2, 3), int), np.array([[0, 1, 2], [0, 1, 2]])
+    assert cluster_label_nmi(constant, constant + 4) == 1.0
+    assert cluster_label_nmi(constant, varied) == 0.0
+    assert cluster_label_nmi(varied, constant) == 0.0
+    assert nmi_from_contingency([[3, 0], [0, 0]]) == 1.0
+    with pytest.raises(ValueError, match="same shape"):
+        cluster_label_nmi(constant, varied[:, :2])
+
+
+def test_downsample_labels_by_mode_and_reduce():
+    labels = np.array(
+        [
+            [1, 1, 2, 2],
+            [1, 3, 255, 255],
+            [4, 4, 5, 6],
+            [255, 255, 6, 5],
+        ]
+    )
+    # Blocks of 2x2: mode of {1,1,1,3} = 1; {2,2} = 2 (ignored pixels skipped); {4,4} = 4; tie {5,6,6,5} -> 5.
+    np.testing.assert_array_equal(downsample_labels(labels, (2, 2)), [[1, 2], [4, 5]])
+    np.testing.assert_array_equal(downsample_labels(np.full((4, 4), 255), (2, 2)), np.full((2, 2), 255))
+    np.testing.assert_array_equal(downsample_labels(np.array([[1, 2]]), (2, 4)), [[1, 1, 2, 2], [1, 1, 2, 2]])
+    np.testing.assert_array_equal(reduce_labels(np.array([0, 1, 5, 255])), [255, 0, 4, 255])
+
+
+def test_stage_nmi_pools_over_images_and_matches_own_labels(segmenter, seed):
+    pixel_values = torch.randn(2, 3, INPUT_SIZE, INPUT_SIZE)
+    hard = hard_cluster_map(compute_cluster_assignments(segmenter, pixel_values)["stage3"])  # (2, 4, 4)
+    labels = torch.from_numpy(np.stack([np.kron(h, np.ones((16, 16), dtype=np.int64)) for h in hard]))
+    labels[:, :5, :5] = 255  # ignored
+    scores, tables = stage_cluster_nmi(segmenter, [{"pixel_values": pixel_values, "labels": labels}], return_tables=True)
+    assert list(scores) == ["stage1", "stage2", "stage3", "head"]
+    assert scores["stage3"] == pytest.approx(1.0, abs=1e-12)
+    assert all(0.0 <= value <= 1.0 for value in scores.values())
+    # Pooled over both images: every non-ignored downsampled pixel counted once.
+    assert tables["stage1"].sum() == 2 * (16 * 16 - 1)  # the 5x5 ignored corner empties one 4x4 block
+    assert tables["stage3"].sum() == 2 * 16 and tables["head"].shape[0] == segmenter.config.num_labels
+    pooled = nmi_from_contingency(tables["stage2"])
+    assert scores["stage2"] == pooled
+
+
+def test_stage_nmi_on_ade20k_schema_examples(segmenter, processor):
+    annotation = np.zeros((64, 64), dtype=np.uint8)
+    annotation[:, 32:] = 1
+    annotation[40:, :] = 3
+    examples = [{"image": Image.new("RGB", (64, 64), (90, 120, 30)), "annotation": Image.fromarray(annotation)}] * 3
+    scores = stage_cluster_nmi(segmenter, examples, processor, num_images=2, batch_size=2)
+    assert set(scores) == {"stage1", "stage2", "stage3", "head"}
+    assert all(0.0 <= value <= 1.0 for value in scores.values())
+
+
+def test_cluster_nmi_script_builtin_with_random_baseline(segmenter_folder, tmp_path, capsys):
+    output = tmp_path / "nmi.json"
+    script = load_script("cluster_nmi")
+    argv = ["--model", str(segmenter_folder), "--num-images", "2", "--image-size", "64", "--compare-random"]
+    assert script.main(argv + ["--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "NMI (trained)" in printed and "NMI (random init)" in printed and "head" in printed
+    result = json.loads(output.read_text())
+    assert set(result["nmi"]) == set(result["nmi_random_init"]) == {"stage1", "stage2", "stage3", "head"}
+    assert result["num_images"] == 2 and result["num_clusters"]["head"] == 6
+    assert all(0.0 <= value <= 1.0 for value in result["nmi"].values())
