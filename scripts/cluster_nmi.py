@@ -79,7 +79,6 @@ def main(argv=None) -> int:
 
     from paca_hf.visualization import (
         auto_model_class,
-        default_image_processor,
         load_model_and_processor,
         stage_cluster_nmi,
     )
@@ -90,9 +89,6 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as error:
         print(f"error: cannot load model {args.model!r}: {error}", file=sys.stderr)
         return 1
-    if image_processor is None:
-        image_processor = default_image_processor()
-        print("note: no image processor saved with the model; using PaCaViTImageProcessor defaults", file=sys.stderr)
     model.to(args.device)
 
     def score(scored_model):

@@ -51,16 +51,13 @@ def main(argv=None) -> int:
             parser.error(f"--stage must be a stage number (1-based) or 'head', got {stage!r}")
     image = load_image(parser, args.image)
 
-    from paca_hf.visualization import default_image_processor, load_model_and_processor, render_clusters
+    from paca_hf.visualization import load_model_and_processor, render_clusters
 
     try:
         model, image_processor = load_model_and_processor(args.model)
     except (OSError, ValueError) as error:
         print(f"error: cannot load model {args.model!r}: {error}", file=sys.stderr)
         return 1
-    if image_processor is None:
-        image_processor = default_image_processor()
-        print("note: no image processor saved with the model; using PaCaViTImageProcessor defaults", file=sys.stderr)
     model.to(args.device)
     try:
         picture = render_clusters(

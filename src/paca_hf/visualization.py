@@ -26,6 +26,7 @@ from __future__ import annotations
 import colorsys
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -624,8 +625,8 @@ def auto_model_class(architectures: Sequence[str] | None):
 
 
 def load_model_and_processor(name_or_path: str, **kwargs):
-    """`(model in eval mode, image processor or None)` of a folder or Hub id, with the Auto class picked from
-    `config.architectures`. The processor is None when the folder has none (callers then fall back)."""
+    """`(model in eval mode, image processor)` of a folder or Hub id, with the Auto class picked from
+    `config.architectures`. A folder without a saved processor gets `PaCaViTImageProcessor()` (with a warning)."""
     import paca_hf  # noqa: F401  (registers the PaCa-ViT Auto classes, image processor included)
     from transformers import AutoConfig, AutoImageProcessor
 
@@ -634,17 +635,11 @@ def load_model_and_processor(name_or_path: str, **kwargs):
     try:
         image_processor = AutoImageProcessor.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError, KeyError):
-        image_processor = None
-    return model.eval(), image_processor
-
-
-def default_image_processor():
-    """The package's `PaCaViTImageProcessor` with its defaults, or None when that module is unavailable."""
-    try:
         from .image_processing_pacavit import PaCaViTImageProcessor
-    except ImportError:  # pragma: no cover
-        return None
-    return PaCaViTImageProcessor()
+
+        warnings.warn(f"No image processor saved in {name_or_path!r}; using PaCaViTImageProcessor defaults.")
+        image_processor = PaCaViTImageProcessor()
+    return model.eval(), image_processor
 
 
 __all__ = [
