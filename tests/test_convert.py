@@ -34,9 +34,13 @@ def test_cli_converts_reference_classifier_exactly(tmp_path):
     result = run_cli("--checkpoint", case_checkpoint(name), "--config", write_config(tmp_path, name),
                      "--output-dir", output, "--task", "image-classification")
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in output.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in output.iterdir()) == [
+        "config.json", "configuration_pacavit.py", "image_processing_pacavit.py", "model.safetensors",
+        "modeling_pacavit.py", "preprocessor_config.json",
+    ]
     config = json.loads((output / "config.json").read_text())
     assert config["model_type"] == "pacavit" and len(config["id2label"]) == 10  # num_labels from the head
+    assert config["auto_map"]["AutoModelForImageClassification"] == "modeling_pacavit.PaCaViTForImageClassification"
     assert "pacavit.embeddings.projection.0.weight" in load_file(output / "model.safetensors")
     model = PaCaViTForImageClassification.from_pretrained(output).eval()
     io = case_io(name)

@@ -325,16 +325,8 @@ def write_atomically(output_dir: str | os.PathLike, write) -> Path:
     return output_dir
 
 
-def convert_checkpoint(
-    checkpoint: str | os.PathLike,
-    config: str | os.PathLike | PaCaViTConfig,
-    output_dir: str | os.PathLike,
-    task: str = "image-classification",
-    push_to_hub: str | None = None,
-):
-    """Convert one of the authors' checkpoints into a transformers folder (`config.json`, `model.safetensors`,
-    `preprocessor_config.json`) and return the model. Nothing is written unless the conversion is exact and the
-    written folder loads back to identical outputs."""
+def convert_model(checkpoint: str | os.PathLike, config: str | os.PathLike | PaCaViTConfig, task: str):
+    """Read one of the authors' checkpoints and return our model (eval mode) holding exactly its weights."""
     source = load_checkpoint(checkpoint)
     config = build_config(config, source)
     model = build_model(config, task)
@@ -342,18 +334,37 @@ def convert_checkpoint(
     if unused:
         logger.warning(f"Not converted: {len(unused)} tensors of mmseg's auxiliary head, unused by the model: {unused}")
     model.load_state_dict(weights, strict=True)
-    model.eval()
+    return model.eval()
+
+
+def convert_checkpoint(
+    checkpoint: str | os.PathLike,
+    config: str | os.PathLike | PaCaViTConfig,
+    output_dir: str | os.PathLike,
+    task: str = "image-classification",
+    push_to_hub: str | None = None,
+):
+    """Convert one of the authors' checkpoints into a transformers folder (`config.json` with an `auto_map`,
+    `model.safetensors`, `preprocessor_config.json` and the package's source files for `trust_remote_code`) and
+    return the model. Nothing is written unless the conversion is exact and the written folder loads back to the
+    same outputs; nothing is uploaded unless the folder was written."""
+    from .hub import add_remote_code, upload_repo
+
+    model = convert_model(checkpoint, config, task)
     image_processor = default_image_processor(task)
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder, safe_serialization=True)
         image_processor.save_pretrained(folder)
+        add_remote_code(folder, task)
         verify_folder(folder, model)
 
-    write_atomically(output_dir, write)
+    output_dir = write_atomically(output_dir, write)
     if push_to_hub:
-        model.push_to_hub(push_to_hub, safe_serialization=True)
-        image_processor.push_to_hub(push_to_hub)
+        from huggingface_hub import HfApi
+
+        files = sorted(path.name for path in output_dir.iterdir())
+        upload_repo(HfApi(), push_to_hub, output_dir, files, "Upload PaCa-ViT converted from the authors' checkpoint")
     return model
 
 
