@@ -105,6 +105,17 @@ def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> 
     return hidden_states * mask / keep_prob
 
 
+class PaCaViTConv2d(nn.Conv2d):
+    """Conv2d computed in channels-last memory. Feature maps here are views of `(batch, tokens, channels)`
+    tensors, i.e. channels-last already: with a channels-last weight the convolution reads them without a copy and
+    returns a map that flattens back to contiguous tokens. (A depthwise weight of shape (C, 1, k, k) counts as
+    contiguous in both formats, so it is restrided explicitly; this costs a copy of the weight only.)"""
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        weight = torch.empty_like(self.weight, memory_format=torch.channels_last).copy_(self.weight)
+        return self._conv_forward(feature_map.contiguous(memory_format=torch.channels_last), weight, self.bias)
+
+
 class PaCaViTDropPath(nn.Module):
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
@@ -125,11 +136,11 @@ class PaCaViTPatchEmbeddings(nn.Module):
         super().__init__()
         if is_stem:
             self.projection = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels // 2, kernel_size=3, stride=2, padding=1),
-                nn.Conv2d(out_channels // 2, out_channels, kernel_size=3, stride=2, padding=1),
+                PaCaViTConv2d(in_channels, out_channels // 2, kernel_size=3, stride=2, padding=1),
+                PaCaViTConv2d(out_channels // 2, out_channels, kernel_size=3, stride=2, padding=1),
             )
         else:
-            self.projection = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
+            self.projection = PaCaViTConv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
         self.layer_norm = nn.LayerNorm(out_channels, eps=config.layer_norm_eps)
 
     def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -143,11 +154,11 @@ class PaCaViTConvClustering(nn.Module):
 
     def __init__(self, config: PaCaViTConfig, hidden_size: int, num_clusters: int, kernel_size: int, mlp_ratio):
         super().__init__()
-        self.depthwise = nn.Conv2d(
+        self.depthwise = PaCaViTConv2d(
             hidden_size, hidden_size, kernel_size, padding=(kernel_size - 1) // 2, groups=hidden_size
         )
-        self.pointwise = nn.Conv2d(hidden_size, hidden_size, kernel_size=1)
-        self.to_clusters = nn.Conv2d(hidden_size, num_clusters, kernel_size=1, bias=False)
+        self.pointwise = PaCaViTConv2d(hidden_size, hidden_size, kernel_size=1)
+        self.to_clusters = PaCaViTConv2d(hidden_size, num_clusters, kernel_size=1, bias=False)
         self.activation = ACT2FN[config.hidden_act]
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -283,7 +294,7 @@ class PaCaViTMixFFN(nn.Module):
     def __init__(self, config: PaCaViTConfig, hidden_size: int, intermediate_size: int):
         super().__init__()
         self.dense1 = nn.Linear(hidden_size, intermediate_size)
-        self.depthwise_conv = nn.Conv2d(
+        self.depthwise_conv = PaCaViTConv2d(
             intermediate_size, intermediate_size, kernel_size=3, padding=1, groups=intermediate_size
         )
         self.activation = ACT2FN[config.hidden_act]
@@ -330,7 +341,7 @@ class PaCaViTConvActNorm(nn.Sequential):
 
     def __init__(self, config: PaCaViTConfig, in_channels, out_channels, kernel_size=1, stride=1, groups=1):
         super().__init__()
-        self.conv = nn.Conv2d(
+        self.conv = PaCaViTConv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2, groups=groups
         )
         self.activation = ACT2FN[config.hidden_act]
@@ -383,7 +394,7 @@ class PaCaViTClusteringTeacher(nn.Module):
         )
         self.fusions = nn.ModuleList(PaCaViTConvMixerLayer(config, sizes[index]) for index in range(len(sizes) - 1))
         self.to_clusters = nn.ModuleList(
-            nn.Conv2d(size, count, kernel_size=1) if count > 0 else None
+            PaCaViTConv2d(size, count, kernel_size=1) if count > 0 else None
             for size, count in zip(sizes, config.num_clusters)
         )
 
