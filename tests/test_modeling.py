@@ -214,3 +214,22 @@ def test_bad_inputs_raise_value_error(pixel_values, message):
     model = PaCaViTForImageClassification(tiny_config()).eval()
     with pytest.raises(ValueError, match=message):
         model(pixel_values)
+
+
+@pytest.mark.parametrize("size", [(97, 61), (7, 5)])
+def test_odd_sizes_through_the_processor(size, seed):
+    import numpy as np
+    from PIL import Image
+
+    from paca_hf import PaCaViTImageProcessor
+
+    width, height = size
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    pixel_values = PaCaViTImageProcessor(do_resize=False, do_center_crop=False)(image, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 3, height, width)
+    model = PaCaViTForSemanticSegmentation(tiny_config()).eval()
+    with torch.no_grad():
+        outputs = model(pixel_values, output_cluster_assignments=True)
+    assert torch.isfinite(outputs.logits).all()
+    for assignment in outputs.cluster_assignments[:3]:
+        torch.testing.assert_close(assignment.sum(dim=(2, 3)), torch.ones_like(assignment.sum(dim=(2, 3))))
