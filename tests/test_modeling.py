@@ -61,7 +61,8 @@ def test_sdpa_and_eager_attention_agree(clustering_type, seed):
     sdpa = PaCaViTForImageClassification(config).eval()
     assert sdpa.config._attn_implementation == "sdpa"
     eager = copy.deepcopy(sdpa)
-    eager.config._attn_implementation = "eager"
+    eager.set_attn_implementation("eager")
+    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
     pixel_values = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(sdpa(pixel_values).logits, eager(pixel_values).logits, atol=1e-5, rtol=1e-5)

@@ -273,7 +273,9 @@ class PaCaViTAttention(nn.Module):
 
         attention_interface = eager_attention_forward
         if not output_attentions and self.config._attn_implementation != "eager":
-            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -303,7 +305,10 @@ class PaCaViTMixFFN(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
         hidden_states = self.dense1(hidden_states)
-        hidden_states = hidden_states + map_to_tokens(self.depthwise_conv(tokens_to_map(hidden_states, height, width)))
+        # In place on the conv's fresh output (its backward does not need it): one expanded map less at peak.
+        hidden_states = map_to_tokens(self.depthwise_conv(tokens_to_map(hidden_states, height, width))).add_(
+            hidden_states
+        )
         hidden_states = self.dropout(self.activation(hidden_states))
         return self.dropout(self.dense2(hidden_states))
 

@@ -1,0 +1,219 @@
+"""scripts/benchmark.py: the quick run writes consistent files, and its arithmetic is right (no timing asserts)."""
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = load_script()
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        return reader.fieldnames, list(reader)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("benchmark")
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--output-dir", str(output_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return output_dir, completed.stdout
+
+
+def test_quick_run_rows_and_columns(quick_run):
+    output_dir, _ = quick_run
+    columns, rows = read_csv(output_dir / "results.csv")
+    assert columns == list(benchmark.CSV_COLUMNS)
+    quick = benchmark.QUICK
+    expected = {
+        (model, "inference", size, batch)
+        for model in quick["models"]
+        for size in quick["sizes"]
+        for batch in quick["batch_sizes"]
+    } | {
+        (model, "train", size, batch)
+        for model in quick["models"]
+        for size in quick["train_sizes"]
+        for batch in quick["train_batch_sizes"]
+    }
+    assert {(r["model"], r["mode"], int(r["size"]), int(r["batch_size"])) for r in rows} == expected
+    assert len(rows) == len(expected)
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["baseline"] == quick["baseline"]
+        assert int(row["repeats"]) == quick["repeats"]
+        assert int(row["pixels"]) == int(row["size"]) ** 2
+        assert row["device"] == "cpu" and row["dtype"] == "fp32"
+        assert float(row["gflops"]) > 0 and float(row["params_m"]) > 0
+        assert float(row["peak_mem_mib"]) >= 0 or row["mem_method"] == "unavailable"
+        assert (row["optimizer"] == "adamw") == (row["mode"] == "train")
+
+
+def test_quick_run_arithmetic(quick_run):
+    output_dir, _ = quick_run
+    _, rows = read_csv(output_dir / "results.csv")
+    by_key = {(r["model"], r["mode"], r["size"], r["batch_size"]): r for r in rows}
+    for row in rows:
+        median = float(row["median_ms"])
+        times = [float(value) for value in row["times_ms"].split(";")]
+        assert median == pytest.approx(statistics.median(times), abs=1e-3)  # times_ms has 4 decimals
+        assert float(row["min_ms"]) == pytest.approx(min(times), abs=1e-3)
+        assert float(row["max_ms"]) == pytest.approx(max(times), abs=1e-3)
+        assert float(row["iqr_ms"]) >= 0
+        assert float(row["images_per_s"]) == pytest.approx(int(row["batch_size"]) * 1000 / median, rel=1e-12)
+        assert float(row["tflops_per_s"]) == pytest.approx(float(row["gflops"]) / median, rel=1e-12)
+        base = by_key[(row["baseline"], row["mode"], row["size"], row["batch_size"])]
+        assert float(row["ratio_vs_baseline"]) == pytest.approx(median / float(base["median_ms"]), rel=1e-12)
+        if row["model"] == row["baseline"]:
+            assert float(row["ratio_vs_baseline"]) == 1.0
+
+    columns, scaling = read_csv(output_dir / "scaling.csv")
+    assert columns == list(benchmark.SCALING_COLUMNS)
+    sizes = benchmark.QUICK["sizes"]
+    expected = {
+        (model, "inference", small, large)
+        for model in benchmark.QUICK["models"]
+        for small, large in zip(sizes, sizes[1:])
+    }
+    assert {(s["model"], s["mode"], int(s["size_from"]), int(s["size_to"])) for s in scaling} == expected
+    for entry in scaling:
+        small = by_key[(entry["model"], entry["mode"], entry["size_from"], entry["batch_size"])]
+        large = by_key[(entry["model"], entry["mode"], entry["size_to"], entry["batch_size"])]
+        time_ratio = float(large["median_ms"]) / float(small["median_ms"])
+        pixel_ratio = int(large["pixels"]) / int(small["pixels"])
+        assert float(entry["time_ratio"]) == pytest.approx(time_ratio, rel=1e-12)
+        assert float(entry["pixel_ratio"]) == pytest.approx(pixel_ratio, rel=1e-12)
+        assert float(entry["exponent"]) == pytest.approx(math.log(time_ratio) / math.log(pixel_ratio), rel=1e-9)
+
+
+def test_quick_run_report_meta_and_plot(quick_run):
+    output_dir, stdout = quick_run
+    report = (output_dir / "report.txt").read_text()
+    assert "Median time per step" in report and "Scaling" in report
+    assert f"pacavit-tiny/{benchmark.QUICK['baseline']}" in stdout
+    meta = json.loads((output_dir / "meta.json").read_text())
+    assert meta["threads"] == 1 and meta["baseline"] == benchmark.QUICK["baseline"]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "plot skipped" in stdout
+        assert not (output_dir / "scaling.png").exists()
+    else:
+        assert (output_dir / "scaling.png").stat().st_size > 0
+
+
+def test_quartiles():
+    assert benchmark.quartiles([4.0]) == (4.0, 4.0, 4.0)
+    assert benchmark.quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 3.0, 4.0)
+    first, median, third = benchmark.quartiles([10.0, 1.0, 4.0, 2.0])
+    assert (first, median, third) == (1.75, 3.0, 5.5)
+
+
+def test_ratios_and_scaling():
+    def row(model, size, median, mode="inference", status="ok"):
+        return {
+            "model": model,
+            "mode": mode,
+            "size": size,
+            "batch_size": 1,
+            "pixels": size * size,
+            "median_ms": median,
+            "status": status,
+        }
+
+    rows = [
+        row("a", 224, 10.0),
+        row("base", 224, 40.0),
+        row("a", 512, 30.0),
+        row("base", 512, float("nan"), status="oom"),
+        row("a", 1024, 120.0),
+        row("a", 224, 5.0, mode="train"),
+    ]
+    benchmark.add_ratios(rows, "base")
+    assert rows[0]["ratio_vs_baseline"] == 0.25 and rows[1]["ratio_vs_baseline"] == 1.0
+    assert all(math.isnan(r["ratio_vs_baseline"]) for r in rows[2:])  # baseline missing or failed
+    scaling = {(s["model"], s["size_from"], s["size_to"]): s for s in benchmark.scaling_rows(rows)}
+    assert set(scaling) == {("a", 224, 512), ("a", 512, 1024)}
+    assert scaling[("a", 512, 1024)]["time_ratio"] == 4.0 and scaling[("a", 512, 1024)]["pixel_ratio"] == 4.0
+    assert scaling[("a", 512, 1024)]["exponent"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("groups, transposed", [(1, False), (4, False), (16, False), (4, True)])
+def test_conv_backward_flops_counts_groups(groups, transposed):
+    layer_class = torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d
+    layer = layer_class(16, 32 if not transposed else 16, 3, padding=1, groups=groups)
+    inputs = torch.randn(2, 16, 9, 9, requires_grad=True)
+    with FlopCounterMode(display=False) as forward:
+        layer(inputs)
+    mapping = {torch.ops.aten.convolution_backward: benchmark.conv_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as both:
+        layer(inputs).sum().backward()
+    assert both.get_total_flops() == 3 * forward.get_total_flops()  # forward, grad_input, grad_weight
+
+
+def test_baseline_configs_are_the_stated_hyper_parameters():
+    swin = benchmark.build_config("swin-t")
+    assert (swin.embed_dim, list(swin.depths), list(swin.num_heads), swin.window_size, swin.patch_size) == (
+        96,
+        [2, 2, 6, 2],
+        [3, 6, 12, 24],
+        7,
+        4,
+    )
+    b1, b2 = benchmark.build_config("pvtv2-b1"), benchmark.build_config("pvtv2-b2")
+    assert list(b1.hidden_sizes) == list(b2.hidden_sizes) == [64, 128, 320, 512]
+    assert (list(b1.depths), list(b2.depths)) == ([2, 2, 2, 2], [3, 4, 6, 3])
+    for name in benchmark.MODEL_NAMES:
+        assert benchmark.build_config(name).num_labels == 1000
+
+
+def test_unknown_model_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--models", "pacavit-tiny,resnet50"])
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_results_read_back_and_replot(quick_run, tmp_path):
+    output_dir, _ = quick_run
+    rows = benchmark.read_results(output_dir / "results.csv")
+    _, raw = read_csv(output_dir / "results.csv")
+    assert len(rows) == len(raw)
+    for row, text in zip(rows, raw):
+        assert row["median_ms"] == float(text["median_ms"]) and row["size"] == int(text["size"])
+    for name in ("results.csv", "meta.json"):
+        (tmp_path / name).write_bytes((output_dir / name).read_bytes())
+    assert benchmark.main(["--plot-only", "--output-dir", str(tmp_path)]) == 0
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (tmp_path / "scaling.png").exists()
+    else:
+        assert (tmp_path / "scaling.png").stat().st_size > 0
