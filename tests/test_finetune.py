@@ -1,0 +1,322 @@
+"""scripts/finetune_ade20k.py on the CPU with tiny models: from scratch, from a converted backbone, two processes,
+exact resume, the recipe's optimiser groups and schedule, and the reported mIoU against the saved predictions."""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from paca_hf import PaCaViTConfig, PaCaViTForSemanticSegmentation
+from paca_hf import training as T
+from paca_hf.augment import SegmentationEvalTransform
+from paca_hf.data.scenes import make_scene_splits, save_scenes_to_disk
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "finetune_ade20k.py"
+
+TINY = {
+    "model_type": "pacavit",
+    "hidden_sizes": [16, 24, 32, 40],
+    "depths": [1, 1, 1, 1],
+    "num_attention_heads": [1, 1, 2, 2],
+    "mlp_ratios": [2, 2, 2, 2],
+    "num_clusters": [4, 4, 4, 0],
+    "clustering_kernel_size": 3,
+    "decode_head_hidden_size": 16,
+    "drop_path_rate": 0.1,
+}
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("finetune_ade20k", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+finetune = load_script()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two busy cores: one thread per process is faster. Module scope, so that module fixtures that train run
+    with it too: bitwise-equal weights need the same thread count in the runs compared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def tiny_args(config, output_dir, *extra, steps=3):
+    return [
+        "--config_name", str(config), "--num_clusters", "keep",
+        "--dataset_name", "builtin-scenes", "--builtin_image_size", "64", "--crop_size", "64",
+        "--num_train_images", "6", "--num_eval_images", "3",
+        "--max_train_steps", str(steps), "--num_warmup_steps", "1", "--learning_rate", "1e-3",
+        "--output_dir", str(output_dir), "--disable_tqdm", "--seed", "3", *extra,
+    ]
+
+
+def read_weights(folder):
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+# ------------------------------------------------------------------------------------------------ recipe
+
+
+def test_param_groups_follow_the_recipe():
+    """lr x10 on the head and on every to_clusters (conv / mlp / linear / teacher); decay 0 on every norm."""
+    for clustering_type, teacher in (("conv", None), ("mlp", None), ("linear", None), ("conv", [1, 1, 1, 1])):
+        config = PaCaViTConfig(**{k: v for k, v in TINY.items() if k != "model_type"}, clustering_type=clustering_type,
+                               teacher_depths=teacher, num_labels=3)
+        model = PaCaViTForSemanticSegmentation(config)
+        groups = T.param_groups(model, 6e-5, 0.01)
+        seen = {}
+        for group in groups:
+            assert group["lr"] == pytest.approx(6e-5 * group["lr_mult"])
+            assert group["weight_decay"] == pytest.approx(0.01 * group["decay_mult"])
+            for name in group["param_names"]:
+                assert name not in seen
+                seen[name] = (group["lr_mult"], group["decay_mult"])
+        assert set(seen) == {name for name, _ in model.named_parameters()}
+        norm_params = {
+            f"{module_name}.{param_name}"
+            for module_name, module in model.named_modules()
+            if isinstance(module, T.NORM_MODULE_TYPES)
+            for param_name, _ in module.named_parameters(recurse=False)
+        }
+        assert norm_params and all(seen[name][1] == 0.0 for name in norm_params)
+        assert all(seen[name][1] == 0.0 for name in seen if "norm" in name)
+        clustering = [name for name in seen if ".to_clusters." in name and not name.startswith("decode_head.")]
+        assert clustering, clustering_type
+        if teacher:
+            assert any(name.startswith("pacavit.clustering_teacher.to_clusters.") for name in clustering)
+        assert all(seen[name][0] == 10.0 for name in clustering)
+        assert all(seen[name][0] == 10.0 for name in seen if name.startswith("decode_head."))
+        plain = [name for name in seen if name.startswith("pacavit.") and name not in clustering]
+        assert all(seen[name][0] == 1.0 for name in plain)
+        assert any(seen[name] == (1.0, 1.0) for name in plain)
+
+
+def test_warmup_then_poly_schedule():
+    factor = T.PolyWithWarmup(1500, 160000, start_factor=1e-6, power=1.0)
+    assert factor(0) == pytest.approx(1e-6)
+    assert factor(750) == pytest.approx(1e-6 + (1 - 1e-6) * 0.5)
+    assert factor(1500) == pytest.approx(1.0)
+    assert factor(1500 + 158500 // 2) == pytest.approx(0.5, abs=1e-5)
+    assert factor(159999) == pytest.approx(1 / 158500)
+    assert factor(160000) == 0.0
+    # Through an optimizer: every group keeps its multiplier.
+    parameters = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.AdamW([{"params": [parameters[0]], "lr": 6e-5}, {"params": [parameters[1]], "lr": 6e-4}])
+    scheduler = T.make_scheduler(optimizer, 2, 6)
+    lrs = []
+    for _ in range(6):
+        lrs.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert [a for a, _ in lrs] == pytest.approx([6e-11, 3e-5, 6e-5, 4.5e-5, 3e-5, 1.5e-5])
+    assert all(b == pytest.approx(10 * a) for a, b in lrs)
+
+
+def test_parse_num_clusters():
+    assert T.parse_num_clusters("200", [100, 100, 100, 0]) == [200, 200, 200, 0]
+    assert T.parse_num_clusters("keep", [100, 100, 100, 0]) == [100, 100, 100, 0]
+    assert T.parse_num_clusters("8,8,8,8", [100, 100, 100, 0]) == [8, 8, 8, 8]
+    with pytest.raises(T.TrainingError, match="4 stages"):
+        T.parse_num_clusters("8,8", [100, 100, 100, 0])
+
+
+def test_exactly_one_model_source_is_required(tmp_path):
+    with pytest.raises(SystemExit):
+        finetune.parse_args(["--output_dir", str(tmp_path)])
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def test_scratch_run_from_a_local_dataset_folder(tiny_config, tmp_path):
+    """A folder that datasets.load_dataset reads; files and keys of the contract; the reported mIoU recomputed
+    from the saved predictions; the saved model reproduces those predictions and works in the pipeline."""
+    data = save_scenes_to_disk(tmp_path / "scenes", num_train=6, num_validation=3, image_size=(64, 64), seed=5)
+    out = tmp_path / "run"
+    args = tiny_args(tiny_config, out, "--save_predictions", "--checkpointing_steps", "2")
+    args[args.index("builtin-scenes")] = data
+    results = finetune.main(args)
+
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "all_results.json", "step_2"):
+        assert (out / name).exists(), name
+    written = json.loads((out / "all_results.json").read_text())
+    for key in ("eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy"):
+        assert isinstance(written[key], float) and written[key] == results[key]
+    assert written["train_steps"] == 3 and written["effective_batch_size"] == 2
+    # No id2label.json in the folder: classes come from the largest annotation value (5 shapes, reduced).
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["id2label"]) == 5 and config["num_clusters"] == TINY["num_clusters"]
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"shortest_edge": 64} and processor["do_reduce_labels"] is True
+
+    # The metric recomputed by hand from the saved maps.
+    saved = np.load(out / "eval_predictions.npz")
+    pairs = [(saved[f"prediction_{i}"], saved[f"reference_{i}"]) for i in range(len(saved.files) // 2)]
+    assert len(pairs) == 3
+    intersection, union = np.zeros(5), np.zeros(5)
+    for prediction, reference in pairs:
+        valid = reference != 255
+        for c in range(5):
+            p, r = (prediction == c) & valid, (reference == c) & valid
+            intersection[c] += (p & r).sum()
+            union[c] += (p | r).sum()
+    with np.errstate(invalid="ignore"):
+        assert written["eval_mean_iou"] == pytest.approx(np.nanmean(intersection / union), abs=1e-12)
+
+    # The saved model gives the same maps (whole-image inference, labels reduced like training).
+    import datasets
+
+    validation = datasets.load_dataset(data)["validation"]
+    model = PaCaViTForSemanticSegmentation.from_pretrained(out).eval()
+    for index, (prediction, reference) in enumerate(pairs):  # one image per batch, as the script evaluates
+        batch = T.collate_segmentation([validation[index]])
+        mine = T.predict_batch(model, batch["images"], SegmentationEvalTransform(scale=(256, 64)), "cpu")[0]
+        np.testing.assert_array_equal(prediction, mine.numpy())
+        np.testing.assert_array_equal(reference, T.reduce_labels_tensor(batch["labels"][0]).numpy())
+
+    from transformers import pipeline
+
+    segment = pipeline("image-segmentation", model=str(out), device="cpu")
+    masks = segment(validation[0]["image"])
+    assert masks and {m["label"] for m in masks} <= set(config["id2label"].values())
+    assert np.array(masks[0]["mask"]).shape == (64, 64)
+
+
+@pytest.fixture(scope="module")
+def converted_classifier(tmp_path_factory):
+    from paca_hf.convert import convert_checkpoint
+    from reference import case_checkpoint, case_config
+
+    folder = tmp_path_factory.mktemp("converted") / "cls"
+    convert_checkpoint(case_checkpoint("cls_conv_stagewise"), case_config("cls_conv_stagewise"), folder)
+    return folder
+
+
+def test_finetune_from_a_converted_backbone(converted_classifier, tmp_path):
+    """8 clusters in the ImageNet-style checkpoint, 16 downstream: the to_clusters convs are re-initialised and
+    reported, every other backbone tensor is the checkpoint's, the classifier is unused, the head is new."""
+    source = load_file(str(converted_classifier / "model.safetensors"))
+    id2label = {0: "a", 1: "b", 2: "c", 3: "d", 4: "e"}
+    model, report = T.build_model(id2label, model_name_or_path=str(converted_classifier), num_clusters="16")
+    state = model.state_dict()
+    reinitialized = {name for name, _, _ in report.reinitialized}
+    assert reinitialized == {f"pacavit.stages.{i}.layers.0.attention.clustering.to_clusters.weight" for i in range(3)}
+    for name, old, new in report.reinitialized:
+        assert old[0] == 8 and new[0] == 16 and tuple(state[name].shape) == tuple(new)
+    assert set(report.unused) == {"classifier.weight", "classifier.bias"}
+    assert report.newly_initialized and all(name.startswith("decode_head.") for name in report.newly_initialized)
+    backbone = [name for name in source if name.startswith("pacavit.") and name not in reinitialized]
+    assert len(backbone) > 100 and set(backbone) <= set(report.loaded)
+    for name in backbone:
+        assert torch.equal(state[name], source[name]), name
+    assert model.config.num_clusters == [16, 16, 16, 0] and model.config.id2label == id2label
+
+    # A few steps through the script; the re-initialised tensors are written to the report.
+    out = tmp_path / "run"
+    results = finetune.main([
+        "--model_name_or_path", str(converted_classifier), "--num_clusters", "16",
+        "--dataset_name", "builtin-scenes", "--builtin_image_size", "64", "--crop_size", "64",
+        "--num_train_images", "4", "--num_eval_images", "2", "--max_train_steps", "2", "--num_warmup_steps", "1",
+        "--output_dir", str(out), "--disable_tqdm",
+    ])
+    assert np.isfinite(results["train_loss"]) and 0.0 <= results["eval_mean_iou"] <= 1.0
+    written = json.loads((out / "init_report.json").read_text())
+    assert {entry["name"] for entry in written["reinitialized"]} == reinitialized
+    trained = read_weights(out)
+    assert trained["pacavit.stages.0.layers.0.attention.clustering.to_clusters.weight"].shape[0] == 16
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tiny_config, tmp_path):
+    """Drop path, head dropout, augmentation, accumulation over an epoch boundary: a run stopped after step 2 and
+    resumed from its checkpoint ends with the same weights, bit for bit, as one that ran through."""
+    extra = ("--checkpointing_steps", "2", "--gradient_accumulation_steps", "2")
+    straight = finetune.main(tiny_args(tiny_config, tmp_path / "straight", *extra, steps=4))
+    stopped = finetune.main(tiny_args(tiny_config, tmp_path / "resumed", *extra, "--stop_after_step", "2", steps=4))
+    assert stopped["stopped_at_step"] == 2
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    resumed = finetune.main(
+        tiny_args(tiny_config, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest", steps=4)
+    )
+    assert resumed["resumed_from"].endswith("step_2")
+    expected, actual = read_weights(tmp_path / "straight"), read_weights(tmp_path / "resumed")
+    assert expected.keys() == actual.keys()
+    different = [name for name in expected if not torch.equal(expected[name], actual[name])]
+    assert not different, different[:5]
+    assert resumed["eval_mean_iou"] == straight["eval_mean_iou"]
+    # 6 images, 2 per batch, 2 batches per step: steps 1-2 end inside epoch 1, so the resume skipped a batch.
+    marker = json.loads((tmp_path / "resumed" / "step_4" / T.COMPLETE_MARKER).read_text())
+    assert marker["step"] == 4 and marker["epoch"] == 2 and marker["batches_in_epoch"] == 2
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_on_the_cpu_hold_identical_weights(tiny_config, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs: the script switches to the CPU
+    (gloo), keeps BatchNorm (SyncBatchNorm needs CUDA) and both processes end with the same weights."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
+               PYTHONPATH=str(ROOT / "src"))
+    env.pop("ACCELERATE_USE_CPU", None)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), str(SCRIPT),
+        *tiny_args(tiny_config, out, "--debug_dump_weights", "--num_train_images", "8"),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    log = completed.stdout + completed.stderr
+    assert completed.returncode == 0, log[-4000:]
+    assert "SyncBatchNorm needs CUDA/NCCL" in log
+    ranks = [json.loads((out / "rank_checksums" / f"rank_{i}.json").read_text()) for i in range(2)]
+    assert [r["num_processes"] for r in ranks] == [2, 2]
+    assert all("MULTI_CPU" in r["distributed_type"] for r in ranks)
+    assert ranks[0]["checksums"] == ranks[1]["checksums"]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["num_processes"] == 2 and results["effective_batch_size"] == 4
+    # The saved model is the one both processes hold.
+    saved = T.weight_checksums(PaCaViTForSemanticSegmentation.from_pretrained(out))
+    assert saved == ranks[0]["checksums"]
+
+
+def test_demo_arguments_and_picture(tmp_path):
+    """The demo's fine-tune arguments parse with the script's parser; its picture is a grid of the right size."""
+    spec = importlib.util.spec_from_file_location("paca_demo", ROOT / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    args = finetune.parse_args(demo.finetune_argv(tmp_path, tmp_path / "config.json", seed=1))
+    assert args.dataset_name == "builtin-scenes" and args.reduce_labels and args.seed == 1
+    assert args.crop_size == demo.DEMO_SETTINGS["image_size"]
+    validation = make_scene_splits(num_train=0, num_validation=2, image_size=(32, 40))["validation"]
+    images = [validation[i]["image"] for i in range(2)]
+    truths = [T.reduce_labels_tensor(T.label_to_tensor(validation[i]["annotation"])).numpy() for i in range(2)]
+    predictions = [np.zeros((32, 40), dtype=np.int64), truths[1].clip(0, 4)]
+    picture = demo.render_grid(images, truths, predictions, {i: f"c{i}" for i in range(5)}, ["a header line"])
+    assert isinstance(picture, Image.Image)
+    assert picture.width == 4 * 80 + 5 * 6 and picture.height > 2 * 64

@@ -1,0 +1,274 @@
+"""Hardening of the fine-tuning script's state: corrupt / partial checkpoints are refused with a clear message,
+`latest` skips them (and says so), a run killed while saving leaves the previous checkpoint usable, and a NaN
+loss stops the run with the step number before anything non-finite is written."""
+
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+from pathlib import Path
+
+import accelerate
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from paca_hf import training as T
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "finetune_ade20k.py"
+
+TINY = {
+    "model_type": "pacavit",
+    "hidden_sizes": [16, 24, 32, 40],
+    "depths": [1, 1, 1, 1],
+    "num_attention_heads": [1, 1, 2, 2],
+    "mlp_ratios": [2, 2, 2, 2],
+    "num_clusters": [4, 4, 4, 0],
+    "clustering_kernel_size": 3,
+    "decode_head_hidden_size": 16,
+    "drop_path_rate": 0.1,
+}
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("finetune_ade20k_state", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+finetune = load_script()
+
+
+class SimulatedKill(BaseException):
+    """Stands for the process being killed: not an Exception, so nothing in the script handles it."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Module scope, so that the module's training fixtures run with it too (bitwise-equal weights need the same
+    thread count in the runs compared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def args_for(config, output_dir, *extra, steps=4):
+    return [
+        "--config_name", str(config), "--num_clusters", "keep",
+        "--dataset_name", "builtin-scenes", "--builtin_image_size", "48", "--crop_size", "48",
+        "--num_train_images", "4", "--num_eval_images", "2",
+        "--max_train_steps", str(steps), "--num_warmup_steps", "1", "--learning_rate", "1e-3",
+        "--checkpointing_steps", "2", "--checkpoints_total_limit", "0",
+        "--output_dir", str(output_dir), "--disable_tqdm", *extra,
+    ]
+
+
+def tree_digest(folder: Path) -> dict:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def all_saved_tensors_are_finite(folder: Path) -> bool:
+    files = list(folder.rglob("*.safetensors"))
+    assert files
+    return all(
+        bool(torch.isfinite(tensor).all()) for path in files for tensor in load_file(str(path)).values()
+        if tensor.is_floating_point()
+    )
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_config, tmp_path_factory):
+    """An uninterrupted 4-step run with checkpoints at steps 2 and 4 (all kept)."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    finetune.main(args_for(tiny_config, out))
+    return out
+
+
+@pytest.fixture
+def run_with_step_2(straight_run, tmp_path):
+    """A fresh output folder holding a copy of the straight run's step_2 checkpoint only."""
+    import shutil
+
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(straight_run / "step_2", out / "step_2")
+    return out
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    first, second = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+
+
+def test_a_truncated_checkpoint_is_refused_and_nothing_is_written(tiny_config, run_with_step_2):
+    out = run_with_step_2
+    weights = out / "step_2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    before = tree_digest(out)
+    with pytest.raises(T.CheckpointError, match=r"is corrupt: model\.safetensors has 1000 bytes"):
+        finetune.main(args_for(tiny_config, out, "--resume_from_checkpoint", str(out / "step_2")))
+    assert tree_digest(out) == before
+
+
+def test_a_checkpoint_with_flipped_bytes_is_refused(tiny_config, run_with_step_2):
+    out = run_with_step_2
+    optimizer = out / "step_2" / "optimizer.bin"
+    data = bytearray(optimizer.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    optimizer.write_bytes(bytes(data))
+    with pytest.raises(T.CheckpointError, match=r"optimizer\.bin does not match its recorded sha256"):
+        finetune.main(args_for(tiny_config, out, "--resume_from_checkpoint", "step_2"))
+    assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
+
+
+def test_a_partial_checkpoint_is_refused(tiny_config, run_with_step_2):
+    out = run_with_step_2
+    (out / "step_2" / T.COMPLETE_MARKER).unlink()
+    with pytest.raises(T.CheckpointError, match=r"is incomplete: it has no COMPLETE marker"):
+        finetune.main(args_for(tiny_config, out, "--resume_from_checkpoint", str(out / "step_2")))
+    with pytest.raises(T.CheckpointError, match=r"no usable checkpoint"):
+        finetune.main(args_for(tiny_config, out, "--resume_from_checkpoint", "latest"))
+    assert not (out / "model.safetensors").exists()
+
+
+def test_a_missing_checkpoint_is_refused(tiny_config, tmp_path):
+    with pytest.raises(T.CheckpointError, match="does not exist"):
+        finetune.main(args_for(tiny_config, tmp_path / "run", "--resume_from_checkpoint", str(tmp_path / "nope")))
+
+
+def test_generator_states_need_the_same_number_of_processes():
+    state = T.TrainingState(seed=0, process_index=0, num_processes=1)
+    saved = state.state_dict()
+    saved["generator_states"] = saved["generator_states"] * 2
+    with pytest.raises(T.CheckpointError, match="written by 2 process"):
+        state.load_state_dict(saved)
+
+
+# ------------------------------------------------------------------------------------------------ latest
+
+
+def test_latest_skips_partial_and_corrupt_checkpoints_and_says_so(tiny_config, straight_run, run_with_step_2, caplog):
+    out = run_with_step_2
+    # A newer checkpoint that was interrupted (no marker) and one that was damaged afterwards.
+    import shutil
+
+    shutil.copytree(straight_run / "step_4", out / "step_4")
+    (out / "step_4" / T.COMPLETE_MARKER).unlink()
+    shutil.copytree(straight_run / "step_2", out / "step_3")
+    (out / "step_3" / "random_states_0.pkl").write_bytes(b"")
+    best, skipped = T.find_latest_checkpoint(out)
+    assert best == out / "step_2"
+    assert {path.name for path, _ in skipped} == {"step_3", "step_4"}
+
+    caplog.set_level(logging.INFO)
+    results = finetune.main(args_for(tiny_config, out, "--resume_from_checkpoint", "latest"))
+    assert results["resumed_from"].endswith("step_2")
+    text = caplog.text
+    assert "skipped" in text and "step_4" in text and "incomplete" in text and "step_3" in text and "corrupt" in text
+    assert same_weights(out, straight_run)
+
+
+def test_latest_without_any_checkpoint_starts_from_the_beginning(tiny_config, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    results = finetune.main(args_for(tiny_config, tmp_path / "run", "--resume_from_checkpoint", "latest", steps=1))
+    assert results["resumed_from"] is None and results["train_steps"] == 1
+    assert "starting from the beginning" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------------ killed while saving
+
+
+def test_killed_while_saving_keeps_the_previous_checkpoint(tiny_config, straight_run, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    original = accelerate.Accelerator.save_state
+
+    def save_then_die(self, output_dir=None, *args, **kwargs):
+        result = original(self, output_dir, *args, **kwargs)
+        if Path(output_dir).name.endswith("step_4"):
+            # The files are written but the run dies before the COMPLETE marker and the rename.
+            raise SimulatedKill()
+        return result
+
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", save_then_die)
+    with pytest.raises(SimulatedKill):
+        finetune.main(args_for(tiny_config, out, "--checkpoints_total_limit", "1"))
+    monkeypatch.undo()
+
+    assert T.verify_checkpoint(out / "step_2")["step"] == 2  # the previous one is intact
+    assert not (out / "step_4").exists()
+    leftovers = T.partial_saves(out)
+    assert [p.name for p in leftovers] == [".tmp-step_4"] and not (leftovers[0] / T.COMPLETE_MARKER).exists()
+    assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
+
+    results = finetune.main(args_for(tiny_config, out, "--checkpoints_total_limit", "1",
+                                     "--resume_from_checkpoint", "latest"))
+    assert results["resumed_from"].endswith("step_2") and results["train_steps"] == 4
+    assert same_weights(out, straight_run)
+    # The new checkpoint replaced the old one only once it was complete; the leftover is gone.
+    assert [p.name for p in T.list_checkpoints(out)] == ["step_4"] and not T.partial_saves(out)
+
+
+# ------------------------------------------------------------------------------------------------ NaN
+
+
+def test_an_exploding_learning_rate_stops_the_run_without_saving_nan(tiny_config, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(T.NonFiniteError, match=r"non-finite .*(at|by) step \d+") as error:
+        finetune.main(args_for(tiny_config, out, "--learning_rate", "1e6", "--checkpointing_steps", "1",
+                               "--num_warmup_steps", "0", steps=6))
+    assert "--learning_rate" in str(error.value)
+    assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
+    for folder in T.list_checkpoints(out):
+        T.verify_checkpoint(folder)
+        assert all_saved_tensors_are_finite(folder)
+
+
+def test_a_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    original = T.segmentation_loss
+
+    def nan_at_step_3(outputs, labels, ignore_index=255):
+        calls["n"] += 1
+        loss = original(outputs, labels, ignore_index)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(T, "segmentation_loss", nan_at_step_3)
+    with pytest.raises(T.NonFiniteError, match=r"loss became non-finite \(nan\) at step 3"):
+        finetune.main(args_for(tiny_config, out))
+    assert [p.name for p in T.list_checkpoints(out)] == ["step_2"]
+    T.verify_checkpoint(out / "step_2")
+    assert all_saved_tensors_are_finite(out)
+    assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
+
+
+def test_an_all_ignored_batch_has_zero_loss_not_nan():
+    from paca_hf import PaCaViTConfig, PaCaViTForSemanticSegmentation
+
+    config = PaCaViTConfig(**{k: v for k, v in TINY.items() if k != "model_type"}, num_labels=3)
+    model = PaCaViTForSemanticSegmentation(config)
+    labels = torch.full((2, 32, 32), 255)
+    outputs = model(pixel_values=torch.randn(2, 3, 32, 32), labels=labels)
+    loss = T.segmentation_loss(outputs, labels)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert all(p.grad is not None and not p.grad.abs().sum() for p in model.decode_head.parameters())
+    assert math.isnan(outputs.loss.item())  # the model's own mean over no pixel
