@@ -3,7 +3,6 @@
 loss stops the run with the step number before anything non-finite is written."""
 
 import hashlib
-import importlib.util
 import json
 import logging
 import math
@@ -16,30 +15,9 @@ from safetensors.torch import load_file
 
 from paca_hf import training as T
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "finetune_ade20k.py"
+from finetune_helpers import ROOT, SCRIPT, TINY, load_script
 
-TINY = {
-    "model_type": "pacavit",
-    "hidden_sizes": [16, 24, 32, 40],
-    "depths": [1, 1, 1, 1],
-    "num_attention_heads": [1, 1, 2, 2],
-    "mlp_ratios": [2, 2, 2, 2],
-    "num_clusters": [4, 4, 4, 0],
-    "clustering_kernel_size": 3,
-    "decode_head_hidden_size": 16,
-    "drop_path_rate": 0.1,
-}
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("finetune_ade20k_state", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-finetune = load_script()
+finetune = load_script("finetune_ade20k_state")
 
 
 class SimulatedKill(BaseException):
