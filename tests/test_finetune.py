@@ -20,26 +20,9 @@ from paca_hf import training as T
 from paca_hf.augment import SegmentationEvalTransform
 from paca_hf.data.scenes import make_scene_splits, save_scenes_to_disk
 
-from finetune_helpers import ROOT, SCRIPT, TINY, load_script
+from finetune_helpers import ROOT, SCRIPT, TINY, load_script, one_thread, tiny_config  # noqa: F401 (fixtures)
 
 finetune = load_script("finetune_ade20k")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two busy cores: one thread per process is faster. Module scope, so that module fixtures that train run
-    with it too: bitwise-equal weights need the same thread count in the runs compared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "config.json"
-    path.write_text(json.dumps(TINY))
-    return path
 
 
 def tiny_args(config, output_dir, *extra, steps=3):

@@ -15,30 +15,13 @@ from safetensors.torch import load_file
 
 from paca_hf import training as T
 
-from finetune_helpers import ROOT, SCRIPT, TINY, load_script
+from finetune_helpers import ROOT, SCRIPT, TINY, load_script, one_thread, tiny_config  # noqa: F401 (fixtures)
 
 finetune = load_script("finetune_ade20k_state")
 
 
 class SimulatedKill(BaseException):
     """Stands for the process being killed: not an Exception, so nothing in the script handles it."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Module scope, so that the module's training fixtures run with it too (bitwise-equal weights need the same
-    thread count in the runs compared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "config.json"
-    path.write_text(json.dumps(TINY))
-    return path
 
 
 def args_for(config, output_dir, *extra, steps=4):
