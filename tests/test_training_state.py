@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from paca_hf import training as T
 
-from finetune_helpers import ROOT, SCRIPT, TINY, load_script, one_thread, tiny_config  # noqa: F401 (fixtures)
+from finetune_helpers import TINY, load_script, one_thread, tiny_config  # noqa: F401 (fixtures)
 
 finetune = load_script("finetune_ade20k_state")
 
