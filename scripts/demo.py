@@ -264,8 +264,8 @@ def main(argv=None) -> int:
 
     model_dir = args.output_dir / "model"
     settings = {"max_train_steps": args.max_train_steps}
-    print(f"fine-tuning a {sum(DEMO_MODEL['depths'])}-block PaCa-ViT from scratch on {DEMO_SETTINGS['num_train_images']}"
-          f" synthetic scenes ({DEMO_SETTINGS['image_size']}px, {args.max_train_steps} steps of "
+    print(f"fine-tuning a {sum(DEMO_MODEL['depths'])}-block PaCa-ViT from scratch on "
+          f"{DEMO_SETTINGS['num_train_images']} synthetic scenes ({DEMO_SETTINGS['image_size']}px, {args.max_train_steps} steps of "
           f"{DEMO_SETTINGS['per_device_train_batch_size']} images) on the CPU ...", flush=True)
     results, train_minutes = run_finetune(model_dir, args.seed, settings, args.threads)
 
@@ -294,8 +294,8 @@ def main(argv=None) -> int:
     params = sum(np.prod(shape) for shape in _shapes(model_dir))
     s = DEMO_SETTINGS
     header = [
-        f"PaCa-ViT + PaCa head ({params / 1e6:.1f}M parameters; PaCa-Tiny's layout, narrower) trained FROM SCRATCH on the "
-        f"CPU: {results['train_steps']} steps x {s['per_device_train_batch_size']} images, {train_minutes:.1f} min.",
+        f"PaCa-ViT + PaCa head ({params / 1e6:.1f}M parameters; PaCa-Tiny's layout, narrower) trained FROM SCRATCH on "
+        f"the CPU: {results['train_steps']} steps x {s['per_device_train_batch_size']} images, {train_minutes:.1f} min.",
         f"{results['num_train_images']} synthetic {s['image_size']}px scenes (the shape decides the class). Validation "
         f"mIoU {results['eval_mean_iou']:.3f} over the 5 shapes on {results['num_eval_images']} held-out scenes "
         f"('other' not scored, as in ADE20k).",

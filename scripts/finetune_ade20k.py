@@ -370,7 +370,7 @@ def run(args, accelerator) -> dict:
     completed_steps = state.step
 
     if args.with_tracking:
-        config = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in vars(args).items()}
+        config = {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in vars(args).items()}
         accelerator.init_trackers("finetune_ade20k", config)
 
     run_info = {
@@ -395,7 +395,8 @@ def run(args, accelerator) -> dict:
     def run_eval(keep_predictions=False):
         metrics, pairs = T.evaluate_segmentation(
             model, eval_loader, accelerator, eval_transform, num_labels, args.reduce_labels, 255,
-            keep_predictions=keep_predictions, disable_progress=args.disable_tqdm or not accelerator.is_local_main_process,
+            keep_predictions=keep_predictions,
+            disable_progress=args.disable_tqdm or not accelerator.is_local_main_process,
         )
         return metrics, pairs
 

@@ -432,7 +432,8 @@ class InitReport:
         if self.newly_initialized:
             prefixes = sorted({".".join(name.split(".")[:2]) for name in self.newly_initialized})
             lines.append(
-                f"  newly initialised (not in the checkpoint) ({len(self.newly_initialized)}): under {', '.join(prefixes)}"
+                f"  newly initialised (not in the checkpoint) ({len(self.newly_initialized)}): "
+                f"under {', '.join(prefixes)}"
             )
         if self.unused:
             lines.append(f"  unused checkpoint tensors ({len(self.unused)}): {', '.join(sorted(self.unused))}")
