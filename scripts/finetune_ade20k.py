@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys

@@ -704,9 +704,15 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
         if labels.shape[0] != logits.shape[0]:
             raise ValueError(f"`labels` has batch size {labels.shape[0]} but the images {logits.shape[0]}.")
 
+        ignore_index = self.config.semantic_loss_ignore_index
+        scored = bool((labels != ignore_index).any())
+
         def cross_entropy(scores):
             upsampled = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            return F.cross_entropy(upsampled, labels.long(), ignore_index=self.config.semantic_loss_ignore_index)
+            if not scored:
+                # Mean over no pixel: 0 as in mmseg (not 0/0), still connected to every output for DDP.
+                return upsampled.sum() * 0.0
+            return F.cross_entropy(upsampled, labels.long(), ignore_index=ignore_index)
 
         return cross_entropy(logits) + self.config.cluster_loss_weight * cross_entropy(cluster_logits)
 

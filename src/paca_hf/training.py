@@ -598,12 +598,8 @@ class TrainingState:
 
 
 def segmentation_loss(outputs, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """The model's loss, except for a batch whose pixels are all `ignore_index`: there the mean cross-entropy is
-    0 / 0 = NaN, while mmseg's (`avg_non_ignore=True`) is 0; return a zero that still touches every output (so
-    that DistributedDataParallel sees gradients for all parameters)."""
-    if bool((labels != ignore_index).any()):
-        return outputs.loss
-    return (outputs.logits.float().sum() + outputs.cluster_logits.float().sum()) * 0.0
+    """The loss a training step optimises: the model's own (0 for a batch whose pixels are all ignored)."""
+    return outputs.loss
 
 
 def check_finite_loss(loss: torch.Tensor, step: int, accelerator=None) -> None:
