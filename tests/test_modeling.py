@@ -234,3 +234,16 @@ def test_odd_sizes_through_the_processor(size, seed):
     assert torch.isfinite(outputs.logits).all()
     for assignment in outputs.cluster_assignments[:3]:
         torch.testing.assert_close(assignment.sum(dim=(2, 3)), torch.ones_like(assignment.sum(dim=(2, 3))))
+
+
+def test_new_decode_head_is_initialised_as_mmseg(seed):
+    """Classifier normal(0, 0.01) and zero bias: the untrained model's loss is near ln(classes) + 0.4 ln(classes)."""
+    import math
+
+    model = PaCaViTForSemanticSegmentation(tiny_config(num_labels=6))
+    classifier = model.decode_head.classifier
+    assert classifier.weight.std().item() == pytest.approx(0.01, rel=0.15) and (classifier.bias == 0).all()
+    bound = 1 / math.sqrt(model.config.decode_head_hidden_size)
+    assert model.decode_head.to_clusters.weight.abs().max() <= bound  # PyTorch's default Conv2d init
+    outputs = model(torch.randn(2, 3, 64, 64), labels=torch.randint(0, 6, (2, 64, 64)))
+    assert outputs.loss.item() < 1.4 * math.log(6) * 1.3

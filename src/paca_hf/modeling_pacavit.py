@@ -491,10 +491,21 @@ class PaCaViTPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
-            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-            init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-            if module.bias is not None:
+            head = getattr(self, "decode_head", None)
+            if head is not None and module is head.classifier:
+                # mmseg's init of the classifier (`conv_seg`); fan-out init would start the cross-entropy at ~8.
+                init.normal_(module.weight, 0.0, 0.01)
                 init.zeros_(module.bias)
+            elif head is not None and module is head.to_clusters:
+                # The authors' head leaves its clustering output conv at PyTorch's default init.
+                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+                bound = 1.0 / math.sqrt(module.in_channels)
+                init.uniform_(module.bias, -bound, bound)
+            else:
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+                init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+                if module.bias is not None:
+                    init.zeros_(module.bias)
 
 
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:

@@ -440,25 +440,6 @@ class InitReport:
         return "\n".join(lines)
 
 
-def init_new_decode_head(model, report: "InitReport") -> List[str]:
-    """Initialise the output layers of a decode head that did not come from the checkpoint as mmseg does:
-    `classifier` (mmseg's `conv_seg`) normal with std 0.01 and zero bias; `to_clusters` (a plain `nn.Conv2d` in
-    the authors' head) with PyTorch's default. The model's own init (fan-out normal for every Conv2d) makes the
-    initial logits large (a loss of ~8 for 6 classes instead of ~ln 6), which slows training from scratch."""
-    head = model.decode_head
-    fresh = set(report.newly_initialized) | {name for name, _, _ in report.reinitialized}
-    done = []
-    with torch.no_grad():
-        if "decode_head.classifier.weight" in fresh:
-            nn.init.normal_(head.classifier.weight, mean=0.0, std=0.01)
-            nn.init.zeros_(head.classifier.bias)
-            done.append("decode_head.classifier")
-        if "decode_head.to_clusters.weight" in fresh:
-            head.to_clusters.reset_parameters()
-            done.append("decode_head.to_clusters")
-    return done
-
-
 def _label_kwargs(id2label: Dict[int, str]) -> dict:
     return {
         "num_labels": len(id2label),
@@ -481,8 +462,8 @@ def build_model(
     of the checkpoint whose name and shape match is loaded; tensors whose shape changes (the clustering output
     layers when `num_clusters` changes, e.g. 100 -> 200, the head's classifier for other classes) are
     re-initialised; the decode head is new. From `config_name` (an official name or a config.json): trained from
-    scratch. `report` (an `InitReport`) names every tensor in each case. A new decode head's output layers are
-    initialised as mmseg does (`init_new_decode_head`)."""
+    scratch. `report` (an `InitReport`) names every tensor in each case. A new decode head's output layers get
+    mmseg's init from the model's own `_init_weights`."""
     from transformers.utils import logging as hf_logging
 
     from .configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
@@ -514,7 +495,6 @@ def build_model(
         report.newly_initialized = sorted(missing - set(mismatched))
         report.unused = sorted(set(info.get("unexpected_keys", [])))
         report.loaded = sorted(set(model.state_dict()) - missing - set(mismatched))
-        init_new_decode_head(model, report)
         return model, report
 
     if config_name is None:
@@ -539,7 +519,6 @@ def build_model(
     model = PaCaViTForSemanticSegmentation(config)
     report = InitReport(source=f"config {config_name} (from scratch)")
     report.newly_initialized = sorted(model.state_dict())
-    init_new_decode_head(model, report)
     return model, report
 
 
@@ -1004,7 +983,6 @@ __all__ = [
     "describe_param_groups",
     "evaluate_segmentation",
     "find_latest_checkpoint",
-    "init_new_decode_head",
     "list_checkpoints",
     "load_checkpoint",
     "load_segmentation_splits",
