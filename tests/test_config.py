@@ -34,6 +34,7 @@ def test_defaults_are_paca_tiny():
         (dict(clustering_kernel_size=4), r"`clustering_kernel_size` must be a positive odd number"),
         (dict(depths=[]), r"`depths` must name at least one stage"),
         (dict(depths=[2, 0, 4, 2]), r"`depths` must be positive"),
+        (dict(chunk_size_feed_forward=-1), r"`chunk_size_feed_forward` must be >= 0"),
     ],
 )
 def test_invalid_configs_raise_value_error_naming_the_field(kwargs, message):

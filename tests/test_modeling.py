@@ -113,6 +113,36 @@ def test_gradient_checkpointing_gives_the_same_gradients(overrides, seed):
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("height, width", [(64, 96), (72, 40)])
+def test_mix_ffn_in_bands_computes_the_whole_map_result(height, width, seed):
+    """Bands of rows (with the halo rows their 3x3 convolution reads) give the outputs and gradients of the whole
+    map; the expanded activations really are computed band by band."""
+    whole = PaCaViTForImageClassification(tiny_config(chunk_size_feed_forward=0))
+    banded = PaCaViTForImageClassification(tiny_config(chunk_size_feed_forward=50))
+    banded.load_state_dict(whole.state_dict())
+    expanded_rows = []
+    mlp = banded.pacavit.stages[0].layers[0].mlp
+    mlp.dense1.register_forward_hook(lambda module, args, output: expanded_rows.append(output.shape[1] // (width // 4)))
+    pixel_values, labels = torch.randn(2, 3, height, width), torch.tensor([0, 4])
+
+    def run(model):
+        model.zero_grad()
+        outputs = model(pixel_values, labels=labels)
+        outputs.loss.backward()
+        return outputs.logits, {name: p.grad for name, p in model.named_parameters()}
+
+    logits, gradients = run(whole)
+    banded_logits, banded_gradients = run(banded)
+    stage1_height, rows_per_band = height // 4, max(1, 50 // (width // 4))
+    num_bands = -(-stage1_height // rows_per_band)
+    assert len(expanded_rows) == num_bands > 1
+    # Every band expands its own rows and the row above and below it (none beyond the map's edges).
+    assert sum(expanded_rows) == stage1_height + 2 * (num_bands - 1)
+    torch.testing.assert_close(banded_logits, logits, atol=1e-5, rtol=1e-5)
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(banded_gradients[name], gradient, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_outputs_do_not_depend_on_the_rest_of_the_batch(seed):
     model = PaCaViTForImageClassification(tiny_config(teacher_depths=[1, 1, 1, 1], num_clusters=[4, 4, 4, 4])).eval()
     batch = torch.randn(4, 3, 64, 64)

@@ -26,9 +26,11 @@ def inputs(io):
     return [io[key] for key in sorted(io) if key.startswith("input_")]
 
 
+@pytest.mark.parametrize("chunk_size_feed_forward", [4096, 40], ids=["whole-maps", "mix-ffn-in-bands"])
 @pytest.mark.parametrize("name", CLASSIFIERS)
-def test_classifier_logits_match_authors(name):
-    model = converted(name, PaCaViTForImageClassification)
+def test_classifier_logits_match_authors(name, chunk_size_feed_forward):
+    # 40 patches: bands of 1-2 rows in stage 1 (16 or 24 patches wide) and uneven bands in stage 2.
+    model = converted(name, PaCaViTForImageClassification, chunk_size_feed_forward=chunk_size_feed_forward)
     io = case_io(name)
     assert sum(p.numel() for p in model.parameters()) == cases()[name]["num_parameters"]
     for index, pixel_values in enumerate(inputs(io)):

@@ -106,6 +106,9 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
         teacher_kernel_size (`int`): depthwise kernel of the teacher.
         decode_head_hidden_size, classifier_dropout_prob, cluster_loss_weight, semantic_loss_ignore_index: the PaCa
             segmentation head (channels, dropout before the classifier, weight of the clustering loss, ignored label).
+        chunk_size_feed_forward (`int`, defaults to 4096): the Mix-FFN runs over bands of whole rows of at most
+            this many patches per image (at least one row); 0 runs it over the whole map at once. Outputs are the
+            same; smaller bands keep the expanded activations small (see `scripts/benchmark.py`).
         out_features / out_indices: stages returned by `PaCaViTBackbone`.
     """
 
@@ -133,6 +136,7 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
     classifier_dropout_prob: float | int = 0.1
     cluster_loss_weight: float | int = 0.4
     semantic_loss_ignore_index: int = 255
+    chunk_size_feed_forward: int = 4096
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -216,6 +220,10 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
                 raise ValueError(f"`teacher_depths` must be positive in every stage, got {self.teacher_depths}.")
             if self.teacher_kernel_size < 1 or self.teacher_kernel_size % 2 == 0:
                 raise ValueError(f"`teacher_kernel_size` must be a positive odd number, got {self.teacher_kernel_size}.")
+        if self.chunk_size_feed_forward < 0:
+            raise ValueError(
+                f"`chunk_size_feed_forward` must be >= 0 (0 = no chunking), got {self.chunk_size_feed_forward}."
+            )
         if self.num_channels < 1:
             raise ValueError(f"`num_channels` must be positive, got {self.num_channels}.")
 

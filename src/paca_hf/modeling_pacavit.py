@@ -291,10 +291,18 @@ class PaCaViTAttention(nn.Module):
 
 
 class PaCaViTMixFFN(nn.Module):
-    """MLP with a residual 3x3 depthwise convolution after the expansion."""
+    """MLP with a residual 3x3 depthwise convolution after the expansion.
+
+    Computed in horizontal bands of whole rows, each of at most `config.chunk_size_feed_forward` patches per image (0:
+    the whole map at once). The expanded activations are `mlp_ratio` times larger than the input, and on a CPU a
+    freshly allocated block of tens of MiB is faulted in page by page; small bands reuse warm memory, so time stays
+    linear in the number of pixels and the peak memory of inference drops. Each band also expands the row above and
+    below it, which its 3x3 convolution reads; the results are exactly those of the whole map.
+    """
 
     def __init__(self, config: PaCaViTConfig, hidden_size: int, intermediate_size: int):
         super().__init__()
+        self.chunk_size = config.chunk_size_feed_forward
         self.dense1 = nn.Linear(hidden_size, intermediate_size)
         self.depthwise_conv = PaCaViTConv2d(
             intermediate_size, intermediate_size, kernel_size=3, padding=1, groups=intermediate_size
@@ -304,13 +312,22 @@ class PaCaViTMixFFN(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        hidden_states = self.dense1(hidden_states)
-        # In place on the conv's fresh output (its backward does not need it): one expanded map less at peak.
-        hidden_states = map_to_tokens(self.depthwise_conv(tokens_to_map(hidden_states, height, width))).add_(
-            hidden_states
-        )
-        hidden_states = self.dropout(self.activation(hidden_states))
-        return self.dropout(self.dense2(hidden_states))
+        rows_per_band = height if self.chunk_size == 0 else max(1, self.chunk_size // width)
+        bands = [
+            self.forward_band(hidden_states, height, width, start, min(start + rows_per_band, height))
+            for start in range(0, height, rows_per_band)
+        ]
+        return bands[0] if len(bands) == 1 else torch.cat(bands, dim=1)
+
+    def forward_band(self, hidden_states: torch.Tensor, height: int, width: int, start: int, stop: int) -> torch.Tensor:
+        """Output for the patches of rows `start` to `stop` (exclusive)."""
+        first, last = max(start - 1, 0), min(stop + 1, height)
+        expanded = tokens_to_map(self.dense1(hidden_states[:, first * width : last * width]), last - first, width)
+        # In place on the conv's fresh output, not on a view of it (autograd would then copy the whole map in
+        # backward); its backward does not need it. One expanded map less at peak.
+        mixed = self.depthwise_conv(expanded).add_(expanded)[:, :, start - first : stop - first]
+        mixed = self.dropout(self.activation(map_to_tokens(mixed)))
+        return self.dropout(self.dense2(mixed))
 
 
 class PaCaViTLayer(GradientCheckpointingLayer):
