@@ -7,6 +7,10 @@ All models are built from configs with random weights (no Hub download) and Imag
     python scripts/benchmark.py --mode both --train-sizes 224 --train-batch-sizes 8
     python scripts/benchmark.py --device cuda --dtype bf16 --sizes 224 --batch-sizes 128 --compile
     python scripts/benchmark.py --quick                           # seconds; what the test runs
+    python scripts/benchmark.py --models pacavit-tiny,pacavit-tiny:chunk_size_feed_forward=0   # config A/B
+
+A PaCa-ViT model name may carry config overrides after colons, `name:field=value[:field=value...]` (values read as
+JSON), to compare settings side by side in one run.
 
 Method
     * For every (mode, size, batch) each model gets `--warmup` untimed runs. Then the `--repeats` timed runs are
@@ -122,13 +126,39 @@ SCALING_COLUMNS = (
 # --------------------------------------------------------------------------------------------------------------
 
 
+def split_model_name(name: str) -> tuple[str, dict]:
+    """`pacavit-tiny:chunk_size_feed_forward=0` -> ("pacavit-tiny", {"chunk_size_feed_forward": 0})."""
+    base, *assignments = name.split(":")
+    overrides = {}
+    for assignment in assignments:
+        field, separator, value = assignment.partition("=")
+        if not separator or not field:
+            raise ValueError(f"config override {assignment!r} of {name!r} is not `field=value`")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"value of {field!r} in {name!r} is not JSON: {value!r}") from None
+    if base not in MODEL_NAMES:
+        raise ValueError(f"unknown model {base!r}; choose from {', '.join(MODEL_NAMES)}")
+    if overrides:
+        from paca_hf import PaCaViTConfig
+
+        if not base.startswith("pacavit-"):
+            raise ValueError(f"config overrides are for PaCa-ViT models only, got {name!r}")
+        unknown = sorted(set(overrides) - set(PaCaViTConfig().to_dict()))
+        if unknown:
+            raise ValueError(f"{name!r}: PaCaViTConfig has no field {', '.join(unknown)}")
+    return base, overrides
+
+
 def build_config(name: str):
     """Config of a benchmarked model, every hyper-parameter written out (no Hub download)."""
+    name, overrides = split_model_name(name)
     if name.startswith("pacavit-"):
         from paca_hf import PaCaViTConfig
 
         variant = name.split("-", 1)[1]
-        return PaCaViTConfig.from_official_name(f"pacavit_{variant}_p2cconv_100_0")
+        return PaCaViTConfig.from_official_name(f"pacavit_{variant}_p2cconv_100_0", **overrides)
     if name == "swin-t":
         from transformers import SwinConfig
 
@@ -743,11 +773,11 @@ def int_list(text: str) -> list[int]:
 
 def name_list(text: str) -> list[str]:
     names = [item.strip() for item in text.split(",") if item.strip()]
-    unknown = [name for name in names if name not in MODEL_NAMES]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_NAMES)}"
-        )
+    for name in names:
+        try:
+            split_model_name(name)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
     return names
 
 
@@ -784,7 +814,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--models",
         type=name_list,
-        help=f"comma-separated, from {', '.join(MODEL_NAMES)} (default {','.join(DEFAULTS['models'])})",
+        help=f"comma-separated, from {', '.join(MODEL_NAMES)}, PaCa-ViT ones optionally with `:field=value` config "
+        f"overrides (default {','.join(DEFAULTS['models'])})",
     )
     parser.add_argument("--sizes", type=int_list, help="image sides, e.g. 224,512,1024,2048 (default 224,512,1024)")
     parser.add_argument("--batch-sizes", type=int_list, help="default 1")

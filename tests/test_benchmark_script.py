@@ -201,6 +201,29 @@ def test_unknown_model_is_refused(capsys):
     assert "unknown model" in capsys.readouterr().err
 
 
+def test_config_overrides_reach_the_model():
+    model = benchmark.build_model("pacavit-tiny:chunk_size_feed_forward=0:drop_path_rate=0.0", "sdpa")
+    assert model.config.chunk_size_feed_forward == 0 and model.config.drop_path_rate == 0.0
+    assert {layer.mlp.chunk_size for stage in model.pacavit.stages for layer in stage.layers} == {0}
+    assert benchmark.build_config("pacavit-tiny").chunk_size_feed_forward == 4096
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("swin-t:window_size=8", "config overrides are for PaCa-ViT models only"),
+        ("pacavit-tiny:chunk_size=0", "PaCaViTConfig has no field chunk_size"),
+        ("pacavit-tiny:chunk_size_feed_forward", "is not `field=value`"),
+        ("pacavit-tiny:chunk_size_feed_forward=four", "is not JSON"),
+        ("pacavit-huge:chunk_size_feed_forward=0", "unknown model 'pacavit-huge'"),
+    ],
+)
+def test_bad_config_overrides_are_refused(name, message, capsys):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--models", f"pacavit-tiny,{name}"])
+    assert message in capsys.readouterr().err
+
+
 def test_results_read_back_and_replot(quick_run, tmp_path):
     output_dir, _ = quick_run
     rows = benchmark.read_results(output_dir / "results.csv")
