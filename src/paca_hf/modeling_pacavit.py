@@ -297,7 +297,7 @@ class PaCaViTMixFFN(nn.Module):
     the whole map at once). The expanded activations are `mlp_ratio` times larger than the input, and on a CPU a
     freshly allocated block of tens of MiB is faulted in page by page; small bands reuse warm memory, so time stays
     linear in the number of pixels and the peak memory of inference drops. Each band also expands the row above and
-    below it, which its 3x3 convolution reads; the results are exactly those of the whole map.
+    below it, which its 3x3 convolution reads, so the results are those of the whole map (up to float rounding).
     """
 
     def __init__(self, config: PaCaViTConfig, hidden_size: int, intermediate_size: int):
