@@ -15,6 +15,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a whole test module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny
+    models on two shared cores run far faster with one thread than with two competing ones, and runs compared for
+    bitwise-equal weights need the same thread count. Module scope, so the module's fixtures run under it too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def seed():
     torch.manual_seed(0)

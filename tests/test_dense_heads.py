@@ -21,13 +21,7 @@ HIDDEN_SIZES = [16, 32, 48, 64]
 NUM_LABELS = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These models are tiny: one intra-op thread is as fast, and far faster when other jobs share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_backbone_config(**overrides) -> PaCaViTConfig:

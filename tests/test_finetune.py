@@ -20,7 +20,9 @@ from paca_hf import training as T
 from paca_hf.augment import SegmentationEvalTransform
 from paca_hf.data.scenes import make_scene_splits, save_scenes_to_disk
 
-from finetune_helpers import ROOT, SCRIPT, TINY, load_script, one_thread, tiny_config  # noqa: F401 (fixtures)
+from finetune_helpers import ROOT, SCRIPT, TINY, load_script, tiny_config  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 finetune = load_script("finetune_ade20k")
 

@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 
 from paca_hf import training as T
 
-from finetune_helpers import TINY, load_script, one_thread, tiny_config  # noqa: F401 (fixtures)
+from finetune_helpers import TINY, load_script, tiny_config  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 finetune = load_script("finetune_ade20k_state")
 

@@ -28,6 +28,8 @@ from paca_hf.visualization import (
 )
 from test_reference_parity import converted
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 INPUT_SIZE = 64  # the saved image processor's crop: stage maps 16x16, 8x8, 4x4 (and 2x2 without clusters)
@@ -43,15 +45,6 @@ def load_script(name):
 def grid_size(rows, top_k, cell):
     columns = 2 + top_k
     return columns * cell + (columns + 1) * PADDING, rows * (LABEL_HEIGHT + cell) + (rows + 1) * PADDING
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one thread is many times faster than two competing ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
