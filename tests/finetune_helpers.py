@@ -30,6 +30,18 @@ def load_script(module_name: str):
     return module
 
 
+def finetune_argv(config, output_dir, *extra, image_size, num_train_images, num_eval_images, steps):
+    """Arguments of scripts/finetune_ade20k.py for a few steps of a tiny model on the built-in scenes; `extra` come
+    last, so they override these."""
+    return [
+        "--config_name", str(config), "--num_clusters", "keep",
+        "--dataset_name", "builtin-scenes", "--builtin_image_size", str(image_size), "--crop_size", str(image_size),
+        "--num_train_images", str(num_train_images), "--num_eval_images", str(num_eval_images),
+        "--max_train_steps", str(steps), "--num_warmup_steps", "1", "--learning_rate", "1e-3",
+        "--output_dir", str(output_dir), "--disable_tqdm", *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
     path = tmp_path_factory.mktemp("config") / "config.json"

@@ -20,7 +20,7 @@ from paca_hf import training as T
 from paca_hf.augment import SegmentationEvalTransform
 from paca_hf.data.scenes import make_scene_splits, save_scenes_to_disk
 
-from finetune_helpers import ROOT, SCRIPT, TINY, load_script, tiny_config  # noqa: F401 (fixtures)
+from finetune_helpers import ROOT, SCRIPT, TINY, finetune_argv, load_script, tiny_config  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,13 +28,9 @@ finetune = load_script("finetune_ade20k")
 
 
 def tiny_args(config, output_dir, *extra, steps=3):
-    return [
-        "--config_name", str(config), "--num_clusters", "keep",
-        "--dataset_name", "builtin-scenes", "--builtin_image_size", "64", "--crop_size", "64",
-        "--num_train_images", "6", "--num_eval_images", "3",
-        "--max_train_steps", str(steps), "--num_warmup_steps", "1", "--learning_rate", "1e-3",
-        "--output_dir", str(output_dir), "--disable_tqdm", "--seed", "3", *extra,
-    ]
+    return finetune_argv(
+        config, output_dir, "--seed", "3", *extra, image_size=64, num_train_images=6, num_eval_images=3, steps=steps
+    )
 
 
 def read_weights(folder):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from paca_hf import training as T
 
-from finetune_helpers import TINY, load_script, tiny_config  # noqa: F401 (fixtures)
+from finetune_helpers import TINY, finetune_argv, load_script, tiny_config  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,14 +25,10 @@ class SimulatedKill(BaseException):
 
 
 def args_for(config, output_dir, *extra, steps=4):
-    return [
-        "--config_name", str(config), "--num_clusters", "keep",
-        "--dataset_name", "builtin-scenes", "--builtin_image_size", "48", "--crop_size", "48",
-        "--num_train_images", "4", "--num_eval_images", "2",
-        "--max_train_steps", str(steps), "--num_warmup_steps", "1", "--learning_rate", "1e-3",
-        "--checkpointing_steps", "2", "--checkpoints_total_limit", "0",
-        "--output_dir", str(output_dir), "--disable_tqdm", *extra,
-    ]
+    return finetune_argv(
+        config, output_dir, "--checkpointing_steps", "2", "--checkpoints_total_limit", "0", *extra,
+        image_size=48, num_train_images=4, num_eval_images=2, steps=steps,
+    )
 
 
 def tree_digest(folder: Path) -> dict:
