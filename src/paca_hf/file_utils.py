@@ -1,0 +1,167 @@
+"""Writing files so that a reader never sees half of them: the one home for atomic folders, checksums and fsync.
+
+Used by everything that writes something a user keeps: converted checkpoints and Hub repos (`paca_hf.hub`),
+training checkpoints and saved models (`paca_hf.training`).
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+# Permissions of folders this package creates: `tempfile.mkdtemp` makes them 0o700, which would leave converted
+# models and checkpoints unreadable to the user's group once moved into place.
+_FOLDER_MODE = 0o777
+
+
+def sha256sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in `chunk_size`-byte blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file's data to disk."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (renames into it) to disk; a no-op where the platform cannot open folders."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_temporary_dir(beside: str | os.PathLike, prefix: str) -> Path:
+    """A new empty folder in `beside`'s parent (same filesystem, so it can be renamed into place), with the normal
+    permissions of a folder the user creates (mode 0o777 minus the umask), not `mkdtemp`'s 0o700."""
+    parent = Path(beside).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(folder, _FOLDER_MODE & ~_umask())
+    return folder
+
+
+def remove_dir(folder: str | os.PathLike) -> None:
+    """Delete a folder tree, renaming it first so that a half-deleted folder never looks like a complete one."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    doomed = folder.with_name(f".deleting-{folder.name}-{os.getpid()}-{time.time_ns()}")
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def replace_dir(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Move the finished folder `source` to `destination`, replacing an existing folder there. The old folder is
+    moved aside first and put back if the final rename fails, so `destination` is at every moment either the old
+    folder or the new one."""
+    source, destination = Path(source), Path(destination)
+    if destination.exists():
+        aside = destination.with_name(f".previous-{destination.name}-{os.getpid()}-{time.time_ns()}")
+        os.replace(destination, aside)
+        try:
+            os.replace(source, destination)
+        except BaseException:
+            os.replace(aside, destination)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(source, destination)
+    fsync_dir(destination.parent)
+    return destination
+
+
+def write_dir_atomically(output_dir: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp_dir)` on a fresh folder beside `output_dir`, flush every file it wrote, then move it into place
+    with [`replace_dir`]. If `write` raises, the temporary folder is removed and an existing `output_dir` is left
+    untouched. Returns the resolved `output_dir`."""
+    output_dir = Path(output_dir).resolve()
+    tmp_dir = make_temporary_dir(output_dir, prefix=f".{output_dir.name}.tmp-")
+    try:
+        write(tmp_dir)
+        for path in tmp_dir.rglob("*"):
+            if path.is_file():
+                fsync_file(path)
+        replace_dir(tmp_dir, output_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return output_dir
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same folder and a rename: readers see the old file or
+    the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.tmp-", delete=False)
+    try:
+        with handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o666 & ~_umask())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def write_json_atomically(path: str | os.PathLike, data, **dump_kwargs) -> Path:
+    """[`write_text_atomically`] of `json.dumps(data, **dump_kwargs)` (default `indent=2`) plus a newline."""
+    dump_kwargs.setdefault("indent", 2)
+    return write_text_atomically(path, json.dumps(data, **dump_kwargs) + "\n")
+
+
+def file_manifest(folder: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict[str, dict]:
+    """`{relative posix path: {"size": bytes, "sha256": hex}}` for every file under `folder` (names in `exclude`
+    left out): what a completeness marker records and [`verify_manifest`] checks."""
+    folder = Path(folder)
+    manifest = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if relative not in exclude:
+            manifest[relative] = {"size": path.stat().st_size, "sha256": sha256sum(path)}
+    return manifest
+
+
+def verify_manifest(folder: str | os.PathLike, manifest: dict[str, dict], check_hashes: bool = True) -> list[str]:
+    """Problems found comparing `folder` with a [`file_manifest`] (missing, truncated or corrupted files), as
+    sentences; an empty list when every file is as recorded."""
+    folder = Path(folder)
+    problems = []
+    for name, expected in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        size = path.stat().st_size
+        if size != expected["size"]:
+            problems.append(f"{name} has {size} bytes, expected {expected['size']} (truncated or overwritten)")
+        elif check_hashes and sha256sum(path) != expected["sha256"]:
+            problems.append(f"{name} does not match its recorded sha256 (corrupted)")
+    return problems
