@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from paca_hf.image_processing_pacavit import PaCaViTImageProcessor
+from paca_hf.image_processing_pil_pacavit import PaCaViTImageProcessorPil
 
 
 EXACT_ATOL = 1e-6
@@ -49,6 +50,7 @@ def _processor_pixels(processor_class) -> Callable[[object], np.ndarray]:
 
 ENTRY_POINTS = [
     EntryPoint("PaCaViTImageProcessor", _processor_pixels(PaCaViTImageProcessor)),
+    EntryPoint("PaCaViTImageProcessorPil", _processor_pixels(PaCaViTImageProcessorPil)),
 ]
 
 

@@ -14,6 +14,7 @@ from transformers import (
 
 from .configuration_pacavit import PaCaViTConfig
 from .image_processing_pacavit import PaCaViTImageProcessor
+from .image_processing_pil_pacavit import PaCaViTImageProcessorPil
 from .modeling_pacavit import (
     PaCaViTBackbone,
     PaCaViTForImageClassification,
@@ -28,7 +29,11 @@ AutoModel.register(PaCaViTConfig, PaCaViTModel, exist_ok=True)
 AutoModelForImageClassification.register(PaCaViTConfig, PaCaViTForImageClassification, exist_ok=True)
 AutoModelForSemanticSegmentation.register(PaCaViTConfig, PaCaViTForSemanticSegmentation, exist_ok=True)
 AutoBackbone.register(PaCaViTConfig, PaCaViTBackbone, exist_ok=True)
-AutoImageProcessor.register(PaCaViTConfig, image_processor_classes={"pil": PaCaViTImageProcessor}, exist_ok=True)
+AutoImageProcessor.register(
+    PaCaViTConfig,
+    image_processor_classes={"torchvision": PaCaViTImageProcessor, "pil": PaCaViTImageProcessorPil},
+    exist_ok=True,
+)
 
 __all__ = [
     "PaCaViTBackbone",
@@ -36,6 +41,7 @@ __all__ = [
     "PaCaViTForImageClassification",
     "PaCaViTForSemanticSegmentation",
     "PaCaViTImageProcessor",
+    "PaCaViTImageProcessorPil",
     "PaCaViTModel",
     "PaCaViTPreTrainedModel",
 ]
