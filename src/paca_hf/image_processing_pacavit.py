@@ -10,7 +10,7 @@ import numpy as np
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack
-from transformers.utils import is_torch_available, is_torchvision_available, requires_backends
+from transformers.utils import is_torch_available, requires_backends
 
 from .image_processing_pil_pacavit import PaCaViTImageProcessingMixin, PaCaViTImageProcessorKwargs
 
@@ -18,8 +18,13 @@ from .image_processing_pil_pacavit import PaCaViTImageProcessingMixin, PaCaViTIm
 if is_torch_available():
     import torch
 
-if is_torchvision_available():
+# Optional: without torchvision the module still imports (the PIL backend works) and this class refuses to
+# instantiate. A `try` rather than `if is_torchvision_available()`, so that transformers' remote-code loader does not
+# list torchvision among the packages a Hub repo needs.
+try:
     from torchvision.transforms.v2 import functional as tvF
+except ImportError:
+    tvF = None
 
 
 class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
