@@ -334,6 +334,15 @@ def test_mixed_list_batches_to_same_shape(processor):
     assert run(processor, [[images[0]], [images[1], images[2]]]).shape == (3, 3, 224, 224)
 
 
+def test_same_shape_batch_equals_one_by_one(processor):
+    # The torchvision backend resizes images of one shape and dtype as one batch; uint8 and float inputs of the
+    # same shape go to different batches (only the uint8 ones are rescaled).
+    images = [noise_rgb(60, 80, seed=s) for s in range(3)] + [noise_rgb(60, 80, seed=9) / 255.0]
+    out = run(processor, images)
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(out[i], run(processor, image)[0])
+
+
 # ----------------------------------------------------------------------------- refused inputs
 
 

@@ -50,6 +50,23 @@ class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
         return tensor if device is None else tensor.to(device)
 
     @staticmethod
+    def _batches(images: list["torch.Tensor"]) -> list[list[int]]:
+        """Images of the same shape, dtype and device, processed as one batch (as transformers' torchvision
+        processors group them)."""
+        groups = {}
+        for index, image in enumerate(images):
+            groups.setdefault((tuple(image.shape), image.dtype, image.device), []).append(index)
+        return list(groups.values())
+
+    @staticmethod
+    def _stack(images: list["torch.Tensor"]) -> "torch.Tensor":
+        return torch.stack(images)
+
+    @staticmethod
+    def _unstack(batch: "torch.Tensor", count: int) -> list["torch.Tensor"]:
+        return list(batch.unbind(0))
+
+    @staticmethod
     def _to_float(image: "torch.Tensor") -> "torch.Tensor":
         return image.to(torch.float32)
 

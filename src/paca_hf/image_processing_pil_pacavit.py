@@ -191,30 +191,35 @@ class PaCaViTImageProcessingMixin:
                     )
                 maps.append(reduce_labels(seg) if do_reduce_labels else seg)
 
-        pixel_values, labels = [], []
-        for index, array in enumerate(arrays):
-            unit_range = array.dtype != np.uint8
-            image = self._from_channels_last(array, device)
-            height, width = array.shape[:2]
+        images = [self._from_channels_last(array, device) for array in arrays]
+        new_sizes = [
+            self._resize_output_size(image, size, crop_pct if do_center_crop else None) if do_resize else None
+            for image in images
+        ]
+        pixel_values = [None] * len(images)
+        for indices in self._batches(images):
+            first = indices[0]  # a batch shares shape and dtype, hence channels, resize target and value range
+            batch = self._stack([images[index] for index in indices])
             if do_resize:
-                new_size = self._resize_output_size(image, size, crop_pct if do_center_crop else None)
-                image = self.resize(image, new_size, resample=resample)
+                batch = self.resize(batch, new_sizes[first], resample=resample)
             if do_center_crop:
-                image = self.center_crop(image, crop_size)
-            image = self._to_float(image)
-            if do_rescale and not unit_range:
-                image = self.rescale(image, rescale_factor)
+                batch = self.center_crop(batch, crop_size)
+            batch = self._to_float(batch)
+            if do_rescale and arrays[first].dtype == np.uint8:  # 16-bit and float data are in [0, 1] already
+                batch = self.rescale(batch, rescale_factor)
             if do_normalize:
-                image = self.normalize(image, mean[index].tolist(), std[index].tolist())
-            pixel_values.append(image)
+                batch = self.normalize(batch, mean[first].tolist(), std[first].tolist())
+            for index, image in zip(indices, self._unstack(batch, len(indices))):
+                pixel_values[index] = image
 
-            if maps is not None:
-                seg = self._from_channels_last(maps[index][..., None], device)
-                if do_resize:
-                    seg = self.resize_labels(seg, new_size)
-                if do_center_crop:
-                    seg = self.center_crop(seg, crop_size, fill=LABEL_PAD_VALUE)
-                labels.append(self._labels_output(seg))
+        labels = []
+        for seg, new_size in zip(maps or [], new_sizes):
+            seg = self._from_channels_last(seg[..., None], device)
+            if do_resize:
+                seg = self.resize_labels(seg, new_size)
+            if do_center_crop:
+                seg = self.center_crop(seg, crop_size, fill=LABEL_PAD_VALUE)
+            labels.append(self._labels_output(seg))
 
         data = {"pixel_values": pixel_values}
         if maps is not None:
@@ -389,6 +394,19 @@ class PaCaViTImageProcessorPil(PaCaViTImageProcessingMixin, PilBackend):
     @staticmethod
     def _from_channels_last(array: np.ndarray, device=None) -> np.ndarray:
         return np.ascontiguousarray(np.moveaxis(array, -1, 0))
+
+    @staticmethod
+    def _batches(images: list) -> list[list[int]]:
+        """One image at a time: PIL works on single images."""
+        return [[index] for index in range(len(images))]
+
+    @staticmethod
+    def _stack(images: list[np.ndarray]) -> np.ndarray:
+        return images[0]
+
+    @staticmethod
+    def _unstack(batch: np.ndarray, count: int) -> list[np.ndarray]:
+        return [batch]
 
     @staticmethod
     def _to_float(image: np.ndarray) -> np.ndarray:
