@@ -2,13 +2,14 @@
 on both PaCa-ViT backends, as `tests/models/pacavit/test_image_processing_pacavit.py` would run inside transformers.
 The mixins come from the installed version's source distribution (see tests/transformers_tests.py).
 
-Skips: only the mixin's own, which Segformer gets for the same reasons: `@slow` tests (`test_pil_can_run_without_
-torchvision`, whose subprocess would also need `import paca_hf` to know the model type: tests/test_image_processing.py
-runs that check with it on every run; `test_can_compile_torchvision_backend`), `test_image_processor_preprocess_
-arguments` (no `_valid_processor_keys`) and `test_override_instance_attributes_does_not_affect_other_instances`
-(`size` is a `SizeDict`, `image_mean` a tuple). `test_backends_equivalence` downloads the COCO cats photo; it is
-replaced by the same assertions on a local photo-like image, and the segmentation-map tests Segformer runs on ADE20k
-downloads use local images and maps."""
+Skips: only the mixin's own, which Segformer gets for the same reasons:
+- the `@slow` tests: `test_can_compile_torchvision_backend` and `test_pil_can_run_without_torchvision` (whose
+  subprocess would also need `import paca_hf` to know the model type; tests/test_image_processing.py runs that check,
+  with the import, on every run);
+- `test_image_processor_preprocess_arguments`: no `_valid_processor_keys`;
+- `test_override_instance_attributes_does_not_affect_other_instances`: `size` is a `SizeDict`, `image_mean` a tuple.
+`test_backends_equivalence` downloads the COCO cats photo: it is replaced by the same assertions on a local
+photo-like image. The segmentation-map tests Segformer runs on downloaded ADE20k samples use local images and maps."""
 
 import unittest
 
