@@ -14,7 +14,12 @@ from transformers.modeling_outputs import BackboneOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
-from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+from transformers.utils.output_capturing import (
+    OutputRecorder,
+    capture_outputs,
+    resolve_hidden_states_indices,
+    selected_hidden_states,
+)
 
 from .configuration_pacavit import PaCaViTConfig
 
@@ -776,15 +781,20 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
         """
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        # The head reads every stage's feature map.
+        # The head reads every stage's feature map; the caller gets those that `output_hidden_states` selects.
         outputs = self.pacavit(pixel_values, output_hidden_states=True, **kwargs)
         logits, cluster_logits = self.decode_head(outputs.hidden_states)
         loss = None if labels is None else self.compute_loss(logits, cluster_logits, labels)
+        hidden_states = outputs.hidden_states if output_hidden_states is not False else None
+        selected = selected_hidden_states(output_hidden_states)
+        if selected is not None:
+            kept = resolve_hidden_states_indices(self, selected, num_hidden_states=len(hidden_states))
+            hidden_states = tuple(state if index in kept else None for index, state in enumerate(hidden_states))
         return PaCaViTSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
             cluster_logits=cluster_logits,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            hidden_states=hidden_states,
             attentions=outputs.attentions,
             cluster_assignments=outputs.cluster_assignments,
         )
