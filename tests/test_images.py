@@ -214,7 +214,6 @@ def test_exif_orientation_six_is_applied_everywhere(tmp_path):
 
 def test_file_url_base64_bytes_and_http(tmp_path):
     rgb = np.random.default_rng(3).integers(0, 256, (6, 5, 3), dtype=np.uint8)
-    (tmp_path / "img.png").write_bytes(b"")
     Image.fromarray(rgb).save(tmp_path / "img.png")
     data = (tmp_path / "img.png").read_bytes()
     sources = [f"file://{tmp_path / 'img.png'}", base64.b64encode(data).decode(), data,
