@@ -802,3 +802,27 @@ def test_post_process_returns_segmentation_scores(processor):
     assert torch.equal(scored[1].segmentation_scores, logits[1])  # same size: the logits themselves
     no_sizes = processor.post_process_semantic_segmentation(Output(logits), return_segmentation_scores=True)
     assert torch.equal(no_sizes[0].segmentation_scores, logits[0])
+
+
+@pytest.mark.parametrize("task", ["image-classification", "image-segmentation"])
+def test_pipelines_load_the_default_torchvision_processor(tmp_path, task):
+    """A saved folder opened by `pipeline(task)` gets the torchvision backend (the default) and runs."""
+    from transformers import pipeline
+
+    import paca_hf
+    from paca_hf import PaCaViTConfig
+
+    torch.manual_seed(0)
+    config = PaCaViTConfig(hidden_sizes=[16, 32], depths=[1, 1], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+                           num_clusters=[4, 0], clustering_interval=[0, 0], num_labels=3, decode_head_hidden_size=16)
+    model_class = "PaCaViTForImageClassification" if task == "image-classification" else "PaCaViTForSemanticSegmentation"
+    getattr(paca_hf, model_class)(config).save_pretrained(tmp_path)
+    PaCaViTImageProcessorPil(size={"height": 64, "width": 64}, do_center_crop=False).save_pretrained(tmp_path)
+    runner = pipeline(task, model=str(tmp_path))
+    assert type(runner.image_processor) is PaCaViTImageProcessor
+    photo = Image.fromarray(photo_like(48, 80))
+    result = runner(photo)
+    if task == "image-classification":
+        assert len(result) == 3 and abs(sum(item["score"] for item in result) - 1) < 1e-4
+    else:
+        assert result and all(item["mask"].size == (80, 48) for item in result)
