@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from paca_hf.augment import (
+from paca_hf.training.augment_segmentation import (
     SegmentationEvalTransform,
     SegmentationTrainAugment,
     hsv_to_rgb,

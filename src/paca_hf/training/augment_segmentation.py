@@ -1,4 +1,5 @@
-"""Batched segmentation augmentation in plain torch (CPU or GPU, no torchvision): mmseg's ADE20k pipeline.
+"""Batched segmentation augmentation in plain torch (CPU or GPU): mmseg's ADE20k pipeline, which no library
+provides (random resize by a ratio range, crop with `cat_max_ratio`, photometric distortion in OpenCV units).
 
 `SegmentationTrainAugment` reproduces, per sample, mmseg 1.x's ADE20k training pipeline
 
@@ -23,10 +24,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 # ImageNet mean / std on the 0..255 scale (mmseg's ADE20k data_preprocessor; = HF's rescale 1/255 + normalise).
-IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
-IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+IMAGENET_MEAN_255 = tuple(255 * value for value in IMAGENET_DEFAULT_MEAN)
+IMAGENET_STD_255 = tuple(255 * value for value in IMAGENET_DEFAULT_STD)
 
 ImagesIn = Union[torch.Tensor, Sequence]
 LabelsIn = Union[torch.Tensor, Sequence]
