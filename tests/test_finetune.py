@@ -18,8 +18,8 @@ from paca_hf import PaCaViTForSemanticSegmentation
 from paca_hf import training as T
 from paca_hf.data.scenes import make_scene_splits, save_scenes_to_disk
 from paca_hf.training import demo, finetune
-from paca_hf.training.augment_segmentation import SegmentationEvalTransform, reduce_zero_label
-from paca_hf.training.data import label_to_tensor
+from paca_hf.images import load_label_map, reduce_labels
+from paca_hf.training.augment_segmentation import SegmentationEvalTransform
 from paca_hf.training.optim import NORM_MODULE_TYPES
 
 from finetune_helpers import finetune_argv, tiny_config_file  # noqa: F401 (fixture)
@@ -158,7 +158,7 @@ def test_scratch_run_from_a_local_dataset_folder(tiny_config_file, tmp_path):
         batch = T.collate_segmentation([validation[index]])
         mine = T.predict_batch(model, batch["images"], SegmentationEvalTransform(scale=(256, 64)), "cpu")[0]
         np.testing.assert_array_equal(prediction, mine.numpy())
-        np.testing.assert_array_equal(reference, reduce_zero_label(batch["labels"][0]).numpy())
+        np.testing.assert_array_equal(reference, reduce_labels(batch["labels"][0]).numpy())
 
     from transformers import pipeline
 
@@ -275,7 +275,7 @@ def test_demo_arguments_and_picture(tmp_path):
     assert args.crop_size == demo.DEMO_SETTINGS["image_size"]
     validation = make_scene_splits(num_train=0, num_validation=2, image_size=(32, 40))["validation"]
     images = [validation[i]["image"] for i in range(2)]
-    truths = [reduce_zero_label(label_to_tensor(validation[i]["annotation"])).numpy() for i in range(2)]
+    truths = [reduce_labels(load_label_map(validation[i]["annotation"])) for i in range(2)]
     predictions = [np.zeros((32, 40), dtype=np.int64), truths[1].clip(0, 4)]
     picture = demo.render_grid(images, truths, predictions, {i: f"c{i}" for i in range(5)}, ["a header line"])
     assert isinstance(picture, Image.Image)

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..images import load_label_map
+from .augment_segmentation import decode_image, decode_label_map
 from .errors import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -41,34 +43,13 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.num_samples
 
 
-def image_to_tensor(image) -> torch.Tensor:
-    """(3, H, W) uint8 tensor from a PIL image (any mode) or an (H, W[, C]) array."""
-    if hasattr(image, "convert"):
-        image = image.convert("RGB")
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    if array.shape[-1] == 4:
-        array = array[..., :3]
-    if array.dtype != np.uint8:
-        array = np.clip(array, 0, 255).astype(np.uint8)
-    return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).contiguous()
-
-
-def label_to_tensor(annotation) -> torch.Tensor:
-    """(H, W) int64 tensor from a PIL label map (mode L / P / I) or an array."""
-    array = np.array(annotation)
-    if array.ndim == 3:
-        array = array[..., 0]
-    return torch.from_numpy(array.astype(np.int64))
-
-
 def collate_segmentation(examples: Sequence[dict]) -> dict:
-    """Lists (images may differ in size): `images` (3, H, W) uint8 and `labels` (H, W) int64, raw annotation
-    values. Augmentation and label reduction happen later, in the training loop."""
+    """Lists (images may differ in size): `images` (3, H, W) pixels and `labels` (H, W) int64 raw annotation values,
+    decoded by `paca_hf.images` (EXIF orientation applied to both; 8-bit images stay uint8, 16-bit ones are float32
+    on the 0..255 scale). Augmentation and label reduction happen later, in the training loop."""
     return {
-        "images": [image_to_tensor(example["image"]) for example in examples],
-        "labels": [label_to_tensor(example["annotation"]) for example in examples],
+        "images": [decode_image(example["image"]) for example in examples],
+        "labels": [decode_label_map(example["annotation"], image=example["image"]) for example in examples],
     }
 
 
@@ -212,7 +193,7 @@ def resolve_id2label(
         raise TrainingError(f"Cannot tell the classes of {dataset_name!r}: pass --id2label_file.")
     largest = 0
     for index in range(min(len(train_dataset), max_scan)):
-        values = np.unique(np.array(train_dataset[index]["annotation"]))
+        values = np.unique(load_label_map(train_dataset[index]["annotation"]))
         values = values[values != ignore_index]
         if values.size:
             largest = max(largest, int(values.max()))

@@ -209,16 +209,13 @@ def parameter_shapes(model_dir):
 def shown_scenes(num_shown: int) -> tuple[list, list[np.ndarray]]:
     """`(images, truths)`: the first `num_shown` validation scenes of the demo's data (part of its evaluation set,
     never trained on) as PIL images, and their label maps reduced like training (0 "other" -> 255)."""
-    import torch
-
     from ..data.scenes import make_scene_splits
-    from .augment_segmentation import reduce_zero_label
+    from ..images import load_label_map, reduce_labels
 
     size = DEMO_SETTINGS["image_size"]
     validation = make_scene_splits(
         num_train=DEMO_SETTINGS["num_train_images"], num_validation=num_shown, image_size=(size, size), seed=0
     )["validation"]
     images = [validation[i]["image"] for i in range(len(validation))]
-    truths = [reduce_zero_label(torch.from_numpy(np.array(validation[i]["annotation"], dtype=np.int64))).numpy()
-              for i in range(len(validation))]
+    truths = [reduce_labels(load_label_map(validation[i]["annotation"])) for i in range(len(validation))]
     return images, truths

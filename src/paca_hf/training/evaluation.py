@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment_segmentation import reduce_zero_label
+from ..images import reduce_labels as reduce_label_values
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ def evaluate_segmentation(
         predictions = predict_batch(model, batch["images"], eval_transform, accelerator.device)
         pairs = []
         for prediction, label in zip(predictions, batch["labels"]):
-            reference = reduce_zero_label(label) if reduce_labels else label.long()
+            reference = reduce_label_values(label, ignore_index) if reduce_labels else label.long()
             pairs.append((prediction.cpu().numpy().astype(np.uint16), reference.cpu().numpy().astype(np.uint16)))
         pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
         if accelerator.is_main_process:
