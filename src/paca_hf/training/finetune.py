@@ -37,7 +37,7 @@ from .checkpoint import (
 from .data import EpochSampler, batch_stream, collate_segmentation, load_segmentation_splits, resolve_id2label
 from .errors import TrainingError, check_finite_loss, check_finite_parameters
 from .evaluation import evaluate_segmentation, metrics_to_json
-from .finetune_args import build_parser, parse_args  # noqa: F401 (part of this module's interface)
+from .finetune_args import parse_args
 from .optim import describe_param_groups, param_groups
 from .scheduler import PolyWithWarmup, make_scheduler
 from .segmentation import build_model, maybe_sync_batchnorm, recipe_image_processor
@@ -221,7 +221,7 @@ def run(args, accelerator) -> dict:
         id2label, args.model_name_or_path, args.config_name, args.num_clusters, overrides, args.cache_dir
     )
     logger.info("%s", init_report.summary())
-    model = maybe_sync_batchnorm(model, accelerator, logger)
+    model = maybe_sync_batchnorm(model, accelerator)
 
     groups = param_groups(model, args.learning_rate, args.weight_decay, args.head_lr_mult,
                           args.clustering_lr_mult, args.norm_decay_mult)

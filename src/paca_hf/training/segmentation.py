@@ -1,13 +1,16 @@
 """The model of the segmentation fine-tune: `PaCaViTForSemanticSegmentation` from a converted checkpoint (tensors
 whose shape changes re-initialised, and reported) or from a config, and the image processor saved with it."""
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from .errors import TrainingError
+
+logger = logging.getLogger(__name__)
 
 
 def parse_num_clusters(value: str | None, base: Sequence[int]) -> list[int]:
@@ -155,7 +158,7 @@ def recipe_image_processor(crop_size: int, reduce_labels: bool):
     return processor
 
 
-def maybe_sync_batchnorm(model: torch.nn.Module, accelerator, logger) -> torch.nn.Module:
+def maybe_sync_batchnorm(model: torch.nn.Module, accelerator) -> torch.nn.Module:
     """SyncBatchNorm (the authors' norm_cfg) when distributed on GPUs; it needs CUDA + NCCL, so on CPU (gloo) the
     plain BatchNorm is kept, with a warning."""
     if accelerator.num_processes <= 1:
