@@ -1,0 +1,697 @@
+"""The authors' ImageNet-1k classification recipe on transformers' `Trainer`, with timm's augmentation.
+
+timm (the training extra, `pip install -e ".[train]"`) provides the recipe's pieces, as in the authors' timm
+`train.py`: the training transform (`timm.data.create_transform`), Mixup / CutMix (`timm.data.Mixup`) and the
+soft-target loss (`timm.loss.SoftTargetCrossEntropy`). `import paca_hf` and the model never import timm; this module
+does, at import time.
+
+(Over 500 lines because it is one recipe end to end, and about 150 of them are the command-line argument classes.)
+
+Randomness and exact resume. Every random draw of the recipe comes from one of two places:
+
+* the data augmentation (RandomResizedCrop, flip, RandAugment, random erasing), which timm draws from Python's
+  `random`, NumPy's global generator and torch's global generator. [`ImageNetTrainDataset`] seeds those three
+  afresh for every sample from `(seed, epoch, index)` ([`sample_seed`]) and puts the caller's states back
+  afterwards, so an augmented sample is a pure function of its seed, epoch and dataset index: the same with any
+  number of DataLoader workers, and nothing of it needs saving in a checkpoint;
+* the training step in the main process: Mixup / CutMix (NumPy's global generator) and stochastic depth (torch's),
+  which `Trainer` saves with every checkpoint (`rng_state.pth`) and restores on resume. Because fetching a batch no
+  longer draws from those generators, `Trainer` restoring them only after it has fetched the first resumed batch
+  does not matter: a run interrupted at a checkpoint and resumed ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup, create_transform
+from timm.loss import SoftTargetCrossEntropy
+from transformers import Trainer, TrainingArguments
+
+from ..configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
+from ..image_processing_pacavit import PaCaViTImageProcessor
+from ..metrics.accuracy_topk.accuracy_topk import true_class_rank
+
+
+logger = logging.getLogger(__name__)
+
+# timm's warmup_lr (5e-7) and min_lr (5e-6) as fractions of the recipe's base learning rate (5e-4).
+RECIPE_SCHEDULER_KWARGS = {"min_lr_rate": 0.01, "warmup_lr_rate": 0.001}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# arguments
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A PaCa-ViT checkpoint to start from: a folder or a Hub id. Exclusive with --config_name."},
+    )
+    config_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train from scratch with this architecture: an official name (e.g. pacavit_tiny_p2cconv_100_0), "
+            "a config.json or a folder holding one."
+        },
+    )
+    image_processor_name: str | None = field(
+        default=None, metadata={"help": "Image processor folder / Hub id (default: the model's, else a new one)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache folder for Hub downloads and datasets."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the Hub model."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private / gated repos."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Re-initialise a classifier head whose size differs (new classes)."}
+    )
+    drop_path_rate: float | None = field(
+        default=None, metadata={"help": "Stochastic depth rate (default: the config's; official: 0.1 / 0.1 / 0.5)."}
+    )
+
+
+@dataclass
+class DataTrainingArguments:
+    dataset_name: str | None = field(
+        default="imagenet-1k",
+        metadata={"help": "Hub dataset id; ignored when --train_dir / --validation_dir are given."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    train_dir: str | None = field(default=None, metadata={"help": "Training image folder (class sub-folders)."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Validation image folder (class sub-folders)."})
+    train_val_split: float | None = field(
+        default=0.15, metadata={"help": "Fraction of train held out for evaluation when there is no validation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many evaluation images."})
+    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
+
+
+@dataclass
+class AugmentationArguments:
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Training crop and evaluation crop size (default: the image processor's crop size, 224 for a "
+            "new one)."
+        },
+    )
+    crop_pct: float | None = field(
+        default=None, metadata={"help": "Evaluation centre-crop ratio (default: the image processor's, 0.9)."}
+    )
+    scale: list[float] = field(
+        default_factory=lambda: [0.08, 1.0], metadata={"help": "RandomResizedCrop area range."}
+    )
+    ratio: list[float] = field(
+        default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0], metadata={"help": "RandomResizedCrop aspect-ratio range."}
+    )
+    hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability."})
+    interpolation: str = field(default="bicubic", metadata={"help": "Resampling of the crop and of RandAugment."})
+    auto_augment: str | None = field(
+        default="rand-m9-mstd0.5-inc1", metadata={"help": "timm RandAugment config string; 'none' switches it off."}
+    )
+    reprob: float = field(default=0.25, metadata={"help": "Random erasing probability (0 switches it off)."})
+    remode: str = field(default="pixel", metadata={"help": "Random erasing fill: pixel, rand or const."})
+    recount: int = field(default=1, metadata={"help": "Random erasing: boxes per erased image."})
+    mixup: float = field(default=0.8, metadata={"help": "Mixup alpha (0 switches Mixup off)."})
+    cutmix: float = field(default=1.0, metadata={"help": "CutMix alpha (0 switches CutMix off)."})
+    cutmix_minmax: list[float] | None = field(
+        default=None, metadata={"help": "CutMix box side range (min max); overrides the alpha-based box."}
+    )
+    mixup_prob: float = field(default=1.0, metadata={"help": "Probability of mixing a batch at all."})
+    mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of CutMix when both are on."})
+
+
+@dataclass
+class PaCaTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the authors' recipe as defaults, plus three recipe settings."""
+
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate. Default: --base_learning_rate x global batch / 512."},
+    )
+    base_learning_rate: float = field(
+        default=5e-4, metadata={"help": "Learning rate for a global batch of 512 (scaled linearly)."}
+    )
+    warmup_epochs: float = field(
+        default=5.0, metadata={"help": "Warm-up length in epochs, used when --warmup_steps is 0."}
+    )
+    amp: str = field(
+        default="auto",
+        metadata={"help": "Mixed precision when neither --bf16 nor --fp16 is given: auto (bf16, else fp16 on GPU; "
+                  "none on CPU), bf16, fp16 or no."},
+    )
+    num_train_epochs: float = field(default=300.0, metadata={"help": "Total number of training epochs."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases and norms)."})
+    lr_scheduler_type: str = field(
+        default="cosine_warmup_with_min_lr",
+        metadata={"help": "Scheduler; the default gets lr_scheduler_kwargs min_lr_rate 0.01, warmup_lr_rate 0.001."},
+    )
+    label_smoothing_factor: float = field(default=0.1, metadata={"help": "Label smoothing (also inside Mixup)."})
+    per_device_train_batch_size: int = field(default=128, metadata={"help": "Training batch size per device."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per device."})
+    do_train: bool = field(default=True, metadata={"help": "Run training."})
+    do_eval: bool = field(default=True, metadata={"help": "Evaluate at the end (and per --eval_strategy)."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save checkpoints: no, steps or epoch."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints to keep."})
+    logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: the image transforms need the raw columns."}
+    )
+    dataloader_num_workers: int = field(
+        default=min(8, os.cpu_count() or 1), metadata={"help": "Data loading processes (decoding + RandAugment)."}
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+
+
+def _decode(image):
+    return image.convert("RGB")
+
+
+def train_transform(aug_args: AugmentationArguments, image_size: int, mean, std):
+    """timm's training transform (`create_transform(is_training=True)`) with the recipe's settings: PIL image ->
+    normalised float32 tensor `(3, image_size, image_size)`. As in timm, colour jitter (0.4) is applied only when
+    RandAugment is off."""
+    auto_augment = aug_args.auto_augment
+    if auto_augment is not None and auto_augment.lower() == "none":
+        auto_augment = None
+    return create_transform(
+        input_size=image_size,
+        is_training=True,
+        scale=tuple(aug_args.scale),
+        ratio=tuple(aug_args.ratio),
+        hflip=aug_args.hflip,
+        auto_augment=auto_augment,
+        interpolation=aug_args.interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
+        re_prob=aug_args.reprob,
+        re_mode=aug_args.remode,
+        re_count=aug_args.recount,
+    )
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed (an integer in [0, 2**32)) of one sample's augmentation: NumPy's `SeedSequence([seed, epoch,
+    index])`, first 32-bit word."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int):
+    """Seed Python's `random`, NumPy's global generator and torch's CPU generator with `seed` for the block, and put
+    their previous states back afterwards."""
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+
+
+class ImageNetTrainDataset(torch.utils.data.Dataset):
+    """Training examples `{pixel_values, labels}` of a `datasets.Dataset` with image and label columns, augmented
+    with a global-RNG transform (timm's) under [`seeded_global_rngs`]`(`[`sample_seed`]`(seed, epoch, index))`.
+
+    `set_epoch` is called by accelerate's DataLoader at every epoch (so every epoch augments afresh)."""
+
+    def __init__(self, dataset, transform, seed: int, image_column: str = "image", label_column: str = "label"):
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = int(seed)
+        self.epoch = 0
+        self.image_column = image_column
+        self.label_column = label_column
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.dataset[int(index)]
+        image = _decode(example[self.image_column])
+        with seeded_global_rngs(sample_seed(self.seed, self.epoch, index)):
+            pixel_values = self.transform(image)
+        return {"pixel_values": pixel_values, "labels": int(example[self.label_column])}
+
+
+class EvalTransform:
+    """`datasets` transform: `{image, label}` columns -> `{pixel_values, labels}` through the image processor (the
+    authors' evaluation transform). A class, so that DataLoader workers can pickle it under any start method."""
+
+    def __init__(self, image_processor, image_column: str = "image", label_column: str = "label"):
+        self.image_processor = image_processor
+        self.image_column = image_column
+        self.label_column = label_column
+
+    def __call__(self, batch):
+        images = [_decode(image) for image in batch[self.image_column]]
+        return {
+            "pixel_values": list(self.image_processor(images, return_tensors="pt")["pixel_values"]),
+            "labels": batch[self.label_column],
+        }
+
+
+def collate_fn(examples):
+    return {
+        "pixel_values": torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples]),
+        "labels": torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long),
+    }
+
+
+def load_data(data_args: DataTrainingArguments, model_args: ModelArguments, seed: int):
+    """The `datasets.DatasetDict` to train / evaluate on: image folders (imagefolder layout) or a Hub dataset, with a
+    validation split held out of train (`--train_val_split`) when there is none."""
+    from datasets import load_dataset
+
+    if data_args.train_dir is not None or data_args.validation_dir is not None:
+        data_files = {}
+        if data_args.train_dir is not None:
+            data_files["train"] = os.path.join(data_args.train_dir, "**")
+        if data_args.validation_dir is not None:
+            data_files["validation"] = os.path.join(data_args.validation_dir, "**")
+        dataset = load_dataset("imagefolder", data_files=data_files, cache_dir=model_args.cache_dir)
+    elif data_args.dataset_name is not None:
+        dataset = load_dataset(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+        )
+    else:
+        raise ValueError("give --dataset_name, or --train_dir / --validation_dir")
+    if "validation" not in dataset and "train" in dataset and data_args.train_val_split:
+        split = dataset["train"].train_test_split(data_args.train_val_split, seed=seed)
+        dataset["train"], dataset["validation"] = split["train"], split["test"]
+    return dataset
+
+
+def class_names(dataset, label_column: str) -> list[str]:
+    """Class names of a `DatasetDict` (a `ClassLabel` column's names, else "0".."max label")."""
+    from datasets import ClassLabel
+
+    split = dataset["train"] if "train" in dataset else dataset["validation"]
+    if label_column not in split.column_names:
+        raise ValueError(f"no label column {label_column!r}; columns: {split.column_names} (see --label_column_name)")
+    feature = split.features[label_column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    values = split.unique(label_column)
+    if not all(isinstance(v, int) and v >= 0 for v in values):
+        raise ValueError(f"labels in {label_column!r} must be a ClassLabel or integers >= 0")
+    return [str(index) for index in range(max(values) + 1)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model, processor and recipe settings
+
+
+def build_config(model_args: ModelArguments, names: list[str], image_size: int | None):
+    """The model config: from the checkpoint, an official name or a config file, with the classes `names`."""
+    from transformers import AutoConfig
+
+    id2label = dict(enumerate(names))
+    label2id = {name: index for index, name in id2label.items()}
+    if model_args.model_name_or_path is not None:
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+        )
+        config.id2label, config.label2id = id2label, label2id
+    elif model_args.config_name in OFFICIAL_NAMES:
+        config = PaCaViTConfig.from_official_name(model_args.config_name, id2label=id2label, label2id=label2id)
+    else:
+        config = PaCaViTConfig.from_pretrained(model_args.config_name, cache_dir=model_args.cache_dir)
+        config.id2label, config.label2id = id2label, label2id
+    config.problem_type = "single_label_classification"
+    if model_args.drop_path_rate is not None:
+        config.drop_path_rate = model_args.drop_path_rate
+    if image_size is not None:
+        config.image_size = image_size
+    return config
+
+
+def build_image_processor(model_args: ModelArguments, aug_args: AugmentationArguments):
+    """The evaluation image processor: `--image_processor_name`, else the checkpoint's, else the authors' transform
+    (`PaCaViTImageProcessor`, crop 224 unless `--image_size`)."""
+    from transformers import AutoImageProcessor
+
+    overrides = {}
+    if aug_args.image_size is not None:
+        overrides["size"] = {"shortest_edge": aug_args.image_size}
+        overrides["crop_size"] = {"height": aug_args.image_size, "width": aug_args.image_size}
+    if aug_args.crop_pct is not None:
+        overrides["crop_pct"] = aug_args.crop_pct
+    source = model_args.image_processor_name or model_args.model_name_or_path
+    if source is not None:
+        try:
+            return AutoImageProcessor.from_pretrained(
+                source, cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
+                **overrides,
+            )
+        except (OSError, ValueError) as error:
+            if model_args.image_processor_name is not None:
+                raise
+            logger.warning(f"no image processor in {source} ({error}); using the authors' evaluation transform")
+    if "size" not in overrides:
+        overrides.update(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    return PaCaViTImageProcessor(**overrides)
+
+
+def set_mixed_precision(training_args: PaCaTrainingArguments) -> None:
+    """Fill in --bf16 / --fp16 from --amp, before the Trainer builds its Accelerator."""
+    amp = training_args.amp.lower()
+    if amp not in ("auto", "bf16", "fp16", "no"):
+        raise ValueError(f"--amp must be auto, bf16, fp16 or no, got {training_args.amp!r}")
+    if training_args.bf16 or training_args.fp16 or amp == "no":
+        return
+    on_cuda = training_args.device.type == "cuda"
+    if amp == "auto":
+        if not on_cuda:
+            return
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "bf16":
+        training_args.bf16 = True
+    else:
+        training_args.fp16 = True
+    training_args.mixed_precision = amp
+
+
+def apply_recipe(training_args: PaCaTrainingArguments, num_train_examples: int | None) -> int:
+    """Fill in the recipe's settings that depend on the batch, the data and the device; returns the global batch.
+
+    learning rate = base_learning_rate x global batch / 512 (unless --learning_rate is given); the default scheduler
+    gets timm's warm-up and final rates; warm-up steps = warmup_epochs x optimizer steps per epoch (unless
+    --warmup_steps is given); mixed precision from --amp."""
+    global_batch = (
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+        * training_args.world_size
+    )
+    if training_args.learning_rate is None:
+        training_args.learning_rate = training_args.base_learning_rate * global_batch / 512
+    if training_args.lr_scheduler_type == "cosine_warmup_with_min_lr" and not training_args.lr_scheduler_kwargs:
+        training_args.lr_scheduler_kwargs = dict(RECIPE_SCHEDULER_KWARGS)
+    if num_train_examples and training_args.warmup_steps == 0 and training_args.warmup_epochs > 0:
+        per_step = training_args.per_device_train_batch_size * training_args.world_size
+        batches = math.ceil(num_train_examples / per_step)
+        steps_per_epoch = max(1, math.ceil(batches / training_args.gradient_accumulation_steps))
+        training_args.warmup_steps = int(round(training_args.warmup_epochs * steps_per_epoch))
+    set_mixed_precision(training_args)
+    if training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False
+    return global_batch
+
+
+def build_mixup(aug_args: AugmentationArguments, num_classes: int, label_smoothing: float) -> Mixup | None:
+    """timm's `Mixup` (one draw per batch) with the recipe's settings, or None when Mixup and CutMix are off."""
+    if aug_args.mixup <= 0 and aug_args.cutmix <= 0 and aug_args.cutmix_minmax is None:
+        return None
+    return Mixup(
+        mixup_alpha=aug_args.mixup,
+        cutmix_alpha=aug_args.cutmix,
+        cutmix_minmax=aug_args.cutmix_minmax,
+        prob=aug_args.mixup_prob,
+        switch_prob=aug_args.mixup_switch_prob,
+        mode="batch",
+        label_smoothing=label_smoothing,
+        num_classes=num_classes,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Trainer
+
+
+class PaCaTrainer(Trainer):
+    """`Trainer` with the recipe's loss: timm's Mixup / CutMix on the batch and soft-target cross-entropy in
+    training, cross-entropy in evaluation, and timm's weight-decay groups (no decay on biases and 1-d parameters).
+
+    timm's batch Mixup pairs sample i with sample N - 1 - i and needs an even batch: the last sample of an odd
+    training batch is left out of that step (timm's own loader drops the whole last partial batch instead)."""
+
+    # compute_loss returns a per-batch mean; Trainer divides it by the gradient accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, mixup: Mixup | None = None, label_smoothing: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mixup = mixup
+        self.label_smoothing = float(label_smoothing)
+        self.soft_target_loss = SoftTargetCrossEntropy()
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        return [name for name, param in model.named_parameters() if param.ndim > 1 and not name.endswith(".bias")]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            raise ValueError("PaCaTrainer needs `labels` in every batch")
+        pixel_values = inputs.pop("pixel_values")
+        mixing = model.training and self.mixup is not None and self.mixup.mixup_enabled
+        if mixing:
+            even = len(pixel_values) - len(pixel_values) % 2
+            if even == 0:
+                raise ValueError("Mixup needs at least two images per training batch")
+            pixel_values, targets = self.mixup(pixel_values[:even].clone(), labels[:even])
+        outputs = model(pixel_values=pixel_values, **inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        if mixing:
+            loss = self.soft_target_loss(logits.float(), targets.to(logits.device).float())
+        else:
+            smoothing = self.label_smoothing if model.training else 0.0
+            loss = F.cross_entropy(logits.float(), labels.to(logits.device).long(), label_smoothing=smoothing)
+        return (loss, outputs) if return_outputs else loss
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the training run (scripts/train_imagenet.py)
+
+
+def parse_args(argv=None):
+    """`(ModelArguments, DataTrainingArguments, AugmentationArguments, PaCaTrainingArguments)` from command-line
+    arguments, or from a single `.json` file of them."""
+    import sys
+
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, AugmentationArguments, PaCaTrainingArguments))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _limit(dataset, max_samples: int | None, seed: int):
+    if max_samples is None:
+        return dataset
+    dataset = dataset.shuffle(seed=seed)
+    return dataset.select(range(min(max_samples, len(dataset))))
+
+
+def train_and_evaluate(model_args, data_args, aug_args, training_args) -> dict | None:
+    """Train (`--do_train`) and evaluate (`--do_eval`) as scripts/train_imagenet.py does; returns the evaluation
+    metrics (None without --do_eval). Writes the model, image processor and `*_results.json` to --output_dir."""
+    from transformers import AutoModelForImageClassification, set_seed
+    from transformers.trainer_utils import IntervalStrategy
+
+    from ..metrics import load_metric
+    from ..modeling_pacavit import PaCaViTForImageClassification
+
+    if (model_args.model_name_or_path is None) == (model_args.config_name is None):
+        raise ValueError("give exactly one of --model_name_or_path (a checkpoint) and --config_name (from scratch)")
+    set_seed(training_args.seed)
+
+    dataset = load_data(data_args, model_args, training_args.seed)
+    if training_args.do_train and "train" not in dataset:
+        raise ValueError("--do_train needs a train split (--train_dir or a Hub dataset with one)")
+    if training_args.do_eval and "validation" not in dataset:
+        raise ValueError("--do_eval needs a validation split (--validation_dir, or --train_val_split > 0)")
+    names = class_names(dataset, data_args.label_column_name)
+
+    image_processor = build_image_processor(model_args, aug_args)
+    image_size = image_processor.crop_size.height
+    config = build_config(model_args, names, image_size)
+    if model_args.model_name_or_path is not None:
+        model = AutoModelForImageClassification.from_pretrained(
+            model_args.model_name_or_path,
+            config=config,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        )
+    else:
+        model = PaCaViTForImageClassification(config)
+
+    columns = (data_args.image_column_name, data_args.label_column_name)
+    train_dataset = eval_dataset = None
+    if training_args.do_train:
+        transform = train_transform(aug_args, image_size, image_processor.image_mean, image_processor.image_std)
+        train_dataset = ImageNetTrainDataset(
+            _limit(dataset["train"], data_args.max_train_samples, training_args.seed),
+            transform,
+            seed=training_args.seed,
+            image_column=columns[0],
+            label_column=columns[1],
+        )
+    if training_args.do_eval:
+        eval_dataset = _limit(dataset["validation"], data_args.max_eval_samples, training_args.seed)
+        eval_dataset.set_transform(EvalTransform(image_processor, *columns))
+
+    if eval_dataset is None and training_args.eval_strategy != "no":
+        training_args.eval_strategy = IntervalStrategy.NO  # --do_eval False: no evaluation during training either
+    global_batch = apply_recipe(training_args, None if train_dataset is None else len(train_dataset))
+    logger.info(
+        f"global batch {global_batch}, learning rate {training_args.learning_rate:.3g}, warm-up "
+        f"{training_args.warmup_steps} steps, scheduler {training_args.lr_scheduler_type} "
+        f"{training_args.lr_scheduler_kwargs}, mixed precision {training_args.mixed_precision}, "
+        f"drop path {config.drop_path_rate}, {len(names)} classes"
+    )
+
+    metric = load_metric("accuracy_topk", cache_dir=model_args.cache_dir)
+
+    def compute_metrics(eval_pred):
+        predictions = eval_pred.predictions
+        if isinstance(predictions, (tuple, list)):
+            predictions = predictions[0]
+        return metric.compute(predictions=predictions, references=eval_pred.label_ids, top_k=(1, 5))
+
+    trainer = PaCaTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collate_fn,
+        compute_metrics=compute_metrics,
+        processing_class=image_processor,
+        mixup=build_mixup(aug_args, len(names), training_args.label_smoothing_factor),
+        label_smoothing=training_args.label_smoothing_factor,
+    )
+
+    if training_args.do_train:
+        checkpoint = training_args.resume_from_checkpoint
+        if isinstance(checkpoint, str) and checkpoint.lower() in ("true", "false"):
+            checkpoint = checkpoint.lower() == "true"
+        train_result = trainer.train(resume_from_checkpoint=checkpoint or None)
+        trainer.save_model()
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+    elif trainer.is_world_process_zero():
+        model.save_pretrained(training_args.output_dir)
+        image_processor.save_pretrained(training_args.output_dir)
+
+    metrics = None
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------
+# top-1 / top-5 of a classifier on an image folder (scripts/evaluate_imagenet.py)
+
+
+def folder_label_map(folder_names: list[str], config, mode: str) -> tuple[str, np.ndarray]:
+    """`(mapping used, model class index of every folder index)` for `--label_mapping` `names`, `sorted` or
+    `auto` (see scripts/evaluate_imagenet.py). Raises `ValueError` when the folders cannot be mapped."""
+    label2id = {str(name): int(index) for name, index in (config.label2id or {}).items()}
+    names_fit = all(name in label2id for name in folder_names)
+    if mode == "names" or (mode == "auto" and names_fit):
+        if not names_fit:
+            missing = [name for name in folder_names if name not in label2id][:5]
+            raise ValueError(f"folder names {missing} are not label names of the model (config.label2id)")
+        return "names", np.array([label2id[name] for name in folder_names], dtype=np.int64)
+    if len(folder_names) != config.num_labels:
+        why = "" if names_fit else "; the folder names are not label names of the model either"
+        raise ValueError(
+            f"the folder has {len(folder_names)} classes and the model {config.num_labels}, so folder i cannot be "
+            f"mapped to class i{why} (see --label_mapping)"
+        )
+    return "sorted", np.arange(len(folder_names), dtype=np.int64)
+
+
+def evaluate_image_folder(
+    model_name_or_path: str,
+    validation_dir: str,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    label_mapping: str = "auto",
+    device: str | None = None,
+    max_samples: int | None = None,
+    cache_dir: str | None = None,
+) -> dict:
+    """Top-1 / top-5 accuracy (fractions and percentages) of a classifier on an imagefolder-layout folder, with the
+    model's own image processor (the authors' transform when none is saved). A sample whose scores are not all
+    finite counts as wrong (see `accuracy_topk`). Raises `ValueError` for an empty folder or unmappable classes."""
+    import time
+
+    from datasets import ClassLabel, load_dataset
+    from transformers import AutoModelForImageClassification
+
+    from ..loading import load_image_processor
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = AutoModelForImageClassification.from_pretrained(model_name_or_path, cache_dir=cache_dir)
+    model = model.to(device).eval()
+    processor = load_image_processor(model_name_or_path, cache_dir=cache_dir)
+
+    data_files = {"validation": os.path.join(validation_dir, "**")}
+    dataset = load_dataset("imagefolder", data_files=data_files, split="validation", cache_dir=cache_dir)
+    feature = dataset.features.get("label")
+    if not isinstance(feature, ClassLabel):
+        raise ValueError(f"{validation_dir} has no class sub-folders (imagefolder layout expected)")
+    mapping, to_model = folder_label_map(list(feature.names), model.config, label_mapping)
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    dataset.set_transform(EvalTransform(processor))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
+        pin_memory=device.type == "cuda",
+    )
+
+    ranks = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in loader:
+            logits = model(pixel_values=batch["pixel_values"].to(device)).logits.float().cpu().numpy()
+            ranks.append(true_class_rank(logits, to_model[batch["labels"].numpy()]))
+    ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+    if ranks.size == 0:
+        raise ValueError(f"no images found in {validation_dir}")
+    top1, top5 = float(np.mean(ranks < 1)), float(np.mean(ranks < 5))
+    return {
+        "model": model_name_or_path,
+        "validation_dir": os.path.abspath(validation_dir),
+        "num_samples": int(ranks.size),
+        "num_classes": len(feature.names),
+        "label_mapping": mapping,
+        "top1": top1,
+        "top5": top5,
+        "top1_percent": 100.0 * top1,
+        "top5_percent": 100.0 * top5,
+        "seconds": round(time.perf_counter() - start, 3),
+        "device": str(device),
+    }
