@@ -14,19 +14,15 @@ from transformers.image_utils import (
     ImageInput,
     PILImageResampling,
     SizeDict,
-    load_image,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import is_torch_tensor
 
+from .images import image_to_array, load_label_map, open_image, reduce_labels
+
 
 # Labels written into padded areas of segmentation maps (the usual `ignore_index`).
 _LABEL_PAD_VALUE = 255
-# Float images slightly outside [0, 1] (rounding noise) are clipped instead of refused.
-_FLOAT_RANGE_SLACK = 1e-3
-_VALID_CHANNELS = (1, 3, 4)
-_SIXTEEN_BIT_MAX = 65535
-_PIL_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 
 
 class PaCaViTImageProcessorKwargs(ImagesKwargs, total=False):
@@ -162,7 +158,7 @@ class PaCaViTImageProcessor(PilBackend):
                 raise ValueError(
                     f"got {len(prepared)} images but {len(raw_maps)} segmentation maps; pass exactly one map per image"
                 )
-            maps = [self._map_to_array(seg, index) for index, seg in enumerate(raw_maps)]
+            maps = [self._map_to_array(seg, index, image) for index, (seg, image) in enumerate(zip(raw_maps, raw_images))]
             for index, ((image, _), seg) in enumerate(zip(prepared, maps)):
                 if seg.shape != image.shape[:2]:
                     raise ValueError(
@@ -268,10 +264,7 @@ class PaCaViTImageProcessor(PilBackend):
     @staticmethod
     def reduce_label(label: np.ndarray) -> np.ndarray:
         """0 -> 255, every other label minus 1, 255 stays 255 (Segformer's `reduce_labels`)."""
-        label = np.asarray(label).astype(np.int64)
-        reduced = label - 1
-        reduced[(label == 0) | (label == 255)] = 255
-        return reduced
+        return reduce_labels(label)
 
     # ------------------------------------------------------------------ input handling
 
@@ -294,7 +287,7 @@ class PaCaViTImageProcessor(PilBackend):
 
         def load(x):
             if isinstance(x, str):
-                return load_image(x)
+                return open_image(x)
             if isinstance(x, PIL.Image.Image):
                 return x
             if is_array(x):
@@ -338,147 +331,21 @@ class PaCaViTImageProcessor(PilBackend):
         )
 
     @staticmethod
-    def _to_numpy(array) -> np.ndarray:
-        if is_torch_tensor(array):
-            import torch
-
-            array = array.detach().cpu()
-            if array.dtype == torch.bfloat16:
-                array = array.float()
-            try:
-                return array.numpy()
-            except (TypeError, RuntimeError) as error:
-                raise ValueError(f"cannot convert tensor of dtype {array.dtype} to numpy: {error}") from error
-        return np.asarray(array)
-
-    @classmethod
-    def _image_to_hwc(cls, image, input_data_format, index: int) -> tuple[np.ndarray, bool]:
-        """Convert one image to `(H, W, 3)`: uint8 in [0, 255], float32 in [0, 255] (16-bit / wide-int input) or
-        float32 in [0, 1] (float input). Returns the array and whether it is already in [0, 1]."""
-        where = f"image {index}"
-        if isinstance(image, PIL.Image.Image):
-            if image.width == 0 or image.height == 0:
-                raise ValueError(f"{where} is empty (size {image.size})")
-            mode = image.mode
-            if mode in _PIL_SIXTEEN_BIT_MODES:
-                array = np.asarray(image).astype(np.int64)
-                return cls._sixteen_bit(array, where), False
-            if mode == "F":
-                array = np.asarray(image, dtype=np.float32)
-                return np.repeat(cls._unit_float(array, where)[..., None], 3, axis=-1), True
-            if mode != "RGB":
-                try:
-                    image = image.convert("RGB")
-                except (ValueError, OSError) as error:
-                    raise ValueError(f"{where}: cannot convert PIL mode {mode!r} to RGB ({error})") from error
-            return np.asarray(image, dtype=np.uint8), False
-
-        array = cls._to_numpy(image)
-        if array.dtype.kind not in "biuf":
-            raise ValueError(f"{where} has unsupported dtype {array.dtype}; expected bool, integer or float")
-        shape = tuple(array.shape)
-        if array.ndim not in (2, 3):
-            raise ValueError(
-                f"{where} must have rank 2 (H, W) or 3 (C, H, W) / (H, W, C), got rank {array.ndim} "
-                f"with shape {shape}"
-            )
-        if array.size == 0:
-            raise ValueError(f"{where} is empty (shape {shape})")
-        if array.ndim == 2:
-            array = array[..., None]
-        else:
-            layout = input_data_format or cls._infer_layout(shape, where)
-            if layout == ChannelDimension.FIRST:
-                array = np.moveaxis(array, 0, -1)
-        channels = array.shape[-1]
-        if channels not in _VALID_CHANNELS:
-            raise ValueError(f"{where}: expected 1, 3 or 4 channels, got {channels} (shape {shape})")
-        if channels == 1:
-            array = np.repeat(array, 3, axis=-1)
-        elif channels == 4:
-            array = array[..., :3]  # drop alpha, like PIL's RGBA -> RGB
-        array = np.ascontiguousarray(array)
-
-        kind = array.dtype.kind
-        if kind == "b":
-            return array.astype(np.uint8) * np.uint8(255), False
-        if array.dtype == np.uint8:
-            return array, False
-        if kind == "u" and array.dtype.itemsize == 2:
-            return cls._sixteen_bit(array.astype(np.int64), where), False
-        if kind in "iu":
-            low, high = int(array.min()), int(array.max())
-            if low < 0 or high > 255:
-                raise ValueError(
-                    f"{where}: integer image of dtype {array.dtype} has values in [{low}, {high}], but only "
-                    "[0, 255] is supported for this dtype (use uint16 for 16-bit data or floats in [0, 1])"
-                )
-            return array.astype(np.uint8), False
-        return cls._unit_float(array, where), True
+    def _image_to_hwc(image, input_data_format, index: int) -> tuple[np.ndarray, bool]:
+        """One image as `(H, W, 3)` (see `paca_hf.images.image_to_array`) and whether it is already in [0, 1]."""
+        try:
+            array = image_to_array(image, num_channels=3, input_data_format=input_data_format)
+        except ValueError as error:
+            raise ValueError(f"image {index}: {error}") from error
+        return array, array.dtype != np.uint8
 
     @staticmethod
-    def _infer_layout(shape: tuple, where: str) -> ChannelDimension:
-        first, last = shape[0] in _VALID_CHANNELS, shape[-1] in _VALID_CHANNELS
-        if first:  # also the ambiguous case, as in transformers (pass `input_data_format` to override)
-            return ChannelDimension.FIRST
-        if last:
-            return ChannelDimension.LAST
-        raise ValueError(
-            f"{where}: expected 1, 3 or 4 channels, got {min(shape[0], shape[-1])} (shape {tuple(shape)}; the "
-            "channel axis must be the first or the last one)"
-        )
-
-    @staticmethod
-    def _sixteen_bit(array: np.ndarray, where: str) -> np.ndarray:
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > _SIXTEEN_BIT_MAX:
-            raise ValueError(f"{where}: 16-bit image has values in [{low}, {high}], outside [0, {_SIXTEEN_BIT_MAX}]")
-        array = array.astype(np.float32) / np.float32(257.0)
-        if array.ndim == 2:
-            array = np.repeat(array[..., None], 3, axis=-1)
-        return np.ascontiguousarray(array)
-
-    @staticmethod
-    def _unit_float(array: np.ndarray, where: str) -> np.ndarray:
-        array = array.astype(np.float32)
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"{where} contains NaN or infinite values")
-        low, high = float(array.min()), float(array.max())
-        if low < -_FLOAT_RANGE_SLACK or high > 1 + _FLOAT_RANGE_SLACK:
-            raise ValueError(
-                f"{where}: float images must have values in [0, 1], got [{low:g}, {high:g}] (divide by 255, or pass "
-                "uint8 data)"
-            )
-        return np.ascontiguousarray(np.clip(array, 0.0, 1.0))
-
-    @classmethod
-    def _map_to_array(cls, seg, index: int) -> np.ndarray:
-        """One segmentation map as an `(H, W)` int64 array."""
-        where = f"segmentation map {index}"
-        if isinstance(seg, PIL.Image.Image):
-            if len(seg.getbands()) != 1:
-                raise ValueError(
-                    f"{where} must be single-channel (PIL mode 'L', 'P', 'I', ...), got mode {seg.mode!r}"
-                )
-            array = np.asarray(seg)
-        else:
-            array = cls._to_numpy(seg)
-            if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
-                array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
-        if array.ndim != 2:
-            raise ValueError(f"{where} must have rank 2 (H, W), got shape {tuple(array.shape)}")
-        if array.size == 0:
-            raise ValueError(f"{where} is empty (shape {array.shape})")
-        kind = array.dtype.kind
-        if kind == "f":
-            if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-                raise ValueError(f"{where} must contain integer labels, got non-integer or NaN float values")
-        elif kind not in "biu":
-            raise ValueError(f"{where} has unsupported dtype {array.dtype}; expected integer labels")
-        info = np.iinfo(np.int32)
-        if array.size and (array.min() < info.min or array.max() > info.max):
-            raise ValueError(f"{where} has labels outside the int32 range")
-        return array.astype(np.int64)
+    def _map_to_array(seg, index: int, image=None) -> np.ndarray:
+        """One segmentation map as an `(H, W)` int64 array (see `paca_hf.images.load_label_map`)."""
+        try:
+            return load_label_map(seg, image=image)
+        except ValueError as error:
+            raise ValueError(f"segmentation map {index}: {error}") from error
 
     # ------------------------------------------------------------------ post-processing
 
