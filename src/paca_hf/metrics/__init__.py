@@ -4,6 +4,9 @@
     >>> miou = load_metric("mean_iou")        # same contract as the Hub's "mean_iou"
     >>> topk = load_metric("accuracy_topk")   # top1/top5 from score rows
 
+`paca_hf.metrics.cluster_nmi` is a plain module (not an `evaluate` script): the NMI between PaCa-ViT's hard cluster
+maps and label maps, per stage (scripts/cluster_nmi.py).
+
 Non-finite scores never count as correct: `accuracy_topk` counts a row with NaN or inf as wrong, and
 [`class_predictions`] turns segmentation logits into class maps in which such pixels are wrong for `mean_iou`.
 """

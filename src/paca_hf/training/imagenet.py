@@ -38,6 +38,7 @@ from transformers import Trainer, TrainingArguments
 
 from ..configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
 from ..image_processing_pacavit import PaCaViTImageProcessor
+from ..images import load_image
 from ..metrics.accuracy_topk.accuracy_topk import true_class_rank
 
 
@@ -177,10 +178,6 @@ class PaCaTrainingArguments(TrainingArguments):
 # data
 
 
-def _decode(image):
-    return image.convert("RGB")
-
-
 def train_transform(aug_args: AugmentationArguments, image_size: int, mean, std):
     """timm's training transform (`create_transform(is_training=True)`) with the recipe's settings: PIL image ->
     normalised float32 tensor `(3, image_size, image_size)`. As in timm, colour jitter (0.4) is applied only when
@@ -227,8 +224,9 @@ def seeded_global_rngs(seed: int):
 
 
 class ImageNetTrainDataset(torch.utils.data.Dataset):
-    """Training examples `{pixel_values, labels}` of a `datasets.Dataset` with image and label columns, augmented
-    with a global-RNG transform (timm's) under [`seeded_global_rngs`]`(`[`sample_seed`]`(seed, epoch, index))`.
+    """Training examples `{pixel_values, labels}` of a `datasets.Dataset` with image and label columns: each image
+    decoded by `paca_hf.images.load_image` (8-bit RGB, EXIF orientation applied) and augmented with a global-RNG
+    transform (timm's) under [`seeded_global_rngs`]`(`[`sample_seed`]`(seed, epoch, index))`.
 
     `set_epoch` is called by accelerate's DataLoader at every epoch (so every epoch augments afresh)."""
 
@@ -248,7 +246,7 @@ class ImageNetTrainDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         example = self.dataset[int(index)]
-        image = _decode(example[self.image_column])
+        image = load_image(example[self.image_column])
         with seeded_global_rngs(sample_seed(self.seed, self.epoch, index)):
             pixel_values = self.transform(image)
         return {"pixel_values": pixel_values, "labels": int(example[self.label_column])}
@@ -256,7 +254,8 @@ class ImageNetTrainDataset(torch.utils.data.Dataset):
 
 class EvalTransform:
     """`datasets` transform: `{image, label}` columns -> `{pixel_values, labels}` through the image processor (the
-    authors' evaluation transform). A class, so that DataLoader workers can pickle it under any start method."""
+    authors' evaluation transform), which decodes with `paca_hf.images` (16-bit data kept). A class, so that
+    DataLoader workers can pickle it under any start method."""
 
     def __init__(self, image_processor, image_column: str = "image", label_column: str = "label"):
         self.image_processor = image_processor
@@ -264,9 +263,8 @@ class EvalTransform:
         self.label_column = label_column
 
     def __call__(self, batch):
-        images = [_decode(image) for image in batch[self.image_column]]
         return {
-            "pixel_values": list(self.image_processor(images, return_tensors="pt")["pixel_values"]),
+            "pixel_values": list(self.image_processor(batch[self.image_column], return_tensors="pt")["pixel_values"]),
             "labels": batch[self.label_column],
         }
 
