@@ -7,26 +7,19 @@ depend on the machine and on what else runs on it.
 """
 
 import argparse
-import importlib.util
-import json
 import os
 import platform
 import statistics
 import sys
 from pathlib import Path
 
+from paca_hf.file_utils import write_json_atomically
+from paca_hf.training import demo
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_demo():
-    spec = importlib.util.spec_from_file_location("paca_demo", ROOT / "scripts" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv=None) -> int:
-    demo = load_demo()
     parser = argparse.ArgumentParser(description="mIoU and minutes of the demo's fine-tune over seeds.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max_train_steps", type=int, default=demo.DEMO_SETTINGS["max_train_steps"])
@@ -61,8 +54,7 @@ def main(argv=None) -> int:
         "miou_stdev": statistics.stdev(mious) if len(mious) > 1 else 0.0,
         "minutes_mean": statistics.mean(minutes),
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomically(args.output_dir / "results.json", summary)
     spread = f" +- {summary['miou_stdev']:.4f}" if len(mious) > 1 else ""
     print(f"demo fine-tune over {len(rows)} seed(s): mIoU {summary['miou_mean']:.4f}{spread}, "
           f"{summary['minutes_mean']:.1f} min per run ({summary['threads']} thread(s), {os.cpu_count()} cores)")

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from paca_hf.augment import (
+from paca_hf.images import reduce_labels
+from paca_hf.training.augment_segmentation import (
     SegmentationEvalTransform,
     SegmentationTrainAugment,
     hsv_to_rgb,
     photometric_distortion,
     random_crop_box,
-    reduce_zero_label,
     rescale_size,
     rgb_to_hsv,
 )
@@ -70,9 +70,9 @@ def test_label_values_stay_in_the_original_set_plus_ignore():
     assert set(y.unique().tolist()) <= {0, 3, 7, 200, 255}
     # the (20, 20) image is rescaled by min(300 r / 20, 60 r / 20) = 3 r <= 3, to at most 60 x 60: padded
     assert (y[2] == 255).any() and not (y[:, :20, :20] == 255).any()
-    # reduce_zero_label, by hand: 0 -> 255 (ignored), k -> k - 1, 255 stays
+    # the label reduction it uses, by hand: 0 -> 255 (ignored), k -> k - 1, 255 stays
     raw = torch.tensor([[0, 1, 5], [150, 255, 2]])
-    assert reduce_zero_label(raw).tolist() == [[255, 0, 4], [149, 255, 1]]
+    assert reduce_labels(raw).tolist() == [[255, 0, 4], [149, 255, 1]]
     aug = SegmentationTrainAugment(crop_size=(8, 8), scale=(8, 8), ratio_range=(1, 1), reduce_zero_label=True,
                                    cat_max_ratio=1.0, photometric=False)
     _, y = aug([torch.zeros(3, 8, 8)], [torch.tensor([[0, 1, 2, 3] * 2] * 8)], generator=gen)

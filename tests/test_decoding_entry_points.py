@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from paca_hf.image_processing_pacavit import PaCaViTImageProcessor
 
@@ -78,12 +78,53 @@ def _visualization_pixels(with_processor: bool):
     return decode
 
 
+def _displayed_size(source) -> tuple[int, int]:
+    """(height, width) of an input as shown (EXIF orientation applied), found with PIL alone."""
+    if isinstance(source, np.ndarray):
+        return source.shape[:2]
+    image = Image.open(source) if isinstance(source, str) else source
+    width, height = ImageOps.exif_transpose(image).size
+    return height, width
+
+
+def _finetune_collate(source) -> np.ndarray:
+    """The fine-tune's collate; its label map (an unrotated blank map of the stored size) must come out aligned
+    with the image when the image is a PIL image carrying an EXIF orientation."""
+    from paca_hf.training.data import collate_segmentation
+
+    stored = Image.open(source).size if isinstance(source, str) else (source.size if isinstance(source, Image.Image)
+                                                                      else source.shape[1::-1])
+    batch = collate_segmentation([{"image": source, "annotation": Image.new("L", stored)}])
+    pixels = batch["images"][0].permute(1, 2, 0).numpy().astype(np.float32) / 255
+    if not isinstance(source, str):
+        assert tuple(batch["labels"][0].shape) == pixels.shape[:2]
+    return pixels
+
+
+def _segmentation_augment(source) -> np.ndarray:
+    """The fine-tune's augmentation with its geometry, colour and normalisation switched off (scale = the image's
+    own size, ratio 1, full-size crop, no flip)."""
+    import torch
+
+    from paca_hf.training.augment_segmentation import SegmentationTrainAugment
+
+    height, width = _displayed_size(source)
+    augment = SegmentationTrainAugment(
+        crop_size=(height, width), scale=(max(height, width), min(height, width)), ratio_range=(1.0, 1.0),
+        cat_max_ratio=1.0, flip_prob=0.0, photometric=False, mean=None, std=None,
+    )
+    images, _ = augment([source], [torch.zeros(height, width, dtype=torch.long)], generator=torch.Generator())
+    return images[0].permute(1, 2, 0).numpy() / 255
+
+
 ENTRY_POINTS = [
     EntryPoint("PaCaViTImageProcessor", _processor_pixels(PaCaViTImageProcessor)),
     EntryPoint("imagenet_train", _imagenet_train_pixels, atol=EIGHT_BIT_ATOL),
     EntryPoint("imagenet_eval", _imagenet_eval_pixels),
     EntryPoint("visualization", _visualization_pixels(True)),
     EntryPoint("visualization_8bit", _visualization_pixels(False), atol=EIGHT_BIT_ATOL),
+    EntryPoint("finetune-collate", _finetune_collate),
+    EntryPoint("SegmentationTrainAugment", _segmentation_augment),
 ]
 
 

@@ -1,7 +1,6 @@
-"""scripts/finetune_ade20k.py on the CPU with tiny models: from scratch, from a converted backbone, two processes,
+"""The ADE20k fine-tune (`paca_hf.training.finetune`, scripts/finetune_ade20k.py) on the CPU with tiny models: from scratch, from a converted backbone, two processes,
 exact resume, the recipe's optimiser groups and schedule, and the reported mIoU against the saved predictions."""
 
-import importlib.util
 import json
 import os
 import socket
@@ -15,16 +14,21 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from paca_hf import PaCaViTConfig, PaCaViTForSemanticSegmentation
+from paca_hf import PaCaViTForSemanticSegmentation
 from paca_hf import training as T
-from paca_hf.augment import SegmentationEvalTransform
 from paca_hf.data.scenes import make_scene_splits, save_scenes_to_disk
+from paca_hf.training import demo, finetune
+from paca_hf.images import load_label_map, reduce_labels
+from paca_hf.training.augment_segmentation import SegmentationEvalTransform
+from paca_hf.training.optim import NORM_MODULE_TYPES
 
-from finetune_helpers import ROOT, SCRIPT, TINY, finetune_argv, load_script, tiny_config  # noqa: F401 (fixtures)
+from finetune_helpers import finetune_argv, tiny_config_file  # noqa: F401 (fixture)
+from tiny_configs import TINY_CONFIG, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-finetune = load_script("finetune_ade20k")
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "finetune_ade20k.py"
 
 
 def tiny_args(config, output_dir, *extra, steps=3):
@@ -43,8 +47,7 @@ def read_weights(folder):
 def test_param_groups_follow_the_recipe():
     """lr x10 on the head and on every to_clusters (conv / mlp / linear / teacher); decay 0 on every norm."""
     for clustering_type, teacher in (("conv", None), ("mlp", None), ("linear", None), ("conv", [1, 1, 1, 1])):
-        config = PaCaViTConfig(**{k: v for k, v in TINY.items() if k != "model_type"}, clustering_type=clustering_type,
-                               teacher_depths=teacher, num_labels=3)
+        config = tiny_config(clustering_type=clustering_type, teacher_depths=teacher, num_labels=3)
         model = PaCaViTForSemanticSegmentation(config)
         groups = T.param_groups(model, 6e-5, 0.01)
         seen = {}
@@ -58,7 +61,7 @@ def test_param_groups_follow_the_recipe():
         norm_params = {
             f"{module_name}.{param_name}"
             for module_name, module in model.named_modules()
-            if isinstance(module, T.NORM_MODULE_TYPES)
+            if isinstance(module, NORM_MODULE_TYPES)
             for param_name, _ in module.named_parameters(recurse=False)
         }
         assert norm_params and all(seen[name][1] == 0.0 for name in norm_params)
@@ -111,12 +114,12 @@ def test_exactly_one_model_source_is_required(tmp_path):
 # ------------------------------------------------------------------------------------------------ runs
 
 
-def test_scratch_run_from_a_local_dataset_folder(tiny_config, tmp_path):
+def test_scratch_run_from_a_local_dataset_folder(tiny_config_file, tmp_path):
     """A folder that datasets.load_dataset reads; files and keys of the contract; the reported mIoU recomputed
     from the saved predictions; the saved model reproduces those predictions and works in the pipeline."""
     data = save_scenes_to_disk(tmp_path / "scenes", num_train=6, num_validation=3, image_size=(64, 64), seed=5)
     out = tmp_path / "run"
-    args = tiny_args(tiny_config, out, "--save_predictions", "--checkpointing_steps", "2")
+    args = tiny_args(tiny_config_file, out, "--save_predictions", "--checkpointing_steps", "2")
     args[args.index("builtin-scenes")] = data
     results = finetune.main(args)
 
@@ -128,7 +131,7 @@ def test_scratch_run_from_a_local_dataset_folder(tiny_config, tmp_path):
     assert written["train_steps"] == 3 and written["effective_batch_size"] == 2
     # No id2label.json in the folder: classes come from the largest annotation value (5 shapes, reduced).
     config = json.loads((out / "config.json").read_text())
-    assert len(config["id2label"]) == 5 and config["num_clusters"] == TINY["num_clusters"]
+    assert len(config["id2label"]) == 5 and config["num_clusters"] == TINY_CONFIG["num_clusters"]
     processor = json.loads((out / "preprocessor_config.json").read_text())
     assert processor["size"] == {"shortest_edge": 64} and processor["do_reduce_labels"] is True
 
@@ -155,7 +158,7 @@ def test_scratch_run_from_a_local_dataset_folder(tiny_config, tmp_path):
         batch = T.collate_segmentation([validation[index]])
         mine = T.predict_batch(model, batch["images"], SegmentationEvalTransform(scale=(256, 64)), "cpu")[0]
         np.testing.assert_array_equal(prediction, mine.numpy())
-        np.testing.assert_array_equal(reference, T.reduce_labels_tensor(batch["labels"][0]).numpy())
+        np.testing.assert_array_equal(reference, reduce_labels(batch["labels"][0]).numpy())
 
     from transformers import pipeline
 
@@ -209,16 +212,16 @@ def test_finetune_from_a_converted_backbone(converted_classifier, tmp_path):
     assert trained["pacavit.stages.0.layers.0.attention.clustering.to_clusters.weight"].shape[0] == 16
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tiny_config, tmp_path):
+def test_interrupted_and_resumed_equals_uninterrupted(tiny_config_file, tmp_path):
     """Drop path, head dropout, augmentation, accumulation over an epoch boundary: a run stopped after step 2 and
     resumed from its checkpoint ends with the same weights, bit for bit, as one that ran through."""
     extra = ("--checkpointing_steps", "2", "--gradient_accumulation_steps", "2")
-    straight = finetune.main(tiny_args(tiny_config, tmp_path / "straight", *extra, steps=4))
-    stopped = finetune.main(tiny_args(tiny_config, tmp_path / "resumed", *extra, "--stop_after_step", "2", steps=4))
+    straight = finetune.main(tiny_args(tiny_config_file, tmp_path / "straight", *extra, steps=4))
+    stopped = finetune.main(tiny_args(tiny_config_file, tmp_path / "resumed", *extra, "--stop_after_step", "2", steps=4))
     assert stopped["stopped_at_step"] == 2
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     resumed = finetune.main(
-        tiny_args(tiny_config, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest", steps=4)
+        tiny_args(tiny_config_file, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest", steps=4)
     )
     assert resumed["resumed_from"].endswith("step_2")
     expected, actual = read_weights(tmp_path / "straight"), read_weights(tmp_path / "resumed")
@@ -237,7 +240,7 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def test_two_processes_on_the_cpu_hold_identical_weights(tiny_config, tmp_path):
+def test_two_processes_on_the_cpu_hold_identical_weights(tiny_config_file, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs: the script switches to the CPU
     (gloo), keeps BatchNorm (SyncBatchNorm needs CUDA) and both processes end with the same weights."""
     out = tmp_path / "ddp"
@@ -248,7 +251,7 @@ def test_two_processes_on_the_cpu_hold_identical_weights(tiny_config, tmp_path):
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(_free_port()), str(SCRIPT),
-        *tiny_args(tiny_config, out, "--debug_dump_weights", "--num_train_images", "8"),
+        *tiny_args(tiny_config_file, out, "--debug_dump_weights", "--num_train_images", "8"),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     log = completed.stdout + completed.stderr
@@ -266,16 +269,13 @@ def test_two_processes_on_the_cpu_hold_identical_weights(tiny_config, tmp_path):
 
 
 def test_demo_arguments_and_picture(tmp_path):
-    """The demo's fine-tune arguments parse with the script's parser; its picture is a grid of the right size."""
-    spec = importlib.util.spec_from_file_location("paca_demo", ROOT / "scripts" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    """The demo's fine-tune arguments parse with the fine-tune's parser; its picture is a grid of the right size."""
     args = finetune.parse_args(demo.finetune_argv(tmp_path, tmp_path / "config.json", seed=1))
     assert args.dataset_name == "builtin-scenes" and args.reduce_labels and args.seed == 1
     assert args.crop_size == demo.DEMO_SETTINGS["image_size"]
     validation = make_scene_splits(num_train=0, num_validation=2, image_size=(32, 40))["validation"]
     images = [validation[i]["image"] for i in range(2)]
-    truths = [T.reduce_labels_tensor(T.label_to_tensor(validation[i]["annotation"])).numpy() for i in range(2)]
+    truths = [reduce_labels(load_label_map(validation[i]["annotation"])) for i in range(2)]
     predictions = [np.zeros((32, 40), dtype=np.int64), truths[1].clip(0, 4)]
     picture = demo.render_grid(images, truths, predictions, {i: f"c{i}" for i in range(5)}, ["a header line"])
     assert isinstance(picture, Image.Image)

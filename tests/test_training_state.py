@@ -1,4 +1,4 @@
-"""Hardening of the fine-tuning script's state: corrupt / partial checkpoints are refused with a clear message,
+"""Hardening of the fine-tune's state: corrupt / partial checkpoints are refused with a clear message,
 `latest` skips them (and says so), a run killed while saving leaves the previous checkpoint usable, and a NaN
 loss stops the run with the step number before anything non-finite is written."""
 
@@ -11,17 +11,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from paca_hf import PaCaViTForSemanticSegmentation
 from paca_hf import training as T
+from paca_hf.training import finetune
 
-from finetune_helpers import TINY, finetune_argv, load_script, tiny_config  # noqa: F401 (fixtures)
+from finetune_helpers import finetune_argv, tiny_config_file  # noqa: F401 (fixture)
+from tiny_configs import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-finetune = load_script("finetune_ade20k_state")
-
 
 class SimulatedKill(BaseException):
-    """Stands for the process being killed: not an Exception, so nothing in the script handles it."""
+    """Stands for the process being killed: not an Exception, so nothing in the fine-tune handles it."""
 
 
 def args_for(config, output_dir, *extra, steps=4):
@@ -49,10 +50,10 @@ def all_saved_tensors_are_finite(folder: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def straight_run(tiny_config, tmp_path_factory):
+def straight_run(tiny_config_file, tmp_path_factory):
     """An uninterrupted 4-step run with checkpoints at steps 2 and 4 (all kept)."""
     out = tmp_path_factory.mktemp("straight") / "run"
-    finetune.main(args_for(tiny_config, out))
+    finetune.main(args_for(tiny_config_file, out))
     return out
 
 
@@ -75,40 +76,40 @@ def same_weights(a: Path, b: Path) -> bool:
 # ------------------------------------------------------------------------------------------------ refusals
 
 
-def test_a_truncated_checkpoint_is_refused_and_nothing_is_written(tiny_config, run_with_step_2):
+def test_a_truncated_checkpoint_is_refused_and_nothing_is_written(tiny_config_file, run_with_step_2):
     out = run_with_step_2
     weights = out / "step_2" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     before = tree_digest(out)
     with pytest.raises(T.CheckpointError, match=r"is corrupt: model\.safetensors has 1000 bytes"):
-        finetune.main(args_for(tiny_config, out, "--resume_from_checkpoint", str(out / "step_2")))
+        finetune.main(args_for(tiny_config_file, out, "--resume_from_checkpoint", str(out / "step_2")))
     assert tree_digest(out) == before
 
 
-def test_a_checkpoint_with_flipped_bytes_is_refused(tiny_config, run_with_step_2):
+def test_a_checkpoint_with_flipped_bytes_is_refused(tiny_config_file, run_with_step_2):
     out = run_with_step_2
     optimizer = out / "step_2" / "optimizer.bin"
     data = bytearray(optimizer.read_bytes())
     data[len(data) // 2] ^= 0xFF
     optimizer.write_bytes(bytes(data))
     with pytest.raises(T.CheckpointError, match=r"optimizer\.bin does not match its recorded sha256"):
-        finetune.main(args_for(tiny_config, out, "--resume_from_checkpoint", "step_2"))
+        finetune.main(args_for(tiny_config_file, out, "--resume_from_checkpoint", "step_2"))
     assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
 
 
-def test_a_partial_checkpoint_is_refused(tiny_config, run_with_step_2):
+def test_a_partial_checkpoint_is_refused(tiny_config_file, run_with_step_2):
     out = run_with_step_2
     (out / "step_2" / T.COMPLETE_MARKER).unlink()
     with pytest.raises(T.CheckpointError, match=r"is incomplete: it has no COMPLETE marker"):
-        finetune.main(args_for(tiny_config, out, "--resume_from_checkpoint", str(out / "step_2")))
+        finetune.main(args_for(tiny_config_file, out, "--resume_from_checkpoint", str(out / "step_2")))
     with pytest.raises(T.CheckpointError, match=r"no usable checkpoint"):
-        finetune.main(args_for(tiny_config, out, "--resume_from_checkpoint", "latest"))
+        finetune.main(args_for(tiny_config_file, out, "--resume_from_checkpoint", "latest"))
     assert not (out / "model.safetensors").exists()
 
 
-def test_a_missing_checkpoint_is_refused(tiny_config, tmp_path):
+def test_a_missing_checkpoint_is_refused(tiny_config_file, tmp_path):
     with pytest.raises(T.CheckpointError, match="does not exist"):
-        finetune.main(args_for(tiny_config, tmp_path / "run", "--resume_from_checkpoint", str(tmp_path / "nope")))
+        finetune.main(args_for(tiny_config_file, tmp_path / "run", "--resume_from_checkpoint", str(tmp_path / "nope")))
 
 
 def test_generator_states_need_the_same_number_of_processes():
@@ -122,7 +123,7 @@ def test_generator_states_need_the_same_number_of_processes():
 # ------------------------------------------------------------------------------------------------ latest
 
 
-def test_latest_skips_partial_and_corrupt_checkpoints_and_says_so(tiny_config, straight_run, run_with_step_2, caplog):
+def test_latest_skips_partial_and_corrupt_checkpoints_and_says_so(tiny_config_file, straight_run, run_with_step_2, caplog):
     out = run_with_step_2
     # A newer checkpoint that was interrupted (no marker) and one that was damaged afterwards.
     import shutil
@@ -136,16 +137,16 @@ def test_latest_skips_partial_and_corrupt_checkpoints_and_says_so(tiny_config, s
     assert {path.name for path, _ in skipped} == {"step_3", "step_4"}
 
     caplog.set_level(logging.INFO)
-    results = finetune.main(args_for(tiny_config, out, "--resume_from_checkpoint", "latest"))
+    results = finetune.main(args_for(tiny_config_file, out, "--resume_from_checkpoint", "latest"))
     assert results["resumed_from"].endswith("step_2")
     text = caplog.text
     assert "skipped" in text and "step_4" in text and "incomplete" in text and "step_3" in text and "corrupt" in text
     assert same_weights(out, straight_run)
 
 
-def test_latest_without_any_checkpoint_starts_from_the_beginning(tiny_config, tmp_path, caplog):
+def test_latest_without_any_checkpoint_starts_from_the_beginning(tiny_config_file, tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    results = finetune.main(args_for(tiny_config, tmp_path / "run", "--resume_from_checkpoint", "latest", steps=1))
+    results = finetune.main(args_for(tiny_config_file, tmp_path / "run", "--resume_from_checkpoint", "latest", steps=1))
     assert results["resumed_from"] is None and results["train_steps"] == 1
     assert "starting from the beginning" in caplog.text
 
@@ -153,7 +154,7 @@ def test_latest_without_any_checkpoint_starts_from_the_beginning(tiny_config, tm
 # ------------------------------------------------------------------------------------------------ killed while saving
 
 
-def test_killed_while_saving_keeps_the_previous_checkpoint(tiny_config, straight_run, tmp_path, monkeypatch):
+def test_killed_while_saving_keeps_the_previous_checkpoint(tiny_config_file, straight_run, tmp_path, monkeypatch):
     out = tmp_path / "run"
     original = accelerate.Accelerator.save_state
 
@@ -166,7 +167,7 @@ def test_killed_while_saving_keeps_the_previous_checkpoint(tiny_config, straight
 
     monkeypatch.setattr(accelerate.Accelerator, "save_state", save_then_die)
     with pytest.raises(SimulatedKill):
-        finetune.main(args_for(tiny_config, out, "--checkpoints_total_limit", "1"))
+        finetune.main(args_for(tiny_config_file, out, "--checkpoints_total_limit", "1"))
     monkeypatch.undo()
 
     assert T.verify_checkpoint(out / "step_2")["step"] == 2  # the previous one is intact
@@ -175,7 +176,7 @@ def test_killed_while_saving_keeps_the_previous_checkpoint(tiny_config, straight
     assert [p.name for p in leftovers] == [".tmp-step_4"] and not (leftovers[0] / T.COMPLETE_MARKER).exists()
     assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
 
-    results = finetune.main(args_for(tiny_config, out, "--checkpoints_total_limit", "1",
+    results = finetune.main(args_for(tiny_config_file, out, "--checkpoints_total_limit", "1",
                                      "--resume_from_checkpoint", "latest"))
     assert results["resumed_from"].endswith("step_2") and results["train_steps"] == 4
     assert same_weights(out, straight_run)
@@ -186,10 +187,10 @@ def test_killed_while_saving_keeps_the_previous_checkpoint(tiny_config, straight
 # ------------------------------------------------------------------------------------------------ NaN
 
 
-def test_an_exploding_learning_rate_stops_the_run_without_saving_nan(tiny_config, tmp_path):
+def test_an_exploding_learning_rate_stops_the_run_without_saving_nan(tiny_config_file, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(T.NonFiniteError, match=r"non-finite .*(at|by) step \d+") as error:
-        finetune.main(args_for(tiny_config, out, "--learning_rate", "1e6", "--checkpointing_steps", "1",
+        finetune.main(args_for(tiny_config_file, out, "--learning_rate", "1e6", "--checkpointing_steps", "1",
                                "--num_warmup_steps", "0", steps=6))
     assert "--learning_rate" in str(error.value)
     assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
@@ -198,19 +199,23 @@ def test_an_exploding_learning_rate_stops_the_run_without_saving_nan(tiny_config
         assert all_saved_tensors_are_finite(folder)
 
 
-def test_a_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+def test_a_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tiny_config_file, tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = {"n": 0}
-    original = T.segmentation_loss
+    original = PaCaViTForSemanticSegmentation.forward
 
-    def nan_at_step_3(outputs, labels, ignore_index=255):
-        calls["n"] += 1
-        loss = original(outputs, labels, ignore_index)
-        return loss * float("nan") if calls["n"] == 3 else loss
+    def nan_loss_at_step_3(self, *args, **kwargs):
+        outputs = original(self, *args, **kwargs)
+        if outputs.loss is not None:  # a training forward (evaluation passes no labels)
+            calls["n"] += 1
+            if calls["n"] == 3:
+                outputs.loss = outputs.loss * float("nan")
+        return outputs
 
-    monkeypatch.setattr(T, "segmentation_loss", nan_at_step_3)
+    monkeypatch.setattr(PaCaViTForSemanticSegmentation, "forward", nan_loss_at_step_3)
     with pytest.raises(T.NonFiniteError, match=r"loss became non-finite \(nan\) at step 3"):
-        finetune.main(args_for(tiny_config, out))
+        finetune.main(args_for(tiny_config_file, out))
+    assert calls["n"] == 3
     assert [p.name for p in T.list_checkpoints(out)] == ["step_2"]
     T.verify_checkpoint(out / "step_2")
     assert all_saved_tensors_are_finite(out)
@@ -218,14 +223,12 @@ def test_a_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tiny_confi
 
 
 def test_an_all_ignored_batch_has_zero_loss_not_nan():
-    from paca_hf import PaCaViTConfig, PaCaViTForSemanticSegmentation
-
-    config = PaCaViTConfig(**{k: v for k, v in TINY.items() if k != "model_type"}, num_labels=3)
-    model = PaCaViTForSemanticSegmentation(config)
+    """The loss a training step optimises is the model's own: mmseg's 0 for a batch whose pixels are all ignored,
+    not a mean over no pixel (NaN), with zero gradients."""
+    model = PaCaViTForSemanticSegmentation(tiny_config(drop_path_rate=0.1, num_labels=3))
     labels = torch.full((2, 32, 32), 255)
     outputs = model(pixel_values=torch.randn(2, 3, 32, 32), labels=labels)
-    loss = T.segmentation_loss(outputs, labels)
+    loss = outputs.loss
     assert loss.item() == 0.0
     loss.backward()
     assert all(p.grad is not None and not p.grad.abs().sum() for p in model.decode_head.parameters())
-    assert outputs.loss.item() == 0.0  # the model's own loss: mmseg's 0, not a mean over no pixel

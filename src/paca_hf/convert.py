@@ -12,6 +12,7 @@ import torch
 from transformers.utils import logging
 
 from .configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
+from .loading import default_image_processor  # noqa: F401 (hub.py imports it from here)
 
 
 logger = logging.get_logger(__name__)
@@ -284,21 +285,6 @@ def build_model(config: PaCaViTConfig, task: str):
     if task not in classes:
         raise ConversionError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
     return getattr(modeling_pacavit, classes[task])(config)
-
-
-def default_image_processor(task: str):
-    from transformers.image_utils import PILImageResampling
-
-    from .image_processing_pacavit import PaCaViTImageProcessor
-
-    if task == "semantic-segmentation":
-        # mmseg's ADE20k evaluation: bilinear resize of the shorter side to 512, whole image, no crop; labels
-        # reduced (0 = "other" becomes the ignored 255).
-        return PaCaViTImageProcessor(
-            size={"shortest_edge": 512}, resample=PILImageResampling.BILINEAR, do_center_crop=False,
-            do_reduce_labels=True,
-        )
-    return PaCaViTImageProcessor()
 
 
 def write_atomically(output_dir: str | os.PathLike, write) -> Path:

@@ -204,23 +204,29 @@ def save_scenes_to_disk(
     Layout: `path/data/{split}-00000-of-00001.parquet` (the Hub's parquet naming, from which the loader
     infers the splits) plus a README.md dataset card. Splits default to `train` and `validation`
     (disjoint scenes of the same stream); `splits={"train": n, "validation": m, "test": k}` overrides.
+    The folder is written beside `path` and moved into place complete (replacing a folder already there).
     Returns `path`.
     """
     import datasets
 
+    from ..file_utils import write_dir_atomically
+
     splits = dict(splits) if splits is not None else {"train": num_train, "validation": num_validation}
-    data_dir = os.path.join(os.fspath(path), "data")
-    os.makedirs(data_dir, exist_ok=True)
+
+    def write(folder):
+        data_dir = folder / "data"
+        data_dir.mkdir()
+        for split, ds in make_scene_splits(image_size=image_size, seed=seed, splits=splits).items():
+            ds.to_parquet(str(data_dir / f"{split}-00000-of-00001.parquet"))
+        (folder / "README.md").write_text(_dataset_card(splits, image_size, seed), encoding="utf-8")
+
     bars_were_on = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        for split, ds in make_scene_splits(image_size=image_size, seed=seed, splits=splits).items():
-            ds.to_parquet(os.path.join(data_dir, f"{split}-00000-of-00001.parquet"))
+        write_dir_atomically(path, write)
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
-    with open(os.path.join(os.fspath(path), "README.md"), "w", encoding="utf-8") as f:
-        f.write(_dataset_card(splits, image_size, seed))
     return os.fspath(path)
 
 

@@ -1,4 +1,5 @@
-"""Batched segmentation augmentation in plain torch (CPU or GPU, no torchvision): mmseg's ADE20k pipeline.
+"""Batched segmentation augmentation in plain torch (CPU or GPU): mmseg's ADE20k pipeline, which no library
+provides (random resize by a ratio range, crop with `cat_max_ratio`, photometric distortion in OpenCV units).
 
 `SegmentationTrainAugment` reproduces, per sample, mmseg 1.x's ADE20k training pipeline
 
@@ -23,10 +24,13 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from ..images import image_to_array, load_label_map, reduce_labels
 
 # ImageNet mean / std on the 0..255 scale (mmseg's ADE20k data_preprocessor; = HF's rescale 1/255 + normalise).
-IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
-IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+IMAGENET_MEAN_255 = tuple(255 * value for value in IMAGENET_DEFAULT_MEAN)
+IMAGENET_STD_255 = tuple(255 * value for value in IMAGENET_DEFAULT_STD)
 
 ImagesIn = Union[torch.Tensor, Sequence]
 LabelsIn = Union[torch.Tensor, Sequence]
@@ -35,53 +39,53 @@ LabelsIn = Union[torch.Tensor, Sequence]
 # ----------------------------------------------------------------------------------------------------------
 # inputs
 
+def decode_image(image) -> torch.Tensor:
+    """(3, H, W) pixels of one image input (PIL image of any mode, array, path, ...) decoded by
+    `paca_hf.images.image_to_array` (EXIF orientation applied, grey repeated, alpha dropped): uint8 for 8-bit data,
+    float32 on the 0..255 scale for 16-bit and float data (so nothing is rounded)."""
+    array = image_to_array(image, num_channels=3)
+    tensor = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)  # a writable copy
+    return tensor if tensor.dtype == torch.uint8 else tensor * 255.0
+
+
+def decode_label_map(annotation, image=None) -> torch.Tensor:
+    """(H, W) int64 label map of one annotation input, decoded by `paca_hf.images.load_label_map` (values kept;
+    the EXIF orientation of `image`, the PIL image it annotates, applied when the map has none of its own)."""
+    return torch.from_numpy(load_label_map(annotation, image=image))
+
+
 def _to_image_tensor(image, device=None) -> torch.Tensor:
-    """(3, H, W) float tensor in 0..255 from a tensor (3, H, W), an array (H, W, 3) or a PIL image."""
+    """(3, H, W) float tensor in 0..255: a tensor (3, H, W) / (1, H, W) is taken as decoded pixels (uint8, or float in
+    0..255); anything else goes through [`decode_image`]."""
     if isinstance(image, torch.Tensor):
-        t = image
-        if t.ndim != 3 or t.shape[0] not in (1, 3):
-            raise ValueError(f"image tensors must be (3, H, W), got {tuple(t.shape)}")
+        if image.ndim != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"image tensors must be (3, H, W), got {tuple(image.shape)}")
+        tensor = image.expand(3, -1, -1) if image.shape[0] == 1 else image
     else:
-        if hasattr(image, "convert"):  # PIL
-            image = image.convert("RGB")
-        arr = np.array(image)  # a writable copy
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        if arr.ndim != 3:
-            raise ValueError(f"image arrays must be (H, W, 3), got {arr.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
-    if t.shape[0] == 1:
-        t = t.expand(3, -1, -1)
+        tensor = decode_image(image)
     if device is not None:
-        t = t.to(device)
-    return t.float()
+        tensor = tensor.to(device)
+    return tensor.float()
 
 
-def _to_label_tensor(label, device=None) -> torch.Tensor:
-    """(H, W) long tensor from a tensor (H, W) (or (1, H, W)), an array or a PIL image."""
-    t = label if isinstance(label, torch.Tensor) else torch.from_numpy(np.array(label, dtype=np.int64))
-    if t.ndim == 3 and t.shape[0] == 1:
-        t = t[0]
-    if t.ndim != 2:
-        raise ValueError(f"label maps must be (H, W), got {tuple(t.shape)}")
+def _to_label_tensor(label, device=None, image=None) -> torch.Tensor:
+    """(H, W) long tensor from a tensor (H, W) (or (1, H, W)), or any annotation input through
+    [`decode_label_map`]."""
+    if isinstance(label, torch.Tensor):
+        tensor = label[0] if label.ndim == 3 and label.shape[0] == 1 else label
+        if tensor.ndim != 2:
+            raise ValueError(f"label maps must be (H, W), got {tuple(label.shape)}")
+    else:
+        tensor = decode_label_map(label, image=image)
     if device is not None:
-        t = t.to(device)
-    return t.long()
+        tensor = tensor.to(device)
+    return tensor.long()
 
 
 def _as_list(batch) -> list:
     if isinstance(batch, torch.Tensor):
         return list(batch.unbind(0))
     return list(batch)
-
-
-def reduce_zero_label(labels: torch.Tensor) -> torch.Tensor:
-    """ADE20k convention (mmseg `reduce_zero_label`): 0 ("other") -> 255, k -> k - 1, 255 stays 255."""
-    labels = labels.long()
-    out = labels - 1
-    out[labels == 0] = 255
-    out[labels == 255] = 255
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -348,10 +352,10 @@ class SegmentationTrainAugment:
         out_labels = torch.full((len(images), ch, cw), self.ignore_index, dtype=torch.long, device=device)
         valid = torch.zeros((len(images), 1, ch, cw), dtype=torch.bool, device=device)
         for i, (image, label) in enumerate(zip(images, labels)):
+            label = _to_label_tensor(label, device, image=image)
             image = _to_image_tensor(image, device)
-            label = _to_label_tensor(label, device)
             if self.reduce_zero_label:
-                label = reduce_zero_label(label)
+                label = reduce_labels(label, self.ignore_index)
             image, label = self._geometry(image, label, generator)
             h, w = label.shape
             out_images[i, :, :h, :w] = image
@@ -411,11 +415,12 @@ __all__ = [
     "IMAGENET_STD_255",
     "SegmentationEvalTransform",
     "SegmentationTrainAugment",
+    "decode_image",
+    "decode_label_map",
     "hsv_to_rgb",
     "photometric_distortion",
     "random_crop_box",
     "random_resize_size",
-    "reduce_zero_label",
     "rescale_size",
     "resize_image",
     "resize_label",

@@ -1,0 +1,173 @@
+"""The model of the segmentation fine-tune: `PaCaViTForSemanticSegmentation` from a converted checkpoint (tensors
+whose shape changes re-initialised, and reported) or from a config, and the image processor saved with it."""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import TrainingError
+
+logger = logging.getLogger(__name__)
+
+
+def parse_num_clusters(value: str | None, base: Sequence[int]) -> list[int]:
+    """`--num_clusters`: "keep" (None) keeps `base`; one number replaces every non-zero stage count (stages without
+    clusters keep 0, as the authors' 200/200/200/0); a comma list gives every stage."""
+    if value is None or str(value).lower() == "keep":
+        return list(base)
+    parts = [int(part) for part in str(value).replace(" ", "").split(",") if part != ""]
+    if len(parts) == 1:
+        return [parts[0] if count > 0 else 0 for count in base]
+    if len(parts) != len(base):
+        raise TrainingError(f"--num_clusters {value!r} has {len(parts)} entries but the model has {len(base)} stages.")
+    return parts
+
+
+@dataclass
+class InitReport:
+    """What `build_model` did with a checkpoint's tensors."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    reinitialized: list[tuple[str, list, list]] = field(default_factory=list)  # (name, checkpoint shape, new shape)
+    newly_initialized: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "loaded": sorted(self.loaded),
+            "reinitialized": [
+                {"name": name, "checkpoint_shape": list(old), "model_shape": list(new)}
+                for name, old, new in sorted(self.reinitialized)
+            ],
+            "newly_initialized": sorted(self.newly_initialized),
+            "unused": sorted(self.unused),
+        }
+
+    def summary(self) -> str:
+        lines = [f"Initialisation from {self.source}: {len(self.loaded)} tensors loaded"]
+        if self.reinitialized:
+            lines.append(f"  re-initialised (shape changed) ({len(self.reinitialized)}):")
+            lines += [f"    {name}: checkpoint {tuple(old)} -> model {tuple(new)}" for name, old, new in
+                      sorted(self.reinitialized)]
+        if self.newly_initialized:
+            prefixes = sorted({".".join(name.split(".")[:2]) for name in self.newly_initialized})
+            lines.append(
+                f"  newly initialised (not in the checkpoint) ({len(self.newly_initialized)}): "
+                f"under {', '.join(prefixes)}"
+            )
+        if self.unused:
+            lines.append(f"  unused checkpoint tensors ({len(self.unused)}): {', '.join(sorted(self.unused))}")
+        return "\n".join(lines)
+
+
+def _label_kwargs(id2label: dict[int, str]) -> dict:
+    return {
+        "num_labels": len(id2label),
+        "id2label": dict(id2label),
+        "label2id": {name: index for index, name in id2label.items()},
+    }
+
+
+def build_model(
+    id2label: dict[int, str],
+    model_name_or_path: str | None = None,
+    config_name: str | None = None,
+    num_clusters: str | None = "200",
+    config_overrides: dict | None = None,
+    cache_dir: str | None = None,
+):
+    """`(model, report)`: a `PaCaViTForSemanticSegmentation` for the classes `id2label`.
+
+    From `model_name_or_path` (a converted checkpoint folder or Hub id, e.g. an ImageNet classifier): every tensor
+    of the checkpoint whose name and shape match is loaded; tensors whose shape changes (the clustering output
+    layers when `num_clusters` changes, e.g. 100 -> 200, the head's classifier for other classes) are
+    re-initialised; the decode head is new. From `config_name` (an official name or a config.json): trained from
+    scratch. `report` (an `InitReport`) names every tensor in each case. A new decode head's output layers get
+    mmseg's init from the model's own `_init_weights`. Raises `TrainingError` for a `config_name` that is neither."""
+    from transformers.utils import logging as hf_logging
+
+    from ..configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
+    from ..modeling_pacavit import PaCaViTForSemanticSegmentation
+
+    overrides = dict(config_overrides or {})
+    labels = _label_kwargs(id2label)
+    if model_name_or_path is not None:
+        base = PaCaViTConfig.from_pretrained(model_name_or_path, cache_dir=cache_dir)
+        clusters = parse_num_clusters(num_clusters, base.num_clusters)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # our own, shorter report follows
+        try:
+            model, info = PaCaViTForSemanticSegmentation.from_pretrained(
+                model_name_or_path,
+                num_clusters=clusters,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+                cache_dir=cache_dir,
+                **labels,
+                **overrides,
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        report = InitReport(source=str(model_name_or_path))
+        mismatched = {entry[0]: entry for entry in info.get("mismatched_keys", [])}
+        missing = set(info.get("missing_keys", []))
+        report.reinitialized = [(name, list(old), list(new)) for name, old, new in mismatched.values()]
+        report.newly_initialized = sorted(missing - set(mismatched))
+        report.unused = sorted(set(info.get("unexpected_keys", [])))
+        report.loaded = sorted(set(model.state_dict()) - missing - set(mismatched))
+        return model, report
+
+    if config_name is None:
+        raise TrainingError("Pass --model_name_or_path (a converted checkpoint) or --config_name (from scratch).")
+    if config_name in OFFICIAL_NAMES:
+        config = PaCaViTConfig.from_official_name(config_name, **labels)
+    elif Path(config_name).exists():
+        config = PaCaViTConfig.from_pretrained(config_name)
+    else:
+        raise TrainingError(
+            f"--config_name {config_name!r} is neither an official name ({', '.join(OFFICIAL_NAMES)}) nor a "
+            f"config.json / folder."
+        )
+    config_dict = config.to_dict()
+    for key in ("id2label", "label2id", "num_labels", "_name_or_path", "transformers_version", "model_type",
+                "architectures"):
+        config_dict.pop(key, None)
+    config_dict.update(labels)
+    config_dict["num_clusters"] = parse_num_clusters(num_clusters, config.num_clusters)
+    config_dict.update(overrides)
+    config = PaCaViTConfig(**config_dict)
+    model = PaCaViTForSemanticSegmentation(config)
+    report = InitReport(source=f"config {config_name} (from scratch)")
+    report.newly_initialized = sorted(model.state_dict())
+    return model, report
+
+
+def recipe_image_processor(crop_size: int, reduce_labels: bool):
+    """The image processor saved with the model: mmseg's whole-image evaluation resize (shorter side to the crop
+    size, bilinear, no crop), ImageNet normalisation; `do_reduce_labels` as in training."""
+    from ..loading import default_image_processor
+
+    processor = default_image_processor("semantic-segmentation")
+    processor.size = {"shortest_edge": int(crop_size)}
+    processor.do_reduce_labels = bool(reduce_labels)
+    return processor
+
+
+def maybe_sync_batchnorm(model: torch.nn.Module, accelerator) -> torch.nn.Module:
+    """SyncBatchNorm (the authors' norm_cfg) when distributed on GPUs; it needs CUDA + NCCL, so on CPU (gloo) the
+    plain BatchNorm is kept, with a warning."""
+    if accelerator.num_processes <= 1:
+        return model
+    if accelerator.device.type == "cuda":
+        logger.info("Converting BatchNorm to SyncBatchNorm across %d processes.", accelerator.num_processes)
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    logger.warning(
+        "SyncBatchNorm needs CUDA/NCCL; running on %s with %d processes, so BatchNorm statistics stay per process.",
+        accelerator.device.type, accelerator.num_processes,
+    )
+    return model
