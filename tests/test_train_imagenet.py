@@ -18,19 +18,12 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from paca_hf import PaCaViTConfig, PaCaViTForImageClassification, PaCaViTImageProcessor
+from paca_hf import PaCaViTForImageClassification, PaCaViTImageProcessor
 from paca_hf.training import imagenet
+from tiny_configs import tiny_config
 
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = dict(
-    model_type="pacavit",
-    depths=[1, 1, 1, 1],
-    hidden_sizes=[16, 32, 48, 64],
-    num_attention_heads=[1, 1, 2, 2],
-    num_clusters=[4, 4, 4, 0],
-    num_labels=3,
-)
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220)]
 
 
@@ -96,8 +89,7 @@ def test_train_transform_is_timms_create_transform_seeded_per_sample():
 
 def test_trainer_loss_uses_timm_mixup_in_training_and_plain_cross_entropy_in_evaluation(tmp_path):
     torch.manual_seed(0)
-    config = PaCaViTConfig(**{k: v for k, v in TINY.items() if k != "model_type"}, drop_path_rate=0.0)
-    model = PaCaViTForImageClassification(config)
+    model = PaCaViTForImageClassification(tiny_config(num_labels=3))
     args = imagenet.PaCaTrainingArguments(
         output_dir=str(tmp_path), use_cpu=True, report_to="none", learning_rate=1e-3, eval_strategy="no"
     )
@@ -205,7 +197,7 @@ def _train_argv(tmp_path, out, *extra):
 def _tiny_folders(tmp_path):
     _image_folder(tmp_path / "train")
     _image_folder(tmp_path / "val", seed=1)
-    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    tiny_config(num_labels=3).to_json_file(tmp_path / "tiny.json")
 
 
 def _run(argv):
@@ -265,7 +257,7 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
     """4 steps straight vs 2 steps, a checkpoint, and a resume for steps 3-4: identical weights (Mixup / CutMix,
     RandAugment, random erasing and stochastic depth all replay exactly)."""
     _tiny_folders(tmp_path)
-    (tmp_path / "tiny.json").write_text(json.dumps(dict(TINY, drop_path_rate=0.2)))
+    tiny_config(num_labels=3, drop_path_rate=0.2).to_json_file(tmp_path / "tiny.json")
     common = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--do_eval", "false")
     _run(_train_argv(tmp_path, tmp_path / "straight", *common))
     _run(_train_argv(tmp_path, tmp_path / "resumed", *common))  # the same run, to be resumed from its step 2
