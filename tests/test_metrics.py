@@ -172,14 +172,14 @@ def test_topk_ties_count_against_the_sample(topk):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_topk_non_finite_scores_never_count_as_correct(topk, bad):
     # all-NaN / all-inf rows: a diverged model scores 0 for every k, even k = number of classes
-    out = topk.compute(predictions=[[bad] * 3] * 4, references=[0, 1, 2, 0], top_k=(1, 3))
-    assert out == {"top1": 0.0, "top3": 0.0}
+    out = topk.compute(predictions=[[bad] * 3] * 4, references=[0, 1, 2, 0], top_k=(1, 3, 5))
+    assert out == {"top1": 0.0, "top3": 0.0, "top5": 0.0}
     # one non-finite score in a row, on the true class or elsewhere: that row is wrong, the others still count
     scores = [[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.1, 0.7], [0.6, 0.3, 0.1]]
     scores[0][1] = bad  # on the true class
     scores[1][2] = bad  # on another class
-    out = topk.compute(predictions=scores, references=[1, 0, 2, 0], top_k=(1, 3))
-    assert out == {"top1": 0.5, "top3": 0.5}
+    out = topk.compute(predictions=scores, references=[1, 0, 2, 0], top_k=(1, 3, 5))
+    assert out == {"top1": 0.5, "top3": 0.5, "top5": 0.5}
 
 
 def test_topk_matches_torch_topk(topk):

@@ -252,6 +252,15 @@ def test_train_then_evaluate_on_a_tiny_folder(tmp_path):
             str(out), str(tmp_path / "val_subset"), label_mapping="sorted", cache_dir=str(tmp_path / "cache")
         )
 
+    # a diverged model (NaN weights, so NaN scores) scores 0, not 1
+    diverged = PaCaViTForImageClassification.from_pretrained(out)
+    with torch.no_grad():
+        diverged.classifier.weight.fill_(float("nan"))
+    diverged.save_pretrained(tmp_path / "diverged")
+    PaCaViTImageProcessor.from_pretrained(out).save_pretrained(tmp_path / "diverged")
+    scored = imagenet.evaluate_image_folder(str(tmp_path / "diverged"), str(tmp_path / "val_subset"))
+    assert scored["top1"] == scored["top5"] == 0.0
+
 
 def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
     """4 steps straight vs 2 steps, a checkpoint, and a resume for steps 3-4: identical weights (Mixup / CutMix,
@@ -272,3 +281,19 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
     # and the run did change the weights (the comparison is not vacuous)
     initial = load_file(checkpoint / "model.safetensors")
     assert any(not torch.equal(initial[name], straight[name]) for name in straight)
+
+
+def test_the_package_and_the_model_do_not_import_timm():
+    """timm is the training extra's: `import paca_hf`, the model and `paca_hf.training` work without it."""
+    code = (
+        "import sys; import paca_hf, paca_hf.training; from paca_hf import PaCaViTForImageClassification; "
+        "from tiny_configs import tiny_config; PaCaViTForImageClassification(tiny_config()); "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'timm'))"
+    )
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=path),
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip() == "[]"

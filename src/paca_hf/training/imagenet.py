@@ -37,7 +37,6 @@ from timm.loss import SoftTargetCrossEntropy
 from transformers import Trainer, TrainingArguments
 
 from ..configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
-from ..image_processing_pacavit import PaCaViTImageProcessor
 from ..images import load_image
 from ..metrics.accuracy_topk.accuracy_topk import true_class_rank
 
@@ -351,30 +350,26 @@ def build_config(model_args: ModelArguments, names: list[str], image_size: int |
 
 
 def build_image_processor(model_args: ModelArguments, aug_args: AugmentationArguments):
-    """The evaluation image processor: `--image_processor_name`, else the checkpoint's, else the authors' transform
-    (`PaCaViTImageProcessor`, crop 224 unless `--image_size`)."""
+    """The evaluation image processor: `--image_processor_name` (which must hold one), else the checkpoint's, else
+    the authors' transform (`paca_hf.loading`), with `--image_size` (resize and crop) and `--crop_pct` applied."""
     from transformers import AutoImageProcessor
 
+    from ..loading import default_image_processor, load_image_processor
+
+    hub_kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
+    if model_args.image_processor_name is not None:
+        processor = AutoImageProcessor.from_pretrained(model_args.image_processor_name, **hub_kwargs)
+    elif model_args.model_name_or_path is not None:
+        processor = load_image_processor(model_args.model_name_or_path, **hub_kwargs)
+    else:
+        processor = default_image_processor()
     overrides = {}
     if aug_args.image_size is not None:
         overrides["size"] = {"shortest_edge": aug_args.image_size}
         overrides["crop_size"] = {"height": aug_args.image_size, "width": aug_args.image_size}
     if aug_args.crop_pct is not None:
         overrides["crop_pct"] = aug_args.crop_pct
-    source = model_args.image_processor_name or model_args.model_name_or_path
-    if source is not None:
-        try:
-            return AutoImageProcessor.from_pretrained(
-                source, cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
-                **overrides,
-            )
-        except (OSError, ValueError) as error:
-            if model_args.image_processor_name is not None:
-                raise
-            logger.warning(f"no image processor in {source} ({error}); using the authors' evaluation transform")
-    if "size" not in overrides:
-        overrides.update(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
-    return PaCaViTImageProcessor(**overrides)
+    return type(processor).from_dict(processor.to_dict(), **overrides) if overrides else processor
 
 
 def set_mixed_precision(training_args: PaCaTrainingArguments) -> None:

@@ -36,10 +36,14 @@ Examples:
 
 _CITATION = ""
 
+# The rank given to a row holding a non-finite score: larger than any k.
+BROKEN_ROW_RANK = np.iinfo(np.int64).max
+
 
 def true_class_rank(scores, labels) -> np.ndarray:
     """0-based rank of each sample's true class in its row: the number of other classes scoring at least as high
-    (ties count against the sample). A row with any non-finite score gets rank `num_classes` (never in the top k).
+    (ties count against the sample). A row with any non-finite score gets rank `BROKEN_ROW_RANK` (the largest
+    int64: in no top k, even for k >= num_classes).
 
     Raises `ValueError` for shapes other than scores (N, C) and labels (N,), or labels outside [0, C)."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -53,7 +57,7 @@ def true_class_rank(scores, labels) -> np.ndarray:
     at_least_as_high = scores >= true_score
     at_least_as_high[rows, labels] = False
     rank = at_least_as_high.sum(axis=1)
-    rank[~np.isfinite(scores).all(axis=1)] = scores.shape[1]
+    rank[~np.isfinite(scores).all(axis=1)] = BROKEN_ROW_RANK
     return rank
 
 
