@@ -536,6 +536,9 @@ def train_and_evaluate(model_args, data_args, aug_args, training_args) -> dict |
         )
     else:
         model = PaCaViTForImageClassification(config)
+    # Mixup / CutMix and stochastic depth draw from the global generators: one stream per process, as timm's
+    # per-rank seeds give (the weights themselves are rank 0's under DDP).
+    set_seed(training_args.seed + training_args.process_index)
 
     columns = (data_args.image_column_name, data_args.label_column_name)
     train_dataset = eval_dataset = None
