@@ -20,6 +20,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from paca_hf.image_processing_pacavit import PaCaViTImageProcessor
+from paca_hf.image_processing_pil_pacavit import PaCaViTImageProcessorPil
 
 
 EXACT_ATOL = 1e-6
@@ -119,6 +120,7 @@ def _segmentation_augment(source) -> np.ndarray:
 
 ENTRY_POINTS = [
     EntryPoint("PaCaViTImageProcessor", _processor_pixels(PaCaViTImageProcessor)),
+    EntryPoint("PaCaViTImageProcessorPil", _processor_pixels(PaCaViTImageProcessorPil)),
     EntryPoint("imagenet_train", _imagenet_train_pixels, atol=EIGHT_BIT_ATOL),
     EntryPoint("imagenet_eval", _imagenet_eval_pixels),
     EntryPoint("visualization", _visualization_pixels(True)),
