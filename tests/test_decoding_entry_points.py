@@ -60,7 +60,7 @@ def _imagenet_train_pixels(source):
 
 def _imagenet_eval_pixels(source):
     """The ImageNet evaluation transform (train_imagenet's evaluation, evaluate_imagenet) with geometry off."""
-    from paca_hf.training.imagenet import EvalTransform
+    from paca_hf.training.imagenet_evaluation import EvalTransform
 
     processor = PaCaViTImageProcessor(do_resize=False, do_center_crop=False, do_normalize=False)
     return EvalTransform(processor)({"image": [source], "label": [0]})["pixel_values"][0].numpy().transpose(1, 2, 0)
