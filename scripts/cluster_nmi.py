@@ -7,13 +7,11 @@
 `--dataset builtin` uses the package's synthetic scenes (`paca_hf.data.scenes`); a PATH is a folder that
 `datasets.load_from_disk` or `datasets.load_dataset` reads, in the ADE20k schema (`image`, `annotation` with
 0 = other). Labels are reduced as for ADE20k (0 -> ignored, others - 1) and downsampled (mode) to each stage's
-resolution; the contingency tables are pooled over all images. With `--compare-random` the same architecture at
+resolution; the contingency tables are pooled over all images (`paca_hf.metrics.cluster_nmi`). With `--compare-random` the same architecture at
 random initialisation (`from_config` after `torch.manual_seed(--seed)`) is scored too, as a baseline.
 """
 
 import argparse
-import json
-import os
 import sys
 
 
@@ -32,105 +30,37 @@ def parse_args(argv=None):
     return parser, parser.parse_args(argv)
 
 
-def load_data(parser, args):
-    if args.dataset == "builtin":
-        try:
-            from paca_hf.data.scenes import make_scenes
-        except ImportError:
-            parser.error("--dataset builtin needs paca_hf.data.scenes, which is not available")
-        return make_scenes(args.num_images, image_size=(args.image_size, args.image_size), seed=0)
-    if not os.path.exists(args.dataset):
-        parser.error(f"--dataset {args.dataset}: no such folder (use 'builtin' or a dataset folder)")
-    import datasets
-
-    try:
-        data = datasets.load_from_disk(args.dataset)
-    except (FileNotFoundError, ValueError):
-        data = datasets.load_dataset(args.dataset)
-    if isinstance(data, datasets.DatasetDict):
-        split = args.split or ("validation" if "validation" in data else next(iter(data)))
-        if split not in data:
-            parser.error(f"--split {split}: the dataset has {sorted(data)}")
-        data = data[split]
-    missing = {"image", "annotation"} - set(data.column_names)
-    if missing:
-        parser.error(f"--dataset {args.dataset}: columns {sorted(missing)} missing (ADE20k schema: image, annotation)")
-    return data.select(range(min(args.num_images, len(data))))
-
-
-def format_table(scores, random_scores=None, cluster_counts=None) -> str:
-    header = ["stage", "clusters", "NMI (trained)"] + (["NMI (random init)"] if random_scores is not None else [])
-    lines = [header]
-    for key, value in scores.items():
-        line = [key, str((cluster_counts or {}).get(key, "")), f"{value:.4f}"]
-        if random_scores is not None:
-            line.append(f"{random_scores[key]:.4f}" if key in random_scores else "-")
-        lines.append(line)
-    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
-
-
 def main(argv=None) -> int:
     parser, args = parse_args(argv)
     if args.num_images < 1:
         parser.error("--num-images must be >= 1")
 
-    import torch
+    from paca_hf.file_utils import write_json_atomically
+    from paca_hf.metrics.cluster_nmi import cluster_nmi_report, format_table, load_examples
+    from paca_hf.visualization import load_model_and_processor
 
-    from paca_hf.visualization import (
-        auto_model_class,
-        load_model_and_processor,
-        stage_cluster_nmi,
-    )
-
-    data = load_data(parser, args)
+    try:
+        examples = load_examples(args.dataset, args.split, args.num_images, args.image_size)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         model, image_processor = load_model_and_processor(args.model)
     except (OSError, ValueError) as error:
         print(f"error: cannot load model {args.model!r}: {error}", file=sys.stderr)
         return 1
     model.to(args.device)
-
-    def score(scored_model):
-        return stage_cluster_nmi(
-            scored_model,
-            data,
-            image_processor,
-            num_images=args.num_images,
-            batch_size=args.batch_size,
-            return_tables=True,
-        )
-
     try:
-        scores, tables = score(model)
-        random_scores = None
-        if args.compare_random:
-            torch.manual_seed(args.seed)
-            random_model = auto_model_class(model.config.architectures).from_config(model.config)
-            random_model.to(args.device).eval()
-            random_scores, _ = score(random_model)
+        report = cluster_nmi_report(
+            model, image_processor, examples, num_images=args.num_images, batch_size=args.batch_size,
+            compare_random=args.compare_random, seed=args.seed,
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
-    cluster_counts = {key: int(table.shape[0]) for key, table in tables.items()}
-    print(format_table(scores, random_scores, cluster_counts))
+    print(format_table(report["nmi"], report.get("nmi_random_init"), report["num_clusters"]))
     if args.output:
-        result = {
-            "model": args.model,
-            "dataset": args.dataset,
-            "num_images": min(args.num_images, len(data)),
-            "num_clusters": cluster_counts,
-            "nmi": scores,
-        }
-        if random_scores is not None:
-            result["nmi_random_init"] = random_scores
-            result["random_init_seed"] = args.seed
-        directory = os.path.dirname(os.path.abspath(args.output))
-        os.makedirs(directory, exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as file:
-            json.dump(result, file, indent=2)
-            file.write("\n")
+        write_json_atomically(args.output, {"model": args.model, "dataset": args.dataset, **report})
         print(f"wrote {args.output}")
     return 0
 

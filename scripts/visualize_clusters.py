@@ -11,8 +11,6 @@ import argparse
 import os
 import sys
 
-from PIL import Image, UnidentifiedImageError
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,17 +24,19 @@ def parse_args(argv=None):
     return parser, parser.parse_args(argv)
 
 
-def load_image(parser, path):
+def read_image(parser, path):
+    """The image at `path` decoded by `paca_hf.images.open_image` (kept at full depth for the image processor), or
+    a command-line error naming the problem."""
     if not os.path.exists(path):
         parser.error(f"--image {path}: no such file")
     if not os.path.isfile(path):
         parser.error(f"--image {path}: not a file")
+    from paca_hf.images import open_image
+
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        parser.error(f"--image {path}: not an image PIL can read ({error})")
+        return open_image(path)
+    except ValueError as error:
+        parser.error(f"--image {path}: not an image ({error})")
 
 
 def main(argv=None) -> int:
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
             stage = int(stage)
         except ValueError:
             parser.error(f"--stage must be a stage number (1-based) or 'head', got {stage!r}")
-    image = load_image(parser, args.image)
+    image = read_image(parser, args.image)
 
     from paca_hf.visualization import load_model_and_processor, render_clusters
 

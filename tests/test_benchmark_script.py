@@ -1,7 +1,7 @@
-"""scripts/benchmark.py: the quick run writes consistent files, and its arithmetic is right (no timing asserts)."""
+"""scripts/benchmark.py (`paca_hf.benchmarking`): the quick run writes consistent files, and its arithmetic is right
+(no timing asserts)."""
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -14,17 +14,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from paca_hf.benchmarking import cli, models, results
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = load_script()
 
 
 def read_csv(path):
@@ -51,8 +45,8 @@ def quick_run(tmp_path_factory):
 def test_quick_run_rows_and_columns(quick_run):
     output_dir, _ = quick_run
     columns, rows = read_csv(output_dir / "results.csv")
-    assert columns == list(benchmark.CSV_COLUMNS)
-    quick = benchmark.QUICK
+    assert columns == list(results.CSV_COLUMNS)
+    quick = cli.QUICK
     expected = {
         (model, "inference", size, batch)
         for model in quick["models"]
@@ -96,11 +90,11 @@ def test_quick_run_arithmetic(quick_run):
             assert float(row["ratio_vs_baseline"]) == 1.0
 
     columns, scaling = read_csv(output_dir / "scaling.csv")
-    assert columns == list(benchmark.SCALING_COLUMNS)
-    sizes = benchmark.QUICK["sizes"]
+    assert columns == list(results.SCALING_COLUMNS)
+    sizes = cli.QUICK["sizes"]
     expected = {
         (model, "inference", small, large)
-        for model in benchmark.QUICK["models"]
+        for model in cli.QUICK["models"]
         for small, large in zip(sizes, sizes[1:])
     }
     assert {(s["model"], s["mode"], int(s["size_from"]), int(s["size_to"])) for s in scaling} == expected
@@ -118,9 +112,9 @@ def test_quick_run_report_meta_and_plot(quick_run):
     output_dir, stdout = quick_run
     report = (output_dir / "report.txt").read_text()
     assert "Median time per step" in report and "Scaling" in report
-    assert f"pacavit-tiny/{benchmark.QUICK['baseline']}" in stdout
+    assert f"pacavit-tiny/{cli.QUICK['baseline']}" in stdout
     meta = json.loads((output_dir / "meta.json").read_text())
-    assert meta["threads"] == 1 and meta["baseline"] == benchmark.QUICK["baseline"]
+    assert meta["threads"] == 1 and meta["baseline"] == cli.QUICK["baseline"]
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -131,9 +125,9 @@ def test_quick_run_report_meta_and_plot(quick_run):
 
 
 def test_quartiles():
-    assert benchmark.quartiles([4.0]) == (4.0, 4.0, 4.0)
-    assert benchmark.quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 3.0, 4.0)
-    first, median, third = benchmark.quartiles([10.0, 1.0, 4.0, 2.0])
+    assert results.quartiles([4.0]) == (4.0, 4.0, 4.0)
+    assert results.quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 3.0, 4.0)
+    first, median, third = results.quartiles([10.0, 1.0, 4.0, 2.0])
     assert (first, median, third) == (1.75, 3.0, 5.5)
 
 
@@ -157,10 +151,10 @@ def test_ratios_and_scaling():
         row("a", 1024, 120.0),
         row("a", 224, 5.0, mode="train"),
     ]
-    benchmark.add_ratios(rows, "base")
+    results.add_ratios(rows, "base")
     assert rows[0]["ratio_vs_baseline"] == 0.25 and rows[1]["ratio_vs_baseline"] == 1.0
     assert all(math.isnan(r["ratio_vs_baseline"]) for r in rows[2:])  # baseline missing or failed
-    scaling = {(s["model"], s["size_from"], s["size_to"]): s for s in benchmark.scaling_rows(rows)}
+    scaling = {(s["model"], s["size_from"], s["size_to"]): s for s in results.scaling_rows(rows)}
     assert set(scaling) == {("a", 224, 512), ("a", 512, 1024)}
     assert scaling[("a", 512, 1024)]["time_ratio"] == 4.0 and scaling[("a", 512, 1024)]["pixel_ratio"] == 4.0
     assert scaling[("a", 512, 1024)]["exponent"] == pytest.approx(1.0)
@@ -173,14 +167,14 @@ def test_conv_backward_flops_counts_groups(groups, transposed):
     inputs = torch.randn(2, 16, 9, 9, requires_grad=True)
     with FlopCounterMode(display=False) as forward:
         layer(inputs)
-    mapping = {torch.ops.aten.convolution_backward: benchmark.conv_backward_flops}
+    mapping = {torch.ops.aten.convolution_backward: models.conv_backward_flops}
     with FlopCounterMode(display=False, custom_mapping=mapping) as both:
         layer(inputs).sum().backward()
     assert both.get_total_flops() == 3 * forward.get_total_flops()  # forward, grad_input, grad_weight
 
 
 def test_baseline_configs_are_the_stated_hyper_parameters():
-    swin = benchmark.build_config("swin-t")
+    swin = models.build_config("swin-t")
     assert (swin.embed_dim, list(swin.depths), list(swin.num_heads), swin.window_size, swin.patch_size) == (
         96,
         [2, 2, 6, 2],
@@ -188,24 +182,24 @@ def test_baseline_configs_are_the_stated_hyper_parameters():
         7,
         4,
     )
-    b1, b2 = benchmark.build_config("pvtv2-b1"), benchmark.build_config("pvtv2-b2")
+    b1, b2 = models.build_config("pvtv2-b1"), models.build_config("pvtv2-b2")
     assert list(b1.hidden_sizes) == list(b2.hidden_sizes) == [64, 128, 320, 512]
     assert (list(b1.depths), list(b2.depths)) == ([2, 2, 2, 2], [3, 4, 6, 3])
-    for name in benchmark.MODEL_NAMES:
-        assert benchmark.build_config(name).num_labels == 1000
+    for name in models.MODEL_NAMES:
+        assert models.build_config(name).num_labels == 1000
 
 
 def test_unknown_model_is_refused(capsys):
     with pytest.raises(SystemExit):
-        benchmark.parse_args(["--models", "pacavit-tiny,resnet50"])
+        cli.parse_args(["--models", "pacavit-tiny,resnet50"])
     assert "unknown model" in capsys.readouterr().err
 
 
 def test_config_overrides_reach_the_model():
-    model = benchmark.build_model("pacavit-tiny:chunk_size_feed_forward=0:drop_path_rate=0.0", "sdpa")
+    model = models.build_model("pacavit-tiny:chunk_size_feed_forward=0:drop_path_rate=0.0", "sdpa")
     assert model.config.chunk_size_feed_forward == 0 and model.config.drop_path_rate == 0.0
     assert {layer.mlp.chunk_size for stage in model.pacavit.stages for layer in stage.layers} == {0}
-    assert benchmark.build_config("pacavit-tiny").chunk_size_feed_forward == 4096
+    assert models.build_config("pacavit-tiny").chunk_size_feed_forward == 4096
 
 
 @pytest.mark.parametrize(
@@ -220,20 +214,20 @@ def test_config_overrides_reach_the_model():
 )
 def test_bad_config_overrides_are_refused(name, message, capsys):
     with pytest.raises(SystemExit):
-        benchmark.parse_args(["--models", f"pacavit-tiny,{name}"])
+        cli.parse_args(["--models", f"pacavit-tiny,{name}"])
     assert message in capsys.readouterr().err
 
 
 def test_results_read_back_and_replot(quick_run, tmp_path):
     output_dir, _ = quick_run
-    rows = benchmark.read_results(output_dir / "results.csv")
+    rows = results.read_results(output_dir / "results.csv")
     _, raw = read_csv(output_dir / "results.csv")
     assert len(rows) == len(raw)
     for row, text in zip(rows, raw):
         assert row["median_ms"] == float(text["median_ms"]) and row["size"] == int(text["size"])
     for name in ("results.csv", "meta.json"):
         (tmp_path / name).write_bytes((output_dir / name).read_bytes())
-    assert benchmark.main(["--plot-only", "--output-dir", str(tmp_path)]) == 0
+    assert cli.main(["--plot-only", "--output-dir", str(tmp_path)]) == 0
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -48,6 +48,37 @@ def _processor_pixels(processor_class) -> Callable[[object], np.ndarray]:
     return decode
 
 
+def _imagenet_train_pixels(source):
+    """The ImageNet training dataset's decoding, with timm's augmentation replaced by a plain to-tensor."""
+    from torchvision.transforms import ToTensor
+
+    from paca_hf.training.imagenet import ImageNetTrainDataset
+
+    dataset = ImageNetTrainDataset([{"image": source, "label": 0}], ToTensor(), seed=0)
+    return dataset[0]["pixel_values"].numpy().transpose(1, 2, 0)
+
+
+def _imagenet_eval_pixels(source):
+    """The ImageNet evaluation transform (train_imagenet's evaluation, evaluate_imagenet) with geometry off."""
+    from paca_hf.training.imagenet_evaluation import EvalTransform
+
+    processor = PaCaViTImageProcessor(do_resize=False, do_center_crop=False, do_normalize=False)
+    return EvalTransform(processor)({"image": [source], "label": [0]})["pixel_values"][0].numpy().transpose(1, 2, 0)
+
+
+def _visualization_pixels(with_processor: bool):
+    from paca_hf.visualization import prepare_image
+
+    processor = PaCaViTImageProcessor(do_resize=False, do_center_crop=False, do_normalize=False)
+
+    def decode(source):
+        if with_processor:  # what the model sees
+            return prepare_image(source, processor)[0][0].numpy().transpose(1, 2, 0)
+        return prepare_image(source)[1] / 255.0  # the picture drawn without a processor (8-bit)
+
+    return decode
+
+
 def _displayed_size(source) -> tuple[int, int]:
     """(height, width) of an input as shown (EXIF orientation applied), found with PIL alone."""
     if isinstance(source, np.ndarray):
@@ -90,6 +121,10 @@ def _segmentation_augment(source) -> np.ndarray:
 ENTRY_POINTS = [
     EntryPoint("PaCaViTImageProcessor", _processor_pixels(PaCaViTImageProcessor)),
     EntryPoint("PaCaViTImageProcessorPil", _processor_pixels(PaCaViTImageProcessorPil)),
+    EntryPoint("imagenet_train", _imagenet_train_pixels, atol=EIGHT_BIT_ATOL),
+    EntryPoint("imagenet_eval", _imagenet_eval_pixels),
+    EntryPoint("visualization", _visualization_pixels(True)),
+    EntryPoint("visualization_8bit", _visualization_pixels(False), atol=EIGHT_BIT_ATOL),
     EntryPoint("finetune-collate", _finetune_collate),
     EntryPoint("SegmentationTrainAugment", _segmentation_augment),
 ]

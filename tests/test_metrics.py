@@ -156,10 +156,30 @@ def test_topk_hand_computed(topk):
     assert out == pytest.approx({"top1": 0.25, "top2": 0.5, "top5": 0.75})
 
 
-def test_topk_ties_broken_by_class_index(topk):
-    # constant row: true class 2 has two classes (0, 1) ranked before it -> not top1 / top2, but top3
-    out = topk.compute(predictions=[[1.0, 1.0, 1.0, 1.0]], references=[2], top_k=(1, 2, 3))
-    assert out == {"top1": 0.0, "top2": 0.0, "top3": 1.0}
+def test_topk_ties_count_against_the_sample(topk):
+    # constant row: the 3 other classes score as high as the true class -> rank 3: top4 only
+    out = topk.compute(predictions=[[1.0, 1.0, 1.0, 1.0]], references=[2], top_k=(1, 2, 3, 4))
+    assert out == {"top1": 0.0, "top2": 0.0, "top3": 0.0, "top4": 1.0}
+    # whatever the true class's index
+    out = topk.compute(predictions=[[1.0, 1.0, 1.0, 1.0]] * 2, references=[0, 3], top_k=(1, 3, 4))
+    assert out == {"top1": 0.0, "top3": 0.0, "top4": 1.0}
+    # a tie below the true class does not matter: true 0.9, tie at 0.5
+    assert topk.compute(predictions=[[0.5, 0.9, 0.5]], references=[1], top_k=(1,)) == {"top1": 1.0}
+    # a tie of the true class with one other at the top: rank 1
+    assert topk.compute(predictions=[[0.9, 0.9, 0.1]], references=[1], top_k=(1, 2)) == {"top1": 0.0, "top2": 1.0}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_topk_non_finite_scores_never_count_as_correct(topk, bad):
+    # all-NaN / all-inf rows: a diverged model scores 0 for every k, even k = number of classes
+    out = topk.compute(predictions=[[bad] * 3] * 4, references=[0, 1, 2, 0], top_k=(1, 3, 5))
+    assert out == {"top1": 0.0, "top3": 0.0, "top5": 0.0}
+    # one non-finite score in a row, on the true class or elsewhere: that row is wrong, the others still count
+    scores = [[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.1, 0.7], [0.6, 0.3, 0.1]]
+    scores[0][1] = bad  # on the true class
+    scores[1][2] = bad  # on another class
+    out = topk.compute(predictions=scores, references=[1, 0, 2, 0], top_k=(1, 3, 5))
+    assert out == {"top1": 0.5, "top3": 0.5, "top5": 0.5}
 
 
 def test_topk_matches_torch_topk(topk):
@@ -211,3 +231,37 @@ def test_metrics_load_offline_from_the_shipped_files(monkeypatch):
 def test_load_metric_rejects_unknown_names():
     with pytest.raises(ValueError):
         load_metric("accuracy")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_mean_iou_non_finite_logits_never_count_as_correct(miou, bad):
+    import torch
+
+    from paca_hf.metrics import class_predictions
+
+    reference = np.array([[0, 1, 1], [2, 2, 0]])
+    logits = torch.nn.functional.one_hot(torch.from_numpy(reference), 3).permute(2, 0, 1).float()  # perfect
+    assert torch.equal(class_predictions(logits, dim=0), torch.from_numpy(reference))
+    perfect = miou.compute(predictions=[class_predictions(logits, dim=0).numpy()], references=[reference],
+                           num_labels=3, ignore_index=255)
+    assert perfect["mean_iou"] == 1.0
+    # a diverged model: every logit non-finite -> no pixel is right
+    broken = class_predictions(torch.full_like(logits, bad), dim=0)
+    assert (broken == 3).all()
+    out = miou.compute(predictions=[broken.numpy()], references=[reference], num_labels=3, ignore_index=255)
+    assert out["mean_iou"] == 0.0 and out["overall_accuracy"] == 0.0
+    # one pixel's scores broken (on the true class): only that pixel is wrong -> class 1: I 1, U 2
+    logits[1, 0, 1] = bad
+    out = miou.compute(predictions=[class_predictions(logits, dim=0).numpy()], references=[reference],
+                       num_labels=3, ignore_index=255)
+    assert out["per_category_iou"].tolist() == [1.0, 0.5, 1.0] and out["overall_accuracy"] == pytest.approx(5 / 6)
+    # float predictions with non-finite values, given directly to the function, are wrong too
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mean_iou_script", metric_path("mean_iou"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    direct = module.mean_iou([np.full((2, 3), bad)], [reference], num_labels=3, ignore_index=255)
+    assert direct["mean_iou"] == 0.0
+    with pytest.raises(ValueError, match="class ids"):
+        module.mean_iou([np.full((2, 3), 0.5)], [reference], num_labels=3, ignore_index=255)

@@ -1,8 +1,11 @@
-"""Cluster pictures and cluster/label NMI (`paca_hf.visualization`, scripts/visualize_clusters.py, cluster_nmi.py)."""
+"""Cluster pictures (`paca_hf.visualization`, scripts/visualize_clusters.py) and cluster/label NMI
+(`paca_hf.metrics.cluster_nmi`, scripts/cluster_nmi.py)."""
 
-import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +14,25 @@ import torch
 from PIL import Image
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
+from paca_hf.images import open_image, reduce_labels
+from paca_hf.metrics.cluster_nmi import (
+    cluster_label_nmi,
+    cluster_nmi_report,
+    contingency_table,
+    downsample_labels,
+    format_table,
+    load_examples,
+    nmi_from_contingency,
+    stage_cluster_nmi,
+)
 from paca_hf.visualization import (
     LABEL_HEIGHT,
     PADDING,
-    cluster_label_nmi,
     cluster_palette,
     compute_cluster_assignments,
-    contingency_table,
-    downsample_labels,
     hard_cluster_map,
-    nmi_from_contingency,
-    reduce_labels,
+    load_model_and_processor,
     render_clusters,
-    stage_cluster_nmi,
     top_clusters,
 )
 from test_reference_parity import converted
@@ -31,15 +40,17 @@ from test_reference_parity import converted
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+ROOT = Path(__file__).resolve().parents[1]
 INPUT_SIZE = 64  # the saved image processor's crop: stage maps 16x16, 8x8, 4x4 (and 2x2 without clusters)
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_script(name, *argv):
+    """Run scripts/<name>.py as a command (with this checkout's package first on the path)."""
+    path = os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *map(str, argv)], capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error"), timeout=300,
+    )  # fmt: skip
 
 
 def grid_size(rows, top_k, cell):
@@ -96,40 +107,37 @@ def photo():
 def test_script_writes_grid_png(classifier_folder, photo, tmp_path):
     image_path, output = tmp_path / "photo.jpg", tmp_path / "out" / "clusters.png"
     photo.save(image_path)
-    script = load_script("visualize_clusters")
-    argv = ["--model", str(classifier_folder), "--image", str(image_path), "--output", str(output)]
-    assert script.main(argv + ["--top-k", "3", "--cell-size", "48"]) == 0
+    argv = ["--model", classifier_folder, "--image", image_path, "--output", output]
+    completed = run_script("visualize_clusters", *argv, "--top-k", "3", "--cell-size", "48")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert f"wrote {output}" in completed.stdout
     with Image.open(output) as picture:
         assert picture.format == "PNG"
         # cls_conv_stagewise has clusters [8, 8, 8, 0]: three rows; columns image | hard | 3 heatmaps.
         assert picture.size == grid_size(rows=3, top_k=3, cell=48)
-    assert script.main(argv + ["--stage", "2", "--top-k", "1", "--cell-size", "40"]) == 0
-    with Image.open(output) as picture:
-        assert picture.size == grid_size(rows=1, top_k=1, cell=40)
+    # what the script does, in-process, for one stage
+    model, image_processor = load_model_and_processor(str(classifier_folder))
+    picture = render_clusters(model, str(image_path), stage=2, top_k=1, image_processor=image_processor, cell_size=40)
+    assert picture.size == grid_size(rows=1, top_k=1, cell=40)
 
 
-def test_script_rejects_missing_file_and_non_image(classifier_folder, tmp_path, capsys):
-    script = load_script("visualize_clusters")
+def test_script_rejects_missing_file_and_non_image(classifier_folder, tmp_path):
+    argv = ["--model", classifier_folder, "--image", tmp_path / "absent.jpg", "--output", tmp_path / "o.png"]
+    completed = run_script("visualize_clusters", *argv)
+    assert completed.returncode == 2 and "no such file" in completed.stderr
+    assert not (tmp_path / "o.png").exists()
+    # a file that is not an image: the decoder the script uses names the problem (the script shows it, exit 2)
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
-    for path, message in [(tmp_path / "absent.jpg", "no such file"), (not_an_image, "not an image")]:
-        argv = ["--model", str(classifier_folder), "--image", str(path), "--output", str(tmp_path / "o.png")]
-        with pytest.raises(SystemExit) as exit_info:
-            script.main(argv)
-        assert exit_info.value.code == 2
-        assert message in capsys.readouterr().err
-    assert not (tmp_path / "o.png").exists()
+    with pytest.raises(ValueError, match="cannot decode"):
+        open_image(str(not_an_image))
 
 
-def test_script_loads_segmentation_folder_with_head_row(segmenter_folder, photo, tmp_path):
-    image_path, output = tmp_path / "photo.png", tmp_path / "seg.png"
-    photo.save(image_path)
-    script = load_script("visualize_clusters")
-    argv = ["--model", str(segmenter_folder), "--image", str(image_path), "--output", str(output)]
-    assert script.main(argv + ["--top-k", "2", "--cell-size", "32"]) == 0
-    with Image.open(output) as picture:
-        # Stages with clusters [16, 16, 16, 0] plus the PaCa head.
-        assert picture.size == grid_size(rows=4, top_k=2, cell=32)
+def test_segmentation_folder_gets_a_head_row(segmenter_folder, photo):
+    model, image_processor = load_model_and_processor(str(segmenter_folder))
+    picture = render_clusters(model, photo, top_k=2, image_processor=image_processor, cell_size=32)
+    # Stages with clusters [16, 16, 16, 0] plus the PaCa head.
+    assert picture.size == grid_size(rows=4, top_k=2, cell=32)
 
 
 def test_render_segmentation_includes_head_cluster_rows(segmenter, processor, photo):
@@ -277,14 +285,27 @@ def test_stage_nmi_on_ade20k_schema_examples(segmenter, processor):
     assert all(0.0 <= value <= 1.0 for value in scores.values())
 
 
-def test_cluster_nmi_script_builtin_with_random_baseline(segmenter_folder, tmp_path, capsys):
-    output = tmp_path / "nmi.json"
-    script = load_script("cluster_nmi")
-    argv = ["--model", str(segmenter_folder), "--num-images", "2", "--image-size", "64", "--compare-random"]
-    assert script.main(argv + ["--output", str(output)]) == 0
-    printed = capsys.readouterr().out
-    assert "NMI (trained)" in printed and "NMI (random init)" in printed and "head" in printed
-    result = json.loads(output.read_text())
+def test_cluster_nmi_report_builtin_with_random_baseline(segmenter_folder):
+    model, image_processor = load_model_and_processor(str(segmenter_folder))
+    examples = load_examples("builtin", num_images=2, image_size=64)
+    result = cluster_nmi_report(model, image_processor, examples, num_images=2, compare_random=True, seed=0)
     assert set(result["nmi"]) == set(result["nmi_random_init"]) == {"stage1", "stage2", "stage3", "head"}
-    assert result["num_images"] == 2 and result["num_clusters"]["head"] == 6
+    assert result["num_images"] == 2 and result["num_clusters"]["head"] == 6 and result["random_init_seed"] == 0
+    assert all(0.0 <= value <= 1.0 for value in result["nmi"].values())
+    printed = format_table(result["nmi"], result["nmi_random_init"], result["num_clusters"])
+    assert "NMI (trained)" in printed and "NMI (random init)" in printed and "head" in printed
+    with pytest.raises(ValueError, match="no such folder"):
+        load_examples("/no/such/folder")
+
+
+def test_cluster_nmi_script(segmenter_folder, tmp_path):
+    output = tmp_path / "nmi.json"
+    completed = run_script(
+        "cluster_nmi", "--model", segmenter_folder, "--num-images", "2", "--image-size", "64", "--output", output
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "NMI (trained)" in completed.stdout and "head" in completed.stdout
+    result = json.loads(output.read_text())
+    assert result["model"] == str(segmenter_folder) and result["dataset"] == "builtin"
+    assert set(result["nmi"]) == {"stage1", "stage2", "stage3", "head"} and result["num_images"] == 2
     assert all(0.0 <= value <= 1.0 for value in result["nmi"].values())

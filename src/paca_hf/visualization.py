@@ -3,8 +3,8 @@
 * [`render_clusters`] draws, for one image, every stage's cluster assignment (and the segmentation head's) as one
   PIL image: a grid whose rows are the stages (then the head) and whose columns are
   `image | hard cluster map | soft heatmaps of the top-k clusters`.
-* [`cluster_label_nmi`] is the normalised mutual information between a hard cluster map and a label map.
-* [`stage_cluster_nmi`] pools that over a segmentation dataset (ADE20k schema), per stage and for the head.
+* The agreement of the clusters with labels (normalised mutual information) is a metric:
+  `paca_hf.metrics.cluster_nmi` (`cluster_label_nmi`, `stage_cluster_nmi`).
 
 Conventions (the same everywhere in this module):
 
@@ -25,18 +25,15 @@ from __future__ import annotations
 
 import colorsys
 import math
-import os
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from .images import load_image
 
-# ImageNet statistics, the default normalisation when no image processor is given.
-DEFAULT_IMAGE_MEAN = (0.485, 0.456, 0.406)
-DEFAULT_IMAGE_STD = (0.229, 0.224, 0.225)
 
 # Grid geometry of `render_clusters`: every cell is a label band of LABEL_HEIGHT pixels above a picture of
 # (cell height, cell width) pixels; cells and the outer border are separated by PADDING pixels. So the picture is
@@ -152,32 +149,11 @@ def _head_names(model, num_clusters: int) -> list[str]:
 # inputs
 
 
-def _to_pil(image) -> Image.Image:
-    if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as opened:
-            opened.load()
-            return opened.convert("RGB")
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"expected a PIL image, a path or an (H, W[, C]) array, got shape {array.shape}")
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    array = array[..., :3]
-    if array.dtype != np.uint8:
-        array = np.asarray(array, dtype=np.float64)
-        array = array * 255.0 if array.max(initial=0.0) <= 1.0 else array
-        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
-    return Image.fromarray(array, mode="RGB")
-
-
-def _normalise(image: Image.Image) -> torch.Tensor:
-    """The fallback preprocessing: the image at its own size, scaled to [0, 1], ImageNet-normalised; (1, 3, H, W)."""
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    array = (array - np.asarray(DEFAULT_IMAGE_MEAN, np.float32)) / np.asarray(DEFAULT_IMAGE_STD, np.float32)
+def normalize_image(image) -> torch.Tensor:
+    """The preprocessing without an image processor: the image (any input `paca_hf.images.load_image` takes) at its
+    own size, scaled to [0, 1] and normalised with the ImageNet mean / std; `(1, 3, H, W)` float32."""
+    array = np.asarray(load_image(image), dtype=np.float32) / 255.0
+    array = (array - np.asarray(IMAGENET_DEFAULT_MEAN, np.float32)) / np.asarray(IMAGENET_DEFAULT_STD, np.float32)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
 
 
@@ -185,8 +161,8 @@ def _denormalise(pixel_values: torch.Tensor, image_processor) -> np.ndarray:
     """Undo an image processor's rescale / normalise: what the model saw, as (H, W, 3) uint8."""
     array = pixel_values.detach().float().cpu().numpy().transpose(1, 2, 0).astype(np.float64)
     if image_processor is None or getattr(image_processor, "do_normalize", False):
-        mean = DEFAULT_IMAGE_MEAN if image_processor is None else getattr(image_processor, "image_mean", None)
-        std = DEFAULT_IMAGE_STD if image_processor is None else getattr(image_processor, "image_std", None)
+        mean = IMAGENET_DEFAULT_MEAN if image_processor is None else getattr(image_processor, "image_mean", None)
+        std = IMAGENET_DEFAULT_STD if image_processor is None else getattr(image_processor, "image_std", None)
         if mean is not None and std is not None:
             array = array * np.asarray(std, np.float64).reshape(-1)[: array.shape[-1]]
             array = array + np.asarray(mean, np.float64).reshape(-1)[: array.shape[-1]]
@@ -200,13 +176,13 @@ def _denormalise(pixel_values: torch.Tensor, image_processor) -> np.ndarray:
 
 
 def prepare_image(image, image_processor=None) -> tuple[torch.Tensor, np.ndarray]:
-    """`(pixel_values (1, C, H, W), picture (H, W, 3) uint8)` of one image: with an image processor, its
-    `pixel_values` and those pixels de-normalised (exactly what the model sees, crops included); without one, the
-    image at its own size, ImageNet-normalised."""
-    picture = _to_pil(image)
+    """`(pixel_values (1, C, H, W), picture (H, W, 3) uint8)` of one image (any input `paca_hf.images` decodes: PIL
+    image, path, array, tensor). With an image processor: its `pixel_values` and those pixels de-normalised (exactly
+    what the model sees, crops included); without one: [`normalize_image`] and the 8-bit image itself."""
     if image_processor is None:
-        return _normalise(picture), np.asarray(picture)
-    pixel_values = image_processor(picture, return_tensors="pt")["pixel_values"]
+        picture = load_image(image)
+        return normalize_image(picture), np.asarray(picture)
+    pixel_values = image_processor(image, return_tensors="pt")["pixel_values"]
     if pixel_values.ndim == 3:
         pixel_values = pixel_values[None]
     return pixel_values[:1], _denormalise(pixel_values[0], image_processor)
@@ -216,7 +192,7 @@ def prepare_image(image, image_processor=None) -> tuple[torch.Tensor, np.ndarray
 # drawing
 
 
-def _resize_nearest(index_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_nearest(index_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of an integer map to (height, width), each output pixel reading the map cell its
     centre falls in."""
     height, width = size
@@ -238,7 +214,7 @@ def _grey(picture: np.ndarray) -> np.ndarray:
 
 
 def _hard_tile(hard_map: np.ndarray, picture: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    colors = palette[_resize_nearest(hard_map, picture.shape[:2])].astype(np.float64)
+    colors = palette[resize_nearest(hard_map, picture.shape[:2])].astype(np.float64)
     blended = HARD_MAP_OPACITY * colors + (1.0 - HARD_MAP_OPACITY) * _grey(picture)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
@@ -382,232 +358,6 @@ def render_clusters(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# normalised mutual information
-
-
-def contingency_table(cluster_map, label_map, ignore_index: int | None = 255) -> np.ndarray:
-    """Counts `(clusters, labels)` of pixel pairs, over the pixels whose label is not `ignore_index`; rows and
-    columns are the distinct cluster ids / labels present, in increasing order."""
-    clusters = np.asarray(cluster_map)
-    labels = np.asarray(label_map)
-    if clusters.shape != labels.shape:
-        raise ValueError(f"cluster map and label map must have the same shape, got {clusters.shape} and {labels.shape}")
-    clusters, labels = clusters.reshape(-1), labels.reshape(-1)
-    if ignore_index is not None:
-        keep = labels != ignore_index
-        clusters, labels = clusters[keep], labels[keep]
-    cluster_ids, cluster_index = np.unique(clusters, return_inverse=True)
-    label_ids, label_index = np.unique(labels, return_inverse=True)
-    counts = np.bincount(
-        cluster_index.reshape(-1) * len(label_ids) + label_index.reshape(-1), minlength=len(cluster_ids) * len(label_ids)
-    )
-    return counts.reshape(len(cluster_ids), len(label_ids))
-
-
-def nmi_from_contingency(table) -> float:
-    """NMI of a contingency table of counts, with the arithmetic-mean normalisation (scikit-learn's default):
-    `NMI = 2 I(X; Y) / (H(X) + H(Y))`, entropies in nats (the base cancels out).
-
-    Degenerate cases: both variables constant (H(X) = H(Y) = 0) -> 1.0 (the partitions are identical); only one
-    constant -> 0.0 (it carries no information; the formula gives 0). An empty table (no counted pixel) raises
-    `ValueError`. The result is clipped to [0, 1] against rounding.
-    """
-    table = np.asarray(table, dtype=np.float64)
-    if table.ndim != 2:
-        raise ValueError(f"a contingency table is 2-dimensional, got shape {table.shape}")
-    if np.any(table < 0):
-        raise ValueError("a contingency table holds counts >= 0")
-    total = table.sum()
-    if total <= 0:
-        raise ValueError("no pixel to compare (every label is ignore_index, or the maps are empty)")
-    table = table[table.sum(axis=1) > 0][:, table.sum(axis=0) > 0]
-    rows, columns = table.sum(axis=1), table.sum(axis=0)
-    if len(rows) == 1 and len(columns) == 1:
-        return 1.0
-    if len(rows) == 1 or len(columns) == 1:
-        return 0.0
-
-    def entropy(counts):
-        return float(-np.sum(counts / total * np.log(counts / total)))
-
-    nonzero = np.nonzero(table)
-    joint = table[nonzero]
-    # I = sum_ij n_ij / N * log(n_ij N / (a_i b_j)); exactly 0 when every n_ij N == a_i b_j.
-    mutual_information = float(np.sum(joint / total * np.log(joint * total / (rows[nonzero[0]] * columns[nonzero[1]]))))
-    mutual_information = max(mutual_information, 0.0)
-    return float(min(max(2.0 * mutual_information / (entropy(rows) + entropy(columns)), 0.0), 1.0))
-
-
-def cluster_label_nmi(cluster_map, label_map, ignore_index: int | None = 255) -> float:
-    """Normalised mutual information between a hard cluster map and a ground-truth label map of the same shape,
-    over the pixels whose label is not `ignore_index` (`None`: all pixels). `NMI = 2 I(X; Y) / (H(X) + H(Y))` (the
-    arithmetic-mean normalisation, scikit-learn's default); invariant to relabelling either map; 1.0 when both are
-    constant, 0.0 when exactly one is (see [`nmi_from_contingency`])."""
-    return nmi_from_contingency(contingency_table(cluster_map, label_map, ignore_index))
-
-
-def downsample_labels(label_map, size: tuple[int, int], ignore_index: int = 255) -> np.ndarray:
-    """A label map `(H, W)` at resolution `size = (h, w)`.
-
-    When `H >= h` and `W >= w`, by mode: output pixel (i, j) gets the most frequent label among the input pixels
-    (y, x) with `y * h // H == i` and `x * w // W == j` (an exact block partition, blocks of near-equal size),
-    ignoring `ignore_index` (ties: smallest label; a block of ignored pixels only is `ignore_index`). Otherwise
-    (upsampling in some direction), nearest neighbour: each output pixel reads the input pixel under its centre.
-    """
-    labels = np.asarray(label_map).astype(np.int64)
-    if labels.ndim != 2:
-        raise ValueError(f"a label map is (height, width), got shape {labels.shape}")
-    height, width = labels.shape
-    out_height, out_width = (int(value) for value in size)
-    if height < out_height or width < out_width:
-        return _resize_nearest(labels, (out_height, out_width))
-    rows = np.arange(height) * out_height // height
-    cols = np.arange(width) * out_width // width
-    block = (rows[:, None] * out_width + cols[None, :]).reshape(-1)
-    flat = labels.reshape(-1)
-    valid = flat != ignore_index
-    result = np.full(out_height * out_width, ignore_index, dtype=np.int64)
-    if not valid.any():
-        return result.reshape(out_height, out_width)
-    label_ids, label_index = np.unique(flat[valid], return_inverse=True)
-    counts = np.bincount(
-        block[valid] * len(label_ids) + label_index.reshape(-1), minlength=out_height * out_width * len(label_ids)
-    ).reshape(out_height * out_width, len(label_ids))
-    has_valid = counts.sum(axis=1) > 0
-    result[has_valid] = label_ids[counts[has_valid].argmax(axis=1)]
-    return result.reshape(out_height, out_width)
-
-
-def reduce_labels(label_map, ignore_index: int = 255) -> np.ndarray:
-    """ADE20k label reduction: 0 ("other") -> `ignore_index`, every other label minus 1 (`ignore_index` stays)."""
-    labels = np.asarray(label_map).astype(np.int64)
-    reduced = labels - 1
-    reduced[(labels == 0) | (labels == ignore_index)] = ignore_index
-    return reduced
-
-
-def _add_counts(table: np.ndarray | None, clusters: np.ndarray, labels: np.ndarray, num_clusters: int, ignore_index):
-    clusters, labels = clusters.reshape(-1), labels.reshape(-1)
-    keep = labels != ignore_index
-    clusters, labels = clusters[keep], labels[keep]
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"labels must be >= 0 (or ignore_index {ignore_index}), found {labels.min()}")
-    num_labels = int(labels.max()) + 1 if labels.size else 0
-    if table is None:
-        table = np.zeros((num_clusters, 0), dtype=np.int64)
-    if num_labels > table.shape[1]:
-        table = np.pad(table, ((0, 0), (0, num_labels - table.shape[1])))
-    if labels.size:
-        table += np.bincount(clusters * table.shape[1] + labels, minlength=table.size).reshape(table.shape)
-    return table
-
-
-def _batches(data, image_processor, batch_size: int, reduce: bool, ignore_index: int, num_images: int | None):
-    """(pixel_values, labels (B, H, W) int64) from examples {image, annotation} or batches {pixel_values, labels}."""
-    remaining = None if num_images is None else int(num_images)
-    pending = []
-
-    def flush():
-        if not pending:
-            return
-        images = [_to_pil(example["image"]) for example in pending]
-        annotations = [np.asarray(example["annotation"]) for example in pending]
-        pending.clear()
-        if image_processor is None:
-            for image, annotation in zip(images, annotations):
-                labels = reduce_labels(annotation, ignore_index) if reduce else annotation.astype(np.int64)
-                yield _normalise(image), torch.from_numpy(labels)[None]
-            return
-        encoded = image_processor(
-            images, segmentation_maps=annotations, do_reduce_labels=reduce, return_tensors="pt"
-        )
-        yield encoded["pixel_values"], torch.as_tensor(encoded["labels"])
-
-    if remaining is not None and remaining <= 0:
-        return
-    for item in data:
-        if isinstance(item, Mapping) and "pixel_values" in item:
-            yield from flush()
-            pixel_values, labels = torch.as_tensor(item["pixel_values"]), torch.as_tensor(item["labels"])
-            if pixel_values.ndim == 3:
-                pixel_values, labels = pixel_values[None], labels[None]
-            if remaining is not None:
-                pixel_values, labels = pixel_values[:remaining], labels[:remaining]
-                remaining -= len(pixel_values)
-            yield pixel_values, labels
-            if remaining is not None and remaining <= 0:
-                return
-            continue
-        if not (isinstance(item, Mapping) and "image" in item and "annotation" in item):
-            raise ValueError(
-                "expected examples with `image` and `annotation` (ADE20k schema) or batches with `pixel_values` and "
-                f"`labels`, got {type(item).__name__}"
-                + (f" with keys {sorted(item)}" if isinstance(item, Mapping) else "")
-            )
-        pending.append(item)
-        if remaining is not None:
-            remaining -= 1
-        if len(pending) >= batch_size:
-            yield from flush()
-        if remaining is not None and remaining <= 0:
-            break
-    yield from flush()
-
-
-def stage_cluster_nmi(
-    model,
-    data: Iterable,
-    image_processor=None,
-    num_images: int | None = None,
-    batch_size: int = 4,
-    do_reduce_labels: bool = True,
-    ignore_index: int = 255,
-    return_tables: bool = False,
-):
-    """Per stage (and for the segmentation head), the NMI between hard cluster maps and ground-truth labels over a
-    segmentation dataset.
-
-    Args:
-        model: a PaCa-ViT model.
-        data: examples in the ADE20k schema (`{"image": PIL, "annotation": PIL "L" with 0 = other}`, e.g. a
-            `datasets.Dataset`), or ready batches `{"pixel_values": (B, C, H, W), "labels": (B, H, W)}` whose labels
-            are already reduced (`ignore_index` for pixels to skip); both may be mixed.
-        image_processor: makes `pixel_values` and resizes / crops the annotations alongside (its `segmentation_maps`
-            argument); without one each image is fed at its own size (ImageNet normalisation). Examples are batched
-            by `batch_size`, so the processor must produce equal sizes (its default center crop does).
-        num_images: use at most this many images.
-        do_reduce_labels: reduce annotations as ADE20k does (0 -> `ignore_index`, others - 1). Not applied to
-            ready batches.
-        ignore_index: label of pixels left out.
-        return_tables: also return the pooled contingency tables.
-
-    For each stage with clusters, the hard cluster map (argmax over clusters, see the module docstring) is compared
-    with the labels downsampled to that stage's resolution by [`downsample_labels`] (mode pooling); `"head"` does
-    the same with the head's assignment `softmax(cluster_logits)` at 1/4 resolution. The contingency table is
-    pooled over all images and the NMI ([`nmi_from_contingency`]) computed once per key.
-
-    Returns:
-        `{"stage1": nmi, ..., "head": nmi}` (keys of stages with clusters, then "head" for a segmentation model),
-        and with `return_tables=True` also `{key: table (clusters, labels)}`.
-    """
-    batch_size = max(int(batch_size), 1)
-    tables: dict[str, np.ndarray] = {}
-    for pixel_values, labels in _batches(data, image_processor, batch_size, do_reduce_labels, ignore_index, num_images):
-        labels = labels.cpu().numpy().astype(np.int64)
-        if labels.ndim == 2:
-            labels = labels[None]
-        for key, assignment in compute_cluster_assignments(model, pixel_values).items():
-            hard = hard_cluster_map(assignment)
-            for image_hard, image_labels in zip(hard, labels):
-                small = downsample_labels(image_labels, image_hard.shape, ignore_index)
-                tables[key] = _add_counts(tables.get(key), image_hard, small, assignment.shape[1], ignore_index)
-    if not tables:
-        raise ValueError("no image was evaluated (empty data, or a model without clusters)")
-    scores = {key: nmi_from_contingency(table) for key, table in tables.items()}
-    return (scores, tables) if return_tables else scores
-
-
-# ----------------------------------------------------------------------------------------------------------
 # loading (for the scripts)
 
 
@@ -626,33 +376,27 @@ def auto_model_class(architectures: Sequence[str] | None):
 
 def load_model_and_processor(name_or_path: str, **kwargs):
     """`(model in eval mode, image processor)` of a folder or Hub id, with the Auto class picked from
-    `config.architectures`. A folder without a saved processor gets `PaCaViTImageProcessor()` (with a warning)."""
+    `config.architectures`. A folder without a saved processor gets the authors' evaluation transform (with a
+    warning; `paca_hf.loading.load_image_processor`)."""
     import paca_hf  # noqa: F401  (registers the PaCa-ViT Auto classes, image processor included)
-    from transformers import AutoConfig, AutoImageProcessor
+    from transformers import AutoConfig
+
+    from .loading import load_image_processor
 
     config = AutoConfig.from_pretrained(name_or_path, **kwargs)
     model = auto_model_class(getattr(config, "architectures", None)).from_pretrained(name_or_path, **kwargs)
-    try:
-        image_processor = AutoImageProcessor.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError, KeyError):
-        from .image_processing_pacavit import PaCaViTImageProcessor
-
-        warnings.warn(f"No image processor saved in {name_or_path!r}; using PaCaViTImageProcessor defaults.")
-        image_processor = PaCaViTImageProcessor()
-    return model.eval(), image_processor
+    return model.eval(), load_image_processor(name_or_path, **kwargs)
 
 
 __all__ = [
-    "cluster_label_nmi",
+    "auto_model_class",
     "cluster_palette",
     "compute_cluster_assignments",
-    "contingency_table",
-    "downsample_labels",
     "hard_cluster_map",
     "load_model_and_processor",
-    "nmi_from_contingency",
-    "reduce_labels",
+    "normalize_image",
+    "prepare_image",
     "render_clusters",
-    "stage_cluster_nmi",
+    "resize_nearest",
     "top_clusters",
 ]

@@ -13,8 +13,11 @@ import evaluate
 
 _DESCRIPTION = """
 Top-k accuracy: the fraction of samples whose true class is among the k highest scores of its row.
-Ties are broken by class index (a lower index ranks first, as a stable sort on descending scores does),
-so a constant score row counts as correct for k only if the true class is among the first k indices.
+
+Ties count against the sample: the true class's rank is the number of *other* classes scoring at least as
+high, so a constant row (a dead model) is wrong for every k smaller than the number of classes.
+A row holding any non-finite score (NaN, +inf or -inf) is a broken output and counts as wrong for every k:
+a diverged model scores 0, never 1 (every comparison with NaN is False, so NaN would otherwise rank first).
 """
 
 _KWARGS_DESCRIPTION = """
@@ -33,9 +36,16 @@ Examples:
 
 _CITATION = ""
 
+# The rank given to a row holding a non-finite score: larger than any k.
+BROKEN_ROW_RANK = np.iinfo(np.int64).max
+
 
 def true_class_rank(scores, labels) -> np.ndarray:
-    """0-based rank of each sample's true class among its row (stable descending order)."""
+    """0-based rank of each sample's true class in its row: the number of other classes scoring at least as high
+    (ties count against the sample). A row with any non-finite score gets rank `BROKEN_ROW_RANK` (the largest
+    int64: in no top k, even for k >= num_classes).
+
+    Raises `ValueError` for shapes other than scores (N, C) and labels (N,), or labels outside [0, C)."""
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if scores.ndim != 2 or labels.shape != (scores.shape[0],):
@@ -44,10 +54,11 @@ def true_class_rank(scores, labels) -> np.ndarray:
         raise ValueError("a reference is outside [0, num_classes)")
     rows = np.arange(scores.shape[0])
     true_score = scores[rows, labels][:, None]
-    index = np.arange(scores.shape[1])[None, :]
-    higher = scores > true_score
-    tied_before = (scores == true_score) & (index < labels[:, None])
-    return (higher | tied_before).sum(axis=1)
+    at_least_as_high = scores >= true_score
+    at_least_as_high[rows, labels] = False
+    rank = at_least_as_high.sum(axis=1)
+    rank[~np.isfinite(scores).all(axis=1)] = BROKEN_ROW_RANK
+    return rank
 
 
 def topk_accuracy(scores, labels, top_k: Sequence[int] = (1, 5)) -> dict:

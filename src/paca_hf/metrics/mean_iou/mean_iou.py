@@ -36,7 +36,9 @@ Returns:
     `mean_iou` (float), `mean_accuracy` (float), `overall_accuracy` (float),
     `per_category_iou` (ndarray of shape (num_labels,)), `per_category_accuracy` (ndarray of shape (num_labels,)).
     Prediction pixels whose value is outside [0, num_labels) count as wrong (they enlarge no class's
-    predicted area); reference pixels outside [0, num_labels) other than `ignore_index` are not counted.
+    predicted area); so do NaN / infinite predictions given to `mean_iou` directly as floats (turn logits into
+    predictions with `paca_hf.metrics.class_predictions`, which marks pixels with non-finite scores that way).
+    Reference pixels outside [0, num_labels) other than `ignore_index` are not counted.
 Examples:
     >>> import numpy as np, evaluate
     >>> metric = evaluate.load("path/to/paca_hf/metrics/mean_iou")
@@ -66,7 +68,13 @@ def intersect_and_union(
     reduce_labels: bool = False,
 ):
     """Per-class areas (intersection, union, prediction, reference) of one image, as int64 arrays."""
-    pred_label = np.asarray(pred_label).astype(np.int64)
+    pred_label = np.asarray(pred_label)
+    if pred_label.dtype.kind == "f":
+        finite = np.isfinite(pred_label)
+        if np.any(pred_label[finite] != np.round(pred_label[finite])):
+            raise ValueError("predictions must be class ids (integers), got fractional values")
+        pred_label = np.where(finite, pred_label, -1)  # a non-finite prediction is no class: wrong
+    pred_label = pred_label.astype(np.int64)
     label = np.array(label, dtype=np.int64, copy=True)
     if pred_label.shape != label.shape:
         raise ValueError(f"prediction shape {pred_label.shape} != reference shape {label.shape}")
