@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
 from paca_hf import PaCaViTImageProcessor, PaCaViTForSemanticSegmentation
-from paca_hf.convert import convert_checkpoint
+from paca_hf.hub import convert_checkpoint
 from reference import case_checkpoint, case_config
 
 
