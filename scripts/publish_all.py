@@ -12,12 +12,13 @@ of every release's outcome ends the run, and the exit status is 1 when any faile
     python scripts/publish_all.py --checkpoints-dir ckpts/ --only pacavit_small_p2cconv_100_0
     python scripts/publish_all.py               # upload everything (token: HF_TOKEN or `hf auth login`)
     python scripts/publish_all.py --list        # the release table (Markdown)
+    python scripts/publish_all.py --write-cards model_cards   # every release's card, as uploaded (no checkpoints)
 """
 
 import argparse
 import sys
 
-from paca_hf.hub import publish, render_releases_table, summary_table
+from paca_hf.hub import publish, render_releases_table, summary_table, write_release_cards
 
 
 def parse_args(argv=None):
@@ -31,6 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--dry-run", action="store_true", help="build and check, print the repo ids and files, "
                                                                "upload nothing")
     parser.add_argument("--list", action="store_true", help="print the release table (Markdown) and exit")
+    parser.add_argument("--write-cards", metavar="DIR", default=None,
+                        help="write every release's model card to DIR/<repo name>.md and exit")
     return parser.parse_args(argv)
 
 
@@ -38,6 +41,10 @@ def main(argv=None, api=None) -> int:
     args = parse_args(argv)
     if args.list:
         print(render_releases_table(), end="")
+        return 0
+    if args.write_cards:
+        for path in write_release_cards(args.write_cards):
+            print(f"wrote {path}")
         return 0
     if not args.dry_run and api is None:
         from huggingface_hub import HfApi, get_token

@@ -246,14 +246,14 @@ def convert_state_dict(
         if renamed not in target:
             unexpected.append(key)
         elif tuple(target[renamed].shape) != tuple(tensor.shape):
-            wrong_shape.append(f"{key} {tuple(tensor.shape)} vs {tuple(target[renamed].shape)}")
+            wrong_shape.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(target[renamed].shape)}")
             mismatched.add(renamed)
         else:
             converted[renamed] = tensor
     missing = sorted(set(target) - set(converted) - mismatched)
     problems = []
     if wrong_shape:
-        problems.append(f"shape mismatch, checkpoint vs model ({len(wrong_shape)}): {summarize_keys(wrong_shape)}")
+        problems.append(f"shape mismatch ({len(wrong_shape)}): {summarize_keys(wrong_shape)}")
     if unexpected:
         problems.append(f"unexpected in the checkpoint ({len(unexpected)}): {summarize_keys(unexpected)}")
     if missing:
@@ -353,6 +353,15 @@ def upernet_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tenso
     return UperNetConfig(**options)
 
 
+def official_config(name: str):
+    """The full config of an official release: `PaCaViTConfig.from_official_name`, or for an UperNet segmentor
+    (`upernet_...`) the `UperNetConfig` around that PaCa-ViT backbone with the authors' head settings."""
+    config = PaCaViTConfig.from_official_name(name)
+    if any(release.official_name == name and release.form == UPERNET for release in RELEASES):
+        return upernet_config(config)
+    return config
+
+
 def build_config(config, source: dict[str, torch.Tensor], task: str = "image-classification"):
     """The config named by `config` (official name, config.json path or object) with `num_labels` from the
     checkpoint's head. For an UperNet checkpoint, the `UperNetConfig` around that PaCa-ViT backbone config (its heads'
@@ -362,7 +371,7 @@ def build_config(config, source: dict[str, torch.Tensor], task: str = "image-cla
     if isinstance(config, (PaCaViTConfig, UperNetConfig)):
         config = type(config).from_dict(config.to_dict())
     elif str(config) in OFFICIAL_NAMES:
-        config = PaCaViTConfig.from_official_name(str(config))
+        config = official_config(str(config))
     elif Path(config).is_file() or Path(config).is_dir():
         from transformers import AutoConfig
 

@@ -169,18 +169,18 @@ RELEASES: tuple[Release, ...] = (
     # COCO Mask R-CNN 1x: transformers has no Mask R-CNN, so only the backbone (ImageNet cluster counts) is kept.
     _downstream("mask_rcnn_pacavit_tiny_p2cconv_100_0_mstrain_480_800_1x_coco", BACKBONE, "pacavit_tiny_p2cconv_100_0",
                 Architecture("tiny", "conv", _CONV100[1], drop_path_rate=0.1), "pacavit-tiny-coco-backbone",
-                "PaCa-Tiny (conv) Mask R-CNN backbone", None, 32.0, 252, result="43.3 box AP / 39.6 mask AP"),
+                "PaCa-Tiny (conv) + Mask R-CNN", None, 32.0, 252, result="43.3 box AP / 39.6 mask AP"),
     _downstream("mask_rcnn_pacavit_small_p2cconv_100_0_mstrain_480_800_1x_coco", BACKBONE,
                 "pacavit_small_p2cconv_100_0", Architecture("small", "conv", _CONV100[1], drop_path_rate=0.1),
-                "pacavit-small-coco-backbone", "PaCa-Small (conv) Mask R-CNN backbone", None, 41.8, 296,
+                "pacavit-small-coco-backbone", "PaCa-Small (conv) + Mask R-CNN", None, 41.8, 296,
                 result="46.4 box AP / 41.8 mask AP"),
     _downstream("mask_rcnn_pacavit_small_p2cmlp_100_0_mstrain_480_800_1x_coco", BACKBONE,
                 "pacavit_small_p2cmlp_100_0", Architecture("small", "mlp", _CONV100[1], drop_path_rate=0.1),
-                "pacavit-small-mlp-coco-backbone", "PaCa-Small (mlp) Mask R-CNN backbone", None, 42.4, 303,
+                "pacavit-small-mlp-coco-backbone", "PaCa-Small (mlp) + Mask R-CNN", None, 42.4, 303,
                 result="46.6 box AP / 41.9 mask AP"),
     _downstream("mask_rcnn_pacavit_base_p2cconv_100_0_mstrain_480_800_1x_coco", BACKBONE, "pacavit_base_p2cconv_100_0",
                 Architecture("base", "conv", _CONV100[1], drop_path_rate=0.1), "pacavit-base-coco-backbone",
-                "PaCa-Base (conv) Mask R-CNN backbone", None, 66.6, 373, result="48.0 box AP / 42.9 mask AP"),
+                "PaCa-Base (conv) + Mask R-CNN", None, 66.6, 373, result="48.0 box AP / 42.9 mask AP"),
 )
 
 OFFICIAL_NAMES = tuple(release.official_name for release in RELEASES)

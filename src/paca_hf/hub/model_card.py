@@ -117,10 +117,14 @@ for segment in segmenter(image):
 """,
     BACKBONE: """\
 import torch
-from transformers import AutoBackbone, UperNetConfig, UperNetForSemanticSegmentation
+from transformers import AutoBackbone, AutoConfig, UperNetConfig, UperNetForSemanticSegmentation
 
 repo_id = "{repo_id}"
 backbone = AutoBackbone.from_pretrained(repo_id, trust_remote_code=True).eval()
+# Make the repo's classes known to the Auto classes, so that transformers' heads can build this backbone
+# (not needed after `import paca_hf`).
+AutoConfig.register("pacavit", type(backbone.config), exist_ok=True)
+AutoBackbone.register(type(backbone.config), type(backbone), exist_ok=True)
 pixel_values = torch.randn(1, 3, 512, 768)  # a normalized image batch
 with torch.no_grad():
     feature_maps = backbone(pixel_values).feature_maps
@@ -129,7 +133,7 @@ for name, features in zip(backbone.out_features, feature_maps):
 
 # A transformers head that takes a backbone: here UperNet for 19 classes, to fine-tune.
 model = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone.config, num_labels=19))
-model.backbone = backbone  # the pretrained PaCa-ViT backbone; the head is newly initialized
+model.backbone.load_state_dict(backbone.state_dict())  # pretrained backbone; the head is newly initialized
 with torch.no_grad():
     print(model(pixel_values).logits.shape)  # (1, 19, 512, 768)
 """,

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import torch
 
-from ..convert import ConversionError, convert_source, default_image_processor, load_checkpoint, summarize_prefixes
+from ..convert import (
+    ConversionError,
+    build_model,
+    convert_source,
+    default_image_processor,
+    load_checkpoint,
+    official_config,
+    summarize_prefixes,
+)
+from ..file_utils import write_text_atomically
 from ..file_utils import sha256sum, write_dir_atomically
 from ..releases import BACKBONE, CLASSIFIER, OFFICIAL_NAMES, SEGMENTOR, UPERNET, Release, get_release
 from .errors import PublishError
@@ -169,5 +178,22 @@ def convert_checkpoint(checkpoint, config, output_dir, task: str = "image-classi
     return model
 
 
-__all__ = ["BuiltRepo", "build_repo", "check_repo", "convert_checkpoint", "form_of", "is_official", "repo_files",
+def release_card(release: Release):
+    """The card of an official release as `scripts/publish_all.py` would upload it, without a checkpoint: the
+    parameter count is that of the official architecture (counted on the meta device)."""
+    with torch.device("meta"):
+        model = build_model(official_config(release.official_name), release.task)
+    num_labels = getattr(model.config, "num_labels", None) if release.form != BACKBONE else None
+    return render_model_card(release, num_parameters=sum(p.numel() for p in model.parameters()), num_labels=num_labels)
+
+
+def write_release_cards(folder) -> list[Path]:
+    """Write every release's card to `folder/<repo name>.md` (the repository's `model_cards/`)."""
+    from ..releases import RELEASES
+
+    return [write_text_atomically(Path(folder) / f"{release.repo_name}.md", str(release_card(release)) + "\n")
+            for release in RELEASES]
+
+
+__all__ = ["release_card", "write_release_cards", "BuiltRepo", "build_repo", "check_repo", "convert_checkpoint", "form_of", "is_official", "repo_files",
            "write_repo"]
