@@ -96,6 +96,12 @@ def read_checkpoint(path: str | os.PathLike):
             f"value or a training framework's metadata; loading it would run code from the file, which is never done "
             f"for untrusted checkpoints. Nothing was executed."
         )
+    if any(_NUMPY_DATA.fullmatch(name) for name in names):
+        # Unpickling a dtype builds an instance of its class (`numpy.dtypes.Float64DType`), which is not a global
+        # of the file: allow every dtype class, which only describes data.
+        import numpy
+
+        substitutes += [getattr(numpy.dtypes, name) for name in dir(numpy.dtypes) if name.endswith("DType")]
     try:
         with torch.serialization.safe_globals(substitutes):
             loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -109,8 +115,8 @@ def read_checkpoint(path: str | os.PathLike):
             f"Could not read checkpoint {str(path)!r}: the file is truncated or corrupt ({type(error).__name__}: "
             f"{error})."
         ) from error
-    ignored = [name for substitute, name in substitutes if isinstance(substitute, type)
-               and issubclass(substitute, IgnoredObject)]
+    ignored = [entry[1] for entry in substitutes if isinstance(entry, tuple) and isinstance(entry[0], type)
+               and issubclass(entry[0], IgnoredObject)]
     return loaded, ignored
 
 
