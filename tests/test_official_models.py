@@ -26,6 +26,8 @@ def random_state_dict(entry):
             state_dict[key] = (taps[:, None] * taps[None, :] / 16).expand(shape).clone()
         elif key.endswith("num_batches_tracked"):
             state_dict[key] = torch.tensor(7)
+        elif key.endswith("running_var"):  # a variance: positive, or the model computes NaN
+            state_dict[key] = torch.rand(shape, generator=generator) + 0.5
         else:
             state_dict[key] = torch.randn(shape, generator=generator)
     return state_dict

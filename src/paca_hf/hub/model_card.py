@@ -118,9 +118,13 @@ for segment in segmenter(image):
     BACKBONE: """\
 import torch
 from transformers import AutoBackbone, AutoConfig, UperNetConfig, UperNetForSemanticSegmentation
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 repo_id = "{repo_id}"
-backbone = AutoBackbone.from_pretrained(repo_id, trust_remote_code=True).eval()
+# The repo's own backbone class (remote code). `AutoBackbone.from_pretrained` would work for a Hub id online, but
+# transformers 5 checks that the repo exists on the Hub first, which fails for local folders and offline.
+backbone_class = get_class_from_dynamic_module("modeling_pacavit.PaCaViTBackbone", repo_id)
+backbone = backbone_class.from_pretrained(repo_id).eval()
 # Make the repo's classes known to the Auto classes, so that transformers' heads can build this backbone
 # (not needed after `import paca_hf`).
 AutoConfig.register("pacavit", type(backbone.config), exist_ok=True)
@@ -135,7 +139,7 @@ for name, features in zip(backbone.out_features, feature_maps):
 model = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone.config, num_labels=19))
 model.backbone.load_state_dict(backbone.state_dict())  # pretrained backbone; the head is newly initialized
 with torch.no_grad():
-    print(model(pixel_values).logits.shape)  # (1, 19, 512, 768)
+    print(model.eval()(pixel_values).logits.shape)  # (1, 19, 512, 768)
 """,
 }
 

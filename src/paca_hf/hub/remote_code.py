@@ -181,6 +181,7 @@ def hidden_package_environment(directory: str | os.PathLike) -> dict[str, str]:
 
 _REMOTE_CHECK = textwrap.dedent(
     """
+    import json
     import sys
     try:
         import paca_hf  # noqa: F401
@@ -198,7 +199,15 @@ _REMOTE_CHECK = textwrap.dedent(
     torch.set_num_threads(int(threads))
     auto = {"image-classification": "AutoModelForImageClassification", "backbone": "AutoBackbone",
             "semantic-segmentation": "AutoModelForSemanticSegmentation"}[task]
-    model = getattr(transformers, auto).from_pretrained(folder, trust_remote_code=True).eval()
+    if task == "backbone":
+        # AutoBackbone.from_pretrained looks the id up on the Hub first (no local folders): load the class it names.
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        model = get_class_from_dynamic_module(
+            json.load(open(f"{folder}/config.json"))["auto_map"]["AutoBackbone"], folder
+        ).from_pretrained(folder).eval()
+    else:
+        model = getattr(transformers, auto).from_pretrained(folder, trust_remote_code=True).eval()
     processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
     for loaded in (model, model.config, processor):
         if not type(loaded).__module__.startswith("transformers_modules."):
