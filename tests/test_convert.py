@@ -2,7 +2,6 @@
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +158,14 @@ def test_unknown_config_is_an_error(tmp_path):
     result = run_cli("--checkpoint", case_checkpoint("cls_conv_stagewise"), "--config", "pacavit_gigantic",
                      "--output-dir", tmp_path / "out")
     assert result.returncode != 0 and "neither an official name" in result.stderr
+
+
+def test_convert_is_pure_and_below_the_hub():
+    """`paca_hf.convert` turns state dicts into state dicts; saving, cards, checks and uploads live above it."""
+    code = "import sys, paca_hf.convert; print(sorted(name for name in sys.modules if name.startswith('paca_hf.hub')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src")))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    source = (Path(__file__).resolve().parents[1] / "src" / "paca_hf" / "convert.py").read_text()
+    assert "from .hub" not in source and "save_pretrained" not in source and "open(" not in source

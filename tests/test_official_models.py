@@ -89,7 +89,8 @@ def test_mask_rcnn_backbone_is_extracted_by_name(name):
     assert sum(p.numel() for p in model.parameters()) == entry["num_parameters_backbone"]
     # With the prefix removed, the backbone's keys are the matching ImageNet classifier's without the head.
     classifier = MANIFEST[name.removeprefix("mask_rcnn_").split("_mstrain")[0]]["state_dict"]
-    assert {key.removeprefix("backbone.") for key in backbone_keys} == {k for k in classifier if not k.startswith("head.")}
+    without_head = {key for key in classifier if not key.startswith("head.")}
+    assert {key.removeprefix("backbone.") for key in backbone_keys} == without_head
 
 
 def test_wrong_config_names_the_checkpoints_keys_and_the_matching_official_name():

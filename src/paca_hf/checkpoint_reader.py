@@ -3,8 +3,8 @@
 Training frameworks save more than tensors: timm's `CheckpointSaver` adds `args` (an `argparse.Namespace`), mmengine
 a `meta` with a `message_hub` and numpy values, Lightning `hyper_parameters`. `torch.load(weights_only=True)` refuses
 such files. `load_state_dict_file` reads them with the same restricted unpickler, after listing the file's globals
-(`torch.serialization.get_unsafe_globals_in_checkpoint`, which reads without loading): inert types (`argparse.Namespace`,
-numpy arrays, scalars and dtypes) are loaded as themselves, classes of known training frameworks are replaced by an
+(`torch.serialization.get_unsafe_globals_in_checkpoint`, which reads without loading): inert types
+(`argparse.Namespace`, numpy arrays, scalars and dtypes) are loaded as themselves, classes of known training frameworks are replaced by an
 inert `IgnoredObject`, and any other global (`os.system`, `builtins.eval`, `subprocess.Popen`, ...) refuses the
 file before anything is unpickled.
 """

@@ -200,8 +200,8 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
     @classmethod
     def from_official_name(cls, name: str, **overrides) -> "PaCaViTConfig":
         """Config of one of the authors' released models (`paca_hf.releases.OFFICIAL_NAMES`), e.g.
-        `pacavit_small_p2cconv_100_0` (ImageNet-1k classifier), `pacahead_pacavit_small_p2cconv_100_0_512x512_160k_ade20k`
-        (ADE20k, PaCa head). For an UperNet segmentor (`upernet_...`) or a COCO Mask R-CNN (`mask_rcnn_...`) it is the
+        `pacavit_small_p2cconv_100_0` (ImageNet-1k classifier) or
+        `pacahead_pacavit_small_p2cconv_100_0_512x512_160k_ade20k` (ADE20k, PaCa head). For an UperNet segmentor (`upernet_...`) or a COCO Mask R-CNN (`mask_rcnn_...`) it is the
         config of the PaCa-ViT backbone inside, with all four stages out. Raises `ValueError` for unknown names."""
         release = _RELEASES_BY_NAME.get(name)
         if release is None:

@@ -193,8 +193,8 @@ def _key_pattern(key: str) -> str:
 
 
 def summarize_keys(keys, limit: int = 8) -> str:
-    """`keys` grouped by their pattern with numbers as `#` (`stage#.#.attn.q.weight (x14, e.g. stage3.0.attn.q.weight)`),
-    at most `limit` groups, the rest counted."""
+    """`keys` grouped by their pattern with numbers as `#`
+    (`stage#.#.attn.q.weight (x14, e.g. stage3.0.attn.q.weight)`), at most `limit` groups, the rest counted."""
     groups = defaultdict(list)
     for key in keys:
         groups[_key_pattern(key)].append(key)
@@ -220,7 +220,9 @@ def convert_state_dict(
 
     Tensors the model has no place for by design are returned, not converted: mmseg's auxiliary head for the PaCa
     segmentor, an mmdet detector's neck and heads for `PaCaViTBackbone` (the caller reports them). With `suggest`,
-    the error also names an official model whose layout the checkpoint fits. Returns `(renamed state dict, not converted keys)`."""
+    the error also names an official model whose layout the checkpoint fits.
+
+    Returns `(renamed state dict, not converted keys)`."""
     from transformers import UperNetForSemanticSegmentation
 
     upernet = isinstance(model, UperNetForSemanticSegmentation)

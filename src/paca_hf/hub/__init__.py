@@ -58,7 +58,7 @@ __all__ = [
     "REMOTE_CODE_MODULES", "REPO_FILES", "SEGMENTATION", "BuiltRepo", "PublishError", "Release", "add_remote_code",
     "auto_map", "build_repo", "check_model_card", "check_remote_code", "check_repo", "convert_checkpoint",
     "custom_release", "download_checkpoint", "extract_usage_snippet", "form_of", "get_release",
-    "hidden_package_environment", "locate_checkpoint", "model_card_data", "model_card_template", "publish", "release_card",
-    "remote_code_files", "render_model_card", "render_releases_table", "repo_files", "summary_table", "upload_repo",
+    "hidden_package_environment", "locate_checkpoint", "model_card_data", "model_card_template", "publish",
+    "release_card", "remote_code_files", "render_model_card", "render_releases_table", "repo_files", "summary_table", "upload_repo",
     "usage_snippet", "write_release_cards", "write_repo",
 ]

@@ -195,5 +195,7 @@ def write_release_cards(folder) -> list[Path]:
             for release in RELEASES]
 
 
-__all__ = ["release_card", "write_release_cards", "BuiltRepo", "build_repo", "check_repo", "convert_checkpoint", "form_of", "is_official", "repo_files",
-           "write_repo"]
+__all__ = [
+    "BuiltRepo", "build_repo", "check_repo", "convert_checkpoint", "form_of", "is_official", "release_card",
+    "repo_files", "write_release_cards", "write_repo",
+]
