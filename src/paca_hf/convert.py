@@ -270,14 +270,29 @@ def convert_state_dict(
     return converted, unused
 
 
+def _stage_depths(source: dict[str, torch.Tensor]) -> list[int]:
+    """Blocks per stage in the authors' keys (`stage3.9.attn.q.weight`: stage 3 has at least 10 blocks)."""
+    blocks = defaultdict(set)
+    for key in source:
+        match = re.match(r"(?:backbone\.)?stage(\d+)\.(\d+)\.", key)
+        if match:
+            blocks[int(match[1])].add(int(match[2]))
+    return [len(blocks[stage]) for stage in sorted(blocks)]
+
+
 def _matching_official_name(source: dict[str, torch.Tensor], model) -> str | None:
     """'this looks like NAME' when the checkpoint's tensors fit an official model of the same kind exactly."""
     from transformers import UperNetForSemanticSegmentation
 
+    from .configuration_pacavit import _ARCHITECTURES
+
     kind = type(model)
+    depths = _stage_depths(source)
     for release in RELEASES:
         if (release.form == UPERNET) != (kind is UperNetForSemanticSegmentation):
             continue
+        if depths != list(_ARCHITECTURES[release.architecture.size]["depths"]):
+            continue  # cheap test before building the candidate
         try:
             with torch.device("meta"):
                 config = build_config(release.official_name, source, task=release.task)
