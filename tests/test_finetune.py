@@ -170,7 +170,7 @@ def test_scratch_run_from_a_local_dataset_folder(tiny_config_file, tmp_path):
 
 @pytest.fixture(scope="module")
 def converted_classifier(tmp_path_factory):
-    from paca_hf.convert import convert_checkpoint
+    from paca_hf.hub import convert_checkpoint
     from reference import case_checkpoint, case_config
 
     folder = tmp_path_factory.mktemp("converted") / "cls"
