@@ -6,7 +6,9 @@ accelerate, following the authors' recipe (mmseg `pacahead_*_512x512_160k_ade20k
     AdamW lr 6e-5, betas (0.9, 0.999), weight decay 0.01, none on norms; lr x10 on the decode head and on the
     backbone's clustering output layers (`to_clusters`); linear warm-up over 1500 steps from a factor 1e-6, then
     poly (power 1) to 0 at 160k steps; 16 images per step (2 per GPU x 8 GPUs); 512x512 crops with mmseg's ADE20k
-    augmentation; whole-image evaluation, mIoU.
+    augmentation; cross-entropy averaged over the non-ignored pixels (`avg_non_ignore=True` in the authors'
+    `configs/_base_/models/paca_head.py`; `--no-avg_non_ignore` for mmseg's default, all pixels); whole-image
+    evaluation, mIoU.
 
 The loop follows transformers' `run_semantic_segmentation_no_trainer.py` (same flag names); gradient accumulation
 is accelerate's (`accelerator.accumulate`). Outputs in `--output_dir`: `all_results.json` (`eval_mean_iou`, ...),
@@ -39,8 +41,8 @@ from .errors import TrainingError, check_finite_loss, check_finite_parameters
 from .evaluation import evaluate_segmentation, metrics_to_json
 from .finetune_args import parse_args
 from .optim import describe_param_groups, param_groups
-from .scheduler import PolyWithWarmup, make_scheduler
-from .segmentation import build_model, maybe_sync_batchnorm, recipe_image_processor
+from .scheduler import PolyWithWarmup, make_scheduler, warmup_warning
+from .segmentation import build_model, maybe_sync_batchnorm, recipe_image_processor, segmentation_loss
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +152,7 @@ def _follow_this_runs_schedule(args, scheduler, optimizer, step: int) -> None:
 
 def _warn_about_run_differences(saved_run: dict, current: dict) -> None:
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_processes", "seed",
-                "num_train_images", "learning_rate"):
+                "num_train_images", "learning_rate", "avg_non_ignore"):
         if key in saved_run and saved_run[key] != current[key]:
             logger.warning("The checkpoint was written with %s=%s, this run has %s: the resumed run will not "
                            "match an uninterrupted one exactly.", key, saved_run[key], current[key])
@@ -197,6 +199,10 @@ def run(args, accelerator) -> dict:
     started = time.time()
     output_dir = Path(args.output_dir)
     logger.info("%s", accelerator.state)
+    short_run = warmup_warning(args.num_warmup_steps, args.max_train_steps, args.learning_rate,
+                               args.warmup_start_factor, args.poly_power)
+    if short_run is not None:
+        logger.warning(short_run)
 
     # Resolve the checkpoint before anything is written: a bad one stops the run here.
     resume_dir, resume_warnings = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
@@ -281,6 +287,7 @@ def run(args, accelerator) -> dict:
         "max_train_steps": args.max_train_steps,
         "num_warmup_steps": args.num_warmup_steps,
         "learning_rate": args.learning_rate,
+        "avg_non_ignore": args.avg_non_ignore,
     }
     if resume_dir is not None:
         logger.info("Resuming from %s (step %s).", resume_dir, resume_marker["step"])
@@ -326,7 +333,7 @@ def run(args, accelerator) -> dict:
             images, labels = augment(batch["images"], batch["labels"], generator=state.generator,
                                      device=accelerator.device)
             with accelerator.accumulate(model):
-                loss = model(pixel_values=images, labels=labels).loss
+                loss, _ = segmentation_loss(model, images, labels, 255, args.avg_non_ignore)
                 check_finite_loss(loss, completed_steps + 1, accelerator)
                 accelerator.backward(loss)
                 step_loss += loss.detach() / accumulation
@@ -383,6 +390,7 @@ def run(args, accelerator) -> dict:
         "train_runtime_s": round(time.time() - started, 2),
         "resumed_from": str(resume_dir) if resume_dir else None,
         "num_processes": accelerator.num_processes,
+        "avg_non_ignore": args.avg_non_ignore,
     })
     logger.info("Evaluation: mIoU %.4f, mean accuracy %.4f, overall accuracy %.4f",
                 metrics["mean_iou"], metrics["mean_accuracy"], metrics["overall_accuracy"])
