@@ -31,7 +31,7 @@ import os
 import sys
 
 from paca_hf.file_utils import write_json_atomically
-from paca_hf.training.imagenet import evaluate_image_folder
+from paca_hf.training.imagenet_evaluation import evaluate_image_folder
 
 
 def parse_args(argv=None):

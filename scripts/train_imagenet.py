@@ -31,7 +31,7 @@ defaults are the authors' recipe (timm `train.py`, see `../shared/reference/pape
     precision       `--amp auto`: bf16 on GPUs that support it, else fp16; none on CPU
     drop path       the model config's (official names: tiny / small 0.1, base 0.5); `--drop_path_rate` overrides
 
-The recipe lives in `paca_hf.training.imagenet` (needs timm: `pip install -e ".[train]"`): the augmentation is timm's
+The recipe lives in `paca_hf.training.imagenet` (arguments in `imagenet_args`; needs timm: `pip install -e ".[train]"`): the augmentation is timm's
 own (`create_transform`, `Mixup`, `SoftTargetCrossEntropy`), as in the authors' timm `train.py`. Mixup runs inside
 `PaCaTrainer.compute_loss` (in training mode only, on the device), so evaluation sees clean batches with integer
 labels. `--resume_from_checkpoint` continues exactly: each sample's augmentation is seeded from (seed, epoch, index),
@@ -45,7 +45,8 @@ import sys
 import datasets
 import transformers
 
-from paca_hf.training.imagenet import parse_args, train_and_evaluate
+from paca_hf.training.imagenet import train_and_evaluate
+from paca_hf.training.imagenet_args import parse_args
 
 
 logger = logging.getLogger(__name__)

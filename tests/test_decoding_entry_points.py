@@ -20,6 +20,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from paca_hf.image_processing_pacavit import PaCaViTImageProcessor
+from paca_hf.image_processing_pil_pacavit import PaCaViTImageProcessorPil
 
 
 EXACT_ATOL = 1e-6
@@ -59,7 +60,7 @@ def _imagenet_train_pixels(source):
 
 def _imagenet_eval_pixels(source):
     """The ImageNet evaluation transform (train_imagenet's evaluation, evaluate_imagenet) with geometry off."""
-    from paca_hf.training.imagenet import EvalTransform
+    from paca_hf.training.imagenet_evaluation import EvalTransform
 
     processor = PaCaViTImageProcessor(do_resize=False, do_center_crop=False, do_normalize=False)
     return EvalTransform(processor)({"image": [source], "label": [0]})["pixel_values"][0].numpy().transpose(1, 2, 0)
@@ -119,6 +120,7 @@ def _segmentation_augment(source) -> np.ndarray:
 
 ENTRY_POINTS = [
     EntryPoint("PaCaViTImageProcessor", _processor_pixels(PaCaViTImageProcessor)),
+    EntryPoint("PaCaViTImageProcessorPil", _processor_pixels(PaCaViTImageProcessorPil)),
     EntryPoint("imagenet_train", _imagenet_train_pixels, atol=EIGHT_BIT_ATOL),
     EntryPoint("imagenet_eval", _imagenet_eval_pixels),
     EntryPoint("visualization", _visualization_pixels(True)),

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as tvF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from transformers.image_utils import SizeDict
 
 from paca_hf.image_processing_pacavit import PaCaViTImageProcessor
+from paca_hf.image_processing_pil_pacavit import PaCaViTImageProcessorPil
 
 
 MEAN = np.array([0.485, 0.456, 0.406])
@@ -28,9 +31,13 @@ LOW, HIGH = (0 - MEAN) / STD, (1 - MEAN) / STD
 RESIZE_ROUNDING_ATOL = 1.2 / 255
 
 
-@pytest.fixture(scope="module")
-def processor():
-    return PaCaViTImageProcessor()
+BACKENDS = {"torchvision": PaCaViTImageProcessor, "pil": PaCaViTImageProcessorPil}
+
+
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def processor(request):
+    """Each backend with its defaults: the tests using it hold for both."""
+    return BACKENDS[request.param]()
 
 
 def rng(seed=0):
@@ -57,11 +64,17 @@ def run(processor, images, **kwargs):
     return processor(images, return_tensors="np", **kwargs)["pixel_values"]
 
 
-def reference(image: Image.Image, resized_wh, crop_left_top, crop=224):
-    """The authors' eval transform done by hand: PIL bicubic resize, crop box, /255, ImageNet normalisation."""
-    resized = image.resize(resized_wh, Image.BICUBIC)
+def reference(image: Image.Image, resized_wh, crop_left_top, crop=224, backend="pil"):
+    """The authors' eval transform done by hand: bicubic resize (PIL's, or torchvision's antialiased one for the
+    torchvision backend), crop box, /255, ImageNet normalisation."""
+    if backend == "pil":
+        resized = np.asarray(image.resize(resized_wh, Image.BICUBIC))
+    else:
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        resized = tvF.resize(tensor, list(resized_wh[::-1]), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+        resized = resized.permute(1, 2, 0).numpy()
     left, top = crop_left_top
-    cropped = np.asarray(resized.crop((left, top, left + crop, top + crop)), dtype=np.float64) / 255.0
+    cropped = resized[top : top + crop, left : left + crop].astype(np.float64) / 255.0
     return ((cropped - MEAN) / STD).transpose(2, 0, 1)[None]
 
 
@@ -93,7 +106,7 @@ def test_default_transform_against_hand_built_reference(processor, width, height
     out = processor(image, return_tensors="pt")["pixel_values"]
     assert tuple(out.shape) == (1, 3, 224, 224)
     assert out.dtype == torch.float32
-    np.testing.assert_allclose(out.numpy(), reference(image, resized_wh, left_top), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out.numpy(), reference(image, resized_wh, left_top, backend=processor.backend), rtol=0, atol=1e-5)
 
 
 def test_return_tensors_np_and_list(processor):
@@ -109,7 +122,7 @@ def test_crop_pct_one_resizes_short_side_to_crop(processor):
     image = Image.fromarray(noise_rgb(200, 300, seed=3))
     out = run(processor, image, crop_pct=1.0)
     # 200x300 (h x w) -> 224 x 336, crop left (336 - 224) / 2 = 56, top 0.
-    np.testing.assert_allclose(out, reference(image, (336, 224), (56, 0)), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out, reference(image, (336, 224), (56, 0), backend=processor.backend), rtol=0, atol=1e-5)
 
 
 def test_per_call_and_constructor_overrides(processor):
@@ -319,6 +332,15 @@ def test_mixed_list_batches_to_same_shape(processor):
     batch = np.stack([noise_rgb(40, 60, seed=s) for s in range(3)])
     assert run(processor, batch).shape == (3, 3, 224, 224)
     assert run(processor, [[images[0]], [images[1], images[2]]]).shape == (3, 3, 224, 224)
+
+
+def test_same_shape_batch_equals_one_by_one(processor):
+    # The torchvision backend resizes images of one shape and dtype as one batch; uint8 and float inputs of the
+    # same shape go to different batches (only the uint8 ones are rescaled).
+    images = [noise_rgb(60, 80, seed=s) for s in range(3)] + [noise_rgb(60, 80, seed=9) / 255.0]
+    out = run(processor, images)
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(out[i], run(processor, image)[0])
 
 
 # ----------------------------------------------------------------------------- refused inputs
@@ -643,3 +665,140 @@ def test_save_and_load_round_trip(tmp_path):
     PaCaViTImageProcessor().save_pretrained(tmp_path / "default")
     default = PaCaViTImageProcessor.from_pretrained(tmp_path / "default", crop_pct=0.875)
     assert default.crop_pct == 0.875 and dict(default.size) == {"shortest_edge": 224}
+
+
+# ----------------------------------------------------------------------------- channels kept (do_convert_rgb=False)
+
+
+def test_four_channels_with_four_value_mean_and_std(processor):
+    array = noise_rgb(30, 40, seed=7)
+    rgbn = np.concatenate([array, array[..., :1] // 2], axis=-1)  # e.g. RGB + near infrared
+    mean, std = [0.5, 0.25, 0.0, 0.1], [0.5, 0.5, 1.0, 0.2]
+    geometry = dict(do_resize=False, do_center_crop=False)
+    out = run(processor, rgbn, do_convert_rgb=False, image_mean=mean, image_std=std, **geometry)
+    expected = (rgbn / 255.0 - np.array(mean)) / np.array(std)
+    assert out.shape == (1, 4, 30, 40)
+    np.testing.assert_allclose(out[0], expected.transpose(2, 0, 1), rtol=0, atol=1e-5)
+    # With the geometry on, the 4th channel is resized like the others (not treated as alpha).
+    resized = run(processor, rgbn, do_convert_rgb=False, image_mean=mean, image_std=std, crop_size=16, size=20)
+    assert resized.shape == (1, 4, 16, 16)
+    alone = run(processor, rgbn[..., 3], do_convert_rgb=False, image_mean=0.1, image_std=0.2, crop_size=16, size=20)
+    assert alone.shape == (1, 1, 16, 16)
+    np.testing.assert_allclose(resized[0, 3], alone[0, 0], rtol=0, atol=1e-6)
+    # do_convert_rgb=True (the default) drops the 4th channel and needs 3 values.
+    assert run(processor, rgbn, **geometry).shape == (1, 3, 30, 40)
+    with pytest.raises(ValueError, match="4 values"):
+        run(processor, rgbn, do_convert_rgb=False, **geometry)
+    with pytest.raises(ValueError, match="3 values"):
+        run(processor, rgbn, image_mean=mean, image_std=std, **geometry)
+
+
+# ----------------------------------------------------------------------------- both backends
+
+
+def photo_like(height=375, width=500, seed=0):
+    """A photo-like uint8 image: smooth shading, a few hard edges and sensor noise (JPEG-like statistics)."""
+    r = rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    base = np.stack([0.5 + 0.35 * np.sin(6 * x + c) * np.cos(4 * y - c) for c in range(3)], axis=-1)
+    base[(x - 0.6) ** 2 + (y - 0.4) ** 2 < 0.04] *= 0.4  # a dark disc
+    base[:, int(width * 0.2) : int(width * 0.25)] = [0.9, 0.85, 0.2]  # a bright vertical bar
+    noisy = base * 255 + r.normal(0, 6, base.shape)
+    return np.clip(noisy, 0, 255).round().astype(np.uint8)
+
+
+def test_backends_agree_on_a_photo_like_image():
+    tv, pil = PaCaViTImageProcessor(), PaCaViTImageProcessorPil()
+    images = [Image.fromarray(photo_like()), photo_like(240, 180, seed=1), photo_like(97, 131, seed=2) / 255.0]
+    labels = [rng(s).integers(0, 150, image.shape[:2] if isinstance(image, np.ndarray) else image.size[::-1])
+              for s, image in enumerate(images)]
+    raw = dict(do_normalize=False, return_tensors="pt")
+    a = tv(images, segmentation_maps=labels, **raw)
+    b = pil(images, segmentation_maps=labels, **raw)
+    assert a["pixel_values"].shape == b["pixel_values"].shape == (3, 3, 224, 224)
+    # Pixel values in [0, 1]: torchvision's and PIL's bicubic kernels differ by at most one 8-bit level.
+    assert (a["pixel_values"] - b["pixel_values"]).abs().max() <= 1e-2
+    assert (a["pixel_values"] - b["pixel_values"]).abs().mean() <= 1e-3
+    assert torch.equal(a["labels"], b["labels"])  # nearest neighbour: the same source pixels
+    normalized = tv(images, return_tensors="pt")["pixel_values"] - pil(images, return_tensors="pt")["pixel_values"]
+    assert normalized.abs().max() <= 1 / 255 / min(STD) + 1e-5
+
+
+@settings(max_examples=25, deadline=None)
+@given(height=st.integers(1, 400), width=st.integers(1, 400), new_height=st.integers(1, 400), new_width=st.integers(1, 400))
+def test_label_resize_picks_the_same_pixels_in_both_backends(height, width, new_height, new_width):
+    labels = np.arange(height * width, dtype=np.int64).reshape(1, height, width)  # every pixel its own label
+    size = SizeDict(height=new_height, width=new_width)
+    tv = PaCaViTImageProcessor().resize_labels(torch.from_numpy(labels), size).numpy()
+    pil = PaCaViTImageProcessorPil().resize_labels(labels, size)
+    np.testing.assert_array_equal(tv, pil)
+
+
+def test_saved_configs_load_with_either_backend(tmp_path):
+    from transformers import AutoImageProcessor
+
+    import paca_hf  # noqa: F401  (registers the processors)
+
+    for cls in (PaCaViTImageProcessor, PaCaViTImageProcessorPil):
+        folder = tmp_path / cls.__name__
+        cls(crop_pct=0.95, size=160, crop_size=144).save_pretrained(folder)
+        saved = json.loads((folder / "preprocessor_config.json").read_text())
+        assert saved["image_processor_type"] == "PaCaViTImageProcessor"  # the same file from both backends
+        assert type(AutoImageProcessor.from_pretrained(folder)) is PaCaViTImageProcessor  # torchvision by default
+        for backend, expected in (("torchvision", PaCaViTImageProcessor), ("pil", PaCaViTImageProcessorPil)):
+            loaded = AutoImageProcessor.from_pretrained(folder, backend=backend)
+            assert type(loaded) is expected
+            assert loaded.crop_pct == 0.95 and dict(loaded.size) == {"shortest_edge": 160}
+        for other in (PaCaViTImageProcessor, PaCaViTImageProcessorPil):
+            assert other.from_pretrained(folder).to_dict() == other(crop_pct=0.95, size=160, crop_size=144).to_dict()
+
+
+def test_pil_backend_runs_with_torchvision_blocked(tmp_path):
+    """The package imports and its PIL backend works where torchvision is missing (as transformers' own)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    image = photo_like(60, 80)
+    np.save(tmp_path / "image.npy", image)
+    PaCaViTImageProcessorPil(size=40, crop_size=32).save_pretrained(tmp_path)
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["torchvision"] = None  # `import torchvision` raises ImportError
+        import numpy as np
+        from transformers import AutoImageProcessor
+        import paca_hf
+
+        processor = AutoImageProcessor.from_pretrained(sys.argv[1])
+        assert type(processor).__name__ == "PaCaViTImageProcessorPil", type(processor)
+        out = processor(np.load(sys.argv[1] + "/image.npy"), return_tensors="np")["pixel_values"]
+        np.save(sys.argv[1] + "/out.npy", out)
+        try:
+            paca_hf.PaCaViTImageProcessor()
+        except ImportError as error:
+            print("torchvision backend refused:", error)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "torchvision backend refused" in result.stdout
+    expected = PaCaViTImageProcessorPil(size=40, crop_size=32)(image, return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+def test_post_process_returns_segmentation_scores(processor):
+    logits = torch.randn(2, 4, 3, 5, generator=torch.Generator().manual_seed(1))
+    plain = processor.post_process_semantic_segmentation(Output(logits), target_sizes=[(6, 10), (3, 5)])
+    scored = processor.post_process_semantic_segmentation(
+        Output(logits), target_sizes=[(6, 10), (3, 5)], return_segmentation_scores=True
+    )
+    for i, item in enumerate(scored):
+        assert torch.equal(item.segmentation, plain[i])
+        assert torch.equal(item.segmentation_scores.argmax(0), plain[i])
+    assert tuple(scored[0].segmentation_scores.shape) == (4, 6, 10)
+    upsampled = F.interpolate(logits[:1], size=(6, 10), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(scored[0].segmentation_scores, upsampled)
+    assert torch.equal(scored[1].segmentation_scores, logits[1])  # same size: the logits themselves
+    no_sizes = processor.post_process_semantic_segmentation(Output(logits), return_segmentation_scores=True)
+    assert torch.equal(no_sizes[0].segmentation_scores, logits[0])

@@ -1,13 +1,21 @@
 """Real transformers clients: Auto classes and pipelines on converted reference models."""
 
+import builtins
+import json
+import logging
+import sys
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+from transformers.utils import logging as transformers_logging
 
-from paca_hf import PaCaViTImageProcessor, PaCaViTForSemanticSegmentation
+import paca_hf
+from paca_hf import PaCaViTConfig, PaCaViTForSemanticSegmentation, PaCaViTImageProcessor
 from paca_hf.convert import convert_checkpoint
+from paca_hf.hub import add_remote_code
 from reference import case_checkpoint, case_config
 
 
@@ -78,3 +86,77 @@ def test_image_segmentation_pipeline_masks(tmp_path):
         assert mask.shape == (100, 150)
         label = config.label2id[result["label"]]
         np.testing.assert_array_equal(mask > 0, prediction.numpy() == label)
+
+
+class RecordingStdin:
+    """Stands for a closed standard input and records every attempt to read it."""
+
+    def __init__(self):
+        self.reads = []
+        self.closed = True
+
+    def _read(self, method, *args):
+        self.reads.append(method)
+        raise ValueError("I/O operation on closed file (standard input is closed in this test).")
+
+    def read(self, *args):
+        return self._read("read", *args)
+
+    def readline(self, *args):
+        return self._read("readline", *args)
+
+    def fileno(self):
+        return self._read("fileno")
+
+    def isatty(self):
+        return False
+
+
+class ErrorRecorder(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(f"{record.name}: {record.getMessage()}")
+
+
+@pytest.mark.parametrize(
+    "task, model_class, hub_task",
+    [
+        ("image-classification", "PaCaViTForImageClassification", "image-classification"),
+        ("image-feature-extraction", "PaCaViTModel", "image-classification"),
+        ("image-segmentation", "PaCaViTForSemanticSegmentation", "semantic-segmentation"),
+    ],
+)
+def test_pipelines_on_a_hub_ready_folder_ask_nothing_and_log_no_error(task, model_class, hub_task, tmp_path,
+                                                                      monkeypatch):
+    """A converted Hub-ready folder (config.json with an `auto_map` to remote code files) with paca_hf installed:
+    the pipeline uses the installed classes, never reads standard input (transformers' "Do you wish to run the
+    custom code? [y/N]") and logs nothing at ERROR."""
+    config = PaCaViTConfig(hidden_sizes=[16, 32], depths=[1, 1], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+                           num_clusters=[4, 0], clustering_interval=[0, 0], num_labels=3, decode_head_hidden_size=16)
+    getattr(paca_hf, model_class)(config).save_pretrained(tmp_path)
+    PaCaViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path)
+    add_remote_code(tmp_path, hub_task)
+    assert "auto_map" in json.loads((tmp_path / "config.json").read_text())
+
+    stdin = RecordingStdin()
+    monkeypatch.setattr(sys, "stdin", stdin)
+    prompts = []
+    monkeypatch.setattr(builtins, "input", lambda *args: prompts.append(args) or "")
+    errors = ErrorRecorder()
+    loggers = [logging.getLogger(), transformers_logging.get_logger("transformers")]
+    for logger in loggers:
+        logger.addHandler(errors)
+    try:
+        run = pipeline(task, model=str(tmp_path), device="cpu")
+        output = run(scene())
+    finally:
+        for logger in loggers:
+            logger.removeHandler(errors)
+    assert prompts == [] and stdin.reads == []
+    assert errors.messages == []
+    assert type(run.model) is getattr(paca_hf, model_class)
+    assert type(run.image_processor) is PaCaViTImageProcessor
+    assert output, f"{task} returned nothing"

@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTImageProcessor
-from paca_hf.training import imagenet
+from paca_hf.training import imagenet, imagenet_args, imagenet_evaluation
 from tiny_configs import tiny_config
 
 
@@ -39,7 +39,7 @@ def _seed_everything(seed):
 def test_train_transform_is_timms_create_transform_seeded_per_sample():
     """One augmented batch of ImageNetTrainDataset equals timm's create_transform called directly with the recipe's
     settings, each sample under the seed SeedSequence([seed, epoch, index]) (hand-derived here)."""
-    _, _, aug_args, _ = imagenet.parse_args(["--config_name", "x"])
+    _, _, aug_args, _ = imagenet_args.parse_args(["--config_name", "x"])
     transform = imagenet.train_transform(aug_args, 32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     names = [type(t).__name__ for t in transform.transforms]
     assert names[:3] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment"]
@@ -66,7 +66,7 @@ def test_train_transform_is_timms_create_transform_seeded_per_sample():
     _seed_everything(123)
     before = random.random(), np.random.rand(), torch.rand(1).item()
     _seed_everything(123)
-    batch = imagenet.collate_fn([dataset[index] for index in range(6)])
+    batch = imagenet_evaluation.collate_fn([dataset[index] for index in range(6)])
     # the caller's generators are untouched
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == before
     assert batch["pixel_values"].shape == (6, 3, 32, 32) and batch["labels"].tolist() == rows["label"]
@@ -90,10 +90,10 @@ def test_train_transform_is_timms_create_transform_seeded_per_sample():
 def test_trainer_loss_uses_timm_mixup_in_training_and_plain_cross_entropy_in_evaluation(tmp_path):
     torch.manual_seed(0)
     model = PaCaViTForImageClassification(tiny_config(num_labels=3))
-    args = imagenet.PaCaTrainingArguments(
+    args = imagenet_args.PaCaTrainingArguments(
         output_dir=str(tmp_path), use_cpu=True, report_to="none", learning_rate=1e-3, eval_strategy="no"
     )
-    _, _, aug_args, _ = imagenet.parse_args(["--config_name", "x"])
+    _, _, aug_args, _ = imagenet_args.parse_args(["--config_name", "x"])
     mixup = imagenet.build_mixup(aug_args, num_classes=3, label_smoothing=0.1)
     assert (mixup.mixup_alpha, mixup.cutmix_alpha, mixup.mix_prob, mixup.switch_prob) == (0.8, 1.0, 1.0, 0.5)
     assert (mixup.mode, mixup.label_smoothing, mixup.num_classes) == ("batch", 0.1, 3)
@@ -133,7 +133,8 @@ def test_trainer_loss_uses_timm_mixup_in_training_and_plain_cross_entropy_in_eva
 
 def test_recipe_defaults():
     train = imagenet
-    model_args, data_args, aug_args, args = train.parse_args(["--config_name", "pacavit_base_p2cconv_100_0"])
+    parse_args = imagenet_args.parse_args
+    model_args, data_args, aug_args, args = parse_args(["--config_name", "pacavit_base_p2cconv_100_0"])
     assert data_args.dataset_name == "imagenet-1k"
     assert (args.weight_decay, args.num_train_epochs, args.label_smoothing_factor) == (0.05, 300.0, 0.1)
     assert args.per_device_train_batch_size == 128 and args.learning_rate is None and not args.remove_unused_columns
@@ -153,7 +154,7 @@ def test_recipe_defaults():
     assert config.drop_path_rate == 0.5 and config.id2label == {0: "a", 1: "b"}  # PaCa-Base's stochastic depth
     assert config.problem_type == "single_label_classification"
     # an explicit learning rate and warm-up win
-    _, _, _, args = train.parse_args(["--config_name", "x", "--learning_rate", "0.01", "--warmup_steps", "7"])
+    _, _, _, args = parse_args(["--config_name", "x", "--learning_rate", "0.01", "--warmup_steps", "7"])
     train.apply_recipe(args, num_train_examples=1000)
     assert (args.learning_rate, args.warmup_steps) == (0.01, 7)
 
@@ -201,7 +202,7 @@ def _tiny_folders(tmp_path):
 
 
 def _run(argv):
-    return imagenet.train_and_evaluate(*imagenet.parse_args(argv))
+    return imagenet.train_and_evaluate(*imagenet_args.parse_args(argv))
 
 
 def test_train_then_evaluate_on_a_tiny_folder(tmp_path):
@@ -242,13 +243,13 @@ def test_train_then_evaluate_on_a_tiny_folder(tmp_path):
 
     # a folder with only some of the classes is mapped by name, not by position
     _image_folder(tmp_path / "val_subset", classes=[1, 2], per_class=3, seed=2)
-    scored = imagenet.evaluate_image_folder(
+    scored = imagenet_evaluation.evaluate_image_folder(
         str(out), str(tmp_path / "val_subset"), cache_dir=str(tmp_path / "cache")
     )
     assert scored["num_samples"] == 6 and scored["label_mapping"] == "names"
     assert scored["top1"] == pytest.approx(_direct_top1(out, tmp_path / "val_subset"))
     with pytest.raises(ValueError, match="cannot be mapped"):
-        imagenet.evaluate_image_folder(
+        imagenet_evaluation.evaluate_image_folder(
             str(out), str(tmp_path / "val_subset"), label_mapping="sorted", cache_dir=str(tmp_path / "cache")
         )
 
@@ -258,7 +259,7 @@ def test_train_then_evaluate_on_a_tiny_folder(tmp_path):
         diverged.classifier.weight.fill_(float("nan"))
     diverged.save_pretrained(tmp_path / "diverged")
     PaCaViTImageProcessor.from_pretrained(out).save_pretrained(tmp_path / "diverged")
-    scored = imagenet.evaluate_image_folder(str(tmp_path / "diverged"), str(tmp_path / "val_subset"))
+    scored = imagenet_evaluation.evaluate_image_folder(str(tmp_path / "diverged"), str(tmp_path / "val_subset"))
     assert scored["top1"] == scored["top5"] == 0.0
 
 
@@ -284,9 +285,11 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
 
 
 def test_the_package_and_the_model_do_not_import_timm():
-    """timm is the training extra's: `import paca_hf`, the model and `paca_hf.training` work without it."""
+    """timm is the training extra's: `import paca_hf`, the model, `paca_hf.training` and the ImageNet arguments and
+    evaluation (scripts/evaluate_imagenet.py) work without it."""
     code = (
         "import sys; import paca_hf, paca_hf.training; from paca_hf import PaCaViTForImageClassification; "
+        "import paca_hf.training.imagenet_args, paca_hf.training.imagenet_evaluation; "
         "from tiny_configs import tiny_config; PaCaViTForImageClassification(tiny_config()); "
         "print(sorted(name for name in sys.modules if name.split('.')[0] == 'timm'))"
     )

@@ -10,10 +10,13 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForSemanticSegmentation,
+    AutoVideoProcessor,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
 from .configuration_pacavit import PaCaViTConfig
 from .image_processing_pacavit import PaCaViTImageProcessor
+from .image_processing_pil_pacavit import PaCaViTImageProcessorPil
 from .modeling_pacavit import (
     PaCaViTBackbone,
     PaCaViTForImageClassification,
@@ -28,7 +31,18 @@ AutoModel.register(PaCaViTConfig, PaCaViTModel, exist_ok=True)
 AutoModelForImageClassification.register(PaCaViTConfig, PaCaViTForImageClassification, exist_ok=True)
 AutoModelForSemanticSegmentation.register(PaCaViTConfig, PaCaViTForSemanticSegmentation, exist_ok=True)
 AutoBackbone.register(PaCaViTConfig, PaCaViTBackbone, exist_ok=True)
-AutoImageProcessor.register(PaCaViTConfig, image_processor_classes={"pil": PaCaViTImageProcessor}, exist_ok=True)
+AutoImageProcessor.register(
+    PaCaViTConfig,
+    image_processor_classes={"torchvision": PaCaViTImageProcessor, "pil": PaCaViTImageProcessorPil},
+    exist_ok=True,
+)
+# PaCa-ViT has no video processor. Saying so locally keeps pipelines, which try every kind of processor, from offering to
+# run a Hub-ready folder's remote code for one (transformers derives a video `auto_map` entry from the image
+# processor's and would ask "Do you wish to run the custom code?" on standard input).
+AutoVideoProcessor.register(PaCaViTConfig, video_processor_classes={}, exist_ok=True)
+# The image-segmentation pipeline checks model class names against transformers' name table, where registered classes
+# are missing (it would log an error although it works). The table is keyed by model type: no built-in model uses ours.
+MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(PaCaViTConfig.model_type, PaCaViTForSemanticSegmentation.__name__)
 
 __all__ = [
     "PaCaViTBackbone",
@@ -36,6 +50,7 @@ __all__ = [
     "PaCaViTForImageClassification",
     "PaCaViTForSemanticSegmentation",
     "PaCaViTImageProcessor",
+    "PaCaViTImageProcessorPil",
     "PaCaViTModel",
     "PaCaViTPreTrainedModel",
 ]

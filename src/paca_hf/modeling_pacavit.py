@@ -13,6 +13,13 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import (
+    OutputRecorder,
+    capture_outputs,
+    resolve_hidden_states_indices,
+    selected_hidden_states,
+)
 
 from .configuration_pacavit import PaCaViTConfig
 
@@ -95,6 +102,12 @@ def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map.flatten(2).transpose(1, 2)
 
 
+def is_tracing() -> bool:
+    """True while the model is traced for a graph (torch.export, dynamo ONNX export, torch.compile, TorchScript
+    ONNX export): there the eager-only memory tricks are left out and every shape stays symbolic."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
 def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop whole residual branches per sample."""
     if drop_prob == 0.0 or not training:
@@ -109,9 +122,12 @@ class PaCaViTConv2d(nn.Conv2d):
     """Conv2d computed in channels-last memory. Feature maps here are views of `(batch, tokens, channels)`
     tensors, i.e. channels-last already: with a channels-last weight the convolution reads them without a copy and
     returns a map that flattens back to contiguous tokens. (A depthwise weight of shape (C, 1, k, k) counts as
-    contiguous in both formats, so it is restrided explicitly; this costs a copy of the weight only.)"""
+    contiguous in both formats, so it is restrided explicitly; this costs a copy of the weight only.) A traced graph
+    has no memory format, so there the plain convolution is recorded."""
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        if is_tracing():
+            return super().forward(feature_map)
         weight = torch.empty_like(self.weight, memory_format=torch.channels_last).copy_(self.weight)
         return self._conv_forward(feature_map.contiguous(memory_format=torch.channels_last), weight, self.bias)
 
@@ -253,9 +269,13 @@ class PaCaViTAttention(nn.Module):
         height: int,
         width: int,
         cluster_assignment: torch.Tensor | None = None,
-        output_attentions: bool = False,
+        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Returns the attention output `(batch, patches, hidden_size)`, the attention weights `(batch, heads, patches,
+        keys)` (None unless `output_attentions=True` is in `kwargs` or the eager implementation is set) and the
+        cluster assignment `(batch, clusters, patches)` used (None without clusters)."""
         batch_size, num_patches, hidden_size = hidden_states.shape
+        output_attentions = kwargs.get("output_attentions", False)
         if self.num_clusters > 0:
             if self.clustering is not None:
                 logits = self.clustering(hidden_states, height, width)
@@ -287,7 +307,7 @@ class PaCaViTAttention(nn.Module):
             is_causal=False,
         )
         attn_output = self.dropout(self.dense(attn_output.reshape(batch_size, num_patches, hidden_size)))
-        return attn_output, cluster_assignment, attn_weights if output_attentions else None
+        return attn_output, attn_weights, cluster_assignment
 
 
 class PaCaViTMixFFN(nn.Module):
@@ -312,6 +332,10 @@ class PaCaViTMixFFN(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if is_tracing():
+            # One band: the number of bands depends on the image size, which a graph exported for any size must not
+            # fix. (Same outputs; the bands only save memory traffic in eager mode.)
+            return self.forward_band(hidden_states, height, width, 0, height)
         rows_per_band = height if self.chunk_size == 0 else max(1, self.chunk_size // width)
         bands = [
             self.forward_band(hidden_states, height, width, start, min(start + rows_per_band, height))
@@ -321,11 +345,16 @@ class PaCaViTMixFFN(nn.Module):
 
     def forward_band(self, hidden_states: torch.Tensor, height: int, width: int, start: int, stop: int) -> torch.Tensor:
         """Output for the patches of rows `start` to `stop` (exclusive)."""
-        first, last = max(start - 1, 0), min(stop + 1, height)
-        expanded = tokens_to_map(self.dense1(hidden_states[:, first * width : last * width]), last - first, width)
+        first = max(start - 1, 0)
+        last = height if stop == height else stop + 1
+        if first > 0 or last != height:
+            hidden_states = hidden_states[:, first * width : last * width]
+        expanded = tokens_to_map(self.dense1(hidden_states), last - first, width)
         # In place on the conv's fresh output, not on a view of it (autograd would then copy the whole map in
         # backward); its backward does not need it. One expanded map less at peak.
-        mixed = self.depthwise_conv(expanded).add_(expanded)[:, :, start - first : stop - first]
+        mixed = self.depthwise_conv(expanded).add_(expanded)
+        if start > first or stop < last:
+            mixed = mixed[:, :, start - first : stop - first]
         mixed = self.dropout(self.activation(map_to_tokens(mixed)))
         return self.dropout(self.dense2(mixed))
 
@@ -348,14 +377,15 @@ class PaCaViTLayer(GradientCheckpointingLayer):
         height: int,
         width: int,
         cluster_assignment: torch.Tensor | None = None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        attention_output, cluster_assignment, attn_weights = self.attention(
-            self.layernorm_before(hidden_states), height, width, cluster_assignment, output_attentions
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the block's output tokens and the cluster assignment its attention used."""
+        attention_output, _, cluster_assignment = self.attention(
+            self.layernorm_before(hidden_states), height, width, cluster_assignment, **kwargs
         )
         hidden_states = hidden_states + self.drop_path(attention_output)
         hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states), height, width))
-        return hidden_states, cluster_assignment, attn_weights
+        return hidden_states, cluster_assignment
 
 
 class PaCaViTConvActNorm(nn.Sequential):
@@ -442,6 +472,15 @@ class PaCaViTClusteringTeacher(nn.Module):
         return assignments, [map_to_tokens(output) for output in stage_outputs]
 
 
+class PaCaViTClusterAssignmentMap(nn.Module):
+    """Reshapes a stage's cluster assignment `(batch, clusters, height * width)` to a map `(batch, clusters, height,
+    width)`; passes None through for a stage without clusters. Its output is what `output_cluster_assignments`
+    records, one entry per stage."""
+
+    def forward(self, cluster_assignment: torch.Tensor | None, height: int, width: int) -> torch.Tensor | None:
+        return None if cluster_assignment is None else cluster_assignment.unflatten(2, (height, width))
+
+
 class PaCaViTStage(nn.Module):
     """Downsampling (for every stage but the first), PaCa blocks and a final LayerNorm."""
 
@@ -465,28 +504,28 @@ class PaCaViTStage(nn.Module):
             for index in range(config.depths[stage_index])
         )
         self.layer_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.cluster_assignment_map = PaCaViTClusterAssignmentMap()
 
     def forward(
         self,
         hidden_states: torch.Tensor,
-        height: int,
-        width: int,
+        height: int | None = None,
+        width: int | None = None,
         cluster_assignment: torch.Tensor | None = None,
         teacher_output: torch.Tensor | None = None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, int, int, torch.Tensor | None, tuple]:
-        """Takes the previous stage's tokens (or the stem's) and returns this stage's normalised tokens."""
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Takes the previous stage's feature map `(batch, channels, height, width)` (or the stem's tokens with their
+        `height` and `width`) and returns this stage's normalised feature map and the cluster assignment map of its
+        last block (None without clusters)."""
         if self.downsample is not None:
-            hidden_states, height, width = self.downsample(tokens_to_map(hidden_states, height, width))
-        attentions = ()
+            hidden_states, height, width = self.downsample(hidden_states)
         for layer in self.layers:
-            hidden_states, cluster_assignment, attn_weights = layer(
-                hidden_states, height, width, cluster_assignment, output_attentions
-            )
-            attentions += (attn_weights,)
+            hidden_states, cluster_assignment = layer(hidden_states, height, width, cluster_assignment, **kwargs)
         if teacher_output is not None:
             hidden_states = hidden_states + teacher_output
-        return self.layer_norm(hidden_states), height, width, cluster_assignment, attentions
+        feature_map = tokens_to_map(self.layer_norm(hidden_states), height, width)
+        return feature_map, self.cluster_assignment_map(cluster_assignment, height, width)
 
 
 class PaCaViTPreTrainedModel(PreTrainedModel):
@@ -498,6 +537,15 @@ class PaCaViTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["PaCaViTLayer", "PaCaViTClusteringTeacher"]
+    _can_record_outputs = {
+        # The stages' NCHW feature maps (the next stage's input, so they are on the autograd graph); the stem's
+        # input is raw pixels and is not recorded.
+        "hidden_states": OutputRecorder(
+            PaCaViTStage, capture_initial_hidden_state=False, num_hidden_layers_key="num_stages"
+        ),
+        "attentions": PaCaViTAttention,
+        "cluster_assignments": PaCaViTClusterAssignmentMap,
+    }
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -565,45 +613,26 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
         )
         self.post_init()
 
-    @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_cluster_assignments: bool | None = None,
-        **kwargs,
-    ) -> PaCaViTModelOutput:
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> PaCaViTModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): any height and width.
-        output_cluster_assignments (`bool`, *optional*): return each stage's cluster assignment.
+        output_hidden_states, output_attentions, output_cluster_assignments (`bool`, *optional*): return each stage's
+            feature map, every block's attention weights (computed by the eager path for this call), each stage's
+            cluster assignment (see [`PaCaViTModelOutput`]).
         """
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
         check_pixel_values(pixel_values, self.config.num_channels)
+        kwargs["output_attentions"] = kwargs.get("output_attentions") or self.config.output_attentions
 
         hidden_states, height, width = self.embeddings(pixel_values)
         teacher_assignments = teacher_outputs = [None] * self.config.num_stages
         if self.clustering_teacher is not None:
             teacher_assignments, teacher_outputs = self.clustering_teacher(tokens_to_map(hidden_states, height, width))
 
-        all_hidden_states, all_attentions, all_assignments = (), (), ()
         for stage, teacher_assignment, teacher_output in zip(self.stages, teacher_assignments, teacher_outputs):
-            hidden_states, height, width, assignment, attentions = stage(
-                hidden_states, height, width, teacher_assignment, teacher_output, output_attentions
-            )
-            all_hidden_states += (tokens_to_map(hidden_states, height, width),)
-            all_attentions += attentions
-            all_assignments += (None if assignment is None else assignment.unflatten(2, (height, width)),)
-
-        return PaCaViTModelOutput(
-            last_hidden_state=all_hidden_states[-1],
-            pooler_output=hidden_states.mean(dim=1),
-            hidden_states=all_hidden_states if output_hidden_states else None,
-            attentions=all_attentions if output_attentions else None,
-            cluster_assignments=all_assignments if output_cluster_assignments else None,
-        )
+            hidden_states, _ = stage(hidden_states, height, width, teacher_assignment, teacher_output, **kwargs)
+        return PaCaViTModelOutput(last_hidden_state=hidden_states, pooler_output=hidden_states.mean(dim=(2, 3)))
 
 
 class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
@@ -623,21 +652,14 @@ class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_cluster_assignments: bool | None = None,
         **kwargs,
     ) -> PaCaViTImageClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices for the cross-entropy loss
             (or float targets for regression / multi-label, following `config.problem_type`).
+        output_hidden_states, output_attentions, output_cluster_assignments: as in [`PaCaViTModel`].
         """
-        outputs = self.pacavit(
-            pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            output_cluster_assignments=output_cluster_assignments,
-        )
+        outputs = self.pacavit(pixel_values, **kwargs)
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
@@ -749,30 +771,30 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        output_cluster_assignments: bool | None = None,
         **kwargs,
     ) -> PaCaViTSemanticSegmenterOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*): class index of every pixel,
             `config.semantic_loss_ignore_index` (255) for pixels to ignore.
+        output_hidden_states, output_attentions, output_cluster_assignments: as in [`PaCaViTModel`].
         """
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        outputs = self.pacavit(
-            pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=True,
-            output_cluster_assignments=output_cluster_assignments,
-        )
+        # The head reads every stage's feature map; the caller gets those that `output_hidden_states` selects.
+        outputs = self.pacavit(pixel_values, output_hidden_states=True, **kwargs)
         logits, cluster_logits = self.decode_head(outputs.hidden_states)
         loss = None if labels is None else self.compute_loss(logits, cluster_logits, labels)
+        hidden_states = outputs.hidden_states if output_hidden_states is not False else None
+        selected = selected_hidden_states(output_hidden_states)
+        if selected is not None:
+            kept = resolve_hidden_states_indices(self, selected, num_hidden_states=len(hidden_states))
+            hidden_states = tuple(state if index in kept else None for index, state in enumerate(hidden_states))
         return PaCaViTSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
             cluster_logits=cluster_logits,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            hidden_states=hidden_states,
             attentions=outputs.attentions,
             cluster_assignments=outputs.cluster_assignments,
         )
@@ -792,12 +814,13 @@ class PaCaViTBackbone(BackboneMixin, PaCaViTModel):
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
         **kwargs,
     ) -> BackboneOutput:
-        outputs = PaCaViTModel.forward(
-            self, pixel_values, output_attentions=output_attentions, output_hidden_states=True
-        )
+        r"""
+        output_hidden_states (`bool`, *optional*): also return every stage's feature map.
+        output_attentions (`bool`, *optional*): also return every block's attention weights.
+        """
+        outputs = PaCaViTModel.forward(self, pixel_values, output_hidden_states=True, **kwargs)
         feature_maps = tuple(
             hidden_state
             for stage, hidden_state in zip(self.stage_names, outputs.hidden_states)

@@ -5,7 +5,9 @@ timm (the training extra, `pip install -e ".[train]"`) provides the recipe's pie
 soft-target loss (`timm.loss.SoftTargetCrossEntropy`). `import paca_hf` and the model never import timm; this module
 does, at import time.
 
-(Over 500 lines because it is one recipe end to end, and about 150 of them are the command-line argument classes.)
+The command-line arguments (`ModelArguments`, `DataTrainingArguments`, `AugmentationArguments`,
+`PaCaTrainingArguments`, `parse_args`) are in `imagenet_args`; the evaluation transform, collate and the image-folder
+evaluation of scripts/evaluate_imagenet.py in `imagenet_evaluation` (neither needs timm).
 
 Randomness and exact resume. Every random draw of the recipe comes from one of two places:
 
@@ -27,150 +29,24 @@ import logging
 import math
 import os
 import random
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup, create_transform
 from timm.loss import SoftTargetCrossEntropy
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from ..configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
 from ..images import load_image
-from ..metrics.accuracy_topk.accuracy_topk import true_class_rank
+from .imagenet_args import AugmentationArguments, DataTrainingArguments, ModelArguments, PaCaTrainingArguments
+from .imagenet_evaluation import EvalTransform, collate_fn
 
 
 logger = logging.getLogger(__name__)
 
 # timm's warmup_lr (5e-7) and min_lr (5e-6) as fractions of the recipe's base learning rate (5e-4).
 RECIPE_SCHEDULER_KWARGS = {"min_lr_rate": 0.01, "warmup_lr_rate": 0.001}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# arguments
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "A PaCa-ViT checkpoint to start from: a folder or a Hub id. Exclusive with --config_name."},
-    )
-    config_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Train from scratch with this architecture: an official name (e.g. pacavit_tiny_p2cconv_100_0), "
-            "a config.json or a folder holding one."
-        },
-    )
-    image_processor_name: str | None = field(
-        default=None, metadata={"help": "Image processor folder / Hub id (default: the model's, else a new one)."}
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Cache folder for Hub downloads and datasets."})
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the Hub model."})
-    token: str | None = field(default=None, metadata={"help": "Hub token for private / gated repos."})
-    ignore_mismatched_sizes: bool = field(
-        default=False, metadata={"help": "Re-initialise a classifier head whose size differs (new classes)."}
-    )
-    drop_path_rate: float | None = field(
-        default=None, metadata={"help": "Stochastic depth rate (default: the config's; official: 0.1 / 0.1 / 0.5)."}
-    )
-
-
-@dataclass
-class DataTrainingArguments:
-    dataset_name: str | None = field(
-        default="imagenet-1k",
-        metadata={"help": "Hub dataset id; ignored when --train_dir / --validation_dir are given."},
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
-    train_dir: str | None = field(default=None, metadata={"help": "Training image folder (class sub-folders)."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Validation image folder (class sub-folders)."})
-    train_val_split: float | None = field(
-        default=0.15, metadata={"help": "Fraction of train held out for evaluation when there is no validation split."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training images."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many evaluation images."})
-    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
-    label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
-
-
-@dataclass
-class AugmentationArguments:
-    image_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Training crop and evaluation crop size (default: the image processor's crop size, 224 for a "
-            "new one)."
-        },
-    )
-    crop_pct: float | None = field(
-        default=None, metadata={"help": "Evaluation centre-crop ratio (default: the image processor's, 0.9)."}
-    )
-    scale: list[float] = field(
-        default_factory=lambda: [0.08, 1.0], metadata={"help": "RandomResizedCrop area range."}
-    )
-    ratio: list[float] = field(
-        default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0], metadata={"help": "RandomResizedCrop aspect-ratio range."}
-    )
-    hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability."})
-    interpolation: str = field(default="bicubic", metadata={"help": "Resampling of the crop and of RandAugment."})
-    auto_augment: str | None = field(
-        default="rand-m9-mstd0.5-inc1", metadata={"help": "timm RandAugment config string; 'none' switches it off."}
-    )
-    reprob: float = field(default=0.25, metadata={"help": "Random erasing probability (0 switches it off)."})
-    remode: str = field(default="pixel", metadata={"help": "Random erasing fill: pixel, rand or const."})
-    recount: int = field(default=1, metadata={"help": "Random erasing: boxes per erased image."})
-    mixup: float = field(default=0.8, metadata={"help": "Mixup alpha (0 switches Mixup off)."})
-    cutmix: float = field(default=1.0, metadata={"help": "CutMix alpha (0 switches CutMix off)."})
-    cutmix_minmax: list[float] | None = field(
-        default=None, metadata={"help": "CutMix box side range (min max); overrides the alpha-based box."}
-    )
-    mixup_prob: float = field(default=1.0, metadata={"help": "Probability of mixing a batch at all."})
-    mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of CutMix when both are on."})
-
-
-@dataclass
-class PaCaTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the authors' recipe as defaults, plus three recipe settings."""
-
-    learning_rate: float | None = field(
-        default=None,
-        metadata={"help": "Peak learning rate. Default: --base_learning_rate x global batch / 512."},
-    )
-    base_learning_rate: float = field(
-        default=5e-4, metadata={"help": "Learning rate for a global batch of 512 (scaled linearly)."}
-    )
-    warmup_epochs: float = field(
-        default=5.0, metadata={"help": "Warm-up length in epochs, used when --warmup_steps is 0."}
-    )
-    amp: str = field(
-        default="auto",
-        metadata={"help": "Mixed precision when neither --bf16 nor --fp16 is given: auto (bf16, else fp16 on GPU; "
-                  "none on CPU), bf16, fp16 or no."},
-    )
-    num_train_epochs: float = field(default=300.0, metadata={"help": "Total number of training epochs."})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases and norms)."})
-    lr_scheduler_type: str = field(
-        default="cosine_warmup_with_min_lr",
-        metadata={"help": "Scheduler; the default gets lr_scheduler_kwargs min_lr_rate 0.01, warmup_lr_rate 0.001."},
-    )
-    label_smoothing_factor: float = field(default=0.1, metadata={"help": "Label smoothing (also inside Mixup)."})
-    per_device_train_batch_size: int = field(default=128, metadata={"help": "Training batch size per device."})
-    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per device."})
-    do_train: bool = field(default=True, metadata={"help": "Run training."})
-    do_eval: bool = field(default=True, metadata={"help": "Evaluate at the end (and per --eval_strategy)."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to save checkpoints: no, steps or epoch."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints to keep."})
-    logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Must stay False: the image transforms need the raw columns."}
-    )
-    dataloader_num_workers: int = field(
-        default=min(8, os.cpu_count() or 1), metadata={"help": "Data loading processes (decoding + RandAugment)."}
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -249,30 +125,6 @@ class ImageNetTrainDataset(torch.utils.data.Dataset):
         with seeded_global_rngs(sample_seed(self.seed, self.epoch, index)):
             pixel_values = self.transform(image)
         return {"pixel_values": pixel_values, "labels": int(example[self.label_column])}
-
-
-class EvalTransform:
-    """`datasets` transform: `{image, label}` columns -> `{pixel_values, labels}` through the image processor (the
-    authors' evaluation transform), which decodes with `paca_hf.images` (16-bit data kept). A class, so that
-    DataLoader workers can pickle it under any start method."""
-
-    def __init__(self, image_processor, image_column: str = "image", label_column: str = "label"):
-        self.image_processor = image_processor
-        self.image_column = image_column
-        self.label_column = label_column
-
-    def __call__(self, batch):
-        return {
-            "pixel_values": list(self.image_processor(batch[self.image_column], return_tensors="pt")["pixel_values"]),
-            "labels": batch[self.label_column],
-        }
-
-
-def collate_fn(examples):
-    return {
-        "pixel_values": torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples]),
-        "labels": torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long),
-    }
 
 
 def load_data(data_args: DataTrainingArguments, model_args: ModelArguments, seed: int):
@@ -481,20 +333,6 @@ class PaCaTrainer(Trainer):
 # the training run (scripts/train_imagenet.py)
 
 
-def parse_args(argv=None):
-    """`(ModelArguments, DataTrainingArguments, AugmentationArguments, PaCaTrainingArguments)` from command-line
-    arguments, or from a single `.json` file of them."""
-    import sys
-
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, AugmentationArguments, PaCaTrainingArguments))
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
 def _limit(dataset, max_samples: int | None, seed: int):
     if max_samples is None:
         return dataset
@@ -604,90 +442,3 @@ def train_and_evaluate(model_args, data_args, aug_args, training_args) -> dict |
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     return metrics
-
-
-# ----------------------------------------------------------------------------------------------------------
-# top-1 / top-5 of a classifier on an image folder (scripts/evaluate_imagenet.py)
-
-
-def folder_label_map(folder_names: list[str], config, mode: str) -> tuple[str, np.ndarray]:
-    """`(mapping used, model class index of every folder index)` for `--label_mapping` `names`, `sorted` or
-    `auto` (see scripts/evaluate_imagenet.py). Raises `ValueError` when the folders cannot be mapped."""
-    label2id = {str(name): int(index) for name, index in (config.label2id or {}).items()}
-    names_fit = all(name in label2id for name in folder_names)
-    if mode == "names" or (mode == "auto" and names_fit):
-        if not names_fit:
-            missing = [name for name in folder_names if name not in label2id][:5]
-            raise ValueError(f"folder names {missing} are not label names of the model (config.label2id)")
-        return "names", np.array([label2id[name] for name in folder_names], dtype=np.int64)
-    if len(folder_names) != config.num_labels:
-        why = "" if names_fit else "; the folder names are not label names of the model either"
-        raise ValueError(
-            f"the folder has {len(folder_names)} classes and the model {config.num_labels}, so folder i cannot be "
-            f"mapped to class i{why} (see --label_mapping)"
-        )
-    return "sorted", np.arange(len(folder_names), dtype=np.int64)
-
-
-def evaluate_image_folder(
-    model_name_or_path: str,
-    validation_dir: str,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    label_mapping: str = "auto",
-    device: str | None = None,
-    max_samples: int | None = None,
-    cache_dir: str | None = None,
-) -> dict:
-    """Top-1 / top-5 accuracy (fractions and percentages) of a classifier on an imagefolder-layout folder, with the
-    model's own image processor (the authors' transform when none is saved). A sample whose scores are not all
-    finite counts as wrong (see `accuracy_topk`). Raises `ValueError` for an empty folder or unmappable classes."""
-    import time
-
-    from datasets import ClassLabel, load_dataset
-    from transformers import AutoModelForImageClassification
-
-    from ..loading import load_image_processor
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = AutoModelForImageClassification.from_pretrained(model_name_or_path, cache_dir=cache_dir)
-    model = model.to(device).eval()
-    processor = load_image_processor(model_name_or_path, cache_dir=cache_dir)
-
-    data_files = {"validation": os.path.join(validation_dir, "**")}
-    dataset = load_dataset("imagefolder", data_files=data_files, split="validation", cache_dir=cache_dir)
-    feature = dataset.features.get("label")
-    if not isinstance(feature, ClassLabel):
-        raise ValueError(f"{validation_dir} has no class sub-folders (imagefolder layout expected)")
-    mapping, to_model = folder_label_map(list(feature.names), model.config, label_mapping)
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
-    dataset.set_transform(EvalTransform(processor))
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
-        pin_memory=device.type == "cuda",
-    )
-
-    ranks = []
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for batch in loader:
-            logits = model(pixel_values=batch["pixel_values"].to(device)).logits.float().cpu().numpy()
-            ranks.append(true_class_rank(logits, to_model[batch["labels"].numpy()]))
-    ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
-    if ranks.size == 0:
-        raise ValueError(f"no images found in {validation_dir}")
-    top1, top5 = float(np.mean(ranks < 1)), float(np.mean(ranks < 5))
-    return {
-        "model": model_name_or_path,
-        "validation_dir": os.path.abspath(validation_dir),
-        "num_samples": int(ranks.size),
-        "num_classes": len(feature.names),
-        "label_mapping": mapping,
-        "top1": top1,
-        "top5": top5,
-        "top1_percent": 100.0 * top1,
-        "top5_percent": 100.0 * top5,
-        "seconds": round(time.perf_counter() - start, 3),
-        "device": str(device),
-    }

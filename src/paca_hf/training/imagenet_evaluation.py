@@ -1,0 +1,119 @@
+"""Top-1 / top-5 accuracy of a classifier on an image folder (scripts/evaluate_imagenet.py), and the evaluation
+transform and collate the ImageNet recipe (`paca_hf.training.imagenet`) shares. Importing this module needs no timm."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from ..metrics.accuracy_topk.accuracy_topk import true_class_rank
+
+
+class EvalTransform:
+    """`datasets` transform: `{image, label}` columns -> `{pixel_values, labels}` through the image processor (the
+    authors' evaluation transform), which decodes with `paca_hf.images` (16-bit data kept). A class, so that
+    DataLoader workers can pickle it under any start method."""
+
+    def __init__(self, image_processor, image_column: str = "image", label_column: str = "label"):
+        self.image_processor = image_processor
+        self.image_column = image_column
+        self.label_column = label_column
+
+    def __call__(self, batch):
+        return {
+            "pixel_values": list(self.image_processor(batch[self.image_column], return_tensors="pt")["pixel_values"]),
+            "labels": batch[self.label_column],
+        }
+
+
+def collate_fn(examples):
+    """Examples `{pixel_values (3, H, W), labels}` -> a batch `{pixel_values (N, 3, H, W), labels (N,) int64}`."""
+    return {
+        "pixel_values": torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples]),
+        "labels": torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long),
+    }
+
+
+def folder_label_map(folder_names: list[str], config, mode: str) -> tuple[str, np.ndarray]:
+    """`(mapping used, model class index of every folder index)` for `--label_mapping` `names`, `sorted` or
+    `auto` (see scripts/evaluate_imagenet.py). Raises `ValueError` when the folders cannot be mapped."""
+    label2id = {str(name): int(index) for name, index in (config.label2id or {}).items()}
+    names_fit = all(name in label2id for name in folder_names)
+    if mode == "names" or (mode == "auto" and names_fit):
+        if not names_fit:
+            missing = [name for name in folder_names if name not in label2id][:5]
+            raise ValueError(f"folder names {missing} are not label names of the model (config.label2id)")
+        return "names", np.array([label2id[name] for name in folder_names], dtype=np.int64)
+    if len(folder_names) != config.num_labels:
+        why = "" if names_fit else "; the folder names are not label names of the model either"
+        raise ValueError(
+            f"the folder has {len(folder_names)} classes and the model {config.num_labels}, so folder i cannot be "
+            f"mapped to class i{why} (see --label_mapping)"
+        )
+    return "sorted", np.arange(len(folder_names), dtype=np.int64)
+
+
+def evaluate_image_folder(
+    model_name_or_path: str,
+    validation_dir: str,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    label_mapping: str = "auto",
+    device: str | None = None,
+    max_samples: int | None = None,
+    cache_dir: str | None = None,
+) -> dict:
+    """Top-1 / top-5 accuracy (fractions and percentages) of a classifier on an imagefolder-layout folder, with the
+    model's own image processor (the authors' transform when none is saved). A sample whose scores are not all
+    finite counts as wrong (see `accuracy_topk`). Raises `ValueError` for an empty folder or unmappable classes."""
+    import time
+
+    from datasets import ClassLabel, load_dataset
+    from transformers import AutoModelForImageClassification
+
+    from ..loading import load_image_processor
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = AutoModelForImageClassification.from_pretrained(model_name_or_path, cache_dir=cache_dir)
+    model = model.to(device).eval()
+    processor = load_image_processor(model_name_or_path, cache_dir=cache_dir)
+
+    data_files = {"validation": os.path.join(validation_dir, "**")}
+    dataset = load_dataset("imagefolder", data_files=data_files, split="validation", cache_dir=cache_dir)
+    feature = dataset.features.get("label")
+    if not isinstance(feature, ClassLabel):
+        raise ValueError(f"{validation_dir} has no class sub-folders (imagefolder layout expected)")
+    mapping, to_model = folder_label_map(list(feature.names), model.config, label_mapping)
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    dataset.set_transform(EvalTransform(processor))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
+        pin_memory=device.type == "cuda",
+    )
+
+    ranks = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in loader:
+            logits = model(pixel_values=batch["pixel_values"].to(device)).logits.float().cpu().numpy()
+            ranks.append(true_class_rank(logits, to_model[batch["labels"].numpy()]))
+    ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+    if ranks.size == 0:
+        raise ValueError(f"no images found in {validation_dir}")
+    top1, top5 = float(np.mean(ranks < 1)), float(np.mean(ranks < 5))
+    return {
+        "model": model_name_or_path,
+        "validation_dir": os.path.abspath(validation_dir),
+        "num_samples": int(ranks.size),
+        "num_classes": len(feature.names),
+        "label_mapping": mapping,
+        "top1": top1,
+        "top5": top5,
+        "top1_percent": 100.0 * top1,
+        "top5_percent": 100.0 * top5,
+        "seconds": round(time.perf_counter() - start, 3),
+        "device": str(device),
+    }
