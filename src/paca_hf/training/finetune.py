@@ -37,6 +37,7 @@ from .checkpoint import (
     weight_checksums,
 )
 from .data import EpochSampler, batch_stream, collate_segmentation, load_segmentation_splits, resolve_id2label
+from .distributed import check_launch, distributed_on_cpu
 from .errors import TrainingError, check_finite_loss, check_finite_parameters
 from .evaluation import evaluate_segmentation, metrics_to_json
 from .finetune_args import parse_args
@@ -49,14 +50,13 @@ logger = logging.getLogger(__name__)
 
 def make_accelerator(args):
     """The run's `Accelerator`: accumulation over `--gradient_accumulation_steps` batches, CPU when asked (or when
-    launched distributed on a machine without GPUs), trackers with `--with_tracking`."""
+    launched distributed on a machine without GPUs), trackers with `--with_tracking`. Raises `TrainingError` for
+    a launch that would start independent runs on several machines (`distributed.check_launch`)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
-    # `accelerate launch --multi_gpu` on a machine without GPUs would give every process a separate,
-    # non-distributed run; use the CPU (gloo) instead.
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    cpu = args.cpu or (world_size > 1 and not torch.cuda.is_available())
+    check_launch()
+    cpu = args.cpu or distributed_on_cpu()
     kwargs = {}
     if args.with_tracking:
         kwargs["log_with"] = args.report_to
@@ -79,9 +79,10 @@ def setup_logging(accelerator) -> None:
 
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    level = logging.INFO if accelerator.is_local_main_process else logging.ERROR
+    # The global main process only: with several machines, every machine's first process would log it again.
+    level = logging.INFO if accelerator.is_main_process else logging.ERROR
     logging.getLogger("paca_hf.training").setLevel(level)
-    if accelerator.is_local_main_process:
+    if accelerator.is_main_process:
         datasets.utils.logging.set_verbosity_warning()
         transformers.utils.logging.set_verbosity_warning()
     else:
@@ -312,7 +313,7 @@ def run(args, accelerator) -> dict:
         return evaluate_segmentation(
             model, eval_loader, accelerator, eval_transform, num_labels, args.reduce_labels, 255,
             keep_predictions=keep_predictions,
-            disable_progress=args.disable_tqdm or not accelerator.is_local_main_process,
+            disable_progress=args.disable_tqdm or not accelerator.is_main_process,
         )
 
     target = args.max_train_steps if args.stop_after_step is None else min(args.max_train_steps, args.stop_after_step)
@@ -321,7 +322,7 @@ def run(args, accelerator) -> dict:
     stream = batch_stream(train_loader, sampler, epoch, consumed % max(batches_per_epoch, 1),
                           accelerator.skip_first_batches)
     progress = tqdm(total=args.max_train_steps, initial=completed_steps, desc="train",
-                    disable=args.disable_tqdm or not accelerator.is_local_main_process)
+                    disable=args.disable_tqdm or not accelerator.is_main_process)
     model.train()
     running_loss, running_count, last_loss = 0.0, 0, None
     while completed_steps < target:
