@@ -196,3 +196,62 @@ def test_a_launch_that_would_train_each_machine_alone_is_refused(tiny_config_fil
     monkeypatch.setenv("WORLD_SIZE", "2")  # a distributed launch: accepted, and on the CPU without GPUs
     distributed.check_launch()
     assert distributed.distributed_on_cpu() is (not __import__("torch").cuda.is_available())
+
+
+def test_fsdp_on_the_cpu_is_refused_with_the_reason(tiny_config_file, tmp_path, monkeypatch):
+    """accelerate 1.x cannot shard on the CPU (its FSDP plugin needs a GPU-like device and `MULTI_CPU` never becomes
+    FSDP), so a `--use_fsdp` launch on CPU processes stops with the reason instead of silently running DDP."""
+    import torch
+
+    args = finetune.parse_args(finetune_argv(tiny_config_file, tmp_path / "out", "--cpu", image_size=32,
+                                             num_train_images=2, num_eval_images=1, steps=1))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(TrainingError, match="FSDP .* needs GPUs"):
+        finetune.make_accelerator(args)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="FSDP .* needs GPUs"):
+            imagenet_parse_args(["--config_name", "x", "--output_dir", str(tmp_path / "out")])
+    # accelerate's own refusal, which the message stands for (its wording may change between versions)
+    if not torch.cuda.is_available():
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        with pytest.raises(RuntimeError, match="no available devices"):
+            FullyShardedDataParallelPlugin(sync_module_states=True)  # the launcher's default
+
+
+class _OtherProcess:
+    """The accelerator of a process that is not the main one: it must still take part in gathering the weights."""
+
+    is_main_process = False
+
+    def __init__(self):
+        self.gathered = 0
+
+    def get_state_dict(self, model):
+        self.gathered += 1
+        return {}
+
+
+def test_the_final_save_gathers_the_weights_on_every_process(tmp_path):
+    """`accelerator.get_state_dict` is a collective under FSDP (each process holds a shard), so `save_final` calls it
+    on every process, writes nothing on the others, and the main process saves the gathered state dict."""
+    from accelerate import Accelerator
+
+    from paca_hf.training.segmentation import recipe_image_processor
+
+    model = PaCaViTForSemanticSegmentation(tiny_config(num_labels=3))
+    processor = recipe_image_processor(32, True)
+    other = _OtherProcess()
+    finetune.save_final(other, model, processor, tmp_path / "other")
+    assert other.gathered == 1 and not (tmp_path / "other").exists()
+
+    accelerator = Accelerator(cpu=True)
+    try:
+        gathered = {name: tensor.clone() for name, tensor in accelerator.get_state_dict(model).items()}
+        gathered["decode_head.classifier.bias"].fill_(0.5)  # stands for the weights gathered from the shards
+        finetune.save_final(accelerator, model, processor, tmp_path / "main", gathered)
+    finally:
+        finetune._reset_accelerate_state(accelerator)
+    saved = PaCaViTForSemanticSegmentation.from_pretrained(tmp_path / "main")
+    assert T.weight_checksums(saved) == T.weight_checksums(gathered)

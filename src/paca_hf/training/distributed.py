@@ -9,6 +9,11 @@ every process of a distributed run. Two launches are caught here because they wo
   two GPUs: accelerate's plain launcher then starts one *non-distributed* process per machine, with `MASTER_ADDR`
   set but no `WORLD_SIZE`; every machine would train its own model and write it into the same output folder, so
   the scripts refuse to start.
+
+FSDP (`accelerate launch --use_fsdp`) needs GPUs (or another accelerator) in accelerate 1.x: its
+`FullyShardedDataParallelPlugin` raises "no available devices found" without one (with `sync_module_states`, the
+launcher's default), and `AcceleratorState` turns a run into FSDP only for GPU-like multi-device runs, never for
+`MULTI_CPU` (so without that error the run would silently be plain data parallel); `check_fsdp_device` says so.
 """
 
 import os
@@ -43,4 +48,16 @@ def check_launch() -> None:
         f"GPUs per machine its plain launcher runs one independent process per machine, and every machine would "
         f"train alone and write into the same output folder. Add --multi_gpu to the launch command (on machines "
         f"without GPUs the script then runs on the CPU with gloo), or unset MASTER_ADDR for a single-process run."
+    )
+
+
+def check_fsdp_device(cpu: bool) -> None:
+    """Raise `TrainingError` when FSDP is asked for (`accelerate launch --use_fsdp` sets `ACCELERATE_USE_FSDP`) but
+    the run is on the CPU, which accelerate's FSDP does not support (see the module's docstring)."""
+    if not cpu or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    raise TrainingError(
+        "FSDP (--use_fsdp) needs GPUs: accelerate's FullyShardedDataParallelPlugin finds no device on the CPU and "
+        "accelerate shards models only in GPU-like multi-device runs, not in CPU (gloo) runs. Without GPUs, launch "
+        "with --multi_gpu instead (data parallel on the CPU)."
     )

@@ -37,7 +37,7 @@ from .checkpoint import (
     weight_checksums,
 )
 from .data import EpochSampler, batch_stream, collate_segmentation, load_segmentation_splits, resolve_id2label
-from .distributed import check_launch, distributed_on_cpu
+from .distributed import check_fsdp_device, check_launch, distributed_on_cpu
 from .errors import TrainingError, check_finite_loss, check_finite_parameters
 from .evaluation import evaluate_segmentation, metrics_to_json
 from .finetune_args import parse_args
@@ -57,6 +57,7 @@ def make_accelerator(args):
 
     check_launch()
     cpu = args.cpu or distributed_on_cpu()
+    check_fsdp_device(cpu)
     kwargs = {}
     if args.with_tracking:
         kwargs["log_with"] = args.report_to
@@ -94,15 +95,21 @@ def setup_logging(accelerator) -> None:
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
 
-def save_final(accelerator, model, image_processor, output_dir: Path) -> None:
+def save_final(accelerator, model, image_processor, output_dir: Path, state_dict: dict | None = None) -> None:
     """Model (safetensors) and image processor into `output_dir` (which also holds the checkpoints): written to a
-    temporary folder there first, flushed, then each file moved into place (weights before config)."""
+    temporary folder there first, flushed, then each file moved into place (weights before config). Only the global
+    main process writes. `state_dict` is the full one from `accelerator.get_state_dict(model)`, which is a
+    collective under FSDP (every process holds a shard): call that on every process and pass it here."""
+    if state_dict is None:
+        state_dict = accelerator.get_state_dict(model)
     if not accelerator.is_main_process:
         return
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-final-", dir=output_dir))
     try:
-        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True, save_function=accelerator.save)
+        accelerator.unwrap_model(model).save_pretrained(
+            tmp, state_dict=state_dict, safe_serialization=True, save_function=accelerator.save
+        )
         image_processor.save_pretrained(tmp)
         for name in sorted((p.name for p in tmp.iterdir()), key=lambda n: (n.endswith(".json"), n)):
             fsync_file(tmp / name)
@@ -161,13 +168,15 @@ def _warn_about_run_differences(saved_run: dict, current: dict) -> None:
 
 def _write_outputs(args, accelerator, model, image_processor, results, init_report, pairs) -> None:
     output_dir = Path(args.output_dir)
-    save_final(accelerator, model, image_processor, output_dir)
+    state_dict = accelerator.get_state_dict(model)  # every process: a collective under FSDP
+    save_final(accelerator, model, image_processor, output_dir, state_dict)
     if args.debug_dump_weights:
+        # The full weights this process holds (under FSDP, the main process only; the others get none).
         write_json_atomically(
             output_dir / "rank_checksums" / f"rank_{accelerator.process_index}.json",
             {"process_index": accelerator.process_index, "num_processes": accelerator.num_processes,
              "distributed_type": str(accelerator.distributed_type),
-             "checksums": weight_checksums(accelerator.unwrap_model(model))},
+             "checksums": weight_checksums(state_dict)},
         )
     if not accelerator.is_main_process:
         return
@@ -302,7 +311,7 @@ def run(args, accelerator) -> dict:
         accelerator.init_trackers("finetune_ade20k", config)
 
     def checkpoint(name: str) -> None:
-        check_finite_parameters(model, completed_steps, f"checkpoint {name}")
+        check_finite_parameters(model, completed_steps, f"checkpoint {name}", accelerator)
         consumed = completed_steps * accumulation
         info = {"step": completed_steps, "epoch": consumed // max(batches_per_epoch, 1),
                 "batches_in_epoch": consumed % max(batches_per_epoch, 1), "run": run_info}
@@ -379,7 +388,7 @@ def run(args, accelerator) -> dict:
                     completed_steps, args.max_train_steps)
         return {"stopped_at_step": completed_steps, "resumed_from": str(resume_dir) if resume_dir else None}
 
-    check_finite_parameters(model, completed_steps, "final model")
+    check_finite_parameters(model, completed_steps, "final model", accelerator)
     metrics, pairs = run_eval(keep_predictions=args.save_predictions)
     results = metrics_to_json(metrics, id2label)
     results.update({

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from .distributed import check_launch, distributed_on_cpu
+from .distributed import check_fsdp_device, check_launch, distributed_on_cpu
 
 
 @dataclass
@@ -149,6 +149,7 @@ def parse_args(argv=None):
     parsed, so this goes through accelerate's `ACCELERATE_USE_CPU`."""
     check_launch()
     if distributed_on_cpu():
+        check_fsdp_device(cpu=True)
         os.environ["ACCELERATE_USE_CPU"] = "true"
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, AugmentationArguments, PaCaTrainingArguments))
     argv = sys.argv[1:] if argv is None else list(argv)
