@@ -107,8 +107,9 @@ def save_final(accelerator, model, image_processor, output_dir: Path, state_dict
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-final-", dir=output_dir))
     try:
+        # A copy: save_pretrained empties the dict it is given (it pops each tensor into its shard).
         accelerator.unwrap_model(model).save_pretrained(
-            tmp, state_dict=state_dict, safe_serialization=True, save_function=accelerator.save
+            tmp, state_dict=dict(state_dict), safe_serialization=True, save_function=accelerator.save
         )
         image_processor.save_pretrained(tmp)
         for name in sorted((p.name for p in tmp.iterdir()), key=lambda n: (n.endswith(".json"), n)):
