@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from paca_hf.training import distributed, finetune
 from paca_hf.training.errors import TrainingError
 from paca_hf.training.imagenet_args import parse_args as imagenet_parse_args
 
-from finetune_helpers import finetune_argv, tiny_config_file  # noqa: F401 (fixture)
+from finetune_helpers import finetune_argv, free_port, tiny_config_file  # noqa: F401 (fixture)
 from tiny_configs import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,12 +31,6 @@ TIMEOUT_S = 150
 # Files that accelerate and Trainer write from every process, each under its own global process index (and the
 # temporary files of their atomic writes, `.rank_1.json.tmp-XXXX`).
 PER_PROCESS = re.compile(r"(random_states_|rng_state_|rank_)(\d+)\.(pkl|pth|json)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env(records: Path) -> dict:
@@ -51,7 +44,7 @@ def _env(records: Path) -> dict:
 def launch(script: Path, args, records: Path, machines=(0, 1), multi_gpu=True) -> list[tuple[int, str]]:
     """`accelerate launch` of `script` (through the write recorder) once per machine rank, on loopback; returns
     `(exit status, output)` per machine. Every launch is killed (with its process group) after TIMEOUT_S."""
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in machines:
         command = [
@@ -159,6 +152,7 @@ def test_imagenet_on_two_machines_writes_once_and_resumes(tmp_path):
 
     log = _ok(launch(script, [*args, "--max_steps", "2"], records / "first"))
     assert log.count("global batch 6,") == 1, log[-3000:]  # 3 per device x 2 machines, logged once
+    assert log.count("{'loss'") == 2  # Trainer's loss line of each step, printed once (not once per machine)
     first = writers(records / "first", out)
     assert_single_writers(first)
     assert first["checkpoint-2/rng_state_1.pth"] == {"1"}
