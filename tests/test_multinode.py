@@ -182,11 +182,15 @@ def test_a_launch_that_would_train_each_machine_alone_is_refused(tiny_config_fil
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for name in distributed.WORLD_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(TrainingError, match="Add --multi_gpu"):
         imagenet_parse_args(["--config_name", "x", "--output_dir", str(out)])
     with pytest.raises(TrainingError, match="Add --multi_gpu"):
         finetune.make_accelerator(finetune.parse_args(args))
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")  # accelerate's mpirun launch (--mpirun_hostfile): accepted
+    distributed.check_launch()
+    monkeypatch.delenv("OMPI_COMM_WORLD_SIZE")
     monkeypatch.setenv("WORLD_SIZE", "2")  # a distributed launch: accepted, and on the CPU without GPUs
     distributed.check_launch()
     assert distributed.distributed_on_cpu() is (not __import__("torch").cuda.is_available())

@@ -23,9 +23,16 @@ import torch
 from .errors import TrainingError
 
 
+# Where launchers put the number of processes: torchrun / accelerate, then MPI's (accelerate's `--mpirun_hostfile`).
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
 def launched_world_size() -> int:
-    """The number of processes of the run, from `WORLD_SIZE` (1 when it is not set)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """The number of processes of the run, from `WORLD_SIZE` or MPI's equivalents (1 when none is set)."""
+    for name in WORLD_SIZE_VARIABLES:
+        if name in os.environ:
+            return int(os.environ[name])
+    return 1
 
 
 def distributed_on_cpu() -> bool:
@@ -40,7 +47,8 @@ def check_launch() -> None:
     settings are in the environment, `WORLD_SIZE` is not."""
     env = os.environ
     launched_by_accelerate = "ACCELERATE_MIXED_PRECISION" in env or "ACCELERATE_DYNAMO_BACKEND" in env
-    if not (launched_by_accelerate and "MASTER_ADDR" in env and "WORLD_SIZE" not in env):
+    in_a_run = any(name in env for name in WORLD_SIZE_VARIABLES)
+    if not (launched_by_accelerate and "MASTER_ADDR" in env) or in_a_run:
         return
     raise TrainingError(
         f"accelerate launch set MASTER_ADDR={env['MASTER_ADDR']} (it does so when asked for several processes or "
