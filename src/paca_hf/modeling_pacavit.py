@@ -94,7 +94,9 @@ class PaCaViTSemanticSegmenterOutput(ModelOutput):
 
 def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """`(batch, height * width, channels)` -> `(batch, channels, height, width)`, as a view (channels-last memory)."""
-    return tokens.transpose(1, 2).unflatten(2, (height, width))
+    # `view` with the sizes read from the tensors (not `unflatten`) so that TorchScript tracing records them.
+    batch_size, _, channels = tokens.shape
+    return tokens.transpose(1, 2).view(batch_size, channels, height, width)
 
 
 def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
@@ -478,7 +480,9 @@ class PaCaViTClusterAssignmentMap(nn.Module):
     records, one entry per stage."""
 
     def forward(self, cluster_assignment: torch.Tensor | None, height: int, width: int) -> torch.Tensor | None:
-        return None if cluster_assignment is None else cluster_assignment.unflatten(2, (height, width))
+        if cluster_assignment is None:
+            return None
+        return cluster_assignment.view(*cluster_assignment.shape[:2], height, width)
 
 
 class PaCaViTStage(nn.Module):
