@@ -1,7 +1,11 @@
 """Export at any image size: torch.export, the dynamo ONNX exporter (run in onnxruntime), the TorchScript ONNX exporter
 and torch.compile(dynamic=True), each checked against the eager model at sizes other than the export example."""
 
+import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -113,3 +117,14 @@ def test_eager_mix_ffn_still_runs_in_bands(segmenter):
     finally:
         handle.remove()
     assert widths == [5 * 16, 6 * 16, 6 * 16, 5 * 16]
+
+
+def test_readme_export_snippet_runs(tmp_path):
+    """The README's Export section runs as written and prints what its comments say."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Export\n", 1)[1].split("\n## ", 1)[0]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = [line for line in result.stdout.splitlines() if not line.startswith("[torch.onnx]")]
+    assert printed == ["(1, 150, 56, 56) True", "(2, 150, 80, 80) True", "(1, 150, 128, 96)"]
