@@ -275,16 +275,18 @@ class PaCaViTAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns the attention output `(batch, patches, hidden_size)`, the attention weights `(batch, heads, patches,
         keys)` (None unless `output_attentions=True` is in `kwargs` or the eager implementation is set) and the
-        cluster assignment `(batch, clusters, patches)` used (None without clusters)."""
+        cluster assignment map `(batch, clusters, height, width)` used (None without clusters). The map is the tensor
+        the clusters are computed from, so it is on the autograd graph."""
         batch_size, num_patches, hidden_size = hidden_states.shape
         output_attentions = kwargs.get("output_attentions", False)
         if self.num_clusters > 0:
             if self.clustering is not None:
                 logits = self.clustering(hidden_states, height, width)
                 cluster_assignment = logits.softmax(dim=-1, dtype=torch.float32).to(hidden_states.dtype)
+                cluster_assignment = cluster_assignment.view(batch_size, self.num_clusters, height, width)
             if cluster_assignment is None:
                 raise ValueError("This block reuses a cluster assignment, but none was passed to it.")
-            key_value_states = self.cluster_norm(torch.matmul(cluster_assignment, hidden_states))
+            key_value_states = self.cluster_norm(torch.matmul(cluster_assignment.flatten(2), hidden_states))
         else:
             key_value_states = hidden_states
 
@@ -467,22 +469,21 @@ class PaCaViTClusteringTeacher(nn.Module):
             )
             fused[index - 1] = self.fusions[index - 1](stage_outputs[index - 1] + self.laterals[index - 1](upsampled))
 
-        assignments = [
-            None if to_clusters is None else to_clusters(features).flatten(2).softmax(dim=-1)
-            for to_clusters, features in zip(self.to_clusters, fused)
-        ]
+        # Softmax over the patches, kept as maps `(batch, clusters, height, width)`.
+        assignments = []
+        for to_clusters, features in zip(self.to_clusters, fused):
+            logits = None if to_clusters is None else to_clusters(features)
+            assignments.append(None if logits is None else logits.flatten(2).softmax(dim=-1).view_as(logits))
         return assignments, [map_to_tokens(output) for output in stage_outputs]
 
 
-class PaCaViTClusterAssignmentMap(nn.Module):
-    """Reshapes a stage's cluster assignment `(batch, clusters, height * width)` to a map `(batch, clusters, height,
-    width)`; passes None through for a stage without clusters. Its output is what `output_cluster_assignments`
-    records, one entry per stage."""
+class PaCaViTClusterAssignmentOutput(nn.Module):
+    """Where `output_cluster_assignments` records a stage's cluster assignment map `(batch, clusters, height, width)`
+    (the one its last block used), one entry per stage: returns its input unchanged, None for a stage without
+    clusters (an output hook records a None output too, which keeps the entries aligned with the stages)."""
 
-    def forward(self, cluster_assignment: torch.Tensor | None, height: int, width: int) -> torch.Tensor | None:
-        if cluster_assignment is None:
-            return None
-        return cluster_assignment.view(*cluster_assignment.shape[:2], height, width)
+    def forward(self, cluster_assignment: torch.Tensor | None) -> torch.Tensor | None:
+        return cluster_assignment
 
 
 class PaCaViTStage(nn.Module):
@@ -508,7 +509,7 @@ class PaCaViTStage(nn.Module):
             for index in range(config.depths[stage_index])
         )
         self.layer_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
-        self.cluster_assignment_map = PaCaViTClusterAssignmentMap()
+        self.cluster_assignment_output = PaCaViTClusterAssignmentOutput()
 
     def forward(
         self,
@@ -529,7 +530,7 @@ class PaCaViTStage(nn.Module):
         if teacher_output is not None:
             hidden_states = hidden_states + teacher_output
         feature_map = tokens_to_map(self.layer_norm(hidden_states), height, width)
-        return feature_map, self.cluster_assignment_map(cluster_assignment, height, width)
+        return feature_map, self.cluster_assignment_output(cluster_assignment)
 
 
 class PaCaViTPreTrainedModel(PreTrainedModel):
@@ -548,7 +549,7 @@ class PaCaViTPreTrainedModel(PreTrainedModel):
             PaCaViTStage, capture_initial_hidden_state=False, num_hidden_layers_key="num_stages"
         ),
         "attentions": PaCaViTAttention,
-        "cluster_assignments": PaCaViTClusterAssignmentMap,
+        "cluster_assignments": PaCaViTClusterAssignmentOutput,
     }
 
     @torch.no_grad()
