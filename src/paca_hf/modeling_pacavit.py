@@ -12,7 +12,8 @@ from transformers.backbone_utils import BackboneMixin, filter_output_hidden_stat
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import (
     OutputRecorder,
@@ -542,6 +543,7 @@ class PaCaViTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["PaCaViTLayer", "PaCaViTClusteringTeacher"]
+    _input_embed_layer = "embeddings"  # the convolutional stem
     _can_record_outputs = {
         # The stages' NCHW feature maps (the next stage's input, so they are on the autograd graph); the stem's
         # input is raw pixels and is not recorded.
@@ -620,7 +622,7 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> PaCaViTModelOutput:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> PaCaViTModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): any height and width.
         output_hidden_states, output_attentions, output_cluster_assignments (`bool`, *optional*): return each stage's
@@ -657,7 +659,7 @@ class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> PaCaViTImageClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices for the cross-entropy loss
@@ -777,7 +779,7 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> PaCaViTSemanticSegmenterOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*): class index of every pixel,
@@ -819,7 +821,7 @@ class PaCaViTBackbone(BackboneMixin, PaCaViTModel):
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BackboneOutput:
         r"""
         output_hidden_states (`bool`, *optional*): also return every stage's feature map.
