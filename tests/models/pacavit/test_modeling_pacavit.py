@@ -10,12 +10,14 @@ come from conditions inside the common tests, and they skip PVTv2 and Segformer 
   (`test_resize_embeddings = False`), inputs_embeds, sub-configs / composite models, caches, language-model heads,
   sparse experts and router logits, grouped_mm, a tensor-parallel plan, `_keep_in_fp32_modules`, a checkpoint
   conversion mapping (which only renamed legacy checkpoints have);
-- pipelines: tasks PaCa-ViT does not do (not in `pipeline_model_mapping`).
+- pipelines: tasks PaCa-ViT does not do (not in `pipeline_model_mapping`; mask generation is skipped for every
+  model by the mixin itself, "`run_pipeline_test` is currently not implemented").
 
 `PipelineTesterMixin` runs the three tasks PaCa-ViT does (image classification, image feature extraction, image
 segmentation, each in float32 and float16) on tiny models: in transformers' CI those are downloaded from the Hub
 (hf-internal-testing) as listed in a summary file. Tests here run offline, so this module saves tiny PaCa-ViT models
-and both image processors locally (`save_tiny_models`) and points the mixin at them with its local mode
+with an image processor locally (`save_tiny_models`; the mixin loads it with both processor classes) and points
+the mixin at them with its local mode
 (`TRANSFORMERS_TINY_MODEL_PATH`: `<path>/reports/tiny_model_summary.json`, models in `<path>/<model_type>/<class>`).
 """
 
