@@ -17,8 +17,8 @@ come from conditions inside the common tests, and they skip PVTv2 and Segformer 
 segmentation, each in float32 and float16) on tiny models: in transformers' CI those are downloaded from the Hub
 (hf-internal-testing) as listed in a summary file. Tests here run offline, so this module saves tiny PaCa-ViT models
 with an image processor locally (`save_tiny_models`; the mixin loads it with both processor classes) and points
-the mixin at them with its local mode
-(`TRANSFORMERS_TINY_MODEL_PATH`: `<path>/reports/tiny_model_summary.json`, models in `<path>/<model_type>/<class>`).
+the mixin at them with its local mode (`TRANSFORMERS_TINY_MODEL_PATH`: `<path>/reports/tiny_model_summary.json`,
+models in `<path>/<model_type>/<class>`).
 """
 
 import json
