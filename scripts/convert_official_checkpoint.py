@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     logging.set_verbosity_warning()
     try:
         convert_checkpoint(args.checkpoint, args.config, args.output_dir, task=args.task, push_to_hub=args.push_to_hub)
-    except (ConversionError, PublishError) as error:
+    except (ConversionError, PublishError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.output_dir}")

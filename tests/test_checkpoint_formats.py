@@ -118,6 +118,33 @@ def test_pickle_calling_a_function_is_refused_and_nothing_runs(tmp_path, state_d
     assert sorted(path.name for path in tmp_path.iterdir()) == ["evil.pth"]
 
 
+def test_legacy_torch_save_format_with_metadata(tmp_path, state_dict):
+    """Files in torch's pre-1.6 (non-zip) format cannot be inspected before unpickling: their inert metadata is
+    still accepted and their tensors loaded."""
+    path = tmp_path / "legacy.pth"
+    torch.save({"state_dict": state_dict, "args": argparse.Namespace(model=NAME), "best_metric": np.float64(80.9),
+                "history": np.arange(3)}, path, _use_new_zipfile_serialization=False)
+    assert_same_tensors(load_checkpoint(path), state_dict)
+
+
+@pytest.mark.parametrize("exploit", [Exploit, EvalExploit])
+def test_legacy_format_pickle_calling_a_function_is_refused_and_nothing_runs(tmp_path, state_dict, exploit):
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": state_dict, "args": argparse.Namespace(a=1), "payload": exploit(marker)},
+               tmp_path / "evil.pth", _use_new_zipfile_serialization=False)
+    with pytest.raises(ConversionError, match="Refused to load"):
+        convert_checkpoint(tmp_path / "evil.pth", case_config(NAME), tmp_path / "out")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["evil.pth"]
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint", b"PK\x03\x04 truncated zip"])
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path, content):
+    path = tmp_path / "notes.pth"
+    path.write_bytes(content)
+    with pytest.raises(ConversionError, match=r"Could not read checkpoint .*notes\.pth"):
+        load_checkpoint(path)
+
+
 def test_converted_folder_has_normal_permissions(tmp_path):
     output = tmp_path / "converted"
     convert_checkpoint(case_checkpoint(NAME), case_config(NAME), output)

@@ -169,3 +169,44 @@ def test_convert_is_pure_and_below_the_hub():
     assert result.stdout.strip() == "[]"
     source = (Path(__file__).resolve().parents[1] / "src" / "paca_hf" / "convert.py").read_text()
     assert "from .hub" not in source and "save_pretrained" not in source and "open(" not in source
+
+
+def test_output_dir_holding_other_files_or_the_checkpoint_is_never_deleted(tmp_path):
+    """The output folder is replaced as a whole, so only a folder that is an earlier model folder (or loses nothing)
+    may be replaced: a folder of the user's own files, the folder holding the checkpoint, or a file is refused
+    before anything is written, and left byte for byte as it was."""
+    import shutil
+
+    name = "cls_conv_stagewise"
+    project = tmp_path / "project"
+    project.mkdir()
+    checkpoint = shutil.copy(case_checkpoint(name), project / "model.pth")
+    (project / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="lies inside the output folder"):
+        convert_checkpoint(checkpoint, case_config(name), project)
+    with pytest.raises(FileExistsError, match=r"already holds files that this output does not replace \(model\.pth, "
+                                              r"notes\.txt\)"):
+        convert_checkpoint(case_checkpoint(name), case_config(name), project)
+    assert sorted(p.name for p in project.iterdir()) == ["model.pth", "notes.txt"]
+    assert (project / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]  # no temporary folder left behind
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep")
+    with pytest.raises(FileExistsError, match="is not a folder"):
+        convert_checkpoint(case_checkpoint(name), case_config(name), a_file)
+    assert a_file.read_text() == "keep"
+
+    # An earlier model folder is what the converter replaces.
+    convert_checkpoint(case_checkpoint(name), case_config(name), tmp_path / "out")
+    convert_checkpoint(case_checkpoint(name), case_config(name), tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_cli_reports_an_unreadable_config_json(tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    result = run_cli("--checkpoint", case_checkpoint("cls_conv_stagewise"), "--config", tmp_path / "config.json",
+                     "--output-dir", tmp_path / "out")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "is not a readable transformers config.json" in result.stderr
+    assert not (tmp_path / "out").exists()

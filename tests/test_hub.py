@@ -2,7 +2,6 @@
 Face cache (with `import paca_hf`, and as remote code where paca_hf cannot be imported), and the publish path
 against a recording stand-in for the Hub API (nothing touches the network)."""
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -358,10 +357,9 @@ class RecordingApi:
 
 
 def _publish_script():
-    spec = importlib.util.spec_from_file_location("publish_all", ROOT / "scripts" / "publish_all.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from paca_hf.hub import publish_cli
+
+    return publish_cli
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ def test_a_saved_processor_is_loaded_and_a_missing_one_defaults_with_a_warning(t
     assert "No image processor saved in" in caplog.text and str(folder) in caplog.text
     # mmseg's ADE20k evaluation: shorter side to 512, whole image, labels reduced.
     assert isinstance(processor, PaCaViTImageProcessor)
-    assert processor.size == {"shortest_edge": 512} and processor.do_center_crop is False
+    assert processor.size == {"shortest_edge": 512, "longest_edge": 2048} and processor.do_center_crop is False
     assert processor.do_reduce_labels is True
     assert load_image_processor(str(folder)).to_dict() == PaCaViTImageProcessor().to_dict()
 

@@ -68,21 +68,13 @@ def _substitute(name: str):
     return None
 
 
-def read_checkpoint(path: str | os.PathLike):
-    """Unpickle a `torch.save` file without running code from it. Returns `(object, ignored)` with `ignored` the
-    globals that were replaced by `IgnoredObject`. Raises `CheckpointError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
-    corrupt = (RuntimeError, EOFError, zipfile.BadZipFile, OSError, pickle.UnpicklingError)
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except corrupt as error:
-        # Legacy (non-zip) files cannot be inspected: torch's restricted unpickler below still guards them.
-        names = []
-        if zipfile.is_zipfile(path):
-            raise CheckpointError(f"Could not read checkpoint {str(path)!r}: the file is truncated or corrupt "
-                                  f"({type(error).__name__}: {error}).") from error
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global")
+_MAX_LEGACY_GLOBALS = 64
+
+
+def _substitutes(path: Path, names: list[str]) -> list:
+    """`torch.serialization.safe_globals` entries standing in for the pickle globals `names`; `CheckpointError` when
+    one of them would run code."""
     substitutes, refused = [], []
     for name in names:
         substitute = _substitute(name)
@@ -102,19 +94,49 @@ def read_checkpoint(path: str | os.PathLike):
         import numpy
 
         substitutes += [getattr(numpy.dtypes, name) for name in dir(numpy.dtypes) if name.endswith("DType")]
+    return substitutes
+
+
+def read_checkpoint(path: str | os.PathLike):
+    """Unpickle a `torch.save` file without running code from it. Returns `(object, ignored)` with `ignored` the
+    globals that were replaced by `IgnoredObject`. Raises `CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
+    corrupt = (RuntimeError, EOFError, zipfile.BadZipFile, OSError, pickle.UnpicklingError)
     try:
-        with torch.serialization.safe_globals(substitutes):
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"Refused to load {str(path)!r}: it is not a plain tensor checkpoint (loading it would need to run code "
-            f"from the file, which is never done for untrusted checkpoints). Details: {error}"
-        ) from error
-    except corrupt as error:
-        raise CheckpointError(
-            f"Could not read checkpoint {str(path)!r}: the file is truncated or corrupt ({type(error).__name__}: "
-            f"{error})."
-        ) from error
+        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except (*corrupt, ValueError) as error:  # ValueError: not a zip file (legacy `torch.save` format, or no checkpoint)
+        # Legacy (non-zip) files cannot be inspected: torch's restricted unpickler below still guards them.
+        names = []
+        if zipfile.is_zipfile(path):
+            raise CheckpointError(f"Could not read checkpoint {str(path)!r}: the file is truncated or corrupt "
+                                  f"({type(error).__name__}: {error}).") from error
+    substitutes = _substitutes(path, names)
+    # Legacy (non-zip) files cannot be inspected beforehand: torch's restricted unpickler names the first global it
+    # does not allow, which is looked up like the others (at most one retry per global of the file).
+    for _ in range(_MAX_LEGACY_GLOBALS):
+        try:
+            with torch.serialization.safe_globals(substitutes):
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+            break
+        except pickle.UnpicklingError as error:
+            match = _UNSUPPORTED_GLOBAL.search(str(error))
+            if match is None or match.group(1) in names:
+                raise CheckpointError(
+                    f"Refused to load {str(path)!r}: it is not a plain tensor checkpoint (loading it would need to run "
+                    f"code from the file, which is never done for untrusted checkpoints). Details: {error}"
+                ) from error
+            names.append(match.group(1))
+            substitutes += _substitutes(path, [match.group(1)])
+        except (*corrupt, KeyError) as error:  # KeyError: a byte that is no pickle opcode (not a checkpoint at all)
+            raise CheckpointError(
+                f"Could not read checkpoint {str(path)!r}: the file is truncated or corrupt, or not a torch.save file "
+                f"({type(error).__name__}: {error})."
+            ) from error
+    else:
+        raise CheckpointError(f"Refused to load {str(path)!r}: its pickle names more than {_MAX_LEGACY_GLOBALS} "
+                              "globals.")
     ignored = [entry[1] for entry in substitutes if isinstance(entry, tuple) and isinstance(entry[0], type)
                and issubclass(entry[0], IgnoredObject)]
     return loaded, ignored

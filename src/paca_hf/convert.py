@@ -392,7 +392,13 @@ def build_config(config, source: dict[str, torch.Tensor], task: str = "image-cla
     elif Path(config).is_file() or Path(config).is_dir():
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(config)
+        try:
+            config = AutoConfig.from_pretrained(config)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ConversionError(
+                f"--config {str(config)!r} is not a readable transformers config.json ({type(error).__name__}: "
+                f"{str(error)[:300]})."
+            ) from error
         if not isinstance(config, (PaCaViTConfig, UperNetConfig)):
             raise ConversionError(f"--config holds a {type(config).__name__}, not a PaCa-ViT or UperNet config.")
     else:

@@ -94,15 +94,46 @@ def replace_dir(source: str | os.PathLike, destination: str | os.PathLike) -> Pa
     return destination
 
 
-def write_dir_atomically(output_dir: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+def _entries_lost_by_replacing(existing: Path, replacement: Path) -> list[str]:
+    """Top-level names in the folder `existing` that the folder `replacement` does not have."""
+    return sorted(entry.name for entry in existing.iterdir() if not (replacement / entry.name).exists())
+
+
+def check_replaceable_dir(output_dir: str | os.PathLike) -> None:
+    """`FileExistsError` when `output_dir` exists but is not a folder: [`write_dir_atomically`] only ever replaces a
+    folder. Call it before long work to fail early."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{str(output_dir)!r} exists and is not a folder; choose a folder to write into.")
+
+
+def write_dir_atomically(
+    output_dir: str | os.PathLike,
+    write: Callable[[Path], object],
+    may_replace: Callable[[Path], bool] | None = None,
+) -> Path:
     """Call `write(tmp_dir)` on a fresh folder beside `output_dir`, give every file it wrote the normal permissions
     (0o666 / 0o777 for folders, minus the umask) and flush it, then move it into place
     with [`replace_dir`]. If `write` raises, the temporary folder is removed and an existing `output_dir` is left
-    untouched. Returns the resolved `output_dir`."""
+    untouched. Returns the resolved `output_dir`.
+
+    An existing `output_dir` is replaced only when it is a folder and nothing in it would be lost: every top-level
+    entry of it is written anew, or `may_replace(output_dir)` says the folder is an earlier output of the same kind
+    (e.g. a model folder with its `config.json`). Otherwise `FileExistsError` names what would be lost, and nothing
+    is changed: a user's own files (or the checkpoint being converted) are never deleted."""
     output_dir = Path(output_dir).resolve()
+    check_replaceable_dir(output_dir)
     tmp_dir = make_temporary_dir(output_dir, prefix=f".{output_dir.name}.tmp-")
     try:
         write(tmp_dir)
+        if output_dir.is_dir() and not (may_replace is not None and may_replace(output_dir)):
+            lost = _entries_lost_by_replacing(output_dir, tmp_dir)
+            if lost:
+                shown = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+                raise FileExistsError(
+                    f"{str(output_dir)!r} already holds files that this output does not replace ({shown}); it is "
+                    "left as it is. Choose a new or empty folder, or remove those files first."
+                )
         for path in tmp_dir.rglob("*"):
             if path.is_file():
                 # Some writers (safetensors) create 0o600 files; the user's folder gets the user's usual modes.

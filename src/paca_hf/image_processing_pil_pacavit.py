@@ -70,7 +70,9 @@ class PaCaViTImageProcessingMixin:
     Args:
         do_resize (`bool`, defaults to `True`): Whether to resize.
         size (`dict[str, int]`, defaults to `{"shortest_edge": 224}`): Either `{"shortest_edge": n}` (aspect ratio
-            kept) or `{"height": h, "width": w}` (exact size, `crop_pct` unused).
+            kept), optionally with `"longest_edge": m` (the longer side capped at `m`, the shorter one then scaled
+            with it, like mmseg's `Resize(scale=(m, n), keep_ratio=True)` up to rounding), or `{"height": h, "width": w}` (exact size,
+            `crop_pct` unused).
         crop_pct (`float`, defaults to `0.9`): See above; pass `1.0` to resize straight to `shortest_edge`.
         resample (`PILImageResampling`, defaults to `BICUBIC`): Filter for images (maps always use nearest).
         do_center_crop (`bool`, defaults to `True`): Whether to center crop.
@@ -244,14 +246,18 @@ class PaCaViTImageProcessingMixin:
                 short_target = math.floor(short_target / crop_pct)
             if short_target < 1:
                 raise ValueError(f"resize target {short_target} is smaller than one pixel (size={dict(size)})")
+            if size.longest_edge is not None and size.longest_edge <= short_target:
+                raise ValueError(f"`longest_edge` must be larger than the resized shorter side (size={dict(size)})")
             height, width = get_resize_output_image_size(
-                image, size=short_target, default_to_square=False, input_data_format=ChannelDimension.FIRST
+                image, size=short_target, default_to_square=False, max_size=size.longest_edge,
+                input_data_format=ChannelDimension.FIRST,
             )
             return SizeDict(height=height, width=width)
         if size.height and size.width:
             return SizeDict(height=size.height, width=size.width)
         raise ValueError(
-            f"`size` must be {{'shortest_edge': int}} or {{'height': int, 'width': int}}, got {dict(size)}"
+            f"`size` must be {{'shortest_edge': int}} (optionally with 'longest_edge': int) or "
+            f"{{'height': int, 'width': int}}, got {dict(size)}"
         )
 
     @staticmethod

@@ -16,7 +16,7 @@ from ..convert import (
     official_config,
     summarize_prefixes,
 )
-from ..file_utils import sha256sum, write_dir_atomically, write_text_atomically
+from ..file_utils import check_replaceable_dir, sha256sum, write_dir_atomically, write_text_atomically
 from ..loading import default_image_processor
 from ..releases import BACKBONE, CLASSIFIER, OFFICIAL_NAMES, SEGMENTOR, UPERNET, Release, get_release
 from .errors import PublishError
@@ -104,10 +104,28 @@ class BuiltRepo:
     not_converted: list[str]
 
 
+def check_output_dir(output_dir, checkpoint=None) -> None:
+    """Refuse, before any work, an `output_dir` that is a file or that holds the checkpoint being converted
+    (`FileExistsError`)."""
+    check_replaceable_dir(output_dir)
+    if checkpoint is not None and Path(output_dir).resolve() in Path(checkpoint).resolve().parents:
+        raise FileExistsError(
+            f"The checkpoint {str(checkpoint)!r} lies inside the output folder {str(output_dir)!r}, which the "
+            "conversion replaces as a whole; choose another output folder."
+        )
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
 def write_repo(model, release: Release, output_dir, checkpoint=None, not_converted=(), remote_code_check=True):
     """Write `model` (converted from `checkpoint`) as a complete repo for `release` into `output_dir`, atomically:
     the folder appears only once every `check_repo` check passed; otherwise the error is raised and an existing
-    `output_dir` is left as it was."""
+    `output_dir` is left as it was. An existing folder is replaced only when it is an earlier model folder (it has
+    a `config.json`) or holds nothing the new repo does not rewrite; anything else (a user's own files) is refused
+    with `FileExistsError` (see `paca_hf.file_utils.write_dir_atomically`)."""
+    check_output_dir(output_dir, checkpoint)
     image_processor = default_image_processor(release.task)
     card = render_model_card(
         release,
@@ -127,7 +145,7 @@ def write_repo(model, release: Release, output_dir, checkpoint=None, not_convert
         card.save(folder / "README.md")
         files.extend(check_repo(folder, release, model, remote_code=remote_code_check))
 
-    folder = write_dir_atomically(output_dir, write)
+    folder = write_dir_atomically(output_dir, write, may_replace=_is_model_folder)
     return BuiltRepo(folder=folder, files=files, model=model, not_converted=list(not_converted))
 
 
@@ -138,6 +156,7 @@ def build_repo(checkpoint, release: Release | str, output_dir, config=None, remo
     """Convert one of the authors' released checkpoints into its complete Hub repo folder (see `write_repo`).
     `config` defaults to the release's official config."""
     release = get_release(release) if isinstance(release, str) else release
+    check_output_dir(output_dir, checkpoint)
     model, unused = convert_source(load_checkpoint(checkpoint), release.official_name if config is None else config,
                                    release.task)
     expected = _EXPECTED_LABELS.get(release.form)
@@ -157,6 +176,7 @@ def convert_checkpoint(checkpoint, config, output_dir, task: str = "image-classi
     processor, remote code, model card) and return the model. With an official name as `config`, the card is that
     release's; otherwise it says the model is not an official release and carries no published numbers. Nothing is
     written unless the conversion is exact and the folder passed its checks; nothing is uploaded unless written."""
+    check_output_dir(output_dir, checkpoint)
     model, unused = convert_source(load_checkpoint(checkpoint), config, task)
     form = form_of(model)
     repo_id = push_to_hub or str(output_dir)
