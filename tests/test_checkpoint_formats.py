@@ -31,7 +31,7 @@ def assert_same_tensors(loaded, expected):
     assert all(torch.equal(loaded[key], expected[key]) for key in expected)
 
 
-def test_timm_checkpoint_saver_file(tmp_path, state_dict):
+def test_timm_checkpoint_saver_file(tmp_path, state_dict, caplog):
     # What timm's CheckpointSaver writes: the args of the training run as an argparse.Namespace.
     args = argparse.Namespace(model="pacavit_tiny_p2cconv_100_0", lr=1e-3, epochs=300)
     torch.save({"epoch": 299, "arch": "pacavit_tiny_p2cconv_100_0", "state_dict": state_dict, "version": 2,
@@ -39,7 +39,9 @@ def test_timm_checkpoint_saver_file(tmp_path, state_dict):
                tmp_path / "timm.pth.tar")
     with pytest.raises(Exception):  # the plain weights-only loader refuses it: what this reader is for
         torch.load(tmp_path / "timm.pth.tar", weights_only=True)
-    assert_same_tensors(load_checkpoint(tmp_path / "timm.pth.tar"), state_dict)  # `state_dict`, not the EMA
+    with caplog.at_level("WARNING"):
+        assert_same_tensors(load_checkpoint(tmp_path / "timm.pth.tar"), state_dict)  # `state_dict`, not the EMA
+    assert "holds the weights state_dict_ema" in caplog.text and "not converted" in caplog.text  # said, not hidden
     loaded, ignored = read_checkpoint(tmp_path / "timm.pth.tar")
     assert loaded["args"] == args and ignored == []  # an inert type, loaded as itself
 

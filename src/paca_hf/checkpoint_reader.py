@@ -170,11 +170,14 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for prefix in WRAPPER_PREFIXES:
         if all(key.startswith(prefix) for key in checkpoint):
             checkpoint = {key[len(prefix):]: value for key, value in checkpoint.items()}
+    alternatives = [key for key in other if key in STATE_DICT_ENTRIES + ("model_ema",)]
     if other or ignored:
-        # Objects of a framework's classes are worth a warning (they were not loaded as what they are).
-        log = logger.warning if ignored else logger.info
+        # Objects of a framework's classes, and a second set of weights (timm's EMA) not taken, are worth a warning.
+        log = logger.warning if ignored or alternatives else logger.info
         log(
             f"Read the tensors of {Path(path).name}; ignored its other entries ({', '.join(map(str, other)) or 'none'})"
             + (f" and, as inert placeholders, objects of {', '.join(sorted(set(ignored)))}" if ignored else "")
+            + (f". It also holds the weights {', '.join(alternatives)} (e.g. timm's EMA), which were not converted: "
+               f"save that entry alone as a state dict to convert it" if alternatives else "")
         )
     return dict(checkpoint)
