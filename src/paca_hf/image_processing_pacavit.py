@@ -70,6 +70,8 @@ class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
     def _to_float(image: "torch.Tensor") -> "torch.Tensor":
         return image.to(torch.float32)
 
+    _return_batch_as_is = True
+
     # The batch comes from `torch.stack` (then resize / crop / dtype conversion), so it is never the caller's tensor:
     # the same arithmetic as `rescale` and `normalize` (x * factor, then (x - mean) / std), in place, saves a
     # full-size tensor per step (each one faulted in afresh on a CPU when it is large).

@@ -210,7 +210,7 @@ class PaCaViTImageProcessingMixin:
                 batch = self._rescale_owned(batch, rescale_factor)
             if do_normalize:
                 batch = self._normalize_owned(batch, mean[first].tolist(), std[first].tolist())
-            if return_tensors is not None and len(groups) == 1:
+            if self._return_batch_as_is and return_tensors is not None and len(groups) == 1:
                 pixel_values = batch  # already the stacked output, in input order (one group is all of them)
                 break
             for index, image in zip(indices, self._unstack(batch, len(indices))):
@@ -229,6 +229,9 @@ class PaCaViTImageProcessingMixin:
         if maps is not None:
             data["labels"] = labels
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    # Whether a single group's batch is returned as the stacked `pixel_values` itself (no unstack and restack).
+    _return_batch_as_is = False
 
     def _rescale_owned(self, batch, factor: float):
         """`rescale` of a batch that this call made (stacked, hence not the caller's); a backend may do it in place."""
