@@ -335,6 +335,12 @@ class Runner:
         self.model = model
         self.forward_model = model
         if self.backend == "compile":
+            if mode == "inference":
+                # Weights as constants: inductor folds them and pre-packs them for oneDNN on the CPU (its recommended
+                # setting for inference; training graphs are not frozen).
+                from torch._inductor import config as inductor_config
+
+                inductor_config.freezing = True
             # dynamic=False: one specialised graph per input shape (a handful here), as a deployment at one size gets.
             self.forward_model = torch.compile(model, dynamic=False)
         elif self.backend == "onnxruntime":
