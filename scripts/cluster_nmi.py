@@ -4,7 +4,9 @@
     python scripts/cluster_nmi.py --model pacavit-seg --dataset builtin --num-images 32 --compare-random \
         --output nmi.json
 
-`--dataset builtin` uses the package's synthetic scenes (`paca_hf.data.scenes`); a PATH is a folder that
+`--dataset builtin` (the default) uses the package's synthetic scenes (`paca_hf.data.scenes`): by default the
+held-out `validation` stream, which no fine-tune on the built-in scenes trains on (`--split train` scores the
+training scenes instead); a PATH is a folder that
 `datasets.load_from_disk` or `datasets.load_dataset` reads, in the ADE20k schema (`image`, `annotation` with
 0 = other). Labels are reduced as for ADE20k (0 -> ignored, others - 1) and downsampled (mode) to each stage's
 resolution; the contingency tables are pooled over all images (`paca_hf.metrics.cluster_nmi`). With `--compare-random` the same architecture at
@@ -19,7 +21,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a converted model folder or a Hub id")
     parser.add_argument("--dataset", default="builtin", help="'builtin' (synthetic scenes) or a dataset folder")
-    parser.add_argument("--split", default=None, help="split of a PATH dataset (default: validation, else the first)")
+    parser.add_argument("--split", default=None,
+                        help="split to score (default: validation; for a PATH without one, its first split); "
+                             "'builtin' has a held-out 'validation' and the fine-tune's 'train' scenes")
     parser.add_argument("--num-images", type=int, default=16, help="images to use (default 16)")
     parser.add_argument("--image-size", type=int, default=128, help="side of the builtin scenes (default 128)")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -40,7 +44,7 @@ def main(argv=None) -> int:
     from paca_hf.visualization import load_model_and_processor
 
     try:
-        examples = load_examples(args.dataset, args.split, args.num_images, args.image_size)
+        examples, split = load_examples(args.dataset, args.split, args.num_images, args.image_size, return_split=True)
     except ValueError as error:
         parser.error(str(error))
     try:
@@ -58,9 +62,10 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
+    print(f"scored {len(examples)} images of {args.dataset!r}, split {split!r}")
     print(format_table(report["nmi"], report.get("nmi_random_init"), report["num_clusters"]))
     if args.output:
-        write_json_atomically(args.output, {"model": args.model, "dataset": args.dataset, **report})
+        write_json_atomically(args.output, {"model": args.model, "dataset": args.dataset, "split": split, **report})
         print(f"wrote {args.output}")
     return 0
 

@@ -51,7 +51,8 @@ def parity_line():
     import torch
     from safetensors.torch import load_file
 
-    from paca_hf.convert import config_from_authors_settings, convert_checkpoint
+    from paca_hf.convert import config_from_authors_settings
+    from paca_hf.hub import convert_checkpoint
 
     from transformers.utils import logging as hf_logging
 

@@ -45,6 +45,7 @@ import sys
 import datasets
 import transformers
 
+from paca_hf.training.errors import TrainingError
 from paca_hf.training.imagenet import train_and_evaluate
 from paca_hf.training.imagenet_args import parse_args
 
@@ -67,4 +68,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TrainingError as error:  # a launch or run that cannot go on: one line, exit status 1
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -1,5 +1,7 @@
 """Shared by the fine-tuning tests: the command line of a few steps of a tiny model, and that model's config file."""
 
+import socket
+
 import pytest
 
 from tiny_configs import tiny_config
@@ -23,3 +25,10 @@ def tiny_config_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("config") / "config.json"
     tiny_config(drop_path_rate=0.1).to_json_file(path)
     return path
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now, for a distributed run's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

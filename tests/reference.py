@@ -28,6 +28,11 @@ def manifest() -> dict:
     return json.loads((require_reference() / "official_checkpoint_manifest.json").read_text())
 
 
+def upernet_maskrcnn_manifest() -> dict:
+    """Keys, shapes and counts of the authors' 3 UperNet and 4 Mask R-CNN checkpoints."""
+    return json.loads((require_reference() / "official_checkpoint_manifest_upernet_maskrcnn.json").read_text())
+
+
 def case_config(name: str) -> PaCaViTConfig:
     """Our config for a reference case, translated from the authors' terms in cases.json."""
     case = cases()[name]

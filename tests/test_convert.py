@@ -2,7 +2,6 @@
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
-from paca_hf.convert import ConversionError, convert_checkpoint, load_checkpoint
+from paca_hf.convert import ConversionError, load_checkpoint
+from paca_hf.hub import REPO_FILES, check_model_card, convert_checkpoint
+from paca_hf.hub.model_card import custom_release
 from reference import case_checkpoint, case_config, case_io
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_official_checkpoint.py"
@@ -34,10 +35,15 @@ def test_cli_converts_reference_classifier_exactly(tmp_path):
     result = run_cli("--checkpoint", case_checkpoint(name), "--config", write_config(tmp_path, name),
                      "--output-dir", output, "--task", "image-classification")
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in output.iterdir()) == [
-        "config.json", "configuration_pacavit.py", "image_processing_pacavit.py", "model.safetensors",
-        "modeling_pacavit.py", "preprocessor_config.json",
-    ]
+    # A complete repo: weights, config, processor, remote code and the model card.
+    assert sorted(p.name for p in output.iterdir()) == sorted(REPO_FILES)
+    assert {"README.md", "config.json", "configuration_pacavit.py", "image_processing_pacavit.py",
+            "model.safetensors", "modeling_pacavit.py", "preprocessor_config.json"} <= set(REPO_FILES)
+    card = (output / "README.md").read_text()
+    # Not an official release: the card says so and carries no published numbers.
+    check_model_card(card, custom_release("classifier", str(output), case_checkpoint(name).name))
+    assert "not one of the authors' released checkpoints" in card and "model-index" not in card
+    assert "top-1" not in card.split("## Results")[1].split("## Conversion")[0]
     config = json.loads((output / "config.json").read_text())
     assert config["model_type"] == "pacavit" and len(config["id2label"]) == 10  # num_labels from the head
     assert config["auto_map"]["AutoModelForImageClassification"] == "modeling_pacavit.PaCaViTForImageClassification"
@@ -152,3 +158,14 @@ def test_unknown_config_is_an_error(tmp_path):
     result = run_cli("--checkpoint", case_checkpoint("cls_conv_stagewise"), "--config", "pacavit_gigantic",
                      "--output-dir", tmp_path / "out")
     assert result.returncode != 0 and "neither an official name" in result.stderr
+
+
+def test_convert_is_pure_and_below_the_hub():
+    """`paca_hf.convert` turns state dicts into state dicts; saving, cards, checks and uploads live above it."""
+    code = "import sys, paca_hf.convert; print(sorted(name for name in sys.modules if name.startswith('paca_hf.hub')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src")))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    source = (Path(__file__).resolve().parents[1] / "src" / "paca_hf" / "convert.py").read_text()
+    assert "from .hub" not in source and "save_pretrained" not in source and "open(" not in source

@@ -3,7 +3,6 @@ exact resume, the recipe's optimiser groups and schedule, and the reported mIoU 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from paca_hf.images import load_label_map, reduce_labels
 from paca_hf.training.augment_segmentation import SegmentationEvalTransform
 from paca_hf.training.optim import NORM_MODULE_TYPES
 
-from finetune_helpers import finetune_argv, tiny_config_file  # noqa: F401 (fixture)
+from finetune_helpers import finetune_argv, free_port, tiny_config_file  # noqa: F401 (fixture)
 from tiny_configs import TINY_CONFIG, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -170,7 +169,7 @@ def test_scratch_run_from_a_local_dataset_folder(tiny_config_file, tmp_path):
 
 @pytest.fixture(scope="module")
 def converted_classifier(tmp_path_factory):
-    from paca_hf.convert import convert_checkpoint
+    from paca_hf.hub import convert_checkpoint
     from reference import case_checkpoint, case_config
 
     folder = tmp_path_factory.mktemp("converted") / "cls"
@@ -234,12 +233,6 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_config_file, tmp_path
     assert marker["step"] == 4 and marker["epoch"] == 2 and marker["batches_in_epoch"] == 2
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_on_the_cpu_hold_identical_weights(tiny_config_file, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs: the script switches to the CPU
     (gloo), keeps BatchNorm (SyncBatchNorm needs CUDA) and both processes end with the same weights."""
@@ -250,7 +243,7 @@ def test_two_processes_on_the_cpu_hold_identical_weights(tiny_config_file, tmp_p
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), str(SCRIPT),
+        "--main_process_port", str(free_port()), str(SCRIPT),
         *tiny_args(tiny_config_file, out, "--debug_dump_weights", "--num_train_images", "8"),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from paca_hf import hub
 from paca_hf.configuration_pacavit import OFFICIAL_NAMES
-from reference import case_checkpoint, case_config, manifest, require_reference
+from paca_hf.file_utils import sha256sum
+from reference import case_checkpoint, case_config, manifest, require_reference, upernet_maskrcnn_manifest
 from test_official_models import random_state_dict
 
 
@@ -50,12 +51,21 @@ def test_release_table_matches_the_authors_releases():
         if "box_ap" in entry:
             assert release.result == f"{entry['box_ap']} box AP / {entry['mask_ap']} mask AP", name
     assert {name for name, release in table.items() if release.url} == set(published)
-    # Every official name we can convert has a repo; the others say why not.
-    assert {release.official_name for release in hub.convertible_releases()} == set(OFFICIAL_NAMES)
-    assert all(release.note.startswith("not converted") for release in table.values() if not release.convertible)
-    repo_ids = [release.repo_id for release in hub.convertible_releases()]
-    assert len(set(repo_ids)) == len(repo_ids) == 19
+    # All 26 releases have a repo id, each in the form transformers has for it.
+    assert set(table) == set(OFFICIAL_NAMES) and len(table) == 26
+    repo_ids = [release.repo_id for release in hub.RELEASES]
+    assert len(set(repo_ids)) == len(repo_ids) == 26
     assert all(re.fullmatch(r"ivmcl/pacavit-[a-z0-9-]+", repo_id) for repo_id in repo_ids)
+    forms = [release.form for release in hub.RELEASES]
+    assert [forms.count(form) for form in ("classifier", "segmentor", "upernet", "backbone")] == [13, 6, 3, 4]
+    for size in ("tiny", "small", "base"):
+        assert hub.get_release(f"ivmcl/pacavit-{size}-upernet-ade20k").official_name == (
+            f"upernet_pacavit_{size}_p2cconv_100_0_512x512_160k_ade20k")
+        assert hub.get_release(f"ivmcl/pacavit-{size}-coco-backbone").official_name == (
+            f"mask_rcnn_pacavit_{size}_p2cconv_100_0_mstrain_480_800_1x_coco")
+    assert hub.get_release("ivmcl/pacavit-small-mlp-coco-backbone").form == "backbone"
+    assert [hub.get_release(f"ivmcl/pacavit-{size}-upernet-ade20k").metric
+            for size in ("tiny", "small", "base")] == [44.49, 47.6, 49.67]
     for name, repo in [(TINY, "pacavit-tiny"), ("pacavit_small_p2cconv_100_0", "pacavit-small"),
                        ("pacavit_base_p2cconv_100_0", "pacavit-base"),
                        ("pacavit_small_p2cmlp_100_0", "pacavit-small-mlp"),
@@ -78,13 +88,19 @@ def test_release_table_matches_the_authors_releases():
 def test_releases_table_markdown():
     table = hub.render_releases_table()
     lines = table.strip().splitlines()
-    assert len(lines) == 2 + len(hub.RELEASES)
+    assert len(lines) == 2 + 26
     assert all(line.startswith("| ") and line.endswith(" |") and line.count(" | ") == 4 for line in lines)
-    assert ("| `pacavit_small_p2cconv_100_0` | [`ivmcl/pacavit-small`](https://huggingface.co/ivmcl/pacavit-small) | "
-            "ImageNet-1k classification | 83.08% top-1 | [IMNET_224_pacavit_small_p2cconv_100_0.pth]"
+    assert ("| `pacavit_small_p2cconv_100_0` | classifier (ImageNet-1k) | `ivmcl/pacavit-small` | 83.08% top-1 | "
+            "[IMNET_224_pacavit_small_p2cconv_100_0.pth]"
             "(https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_small_p2cconv_100_0.pth) |"
             ) in lines
     assert any(line.startswith("| `pacavit_convmixer_tiny_100` |") and "not released" in line for line in lines)
+    assert any(line.startswith("| `upernet_pacavit_base_p2cconv_100_0_512x512_160k_ade20k` | segmentor, UperNet")
+               and "49.67 mIoU" in line for line in lines)
+    assert any(line.startswith("| `mask_rcnn_pacavit_small_p2cmlp_100_0_mstrain_480_800_1x_coco` | backbone of a")
+               and "46.6 box AP" in line for line in lines)
+    # The repo ids are not presented as links to existing Hub pages.
+    assert "https://huggingface.co/" not in table
 
 
 def test_readme_has_the_releases_table():
@@ -99,10 +115,10 @@ def test_readme_has_the_releases_table():
 
 
 def test_remote_code_files_need_no_paca_hf(tmp_path):
-    files = hub.remote_code_files()
-    assert sorted(path.name for path in files) == [
-        "configuration_pacavit.py", "image_processing_pacavit.py", "modeling_pacavit.py"
-    ]
+    files = sorted(path.name for path in hub.remote_code_files())
+    assert {"configuration_pacavit.py", "image_processing_pacavit.py", "modeling_pacavit.py", "releases.py"} <= set(
+        files)
+    assert files == sorted(name for name in hub.REPO_FILES if name.endswith(".py"))
     (tmp_path / "configuration_pacavit.py").write_text("from paca_hf.data import thing\n")
     (tmp_path / "modeling_pacavit.py").write_text("from .configuration_pacavit import X\nfrom ..up import y\n")
     (tmp_path / "image_processing_pacavit.py").write_text("import scipy\nfrom .helpers import z\n")
@@ -113,27 +129,53 @@ def test_remote_code_files_need_no_paca_hf(tmp_path):
         assert problem in message
 
 
+def test_torchvision_must_stay_optional_in_remote_code(tmp_path):
+    (tmp_path / "configuration_pacavit.py").write_text("import json\n")
+    (tmp_path / "modeling_pacavit.py").write_text(
+        "try:\n    import torchvision\nexcept ImportError:\n    torchvision = None\n")
+    (tmp_path / "image_processing_pacavit.py").write_text("from torchvision.transforms import v2\n")
+    with pytest.raises(hub.PublishError) as error:
+        hub.remote_code_files(tmp_path)
+    message = str(error.value)
+    assert "image_processing_pacavit.py:1 imports from 'torchvision.transforms' outside `try" in message
+    assert "modeling_pacavit.py" not in message  # the guarded import is fine
+
+
 # ------------------------------------------------------------------------------------------------ model cards
 
 
-@pytest.mark.parametrize("release", hub.convertible_releases(), ids=lambda release: release.repo_name)
+def _manifest_entry(name):
+    return {**manifest(), **upernet_maskrcnn_manifest()}[name]
+
+
+@pytest.mark.parametrize("release", hub.RELEASES, ids=lambda release: release.repo_name)
 def test_model_card_metadata(release):
-    entry = manifest()[release.official_name]
-    card = hub.render_model_card(release, num_parameters=entry["num_parameters"], checkpoint_sha256="ab" * 32)
+    entry = _manifest_entry(release.official_name)
+    num_parameters = entry["num_parameters_backbone"] if release.form == "backbone" else entry["num_parameters"]
+    card = hub.render_model_card(release, num_parameters=num_parameters, checkpoint_sha256="ab" * 32)
     hub.check_model_card(str(card), release)
     card = ModelCard(str(card))
     data = card.data
     assert data.license == "mit" and data.library_name == "transformers" and "pacavit" in data.tags
-    if release.task == hub.CLASSIFICATION:
+    if release.form == "classifier":
         assert data.pipeline_tag == "image-classification" and data.datasets == ["imagenet-1k"]
         assert data.base_model is None
+    elif release.form == "backbone":
+        assert data.pipeline_tag == "image-feature-extraction" and data.datasets == ["detection-datasets/coco"]
+        assert data.base_model == hub.get_release(release.initialized_from).repo_id
+        # What it is, what is left out and why, and the whole detector's published result.
+        assert "only the backbone" in card.text and "Not included" in card.text and "no Mask R-CNN" in card.text
+        assert release.result in card.text and "UperNetForSemanticSegmentation" in card.text
     else:
         assert data.pipeline_tag == "image-segmentation" and data.datasets == ["scene_parse_150"]
-        assert data.base_model == hub.get_release(release.imagenet_backbone).repo_id
-    assert f"{entry['num_parameters']:,}" in card.text and str(release.gmacs) in card.text
+        assert data.base_model == hub.get_release(release.initialized_from).repo_id
+    if release.form == "upernet":
+        assert "upernet" in data.tags and "custom_code" not in data.tags
+    assert f"{num_parameters:,}" in card.text and str(release.gmacs) in card.text
     assert "PaCa-ViT: Learning Patch-to-Cluster Attention in Vision Transformers" in card.text
-    if release.metric is None:
-        assert "model-index" not in data.to_dict() and "not published" in card.text
+    if release.metric is None:  # no model-index; the result in words where there is one (the whole detector's AP)
+        assert "model-index" not in data.to_dict()
+        assert (release.result or "not published") in card.text
         return
     name, results = model_index_to_eval_results(data.to_dict()["model-index"])
     assert name == release.repo_name and len(results) == 1
@@ -199,7 +241,7 @@ def test_built_repo_layout(reference_repo, reference_segmentation_repo):
     weights = load_file(folder / "model.safetensors")
     assert all(torch.equal(weights[key], value) for key, value in reference_repo.model.state_dict().items())
     text = (folder / "README.md").read_text()
-    assert hub.sha256sum(case_checkpoint(CASE)) in text  # provenance: the exact file that was converted
+    assert sha256sum(case_checkpoint(CASE)) in text  # provenance: the exact file that was converted
 
 
 def _hub_cache(tmp_path, repos: dict) -> Path:
@@ -373,7 +415,7 @@ def test_publish_dry_run_uploads_nothing(checkpoints_dir, tmp_path, capsys):
     assert _publish_script().main(argv, api=api) == 0
     out = capsys.readouterr().out
     assert api.calls == []
-    assert re.search(r"\[dry-run\] would upload ivmcl/pacavit-tiny \(7 files, \d+\.\d MB\):", out)
+    assert re.search(rf"\[dry-run\] would upload ivmcl/pacavit-tiny \({len(hub.REPO_FILES)} files, \d+\.\d MB\):", out)
     listed = [line.strip() for line in out.splitlines() if line.startswith("  ")]
     assert listed == sorted(hub.REPO_FILES)
 
@@ -388,7 +430,7 @@ def test_publish_downloads_from_release_urls_and_skips_unreleased(tmp_path, monk
     api = RecordingApi()
     status = hub.publish(None, None, tmp_path, api=api, download=download, log=lambda message: None)
     assert api.calls == []
-    released = [release for release in hub.convertible_releases() if release.url]
+    released = [release for release in hub.RELEASES if release.url]
     assert requested == [(release.url, release.url.rsplit("/", 1)[-1]) for release in released]
     assert status["pacavit_convmixer_tiny_100"].startswith("skipped: not released")
     assert all(status[release.official_name] == "failed: download refused in tests" for release in released)
@@ -413,3 +455,101 @@ def test_publish_script_without_token_uploads_nothing(tmp_path, monkeypatch, cap
     assert _publish_script().main(["--work-dir", str(tmp_path), "--only", TINY]) == 2
     assert "no Hugging Face token" in capsys.readouterr().err
     assert not (tmp_path / "downloads").exists()
+
+
+def test_model_cards_folder_holds_every_rendered_card(tmp_path):
+    """`model_cards/` is what `python scripts/publish_all.py --write-cards model_cards` writes."""
+    written = hub.write_release_cards(tmp_path)
+    assert len(written) == 26
+    committed = sorted(path.name for path in (ROOT / "model_cards").glob("*.md"))
+    assert committed == sorted(path.name for path in written), "regenerate with publish_all.py --write-cards"
+    for path in written:
+        assert (ROOT / "model_cards" / path.name).read_text() == path.read_text(), (
+            f"model_cards/{path.name} is stale: run python scripts/publish_all.py --write-cards model_cards")
+        ModelCard(path.read_text(), ignore_metadata_errors=False)
+
+
+class FailingUploadApi(RecordingApi):
+    """Fails the upload of one repo, as the Hub does offline or with a bad token."""
+
+    def __init__(self, failing_repo):
+        super().__init__()
+        self.failing_repo = failing_repo
+
+    def upload_folder(self, **kwargs):
+        if kwargs["repo_id"] == self.failing_repo:
+            raise OSError("offline: cannot reach https://huggingface.co")
+        super().upload_folder(**kwargs)
+
+
+def test_publish_goes_on_after_a_failed_upload_and_reports_every_release(checkpoints_dir, tmp_path, capsys):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    tiny = (checkpoints_dir / "IMNET_224_pacavit_tiny_p2cconv_100_0.pth").read_bytes()
+    (folder / "IMNET_224_pacavit_tiny_p2cconv_100_0.pth").write_bytes(tiny)
+    # The same weights published twice under two names: the first upload fails, the second must still happen.
+    teacher = random_state_dict(manifest()["pacavit_convmixer_tiny_100"])
+    torch.save(teacher, folder / "pacavit_convmixer_tiny_100.pth")
+    api = FailingUploadApi("ivmcl/pacavit-tiny")
+    argv = ["--checkpoints-dir", str(folder), "--work-dir", str(tmp_path / "work"), "--only", TINY,
+            "--only", "pacavit_convmixer_tiny_100"]
+    assert _publish_script().main(argv, api=api) == 1
+    out, err = capsys.readouterr()
+    assert "error: pacavit_tiny_p2cconv_100_0: nothing uploaded to ivmcl/pacavit-tiny: offline" in err
+    assert [call[:2] for call in api.calls] == [("create_repo", "ivmcl/pacavit-tiny"),
+                                                ("create_repo", "ivmcl/pacavit-tiny-teacher"),
+                                                ("upload_folder", "ivmcl/pacavit-tiny-teacher")]
+    summary = out.splitlines()[-3:]
+    assert re.fullmatch(r"pacavit_tiny_p2cconv_100_0 +failed: offline: cannot reach https://huggingface.co",
+                        summary[0]), summary
+    assert re.fullmatch(r"pacavit_convmixer_tiny_100 +uploaded", summary[1]), summary
+    assert summary[2] == "1 uploaded, 0 skipped, 1 failed: pacavit_tiny_p2cconv_100_0"
+
+
+_BACKBONE_SNIPPET_RUN = """
+import sys
+try:
+    import paca_hf
+except ImportError:
+    pass
+else:
+    sys.exit("paca_hf must not be importable here")
+exec(compile(open("snippet.py").read(), "snippet.py", "exec"), {"__name__": "__main__"})
+"""
+
+
+def test_backbone_repo_from_a_detector_checkpoint(tmp_path):
+    """A Mask R-CNN-layout checkpoint (the reference backbone under `backbone.`, plus neck / RPN / RoI tensors)
+    becomes a PaCaViTBackbone repo: features as the authors' model, the rest reported, remote code and the card's
+    snippet (a transformers head over the backbone) working where paca_hf is not installed."""
+    from safetensors.torch import load_file as load_io
+
+    backbone = torch.load(case_checkpoint("backbone_conv_downstream"), weights_only=True)
+    detector = {f"backbone.{key}": value for key, value in backbone.items()}
+    detector.update({"neck.lateral_convs.0.conv.weight": torch.zeros(8, 32, 1, 1),
+                     "neck.fpn_convs.0.conv.weight": torch.zeros(8, 8, 3, 3),
+                     "rpn_head.rpn_conv.weight": torch.zeros(8, 8, 3, 3),
+                     "roi_head.bbox_head.fc_cls.weight": torch.zeros(81, 16)})
+    torch.save({"meta": {"epoch": 12}, "state_dict": detector}, tmp_path / "mask_rcnn.pth")
+    case_config("backbone_conv_downstream").save_pretrained(tmp_path / "config")
+    name = "mask_rcnn_pacavit_tiny_p2cconv_100_0_mstrain_480_800_1x_coco"
+    built = hub.build_repo(tmp_path / "mask_rcnn.pth", name, tmp_path / "repo",
+                           config=tmp_path / "config" / "config.json", remote_code_check=True)
+    assert type(built.model).__name__ == "PaCaViTBackbone"
+    assert sorted(built.not_converted) == sorted(key for key in detector if not key.startswith("backbone."))
+    card = (built.folder / "README.md").read_text()
+    assert "neck. (2 tensors), rpn_head. (1 tensors), roi_head. (1 tensors)" in card
+    io = load_io(require_reference() / "backbone_conv_downstream.io.safetensors")
+    with torch.no_grad():
+        features = built.model(io["input_0"]).feature_maps
+    for stage, feature in enumerate(features):
+        torch.testing.assert_close(feature, io[f"output_0_feature_{stage}"], atol=1e-4, rtol=0)
+    snippet = hub.extract_usage_snippet(card).replace('"ivmcl/pacavit-tiny-coco-backbone"', repr(str(built.folder)))
+    (tmp_path / "snippet.py").write_text(snippet)
+    result = subprocess.run([sys.executable, "-c", _BACKBONE_SNIPPET_RUN], cwd=tmp_path, capture_output=True,
+                            text=True, env=hub.hidden_package_environment(tmp_path / "sandbox"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[:4] == ["stage1 (1, 32, 128, 192)", "stage2 (1, 64, 64, 96)", "stage3 (1, 96, 32, 48)",
+                         "stage4 (1, 128, 16, 24)"]
+    assert lines[4] == "torch.Size([1, 19, 512, 768])"

@@ -265,3 +265,35 @@ def test_mean_iou_non_finite_logits_never_count_as_correct(miou, bad):
     assert direct["mean_iou"] == 0.0
     with pytest.raises(ValueError, match="class ids"):
         module.mean_iou([np.full((2, 3), 0.5)], [reference], num_labels=3, ignore_index=255)
+
+
+def test_finetune_evaluation_scores_a_diverged_segmentor_zero():
+    """The fine-tune's evaluation (whole-image inference + mIoU) of a model whose logits are NaN in some pixels:
+    those pixels are wrong, not class 0; an all-NaN model scores mIoU 0 although every reference pixel is class 0."""
+    import torch
+    from accelerate import Accelerator
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    from paca_hf.training.augment_segmentation import SegmentationEvalTransform
+    from paca_hf.training.evaluation import evaluate_segmentation, predict_batch
+
+    class Diverged(torch.nn.Module):
+        def __init__(self, nan_rows: int):
+            super().__init__()
+            self.nan_rows = nan_rows
+
+        def forward(self, pixel_values):
+            logits = torch.zeros(pixel_values.shape[0], 3, *pixel_values.shape[-2:])
+            logits[:, 0] = 1.0  # class 0 everywhere ...
+            logits[:, :, : self.nan_rows] = float("nan")  # ... except where the scores are NaN
+            return SemanticSegmenterOutput(logits=logits)
+
+    transform = SegmentationEvalTransform(scale=(16, 16))
+    image, labels = torch.zeros(3, 16, 16, dtype=torch.uint8), torch.zeros(16, 16, dtype=torch.long)
+    prediction = predict_batch(Diverged(nan_rows=4), [image], transform, "cpu")[0]
+    assert (prediction[:4] == 3).all() and (prediction[4:] == 0).all()
+
+    batches = [{"images": [image], "labels": [labels]}]
+    for nan_rows, expected in ((0, 1.0), (4, 12 / 16), (16, 0.0)):
+        results, _ = evaluate_segmentation(Diverged(nan_rows), batches, Accelerator(cpu=True), transform, 3, False)
+        assert results["mean_iou"] == pytest.approx(expected)

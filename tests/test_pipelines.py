@@ -14,8 +14,7 @@ from transformers.utils import logging as transformers_logging
 
 import paca_hf
 from paca_hf import PaCaViTConfig, PaCaViTForSemanticSegmentation, PaCaViTImageProcessor
-from paca_hf.convert import convert_checkpoint
-from paca_hf.hub import add_remote_code
+from paca_hf.hub import add_remote_code, convert_checkpoint
 from reference import case_checkpoint, case_config
 
 

@@ -8,6 +8,8 @@ from huggingface_hub.dataclasses import strict
 from transformers.backbone_utils import BackboneConfigMixin
 from transformers.configuration_utils import PreTrainedConfig
 
+from .releases import BACKBONE, CLASSIFIER, OFFICIAL_NAMES, RELEASES, SEGMENTOR
+
 
 CLUSTERING_TYPES = ("conv", "mlp", "linear")
 
@@ -36,40 +38,8 @@ _ARCHITECTURES = {
     },
 }
 
-# The authors' 13 ImageNet-1k classifiers: official name -> (architecture, clustering type, clusters, interval).
-_IMAGENET_MODELS = {
-    "pacavit_tiny_p2cconv_100_0": ("tiny", "conv", [100, 100, 100, 0], 0),
-    "pacavit_small_p2cconv_100_0": ("small", "conv", [100, 100, 100, 0], 0),
-    "pacavit_base_p2cconv_100_0": ("base", "conv", [100, 100, 100, 0], 0),
-    "pacavit_small_p2cmlp_100_0": ("small", "mlp", [100, 100, 100, 0], 0),
-    "pacavit_small_p2cconv_2_0": ("small", "conv", [2, 2, 2, 0], 0),
-    "pacavit_small_p2cconv_49_0": ("small", "conv", [49, 49, 49, 0], 0),
-    "pacavit_small_p2cconv_49_100": ("small", "conv", [49, 64, 81, 100], 0),
-    "pacavit_small_p2cconv_100_49": ("small", "conv", [100, 81, 64, 49], 0),
-    "pacavit_small_p2cconv_100": ("small", "conv", [100, 100, 100, 100], 0),
-    "pacavit_small_p2cconv_100_blockwise": ("small", "conv", [100, 100, 100, 100], 1),
-    "pacavit_convmixer_tiny_100": ("tiny_teacher", "conv", [100, 100, 100, 100], 0),
-    "pacavit_convmixer_small_100": ("small_teacher", "conv", [100, 100, 100, 100], 0),
-    "pacavit_convmixer_base_100": ("base_teacher", "conv", [100, 100, 100, 100], 0),
-}
-
-# The authors' 6 released ADE20k PaCa-head segmentors: name -> (ImageNet backbone, downstream cluster counts).
-_ADE20K_MODELS = {
-    "pacahead_pacavit_tiny_p2cconv_100_0_512x512_160k_ade20k": ("pacavit_tiny_p2cconv_100_0", [200, 200, 200, 0]),
-    "pacahead_pacavit_small_p2cconv_100_0_512x512_160k_ade20k": ("pacavit_small_p2cconv_100_0", [200, 200, 200, 0]),
-    "pacahead_pacavit_base_p2cconv_100_0_512x512_160k_ade20k": ("pacavit_base_p2cconv_100_0", [200, 200, 200, 0]),
-    "pacahead_pacavit_small_p2cmlp_100_0_512x512_160k_ade20k": ("pacavit_small_p2cmlp_100_0", [200, 200, 200, 0]),
-    "pacahead_pacavit_convmixer_small_100_512x512_160k_ade20k": (
-        "pacavit_convmixer_small_100",
-        [200, 200, 200, 200],
-    ),
-    "pacahead_pacavit_convmixer_base_100_512x512_160k_ade20k": ("pacavit_convmixer_base_100", [200, 200, 200, 200]),
-}
-
-# Drop-path rates where the ADE20k config differs from the ImageNet architecture default.
-_ADE20K_DROP_PATH = {"pacahead_pacavit_convmixer_base_100_512x512_160k_ade20k": 0.5}
-
-OFFICIAL_NAMES = tuple(_IMAGENET_MODELS) + tuple(_ADE20K_MODELS)
+# Every official name (the authors' released checkpoints) and its architecture: `releases.RELEASES`.
+_RELEASES_BY_NAME = {release.official_name: release for release in RELEASES}
 
 
 def load_id2label(dataset: str) -> dict[int, str]:
@@ -229,44 +199,41 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
 
     @classmethod
     def from_official_name(cls, name: str, **overrides) -> "PaCaViTConfig":
-        """Config of one of the authors' released models, e.g. `pacavit_small_p2cconv_100_0` (ImageNet-1k) or
-        `pacahead_pacavit_small_p2cconv_100_0_512x512_160k_ade20k` (ADE20k, PaCa head)."""
-        if name in _ADE20K_MODELS:
-            backbone, clusters = _ADE20K_MODELS[name]
-            kwargs = cls._official_kwargs(backbone)
-            kwargs.update(
-                num_clusters=clusters,
-                image_size=512,
-                id2label=load_id2label("ade20k"),
-                drop_path_rate=_ADE20K_DROP_PATH.get(name, kwargs["drop_path_rate"]),
-                out_features=list(f"stage{index}" for index in range(1, len(kwargs["depths"]) + 1)),
-            )
-        elif name in _IMAGENET_MODELS:
-            kwargs = cls._official_kwargs(name)
-            kwargs["id2label"] = load_id2label("imagenet-1k")
-        else:
+        """Config of one of the authors' released models (`paca_hf.releases.OFFICIAL_NAMES`), e.g.
+        `pacavit_small_p2cconv_100_0` (ImageNet-1k classifier) or
+        `pacahead_pacavit_small_p2cconv_100_0_512x512_160k_ade20k` (ADE20k, PaCa head). For an UperNet segmentor (`upernet_...`) or a COCO Mask R-CNN (`mask_rcnn_...`) it is the
+        config of the PaCa-ViT backbone inside, with all four stages out. Raises `ValueError` for unknown names."""
+        release = _RELEASES_BY_NAME.get(name)
+        if release is None:
             raise ValueError(f"Unknown official PaCa-ViT name {name!r}. Known names: {', '.join(OFFICIAL_NAMES)}.")
-        kwargs["label2id"] = {label: index for index, label in kwargs["id2label"].items()}
-        if "num_labels" in overrides and "id2label" not in overrides:
-            # A new head (fine-tuning on other classes): the official class names no longer apply.
-            del kwargs["id2label"], kwargs["label2id"]
-        kwargs.update(overrides)
-        return cls(**kwargs)
-
-    @staticmethod
-    def _official_kwargs(name: str) -> dict:
-        architecture, clustering_type, clusters, interval = _IMAGENET_MODELS[name]
-        kwargs = copy.deepcopy(_ARCHITECTURES[architecture])
+        architecture = release.architecture
+        kwargs = copy.deepcopy(_ARCHITECTURES[architecture.size])
         num_stages = len(kwargs["depths"])
         kwargs.update(
             num_attention_heads=[2, 4, 8, 16],
             mlp_ratios=[4] * num_stages,
-            num_clusters=list(clusters),
-            clustering_type=clustering_type,
+            num_clusters=list(architecture.num_clusters),
+            clustering_type=architecture.clustering_type,
             clustering_kernel_size=7,
-            clustering_interval=[interval] * num_stages,
+            clustering_interval=[architecture.clustering_interval] * num_stages,
         )
-        return kwargs
+        if architecture.drop_path_rate is not None:
+            kwargs["drop_path_rate"] = architecture.drop_path_rate
+        if release.form == CLASSIFIER:
+            kwargs["id2label"] = load_id2label("imagenet-1k")
+        else:
+            kwargs["out_features"] = [f"stage{index}" for index in range(1, num_stages + 1)]
+            if release.form != BACKBONE:
+                kwargs["image_size"] = 512
+            if release.form == SEGMENTOR:
+                kwargs["id2label"] = load_id2label("ade20k")
+        if "id2label" in kwargs:
+            kwargs["label2id"] = {label: index for index, label in kwargs["id2label"].items()}
+            if "num_labels" in overrides and "id2label" not in overrides:
+                # A new head (fine-tuning on other classes): the official class names no longer apply.
+                del kwargs["id2label"], kwargs["label2id"]
+        kwargs.update(overrides)
+        return cls(**kwargs)
 
 
 __all__ = ["PaCaViTConfig"]

@@ -1,18 +1,21 @@
-"""Conversion of the authors' PaCa-ViT checkpoints (timm classifiers, mmseg segmentors) to transformers folders."""
+"""The authors' PaCa-ViT state dicts -> ours, strictly: timm classifiers, mmseg PaCa-head and UperNet segmentors,
+and the backbones of mmdet's Mask R-CNN detectors.
+
+Pure: nothing here writes files. Saving a converted model as a complete repo (weights, processor, remote code,
+model card), checking and uploading it is `paca_hf.hub`'s job.
+"""
 
 import os
-import pickle
 import re
-import shutil
-import tempfile
-import zipfile
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
 from transformers.utils import logging
 
+from .checkpoint_reader import CheckpointError, load_state_dict_file
 from .configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
-from .loading import default_image_processor  # noqa: F401 (hub.py imports it from here)
+from .releases import BACKBONE, RELEASES, UPERNET
 
 
 logger = logging.get_logger(__name__)
@@ -20,7 +23,7 @@ logger = logging.get_logger(__name__)
 TASKS = ("image-classification", "semantic-segmentation", "backbone")
 
 
-class ConversionError(ValueError):
+class ConversionError(CheckpointError):
     """A checkpoint that cannot be converted exactly (unreadable, untrusted, or not matching the model)."""
 
 
@@ -80,6 +83,19 @@ _HEAD_RULES = [
 ]
 
 
+# mmseg's `UPerHead` (`decode_head.*`) and `FCNHead` (`auxiliary_head.*`) -> transformers' UperNet: the same module
+# names, with mmseg's `ConvModule.bn` called `batch_norm` and `conv_seg` called `classifier`.
+_UPERNET_HEAD_RULES = [
+    (r"(decode_head\.(?:psp_modules\.\d+\.1|bottleneck|lateral_convs\.\d+|fpn_convs\.\d+|fpn_bottleneck)"
+     r"|auxiliary_head\.convs\.\d+)\.conv\.weight", r"\1.conv.weight"),
+    (r"(decode_head\.(?:psp_modules\.\d+\.1|bottleneck|lateral_convs\.\d+|fpn_convs\.\d+|fpn_bottleneck)"
+     r"|auxiliary_head\.convs\.\d+)\.bn\.(.+)", r"\1.batch_norm.\2"),
+    (r"(decode_head|auxiliary_head)\.conv_seg\.(weight|bias)", r"\1.classifier.\2"),
+]
+# Top-level parts of an mmdet detector other than its backbone: reported, never converted.
+DETECTOR_PREFIXES = ("neck.", "rpn_head.", "roi_head.", "bbox_head.", "mask_head.")
+
+
 def _head_kv(name: str) -> str:
     return {"k": "key_projection", "v": "value_projection"}[name]
 
@@ -127,9 +143,15 @@ def _blur_filter(channels: int) -> torch.Tensor:
     return (taps[:, None] * taps[None, :] / 16).expand(channels, 1, 3, 3)
 
 
-def rename_key(key: str, clustering_type: str) -> str | None:
+def rename_key(key: str, clustering_type: str, upernet: bool = False) -> str | None:
     """Our name for one of the authors' keys (`backbone.` / `decode_head.` prefixes of mmseg included); None for
-    the teacher's fixed blur filters. Raises KeyError for keys that belong to no part of the model."""
+    the teacher's fixed blur filters. With `upernet`, the name in transformers' `UperNetForSemanticSegmentation`
+    (backbone under `backbone.`). Raises KeyError for keys that belong to no part of the model."""
+    if upernet:
+        if key.startswith("backbone."):
+            renamed = rename_key(key[len("backbone."):], clustering_type)
+            return None if renamed is None else "backbone." + renamed
+        return _apply_rules(key, _UPERNET_HEAD_RULES)
     if key.startswith("decode_head."):
         return "decode_head." + _apply_rules(key[len("decode_head."):], _HEAD_RULES)
     key = key.removeprefix("backbone.")
@@ -146,57 +168,74 @@ def rename_key(key: str, clustering_type: str) -> str | None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint without running code from it: a plain state dict or one wrapped in `state_dict`, `model`
-    or `state_dict_ema` (mmseg's `{"meta", "state_dict"}` included), with any DistributedDataParallel `module.`
-    prefix removed."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
+    """The tensors of one of the authors' checkpoints (any usual wrapper), read without running code from the file
+    (see `paca_hf.checkpoint_reader`). Raises `ConversionError`."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ConversionError(
-            f"Refused to load {str(path)!r}: it is not a plain tensor checkpoint (loading it would need to run code "
-            f"from the file, which is never done for untrusted checkpoints). Details: {error}"
-        ) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise ConversionError(
-            f"Could not read checkpoint {str(path)!r}: the file is truncated or corrupt ({type(error).__name__}: "
-            f"{error})."
-        ) from error
-    if isinstance(checkpoint, dict):
-        for wrapper in ("state_dict", "model", "state_dict_ema"):
-            if isinstance(checkpoint.get(wrapper), dict):
-                checkpoint = checkpoint[wrapper]
-                break
-    if not isinstance(checkpoint, dict) or not checkpoint:
-        raise ConversionError(f"Checkpoint {str(path)!r} holds no state dict (got {type(checkpoint).__name__}).")
-    non_tensors = [key for key, value in checkpoint.items() if not isinstance(value, torch.Tensor)]
-    if non_tensors:
-        raise ConversionError(f"Checkpoint {str(path)!r} has entries that are not tensors: {non_tensors[:10]}.")
-    if all(key.startswith("module.") for key in checkpoint):
-        checkpoint = {key[len("module."):]: value for key, value in checkpoint.items()}
-    return dict(checkpoint)
+        return load_state_dict_file(path)
+    except ConversionError:
+        raise
+    except CheckpointError as error:
+        raise ConversionError(str(error)) from error
+
+
+def is_upernet_checkpoint(source: dict[str, torch.Tensor]) -> bool:
+    """Whether the keys are those of mmseg's `UPerHead` segmentor."""
+    return any(key.startswith(("decode_head.psp_modules.", "decode_head.fpn_bottleneck.")) for key in source)
+
+
+def is_detector_checkpoint(source: dict[str, torch.Tensor]) -> bool:
+    """Whether the keys are those of an mmdet detector (a backbone plus neck / RPN / RoI heads)."""
+    return any(key.startswith(DETECTOR_PREFIXES) for key in source)
+
+
+def _key_pattern(key: str) -> str:
+    return re.sub(r"\d+", "#", key)
+
+
+def summarize_keys(keys, limit: int = 8) -> str:
+    """`keys` grouped by their pattern with numbers as `#`
+    (`stage#.#.attn.q.weight (x14, e.g. stage3.0.attn.q.weight)`), at most `limit` groups, the rest counted."""
+    groups = defaultdict(list)
+    for key in keys:
+        groups[_key_pattern(key)].append(key)
+    parts = [group[0] if len(group) == 1 else f"{pattern} (x{len(group)}, e.g. {group[0]})"
+             for pattern, group in list(groups.items())[:limit]]
+    if len(groups) > limit:
+        parts.append(f"... and {sum(len(group) for group in list(groups.values())[limit:])} more")
+    return ", ".join(parts)
+
+
+def summarize_prefixes(keys) -> str:
+    """`neck. (8 tensors), rpn_head. (6 tensors)`: how many keys each top-level prefix has."""
+    counts = Counter(key.split(".", 1)[0] + "." for key in keys)
+    return ", ".join(f"{prefix} ({count} tensors)" for prefix, count in counts.items())
 
 
 def convert_state_dict(
-    source: dict[str, torch.Tensor], model: torch.nn.Module, clustering_type: str
+    source: dict[str, torch.Tensor], model: torch.nn.Module, clustering_type: str, suggest: bool = True
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename the authors' tensors to the model's names, strictly: every source tensor must be used and every
-    target tensor filled with the same shape, else `ConversionError` names every offending key.
+    target tensor filled with the same shape, else `ConversionError` names the offending keys (the checkpoint's own
+    names for unexpected and mis-shaped tensors, grouped and capped).
 
-    Returns the renamed state dict and the keys of mmseg's auxiliary head, which the PaCa segmentor does not use
-    (the caller reports them)."""
-    prefix = model.base_model_prefix + "." if hasattr(model, model.base_model_prefix) else ""
+    Tensors the model has no place for by design are returned, not converted: mmseg's auxiliary head for the PaCa
+    segmentor, an mmdet detector's neck and heads for `PaCaViTBackbone` (the caller reports them). With `suggest`,
+    the error also names an official model whose layout the checkpoint fits.
+
+    Returns `(renamed state dict, not converted keys)`."""
+    from transformers import UperNetForSemanticSegmentation
+
+    upernet = isinstance(model, UperNetForSemanticSegmentation)
+    prefix = model.base_model_prefix + "." if hasattr(model, model.base_model_prefix) and not upernet else ""
     target = model.state_dict()
     converted, unused, unexpected, wrong_shape, wrong_value = {}, [], [], [], []
     mismatched = set()
     for key, tensor in source.items():
-        if key.startswith("auxiliary_head."):
+        if (key.startswith("auxiliary_head.") and not upernet) or key.startswith(DETECTOR_PREFIXES):
             unused.append(key)
             continue
         try:
-            renamed = rename_key(key, clustering_type)
+            renamed = rename_key(key, clustering_type, upernet=upernet)
         except KeyError:
             unexpected.append(key)
             continue
@@ -204,7 +243,7 @@ def convert_state_dict(
             if tensor.ndim != 4 or not torch.equal(tensor, _blur_filter(tensor.shape[0]).to(tensor.dtype)):
                 wrong_value.append(f"{key} (expected the fixed [1, 2, 1] x [1, 2, 1] / 16 blur filter)")
             continue
-        if not renamed.startswith(("classifier.", "decode_head.")):
+        if not renamed.startswith(("classifier.", "decode_head.", "auxiliary_head.", "backbone.")):
             renamed = prefix + renamed
         if renamed not in target:
             unexpected.append(key)
@@ -215,17 +254,57 @@ def convert_state_dict(
             converted[renamed] = tensor
     missing = sorted(set(target) - set(converted) - mismatched)
     problems = []
-    if missing:
-        problems.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected in the checkpoint ({len(unexpected)}): {', '.join(unexpected)}")
     if wrong_shape:
-        problems.append(f"shape mismatch ({len(wrong_shape)}): {'; '.join(wrong_shape)}")
+        problems.append(f"shape mismatch ({len(wrong_shape)}): {summarize_keys(wrong_shape)}")
+    if unexpected:
+        problems.append(f"unexpected in the checkpoint ({len(unexpected)}): {summarize_keys(unexpected)}")
+    if missing:
+        problems.append(f"missing from the checkpoint ({len(missing)}): {summarize_keys(missing)}")
     if wrong_value:
-        problems.append(f"unexpected values ({len(wrong_value)}): {'; '.join(wrong_value)}")
+        problems.append(f"unexpected values ({len(wrong_value)}): {summarize_keys(wrong_value)}")
     if problems:
-        raise ConversionError("The checkpoint does not match the model. " + " | ".join(problems))
+        hint = _matching_official_name(source, model) if suggest else None
+        raise ConversionError(
+            "The checkpoint does not match the model. " + " | ".join(problems) + (f" | {hint}" if hint else "")
+        )
     return converted, unused
+
+
+def _stage_depths(source: dict[str, torch.Tensor]) -> list[int]:
+    """Blocks per stage in the authors' keys (`stage3.9.attn.q.weight`: stage 3 has at least 10 blocks)."""
+    blocks = defaultdict(set)
+    for key in source:
+        match = re.match(r"(?:backbone\.)?stage(\d+)\.(\d+)\.", key)
+        if match:
+            blocks[int(match[1])].add(int(match[2]))
+    return [len(blocks[stage]) for stage in sorted(blocks)]
+
+
+def _matching_official_name(source: dict[str, torch.Tensor], model) -> str | None:
+    """'this looks like NAME' when the checkpoint's tensors fit an official model of the same kind exactly."""
+    from transformers import UperNetForSemanticSegmentation
+
+    from .configuration_pacavit import _ARCHITECTURES
+
+    kind = type(model)
+    depths = _stage_depths(source)
+    for release in RELEASES:
+        if (release.form == UPERNET) != (kind is UperNetForSemanticSegmentation):
+            continue
+        if depths != list(_ARCHITECTURES[release.architecture.size]["depths"]):
+            continue  # cheap test before building the candidate
+        try:
+            with torch.device("meta"):
+                config = build_config(release.official_name, source, task=release.task)
+                candidate = build_model(config, release.task) if kind is not UperNetForSemanticSegmentation \
+                    else UperNetForSemanticSegmentation(config)
+            if type(candidate) is not kind:
+                continue
+            convert_state_dict(source, candidate, release.architecture.clustering_type, suggest=False)
+        except (ConversionError, ValueError, KeyError):
+            continue
+        return f"this looks like {release.official_name} (pass --config {release.official_name})"
+    return None
 
 
 _AUTHORS_CLUSTERING_TYPES = {"P2CConv2d": "conv", "P2CMlp": "mlp", "P2CLinear": "linear"}
@@ -254,27 +333,89 @@ def _num_labels_in_checkpoint(source: dict[str, torch.Tensor]) -> int | None:
     return None
 
 
-def build_config(config: str | os.PathLike | PaCaViTConfig, source: dict[str, torch.Tensor]) -> PaCaViTConfig:
+def upernet_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tensor] | None = None, **kwargs):
+    """transformers' `UperNetConfig` for a PaCa-ViT backbone with mmseg's UperNet heads as the authors configure them
+    (pool scales 1/2/3/6, 512 channels, auxiliary FCN head on stage 3 with 256 channels, loss weight 0.4, ADE20k's
+    150 classes). With `source` (an mmseg checkpoint), channels, classes and the auxiliary head's depth are read from
+    its tensors instead."""
+    from transformers import UperNetConfig
+
+    from .configuration_pacavit import load_id2label
+
+    backbone_config = PaCaViTConfig.from_dict(backbone_config.to_dict())
+    backbone_config.out_features = list(backbone_config.stage_names)
+    settings = dict(hidden_size=512, auxiliary_channels=256, auxiliary_num_convs=1, num_labels=None)
+    if source is not None:
+        settings["hidden_size"] = source["decode_head.bottleneck.conv.weight"].shape[0]
+        settings["num_labels"] = source["decode_head.conv_seg.weight"].shape[0]
+        if "auxiliary_head.convs.0.conv.weight" in source:
+            settings["auxiliary_channels"] = source["auxiliary_head.convs.0.conv.weight"].shape[0]
+            settings["auxiliary_num_convs"] = len({key.split(".")[2] for key in source
+                                                   if key.startswith("auxiliary_head.convs.")})
+    num_labels = settings.pop("num_labels")
+    id2label = load_id2label("ade20k") if num_labels in (None, 150) else {i: f"LABEL_{i}" for i in range(num_labels)}
+    options = dict(
+        backbone_config=backbone_config,
+        pool_scales=[1, 2, 3, 6],
+        use_auxiliary_head=source is None or any(key.startswith("auxiliary_head.") for key in source),
+        auxiliary_in_channels=backbone_config.hidden_sizes[2],
+        auxiliary_concat_input=False,
+        auxiliary_loss_weight=0.4,
+        loss_ignore_index=255,
+        id2label=id2label,
+        label2id={label: index for index, label in id2label.items()},
+        **settings,
+    )
+    options.update(kwargs)
+    return UperNetConfig(**options)
+
+
+def official_config(name: str):
+    """The full config of an official release: `PaCaViTConfig.from_official_name`, or for an UperNet segmentor
+    (`upernet_...`) the `UperNetConfig` around that PaCa-ViT backbone with the authors' head settings."""
+    config = PaCaViTConfig.from_official_name(name)
+    if any(release.official_name == name and release.form == UPERNET for release in RELEASES):
+        return upernet_config(config)
+    return config
+
+
+def build_config(config, source: dict[str, torch.Tensor], task: str = "image-classification"):
     """The config named by `config` (official name, config.json path or object) with `num_labels` from the
-    checkpoint's head."""
-    if isinstance(config, PaCaViTConfig):
-        config = PaCaViTConfig.from_dict(config.to_dict())
+    checkpoint's head. For an UperNet checkpoint, the `UperNetConfig` around that PaCa-ViT backbone config (its heads'
+    sizes from the checkpoint); a config.json may also be an `UperNetConfig`'s."""
+    from transformers import UperNetConfig
+
+    if isinstance(config, (PaCaViTConfig, UperNetConfig)):
+        config = type(config).from_dict(config.to_dict())
     elif str(config) in OFFICIAL_NAMES:
-        config = PaCaViTConfig.from_official_name(str(config))
+        config = official_config(str(config))
     elif Path(config).is_file() or Path(config).is_dir():
-        config = PaCaViTConfig.from_pretrained(config)
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(config)
+        if not isinstance(config, (PaCaViTConfig, UperNetConfig)):
+            raise ConversionError(f"--config holds a {type(config).__name__}, not a PaCa-ViT or UperNet config.")
     else:
         raise ConversionError(
             f"--config {str(config)!r} is neither an official name ({', '.join(OFFICIAL_NAMES)}) nor a config.json."
         )
+    if isinstance(config, UperNetConfig) or is_upernet_checkpoint(source):
+        if task != "semantic-segmentation":
+            raise ConversionError(f"An UperNet segmentor converts with --task semantic-segmentation, not {task}.")
+        if isinstance(config, PaCaViTConfig):
+            config = upernet_config(config, source)
+        return config
     num_labels = _num_labels_in_checkpoint(source)
-    if num_labels is not None and num_labels != config.num_labels:
+    if num_labels is not None and num_labels != config.num_labels and task != BACKBONE:
         config.id2label = {index: f"LABEL_{index}" for index in range(num_labels)}
         config.label2id = {label: index for index, label in config.id2label.items()}
     return config
 
 
-def build_model(config: PaCaViTConfig, task: str):
+def build_model(config, task: str):
+    """A freshly initialised model of the task's class for `config` (UperNet for an `UperNetConfig`)."""
+    from transformers import UperNetConfig, UperNetForSemanticSegmentation
+
     from . import modeling_pacavit
 
     classes = {
@@ -284,87 +425,28 @@ def build_model(config: PaCaViTConfig, task: str):
     }
     if task not in classes:
         raise ConversionError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    if isinstance(config, UperNetConfig):
+        return UperNetForSemanticSegmentation(config)
     return getattr(modeling_pacavit, classes[task])(config)
 
 
-def write_atomically(output_dir: str | os.PathLike, write) -> Path:
-    """Call `write(tmp_dir)` in a fresh folder beside `output_dir` and move it into place only once `write` has
-    returned; on any error the temporary folder is removed and an existing `output_dir` is left untouched."""
-    output_dir = Path(output_dir).resolve()
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
-        write(tmp_dir)
-        if output_dir.exists():
-            old_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.replace(output_dir, old_dir / "previous")
-            try:
-                os.replace(tmp_dir, output_dir)
-            except BaseException:
-                os.replace(old_dir / "previous", output_dir)
-                raise
-            shutil.rmtree(old_dir, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, output_dir)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return output_dir
+def _clustering_type(config) -> str:
+    return getattr(config, "backbone_config", config).clustering_type
 
 
-def convert_model(checkpoint: str | os.PathLike, config: str | os.PathLike | PaCaViTConfig, task: str):
-    """Read one of the authors' checkpoints and return our model (eval mode) holding exactly its weights."""
-    source = load_checkpoint(checkpoint)
-    config = build_config(config, source)
+def convert_source(source: dict[str, torch.Tensor], config, task: str):
+    """Our model (eval mode) holding exactly the tensors of `source` (an authors' state dict) and the keys left out by
+    design (mmseg's auxiliary head for the PaCa segmentor; a detector's neck and heads), which are logged by prefix
+    and count."""
+    config = build_config(config, source, task)
     model = build_model(config, task)
-    weights, unused = convert_state_dict(source, model, config.clustering_type)
+    weights, unused = convert_state_dict(source, model, _clustering_type(config))
     if unused:
-        logger.warning(f"Not converted: {len(unused)} tensors of mmseg's auxiliary head, unused by the model: {unused}")
+        logger.warning(f"Not converted ({len(unused)} tensors, no part of this model): {summarize_prefixes(unused)}")
     model.load_state_dict(weights, strict=True)
-    return model.eval()
+    return model.eval(), unused
 
 
-def convert_checkpoint(
-    checkpoint: str | os.PathLike,
-    config: str | os.PathLike | PaCaViTConfig,
-    output_dir: str | os.PathLike,
-    task: str = "image-classification",
-    push_to_hub: str | None = None,
-):
-    """Convert one of the authors' checkpoints into a transformers folder (`config.json` with an `auto_map`,
-    `model.safetensors`, `preprocessor_config.json` and the package's source files for `trust_remote_code`) and
-    return the model. Nothing is written unless the conversion is exact and the written folder loads back to the
-    same outputs; nothing is uploaded unless the folder was written."""
-    from .hub import add_remote_code, upload_repo
-
-    model = convert_model(checkpoint, config, task)
-    image_processor = default_image_processor(task)
-
-    def write(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
-        image_processor.save_pretrained(folder)
-        add_remote_code(folder, task)
-        verify_folder(folder, model)
-
-    output_dir = write_atomically(output_dir, write)
-    if push_to_hub:
-        from huggingface_hub import HfApi
-
-        files = sorted(path.name for path in output_dir.iterdir())
-        upload_repo(HfApi(), push_to_hub, output_dir, files, "Upload PaCa-ViT converted from the authors' checkpoint")
-    return model
-
-
-@torch.no_grad()
-def verify_folder(folder: Path, model) -> None:
-    """Reload a written folder: its tensors must equal the model's bit for bit and it must compute the same
-    outputs (up to float summation order, which differs with memory layout)."""
-    reloaded = type(model).from_pretrained(folder).eval()
-    expected_state, actual_state = model.state_dict(), reloaded.state_dict()
-    differing = [key for key in expected_state if not torch.equal(expected_state[key], actual_state.get(key))]
-    if differing or expected_state.keys() != actual_state.keys():
-        raise ConversionError(f"The written folder does not hold the converted tensors ({differing[:5]}).")
-    pixel_values = torch.randn(1, model.config.num_channels, 64, 80, generator=torch.Generator().manual_seed(0))
-    expected, actual = model(pixel_values), reloaded(pixel_values)
-    for name, value in expected.items():
-        if isinstance(value, torch.Tensor) and not torch.allclose(value, actual[name], atol=1e-5, rtol=1e-5):
-            raise ConversionError(f"The written folder does not reproduce the model's `{name}`.")
+def convert_model(checkpoint: str | os.PathLike, config, task: str):
+    """Read one of the authors' checkpoints and return our model (eval mode) holding exactly its weights."""
+    return convert_source(load_checkpoint(checkpoint), config, task)[0]

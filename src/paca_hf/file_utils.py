@@ -95,7 +95,8 @@ def replace_dir(source: str | os.PathLike, destination: str | os.PathLike) -> Pa
 
 
 def write_dir_atomically(output_dir: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call `write(tmp_dir)` on a fresh folder beside `output_dir`, flush every file it wrote, then move it into place
+    """Call `write(tmp_dir)` on a fresh folder beside `output_dir`, give every file it wrote the normal permissions
+    (0o666 / 0o777 for folders, minus the umask) and flush it, then move it into place
     with [`replace_dir`]. If `write` raises, the temporary folder is removed and an existing `output_dir` is left
     untouched. Returns the resolved `output_dir`."""
     output_dir = Path(output_dir).resolve()
@@ -104,7 +105,11 @@ def write_dir_atomically(output_dir: str | os.PathLike, write: Callable[[Path], 
         write(tmp_dir)
         for path in tmp_dir.rglob("*"):
             if path.is_file():
+                # Some writers (safetensors) create 0o600 files; the user's folder gets the user's usual modes.
+                os.chmod(path, 0o666 & ~_umask())
                 fsync_file(path)
+            elif path.is_dir():
+                os.chmod(path, _FOLDER_MODE & ~_umask())
         replace_dir(tmp_dir, output_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

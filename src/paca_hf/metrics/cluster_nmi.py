@@ -240,17 +240,35 @@ def stage_cluster_nmi(
 # the report of scripts/cluster_nmi.py
 
 
-def load_examples(dataset: str = "builtin", split: str | None = None, num_images: int = 16, image_size: int = 128):
-    """At most `num_images` examples in the ADE20k schema (`image`, `annotation` with 0 = other): `"builtin"` gives
-    the package's synthetic scenes (`paca_hf.data.scenes`, `image_size` square); a folder is read with
-    `datasets.load_from_disk` or `datasets.load_dataset` (split `split`, default validation, else the first).
-    Raises `ValueError` naming the problem (no such folder, unknown split, missing columns)."""
+# The built-in scenes' splits for scoring: the stream the fine-tune's `builtin-scenes` (and the demo) train on, and
+# another stream, disjoint from it whatever number of training scenes a run used.
+BUILTIN_SCENE_STREAMS = {"train": 0, "validation": 1}
+
+
+def load_examples(
+    dataset: str = "builtin",
+    split: str | None = None,
+    num_images: int = 16,
+    image_size: int = 128,
+    return_split: bool = False,
+):
+    """At most `num_images` examples in the ADE20k schema (`image`, `annotation` with 0 = other); with
+    `return_split`, `(examples, name of the split they come from)`. `"builtin"` gives the package's synthetic scenes
+    (`paca_hf.data.scenes`, `image_size` square): split `validation` (the default) is held out, a stream of scenes
+    no training run on the built-in scenes sees; `train` is the scenes the fine-tune's `builtin-scenes` trains on.
+    A folder is read with `datasets.load_from_disk` or `datasets.load_dataset` (split `split`, default
+    validation, else the first). Raises `ValueError` naming the problem (no such folder, unknown split, missing
+    columns)."""
     import os
 
     if dataset == "builtin":
         from ..data.scenes import make_scenes
 
-        return make_scenes(num_images, image_size=(image_size, image_size), seed=0)
+        split = split or "validation"
+        if split not in BUILTIN_SCENE_STREAMS:
+            raise ValueError(f"--split {split}: the built-in scenes have {sorted(BUILTIN_SCENE_STREAMS)}")
+        scenes = make_scenes(num_images, image_size=(image_size, image_size), seed=BUILTIN_SCENE_STREAMS[split])
+        return (scenes, split) if return_split else scenes
     if not os.path.exists(dataset):
         raise ValueError(f"--dataset {dataset}: no such folder (use 'builtin' or a dataset folder)")
     import datasets
@@ -264,10 +282,13 @@ def load_examples(dataset: str = "builtin", split: str | None = None, num_images
         if split not in data:
             raise ValueError(f"--split {split}: the dataset has {sorted(data)}")
         data = data[split]
+    else:
+        split = split or "(a single split)"
     missing = {"image", "annotation"} - set(data.column_names)
     if missing:
         raise ValueError(f"--dataset {dataset}: columns {sorted(missing)} missing (ADE20k schema: image, annotation)")
-    return data.select(range(min(num_images, len(data))))
+    examples = data.select(range(min(num_images, len(data))))
+    return (examples, split) if return_split else examples
 
 
 def cluster_nmi_report(

@@ -7,6 +7,8 @@
 * `checkpoint`: checkpoints written completely (a `COMPLETE` marker) before they replace anything, and resume;
 * `evaluation`: whole-image inference and mIoU;
 * `errors`: the run's errors and the non-finite guards;
+* `distributed`: how a run was launched (a distributed run on CPUs, a multi-machine launch that would train each
+  machine alone, FSDP without GPUs);
 * `finetune`: `parse_args` / `main` of `scripts/finetune_ade20k.py`.
 
 Importing this package needs neither timm nor accelerate.

@@ -108,7 +108,8 @@ def verify_checkpoint(folder, check_hashes: bool = True) -> dict:
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"Checkpoint {str(folder)!r} has an unreadable {COMPLETE_MARKER} marker ({error}).")
     problems = verify_manifest(folder, files, check_hashes=check_hashes)
-    if not any(name.startswith("model") for name in files):
+    # accelerate's names: model.safetensors (DDP, one process), pytorch_model_fsdp_0* (FSDP, full or sharded).
+    if not any(name.startswith(("model", "pytorch_model")) for name in files):
         problems.append("it holds no model weights")
     if problems:
         raise CheckpointError(f"Checkpoint {str(folder)!r} is corrupt: {'; '.join(problems)}.")
@@ -249,10 +250,12 @@ def load_checkpoint(accelerator, folder) -> None:
         ) from error
 
 
-def weight_checksums(model: nn.Module) -> dict[str, str]:
-    """sha256 of every parameter and buffer (bytes on the CPU), for comparing processes or runs."""
+def weight_checksums(model: nn.Module | dict) -> dict[str, str]:
+    """sha256 of every parameter and buffer of a model or a state dict (bytes on the CPU), for comparing processes
+    or runs."""
+    state_dict = model.state_dict() if isinstance(model, nn.Module) else model
     out = {}
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state_dict.items()):
         data = tensor.detach().cpu().contiguous()
         if data.dtype == torch.bfloat16:
             data = data.float()

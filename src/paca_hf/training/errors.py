@@ -38,9 +38,15 @@ def non_finite_parameters(model: nn.Module) -> list[str]:
     return bad
 
 
-def check_finite_parameters(model: nn.Module, step: int, what: str) -> None:
-    """Raise `NonFiniteError` naming the step and `what` was about to be written when any weight is non-finite."""
+def check_finite_parameters(model: nn.Module, step: int, what: str, accelerator=None) -> None:
+    """Raise `NonFiniteError` naming the step and `what` was about to be written when any weight is non-finite; with
+    an `accelerator` of several processes, on every process when any process finds one (under FSDP each process
+    holds only a shard of the weights)."""
     bad = non_finite_parameters(model)
+    if accelerator is not None and accelerator.num_processes > 1:
+        anywhere = accelerator.gather(torch.tensor([float(len(bad))], device=accelerator.device)).max().item()
+        if anywhere and not bad:
+            bad = ["(on another process)"]
     if bad:
         raise NonFiniteError(
             f"The weights became non-finite by step {step} ({len(bad)} tensors, e.g. {', '.join(bad[:3])}): "

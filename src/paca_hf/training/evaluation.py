@@ -16,7 +16,10 @@ from ..images import reduce_labels as reduce_label_values
 def predict_batch(model, images: list[torch.Tensor], eval_transform, device) -> list[torch.Tensor]:
     """Whole-image inference (mmseg `mode="whole"`): resize + normalise + pad (the eval transform), logits upsampled
     to the padded input, cropped to each image's resized area, then resized bilinearly to the image's original
-    size; argmax. Returns one (H, W) int64 map per image (on `device`)."""
+    size; argmax through `paca_hf.metrics.class_predictions`, so a pixel with a non-finite score gets `num_labels`,
+    which the mIoU counts as wrong. Returns one (H, W) int64 map per image (on `device`)."""
+    from ..metrics import class_predictions
+
     pixel_values, sizes = eval_transform(images, device=device)
     logits = model(pixel_values=pixel_values).logits.float()
     logits = F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
@@ -26,7 +29,7 @@ def predict_batch(model, images: list[torch.Tensor], eval_transform, device) -> 
         original = tuple(image.shape[-2:])
         if tuple(cropped.shape[-2:]) != original:
             cropped = F.interpolate(cropped, size=original, mode="bilinear", align_corners=False)
-        predictions.append(cropped[0].argmax(dim=0))
+        predictions.append(class_predictions(cropped[0], dim=0))
     return predictions
 
 

@@ -6,7 +6,9 @@ accelerate, following the authors' recipe (mmseg `pacahead_*_512x512_160k_ade20k
     AdamW lr 6e-5, betas (0.9, 0.999), weight decay 0.01, none on norms; lr x10 on the decode head and on the
     backbone's clustering output layers (`to_clusters`); linear warm-up over 1500 steps from a factor 1e-6, then
     poly (power 1) to 0 at 160k steps; 16 images per step (2 per GPU x 8 GPUs); 512x512 crops with mmseg's ADE20k
-    augmentation; whole-image evaluation, mIoU.
+    augmentation; cross-entropy averaged over the non-ignored pixels (`avg_non_ignore=True` in the authors'
+    `configs/_base_/models/paca_head.py`; `--no-avg_non_ignore` for mmseg's default, all pixels); whole-image
+    evaluation, mIoU.
 
 The loop follows transformers' `run_semantic_segmentation_no_trainer.py` (same flag names); gradient accumulation
 is accelerate's (`accelerator.accumulate`). Outputs in `--output_dir`: `all_results.json` (`eval_mean_iou`, ...),
@@ -35,12 +37,13 @@ from .checkpoint import (
     weight_checksums,
 )
 from .data import EpochSampler, batch_stream, collate_segmentation, load_segmentation_splits, resolve_id2label
+from .distributed import check_fsdp_device, check_launch, distributed_on_cpu
 from .errors import TrainingError, check_finite_loss, check_finite_parameters
 from .evaluation import evaluate_segmentation, metrics_to_json
 from .finetune_args import parse_args
 from .optim import describe_param_groups, param_groups
-from .scheduler import PolyWithWarmup, make_scheduler
-from .segmentation import build_model, maybe_sync_batchnorm, recipe_image_processor
+from .scheduler import PolyWithWarmup, make_scheduler, warmup_warning
+from .segmentation import build_model, maybe_sync_batchnorm, recipe_image_processor, segmentation_loss
 from .throughput import DataWaitMeter
 
 logger = logging.getLogger(__name__)
@@ -48,14 +51,14 @@ logger = logging.getLogger(__name__)
 
 def make_accelerator(args):
     """The run's `Accelerator`: accumulation over `--gradient_accumulation_steps` batches, CPU when asked (or when
-    launched distributed on a machine without GPUs), trackers with `--with_tracking`."""
+    launched distributed on a machine without GPUs), trackers with `--with_tracking`. Raises `TrainingError` for
+    a launch that would start independent runs on several machines (`distributed.check_launch`)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
-    # `accelerate launch --multi_gpu` on a machine without GPUs would give every process a separate,
-    # non-distributed run; use the CPU (gloo) instead.
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    cpu = args.cpu or (world_size > 1 and not torch.cuda.is_available())
+    check_launch()
+    cpu = args.cpu or distributed_on_cpu()
+    check_fsdp_device(cpu)
     kwargs = {}
     if args.with_tracking:
         kwargs["log_with"] = args.report_to
@@ -78,9 +81,10 @@ def setup_logging(accelerator) -> None:
 
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    level = logging.INFO if accelerator.is_local_main_process else logging.ERROR
+    # The global main process only: with several machines, every machine's first process would log it again.
+    level = logging.INFO if accelerator.is_main_process else logging.ERROR
     logging.getLogger("paca_hf.training").setLevel(level)
-    if accelerator.is_local_main_process:
+    if accelerator.is_main_process:
         datasets.utils.logging.set_verbosity_warning()
         transformers.utils.logging.set_verbosity_warning()
     else:
@@ -92,15 +96,22 @@ def setup_logging(accelerator) -> None:
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
 
-def save_final(accelerator, model, image_processor, output_dir: Path) -> None:
+def save_final(accelerator, model, image_processor, output_dir: Path, state_dict: dict | None = None) -> None:
     """Model (safetensors) and image processor into `output_dir` (which also holds the checkpoints): written to a
-    temporary folder there first, flushed, then each file moved into place (weights before config)."""
+    temporary folder there first, flushed, then each file moved into place (weights before config). Only the global
+    main process writes. `state_dict` is the full one from `accelerator.get_state_dict(model)`, which is a
+    collective under FSDP (every process holds a shard): call that on every process and pass it here."""
+    if state_dict is None:
+        state_dict = accelerator.get_state_dict(model)
     if not accelerator.is_main_process:
         return
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-final-", dir=output_dir))
     try:
-        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True, save_function=accelerator.save)
+        # A copy: save_pretrained empties the dict it is given (it pops each tensor into its shard).
+        accelerator.unwrap_model(model).save_pretrained(
+            tmp, state_dict=dict(state_dict), safe_serialization=True, save_function=accelerator.save
+        )
         image_processor.save_pretrained(tmp)
         for name in sorted((p.name for p in tmp.iterdir()), key=lambda n: (n.endswith(".json"), n)):
             fsync_file(tmp / name)
@@ -151,7 +162,7 @@ def _follow_this_runs_schedule(args, scheduler, optimizer, step: int) -> None:
 
 def _warn_about_run_differences(saved_run: dict, current: dict) -> None:
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_processes", "seed",
-                "num_train_images", "learning_rate"):
+                "num_train_images", "learning_rate", "avg_non_ignore"):
         if key in saved_run and saved_run[key] != current[key]:
             logger.warning("The checkpoint was written with %s=%s, this run has %s: the resumed run will not "
                            "match an uninterrupted one exactly.", key, saved_run[key], current[key])
@@ -159,13 +170,15 @@ def _warn_about_run_differences(saved_run: dict, current: dict) -> None:
 
 def _write_outputs(args, accelerator, model, image_processor, results, init_report, pairs) -> None:
     output_dir = Path(args.output_dir)
-    save_final(accelerator, model, image_processor, output_dir)
+    state_dict = accelerator.get_state_dict(model)  # every process: a collective under FSDP
+    save_final(accelerator, model, image_processor, output_dir, state_dict)
     if args.debug_dump_weights:
+        # The full weights this process holds (under FSDP, the main process only; the others get none).
         write_json_atomically(
             output_dir / "rank_checksums" / f"rank_{accelerator.process_index}.json",
             {"process_index": accelerator.process_index, "num_processes": accelerator.num_processes,
              "distributed_type": str(accelerator.distributed_type),
-             "checksums": weight_checksums(accelerator.unwrap_model(model))},
+             "checksums": weight_checksums(state_dict)},
         )
     if not accelerator.is_main_process:
         return
@@ -198,6 +211,10 @@ def run(args, accelerator) -> dict:
     started = time.time()
     output_dir = Path(args.output_dir)
     logger.info("%s", accelerator.state)
+    short_run = warmup_warning(args.num_warmup_steps, args.max_train_steps, args.learning_rate,
+                               args.warmup_start_factor, args.poly_power)
+    if short_run is not None:
+        logger.warning(short_run)
 
     # Resolve the checkpoint before anything is written: a bad one stops the run here.
     resume_dir, resume_warnings = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
@@ -282,6 +299,7 @@ def run(args, accelerator) -> dict:
         "max_train_steps": args.max_train_steps,
         "num_warmup_steps": args.num_warmup_steps,
         "learning_rate": args.learning_rate,
+        "avg_non_ignore": args.avg_non_ignore,
     }
     if resume_dir is not None:
         logger.info("Resuming from %s (step %s).", resume_dir, resume_marker["step"])
@@ -295,7 +313,7 @@ def run(args, accelerator) -> dict:
         accelerator.init_trackers("finetune_ade20k", config)
 
     def checkpoint(name: str) -> None:
-        check_finite_parameters(model, completed_steps, f"checkpoint {name}")
+        check_finite_parameters(model, completed_steps, f"checkpoint {name}", accelerator)
         consumed = completed_steps * accumulation
         info = {"step": completed_steps, "epoch": consumed // max(batches_per_epoch, 1),
                 "batches_in_epoch": consumed % max(batches_per_epoch, 1), "run": run_info}
@@ -306,7 +324,7 @@ def run(args, accelerator) -> dict:
         return evaluate_segmentation(
             model, eval_loader, accelerator, eval_transform, num_labels, args.reduce_labels, 255,
             keep_predictions=keep_predictions,
-            disable_progress=args.disable_tqdm or not accelerator.is_local_main_process,
+            disable_progress=args.disable_tqdm or not accelerator.is_main_process,
         )
 
     target = args.max_train_steps if args.stop_after_step is None else min(args.max_train_steps, args.stop_after_step)
@@ -315,7 +333,7 @@ def run(args, accelerator) -> dict:
     stream = batch_stream(train_loader, sampler, epoch, consumed % max(batches_per_epoch, 1),
                           accelerator.skip_first_batches)
     progress = tqdm(total=args.max_train_steps, initial=completed_steps, desc="train",
-                    disable=args.disable_tqdm or not accelerator.is_local_main_process)
+                    disable=args.disable_tqdm or not accelerator.is_main_process)
     model.train()
     running_loss, running_count, last_loss = 0.0, 0, None
     data_wait = DataWaitMeter()
@@ -329,7 +347,7 @@ def run(args, accelerator) -> dict:
                 images, labels = augment(batch["images"], batch["labels"], generator=state.generator,
                                          device=accelerator.device)
             with accelerator.accumulate(model):
-                loss = model(pixel_values=images, labels=labels).loss
+                loss, _ = segmentation_loss(model, images, labels, 255, args.avg_non_ignore)
                 check_finite_loss(loss, completed_steps + 1, accelerator)
                 accelerator.backward(loss)
                 step_loss += loss.detach() / accumulation
@@ -376,7 +394,7 @@ def run(args, accelerator) -> dict:
                     completed_steps, args.max_train_steps)
         return {"stopped_at_step": completed_steps, "resumed_from": str(resume_dir) if resume_dir else None}
 
-    check_finite_parameters(model, completed_steps, "final model")
+    check_finite_parameters(model, completed_steps, "final model", accelerator)
     metrics, pairs = run_eval(keep_predictions=args.save_predictions)
     results = metrics_to_json(metrics, id2label)
     results.update({
@@ -388,6 +406,7 @@ def run(args, accelerator) -> dict:
         "train_runtime_s": round(time.time() - started, 2),
         "resumed_from": str(resume_dir) if resume_dir else None,
         "num_processes": accelerator.num_processes,
+        "avg_non_ignore": args.avg_non_ignore,
         "data_wait_fraction": data_wait.summary()["data_wait_fraction"],
     })
     logger.info("Evaluation: mIoU %.4f, mean accuracy %.4f, overall accuracy %.4f",

@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
     optim.add_argument("--max_grad_norm", type=float, default=None, help="Clip gradients (the recipe does not).")
     optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--avg_non_ignore", action=argparse.BooleanOptionalAction, default=True,
+                       help="Loss normalisation, mmseg's CrossEntropyLoss(avg_non_ignore): average each "
+                            "cross-entropy over the non-ignored pixels (the authors' PaCa-head configs); "
+                            "--no-avg_non_ignore divides the same sum by all pixels, ignored ones included (mmseg's "
+                            "default, the authors' UperNet configs).")
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", type=str, required=True)

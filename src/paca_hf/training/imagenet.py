@@ -307,6 +307,11 @@ class PaCaTrainer(Trainer):
     def get_decay_parameter_names(self, model) -> list[str]:
         return [name for name, param in model.named_parameters() if param.ndim > 1 and not name.endswith(".bias")]
 
+    def is_local_process_zero(self) -> bool:
+        """The process that prints (`PrinterCallback`'s loss lines): with `--log_on_each_node false` (the recipe's
+        default) only the global first process, not the first one of every machine."""
+        return super().is_local_process_zero() and (self.args.log_on_each_node or self.is_world_process_zero())
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)

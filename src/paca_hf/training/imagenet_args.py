@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from .distributed import check_fsdp_device, check_launch, distributed_on_cpu
+
 
 @dataclass
 class ModelArguments:
@@ -131,11 +133,24 @@ class PaCaTrainingArguments(TrainingArguments):
     dataloader_num_workers: int = field(
         default=min(8, os.cpu_count() or 1), metadata={"help": "Data loading processes (decoding + RandAugment)."}
     )
+    log_on_each_node: bool = field(
+        default=False,
+        metadata={"help": "Log from every machine's first process (default: from the global first process only)."},
+    )
 
 
 def parse_args(argv=None):
     """`(ModelArguments, DataTrainingArguments, AugmentationArguments, PaCaTrainingArguments)` from command-line
-    arguments, or from a single `.json` file of them."""
+    arguments, or from a single `.json` file of them.
+
+    Checks the launch first (`paca_hf.training.distributed.check_launch`: `TrainingError` for an
+    `accelerate launch --num_machines N` that started independent processes), and a distributed run on machines
+    without GPUs runs on the CPU (gloo), as `--use_cpu` would: `TrainingArguments` sets its device up while being
+    parsed, so this goes through accelerate's `ACCELERATE_USE_CPU`."""
+    check_launch()
+    if distributed_on_cpu():
+        check_fsdp_device(cpu=True)
+        os.environ["ACCELERATE_USE_CPU"] = "true"
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, AugmentationArguments, PaCaTrainingArguments))
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith(".json"):

@@ -37,3 +37,17 @@ def make_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A `LambdaLR` that applies [`PolyWithWarmup`] to every parameter group (step it once per optimiser step)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, PolyWithWarmup(warmup_steps, total_steps, start_factor, power))
+
+
+def warmup_warning(warmup_steps: int, total_steps: int, learning_rate: float, start_factor: float = 1e-6,
+                   power: float = 1.0) -> str | None:
+    """A warning to print at the start of a run whose `total_steps` all fall in the warm-up (`warmup_steps >=
+    total_steps > 0`), naming the highest learning rate the run will reach (at its last step); None otherwise."""
+    if total_steps <= 0 or warmup_steps < total_steps:
+        return None
+    peak = learning_rate * PolyWithWarmup(warmup_steps, total_steps, start_factor, power)(total_steps - 1)
+    return (
+        f"--num_warmup_steps {warmup_steps} is not less than --max_train_steps {total_steps}: the whole run is "
+        f"warm-up, so the learning rate peaks at {peak:.3g} (at the last step; times the groups' multipliers) "
+        f"instead of --learning_rate {learning_rate:.3g}. Lower --num_warmup_steps for a short run."
+    )

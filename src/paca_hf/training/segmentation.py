@@ -171,3 +171,28 @@ def maybe_sync_batchnorm(model: torch.nn.Module, accelerator) -> torch.nn.Module
         accelerator.device.type, accelerator.num_processes,
     )
     return model
+
+
+def segmentation_loss(
+    model, pixel_values: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, avg_non_ignore: bool = True
+):
+    """The training loss of `model` (a `PaCaViTForSemanticSegmentation`, possibly wrapped by DDP / FSDP) on a
+    batch, normalised as mmseg's `CrossEntropyLoss(avg_non_ignore=...)`. Returns `(loss, outputs)`.
+
+    Args:
+        pixel_values: `(batch, 3, height, width)` float images.
+        labels: `(batch, height, width)` class indices, `ignore_index` where ignored (the model's
+            `config.semantic_loss_ignore_index`, 255).
+        avg_non_ignore: `True` (the model's own loss, and the authors' PaCa-head setting, `avg_non_ignore=True` in
+            PaCaViT `segmentation/configs/_base_/models/paca_head.py`): each cross-entropy term (decode head, and
+            `config.cluster_loss_weight` x the clustering term) is the sum over the non-ignored pixels divided by
+            their number. `False` (mmseg's default, which the authors' UperNet configs keep): the same sum divided
+            by the number of *all* pixels, ignored ones included, i.e. the first times the non-ignored fraction of
+            the batch. Both terms are computed at the labels' resolution, so one factor serves both.
+    """
+    outputs = model(pixel_values=pixel_values, labels=labels)
+    loss = outputs.loss
+    if not avg_non_ignore:
+        scored = (labels != ignore_index).sum()
+        loss = loss * (scored.to(loss.dtype) / labels.numel())
+    return loss, outputs
