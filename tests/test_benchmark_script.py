@@ -199,7 +199,26 @@ def test_config_overrides_reach_the_model():
     model = models.build_model("pacavit-tiny:chunk_size_feed_forward=0:drop_path_rate=0.0", "sdpa")
     assert model.config.chunk_size_feed_forward == 0 and model.config.drop_path_rate == 0.0
     assert {layer.mlp.chunk_size for stage in model.pacavit.stages for layer in stage.layers} == {0}
-    assert models.build_config("pacavit-tiny").chunk_size_feed_forward == 4096
+    assert models.build_config("pacavit-tiny").chunk_size_feed_forward is None  # per device
+
+
+def test_default_chunk_size_feed_forward_is_bands_on_cpu_whole_map_elsewhere(monkeypatch):
+    from tiny_configs import tiny_config
+
+    from paca_hf.modeling_pacavit import PaCaViTMixFFN, default_chunk_size_feed_forward
+
+    assert default_chunk_size_feed_forward(torch.device("cpu")) == 4096
+    assert default_chunk_size_feed_forward(torch.device("cuda")) == 0
+    assert default_chunk_size_feed_forward(torch.device("meta")) == 0
+    ffn = PaCaViTMixFFN(tiny_config(), hidden_size=4, intermediate_size=8)
+    assert ffn.chunk_size is None
+    bands = []
+    original = PaCaViTMixFFN.forward_band
+    monkeypatch.setattr(
+        PaCaViTMixFFN, "forward_band", lambda self, *args: bands.append(args[-2:]) or original(self, *args)
+    )
+    ffn(torch.randn(1, 100 * 100, 4), 100, 100)  # 4096 patches = 40 rows of 100 per band
+    assert bands == [(0, 40), (40, 80), (80, 100)]
 
 
 @pytest.mark.parametrize(
