@@ -86,23 +86,31 @@ def build_config(name: str, task: str = "classification"):
         # OpenGVLab/pvt_v2_b1 and pvt_v2_b2
         return PvtV2Config(
             image_size=224,
-            num_channels=3,
-            num_encoder_blocks=4,
-            hidden_sizes=[64, 128, 320, 512],
-            depths=[2, 2, 2, 2] if name == "pvtv2-b1" else [3, 4, 6, 3],
-            sr_ratios=[8, 4, 2, 1],
-            patch_sizes=[7, 3, 3, 3],
-            strides=[4, 2, 2, 2],
-            num_attention_heads=[1, 2, 5, 8],
+            **mix_transformer_kwargs(name.endswith("b1")),
             mlp_ratios=[8, 8, 4, 4],
-            hidden_act="gelu",
             qkv_bias=True,
             linear_attention=False,
-            layer_norm_eps=1e-6,
-            drop_path_rate=0.1,
             num_labels=NUM_LABELS,
         )
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+
+
+def mix_transformer_kwargs(b1: bool) -> dict:
+    """The B1 / B2 encoder shared by PVTv2 and Segformer's MiT (they differ in their MLP ratios): widths, depths,
+    spatial-reduction ratios, overlapping patch embeddings."""
+    return dict(
+        num_channels=3,
+        num_encoder_blocks=4,
+        hidden_sizes=[64, 128, 320, 512],
+        depths=[2, 2, 2, 2] if b1 else [3, 4, 6, 3],
+        sr_ratios=[8, 4, 2, 1],
+        patch_sizes=[7, 3, 3, 3],
+        strides=[4, 2, 2, 2],
+        num_attention_heads=[1, 2, 5, 8],
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        drop_path_rate=0.1,
+    )
 
 
 def swin_t_config(**kwargs):
@@ -142,18 +150,8 @@ def build_segmentation_config(name: str):
 
         # nvidia/segformer-b1-finetuned-ade-512-512 and -b2-: MiT-B1/B2 encoders, all-MLP decoder of 256 / 768
         return SegformerConfig(
-            num_channels=3,
-            num_encoder_blocks=4,
-            depths=[2, 2, 2, 2] if base == "segformer-b1" else [3, 4, 6, 3],
-            sr_ratios=[8, 4, 2, 1],
-            hidden_sizes=[64, 128, 320, 512],
-            patch_sizes=[7, 3, 3, 3],
-            strides=[4, 2, 2, 2],
-            num_attention_heads=[1, 2, 5, 8],
+            **mix_transformer_kwargs(base.endswith("b1")),
             mlp_ratios=[4, 4, 4, 4],
-            hidden_act="gelu",
-            drop_path_rate=0.1,
-            layer_norm_eps=1e-6,
             decoder_hidden_size=256 if base == "segformer-b1" else 768,
             num_labels=NUM_SEGMENTATION_LABELS,
             semantic_loss_ignore_index=255,
