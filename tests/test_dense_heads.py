@@ -13,7 +13,7 @@ from transformers import (
 )
 
 import paca_hf  # noqa: F401  (registers PaCa-ViT with the Auto classes)
-from paca_hf import PaCaViTBackbone, PaCaViTConfig
+from paca_hf import PaCaViTBackbone, PaCaViTConfig, PaCaViTForImageClassification
 
 
 ALL_STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -282,3 +282,25 @@ def test_mask2former_instance_segmentation_training_loss_falls():
     assert [tuple(result["segmentation"].shape) for result in instances] == [(64, 64)] * 2
     # After these few steps each image's two confident instances are the two annotated classes.
     assert [sorted(segment["label_id"] for segment in result["segments_info"]) for result in instances] == [[0, 1]] * 2
+
+
+def test_upernet_with_a_backbone_loaded_from_a_folder(tmp_path):
+    """The README's route from a saved folder to UperNet (AutoBackbone.from_pretrained / UperNetConfig(backbone=...)
+    query the Hub for local folders in transformers 5.23-5.24): PaCaViTBackbone.from_pretrained, then UperNet with
+    its config and weights."""
+    torch.manual_seed(0)
+    classifier = PaCaViTForImageClassification(tiny_backbone_config(num_labels=3))
+    classifier.save_pretrained(tmp_path)
+    backbone = PaCaViTBackbone.from_pretrained(tmp_path, out_features=ALL_STAGES)
+    for name, tensor in backbone.state_dict().items():
+        torch.testing.assert_close(tensor, classifier.pacavit.state_dict()[name], rtol=0, atol=0, msg=name)
+    upernet = UperNetForSemanticSegmentation(
+        UperNetConfig(backbone_config=backbone.config, hidden_size=16, auxiliary_in_channels=None, num_labels=4)
+    )
+    upernet.backbone.load_state_dict(backbone.state_dict())
+    upernet.eval()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(upernet.backbone(pixel_values).feature_maps[-1],
+                                   classifier.pacavit(pixel_values).last_hidden_state)
+        assert upernet(pixel_values).logits.shape == (1, 4, 64, 64)

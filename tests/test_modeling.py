@@ -277,3 +277,32 @@ def test_new_decode_head_is_initialised_as_mmseg(seed):
     assert model.decode_head.to_clusters.weight.abs().max() <= bound  # PyTorch's default Conv2d init
     outputs = model(torch.randn(2, 3, 64, 64), labels=torch.randint(0, 6, (2, 64, 64)))
     assert outputs.loss.item() < 1.4 * math.log(6) * 1.3
+
+
+@pytest.mark.parametrize("model_class", [PaCaViTForImageClassification, PaCaViTForSemanticSegmentation])
+def test_every_stage_output_is_on_the_autograd_graph(model_class, seed):
+    """`hidden_states[i]` is the map that stage i+1 reads, so a loss on the logits sends a gradient to every stage's
+    map and to every cluster assignment (what Grad-CAM on a stage needs)."""
+    model = model_class(tiny_config()).eval()
+    outputs = model(torch.randn(1, 3, 64, 64), output_hidden_states=True, output_cluster_assignments=True)
+    for tensor in (*outputs.hidden_states, *outputs.cluster_assignments[:3]):
+        tensor.retain_grad()
+    outputs.logits.max().backward()
+    for index, state in enumerate(outputs.hidden_states):
+        assert state.grad is not None and state.grad.abs().sum() > 0, f"no gradient on hidden_states[{index}]"
+    for index, assignment in enumerate(outputs.cluster_assignments[:3]):
+        assert assignment.grad is not None and assignment.grad.abs().sum() > 0, f"cluster_assignments[{index}]"
+
+
+def test_hidden_states_by_stage_index(seed):
+    """transformers 5.x selection: `output_hidden_states` as indices keeps those stages' maps (negative from the end)."""
+    model = PaCaViTForSemanticSegmentation(tiny_config()).eval()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        every = model(pixel_values, output_hidden_states=True)
+        for backbone_or_head in (model, model.pacavit):
+            some = backbone_or_head(pixel_values, output_hidden_states=[0, -1])
+            assert [state is None for state in some.hidden_states] == [False, True, True, False]
+            torch.testing.assert_close(some.hidden_states[0], every.hidden_states[0])
+            torch.testing.assert_close(some.hidden_states[3], every.hidden_states[3])
+    torch.testing.assert_close(model(pixel_values, output_hidden_states=[0, -1]).logits, every.logits)

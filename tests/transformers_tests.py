@@ -23,6 +23,7 @@ the rest of transformers' repository; this helper writes these stand-ins beside 
   `$PACA_HF_TEST_FIXTURES` when there is one (and otherwise returns the URL unchanged).
 """
 
+import fcntl
 import importlib.metadata
 import json
 import os
@@ -82,8 +83,16 @@ def transformers_tests_root(version: str | None = None) -> Path:
     downloaded and extracted on first use. Raises `RuntimeError` if the sdist cannot be downloaded."""
     version = version or importlib.metadata.version("transformers")
     root = cache_dir() / f"transformers-{version}-tests"
-    if (root / "tests" / "test_modeling_common.py").is_file() and (root / "src" / "transformers").exists():
-        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # One download at a time (pytest-xdist workers share the cache): the others wait, then find it complete.
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not ((root / "tests" / "test_modeling_common.py").is_file() and (root / "src" / "transformers").exists()):
+            download_and_extract(version, root)
+    return root
+
+
+def download_and_extract(version: str, root: Path) -> None:
     with tempfile.TemporaryDirectory() as download_dir:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                    f"transformers=={version}", "-d", download_dir]
@@ -112,7 +121,6 @@ def transformers_tests_root(version: str | None = None) -> Path:
                     path.write_text(text)
 
         write_dir_atomically(root, extract)
-    return root
 
 
 def load_transformers_tests(version: str | None = None) -> Path:

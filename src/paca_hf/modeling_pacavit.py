@@ -12,7 +12,8 @@ from transformers.backbone_utils import BackboneMixin, filter_output_hidden_stat
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import (
     OutputRecorder,
@@ -94,7 +95,9 @@ class PaCaViTSemanticSegmenterOutput(ModelOutput):
 
 def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """`(batch, height * width, channels)` -> `(batch, channels, height, width)`, as a view (channels-last memory)."""
-    return tokens.transpose(1, 2).unflatten(2, (height, width))
+    # `view` with the sizes read from the tensors (not `unflatten`) so that TorchScript tracing records them.
+    batch_size, _, channels = tokens.shape
+    return tokens.transpose(1, 2).view(batch_size, channels, height, width)
 
 
 def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
@@ -273,16 +276,18 @@ class PaCaViTAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns the attention output `(batch, patches, hidden_size)`, the attention weights `(batch, heads, patches,
         keys)` (None unless `output_attentions=True` is in `kwargs` or the eager implementation is set) and the
-        cluster assignment `(batch, clusters, patches)` used (None without clusters)."""
+        cluster assignment map `(batch, clusters, height, width)` used (None without clusters). The map is the tensor
+        the clusters are computed from, so it is on the autograd graph."""
         batch_size, num_patches, hidden_size = hidden_states.shape
         output_attentions = kwargs.get("output_attentions", False)
         if self.num_clusters > 0:
             if self.clustering is not None:
                 logits = self.clustering(hidden_states, height, width)
                 cluster_assignment = logits.softmax(dim=-1, dtype=torch.float32).to(hidden_states.dtype)
+                cluster_assignment = cluster_assignment.view(batch_size, self.num_clusters, height, width)
             if cluster_assignment is None:
                 raise ValueError("This block reuses a cluster assignment, but none was passed to it.")
-            key_value_states = self.cluster_norm(torch.matmul(cluster_assignment, hidden_states))
+            key_value_states = self.cluster_norm(torch.matmul(cluster_assignment.flatten(2), hidden_states))
         else:
             key_value_states = hidden_states
 
@@ -476,20 +481,21 @@ class PaCaViTClusteringTeacher(nn.Module):
             )
             fused[index - 1] = self.fusions[index - 1](stage_outputs[index - 1] + self.laterals[index - 1](upsampled))
 
-        assignments = [
-            None if to_clusters is None else to_clusters(features).flatten(2).softmax(dim=-1)
-            for to_clusters, features in zip(self.to_clusters, fused)
-        ]
+        # Softmax over the patches, kept as maps `(batch, clusters, height, width)`.
+        assignments = []
+        for to_clusters, features in zip(self.to_clusters, fused):
+            logits = None if to_clusters is None else to_clusters(features)
+            assignments.append(None if logits is None else logits.flatten(2).softmax(dim=-1).view_as(logits))
         return assignments, [map_to_tokens(output) for output in stage_outputs]
 
 
-class PaCaViTClusterAssignmentMap(nn.Module):
-    """Reshapes a stage's cluster assignment `(batch, clusters, height * width)` to a map `(batch, clusters, height,
-    width)`; passes None through for a stage without clusters. Its output is what `output_cluster_assignments`
-    records, one entry per stage."""
+class PaCaViTClusterAssignmentOutput(nn.Module):
+    """Where `output_cluster_assignments` records a stage's cluster assignment map `(batch, clusters, height, width)`
+    (the one its last block used), one entry per stage: returns its input unchanged, None for a stage without
+    clusters (an output hook records a None output too, which keeps the entries aligned with the stages)."""
 
-    def forward(self, cluster_assignment: torch.Tensor | None, height: int, width: int) -> torch.Tensor | None:
-        return None if cluster_assignment is None else cluster_assignment.unflatten(2, (height, width))
+    def forward(self, cluster_assignment: torch.Tensor | None) -> torch.Tensor | None:
+        return cluster_assignment
 
 
 class PaCaViTStage(nn.Module):
@@ -515,7 +521,7 @@ class PaCaViTStage(nn.Module):
             for index in range(config.depths[stage_index])
         )
         self.layer_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
-        self.cluster_assignment_map = PaCaViTClusterAssignmentMap()
+        self.cluster_assignment_output = PaCaViTClusterAssignmentOutput()
 
     def forward(
         self,
@@ -536,7 +542,7 @@ class PaCaViTStage(nn.Module):
         if teacher_output is not None:
             hidden_states = hidden_states + teacher_output
         feature_map = tokens_to_map(self.layer_norm(hidden_states), height, width)
-        return feature_map, self.cluster_assignment_map(cluster_assignment, height, width)
+        return feature_map, self.cluster_assignment_output(cluster_assignment)
 
 
 class PaCaViTPreTrainedModel(PreTrainedModel):
@@ -548,6 +554,7 @@ class PaCaViTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["PaCaViTLayer", "PaCaViTClusteringTeacher"]
+    _input_embed_layer = "embeddings"  # the convolutional stem
     _can_record_outputs = {
         # The stages' NCHW feature maps (the next stage's input, so they are on the autograd graph); the stem's
         # input is raw pixels and is not recorded.
@@ -555,7 +562,7 @@ class PaCaViTPreTrainedModel(PreTrainedModel):
             PaCaViTStage, capture_initial_hidden_state=False, num_hidden_layers_key="num_stages"
         ),
         "attentions": PaCaViTAttention,
-        "cluster_assignments": PaCaViTClusterAssignmentMap,
+        "cluster_assignments": PaCaViTClusterAssignmentOutput,
     }
 
     @torch.no_grad()
@@ -626,7 +633,7 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> PaCaViTModelOutput:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> PaCaViTModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): any height and width.
         output_hidden_states, output_attentions, output_cluster_assignments (`bool`, *optional*): return each stage's
@@ -663,7 +670,7 @@ class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> PaCaViTImageClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices for the cross-entropy loss
@@ -783,7 +790,7 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> PaCaViTSemanticSegmenterOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*): class index of every pixel,
@@ -825,7 +832,7 @@ class PaCaViTBackbone(BackboneMixin, PaCaViTModel):
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BackboneOutput:
         r"""
         output_hidden_states (`bool`, *optional*): also return every stage's feature map.

@@ -1,0 +1,130 @@
+"""Export at any image size: torch.export, the dynamo ONNX exporter (run in onnxruntime), the TorchScript ONNX exporter
+and torch.compile(dynamic=True), each checked against the eager model at sizes other than the export example."""
+
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from torch.export import Dim
+
+from paca_hf import PaCaViTConfig, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+EXAMPLE = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+# Batch, height, width other than the example's; odd sizes and non-square maps too.
+SIZES = [(1, 96, 96), (3, 224, 224), (1, 320, 320), (1, 512, 512), (2, 100, 164)]
+DYNAMIC = {"pixel_values": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}}
+
+
+def tiny_config():
+    # Banded Mix-FFN (64 patches per band), clusters in stages 1-3, patch-to-patch attention in stage 4.
+    return PaCaViTConfig(
+        hidden_sizes=[16, 32, 48, 64],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 2, 2, 4],
+        mlp_ratios=[2, 2, 2, 2],
+        num_clusters=[4, 4, 4, 0],
+        num_labels=5,
+        decode_head_hidden_size=16,
+        chunk_size_feed_forward=64,
+    )
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    torch.manual_seed(0)
+    return PaCaViTForSemanticSegmentation(tiny_config()).eval()
+
+
+def inputs(batch, height, width):
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(height * width + batch))
+
+
+def test_torch_export_with_dynamic_batch_height_and_width(segmenter):
+    program = torch.export.export(segmenter, (), {"pixel_values": EXAMPLE}, dynamic_shapes=DYNAMIC)
+    exported = program.module()
+    for size in SIZES:
+        pixel_values = inputs(*size)
+        with torch.no_grad():
+            expected = segmenter(pixel_values)
+            actual = exported(pixel_values=pixel_values)
+        torch.testing.assert_close(actual.logits, expected.logits, atol=1e-4, rtol=0, msg=str(size))
+        torch.testing.assert_close(actual.cluster_logits, expected.cluster_logits, atol=1e-4, rtol=0, msg=str(size))
+
+
+def test_dynamo_onnx_export_runs_in_onnxruntime_at_any_size(segmenter, tmp_path):
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(segmenter, (), str(path), kwargs={"pixel_values": EXAMPLE}, dynamo=True,
+                      dynamic_shapes=DYNAMIC, input_names=["pixel_values"], output_names=["logits", "cluster_logits"])
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in SIZES:
+        pixel_values = inputs(*size)
+        with torch.no_grad():
+            expected = segmenter(pixel_values)
+        logits, cluster_logits = session.run(["logits", "cluster_logits"], {"pixel_values": pixel_values.numpy()})
+        np.testing.assert_allclose(logits, expected.logits.numpy(), atol=1e-4, rtol=0, err_msg=str(size))
+        np.testing.assert_allclose(cluster_logits, expected.cluster_logits.numpy(), atol=1e-4, rtol=0,
+                                   err_msg=str(size))
+
+
+def test_torchscript_onnx_export_with_dynamic_axes(tmp_path):
+    torch.manual_seed(0)
+    classifier = PaCaViTForImageClassification(tiny_config()).eval()
+    path = tmp_path / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
+        torch.onnx.export(classifier, (EXAMPLE,), str(path), dynamo=False, input_names=["pixel_values"],
+                          output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch", 2: "height", 3: "width"}})
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in SIZES[:3]:
+        pixel_values = inputs(*size)
+        with torch.no_grad():
+            expected = classifier(pixel_values).logits.numpy()
+        (logits,) = session.run(["logits"], {"pixel_values": pixel_values.numpy()})
+        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0, err_msg=str(size))
+
+
+def test_torch_compile_with_dynamic_shapes():
+    torch.manual_seed(0)
+    config = tiny_config()
+    config.hidden_sizes, config.depths, config.num_attention_heads = [16, 32], [1, 1], [1, 2]
+    config.mlp_ratios, config.num_clusters, config.clustering_interval = [2, 2], [4, 0], [0, 0]
+    classifier = PaCaViTForImageClassification(config).eval()
+    compiled = torch.compile(classifier, dynamic=True)
+    for size in [(2, 64, 64), (1, 96, 80)]:
+        pixel_values = inputs(*size)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(pixel_values).logits, classifier(pixel_values).logits, atol=1e-4,
+                                       rtol=0)
+
+
+def test_eager_mix_ffn_still_runs_in_bands(segmenter):
+    """Tracing uses one band; eager mode keeps the bands (the memory and time behaviour of `chunk_size_feed_forward`)."""
+    mlp = segmenter.pacavit.stages[0].layers[0].mlp
+    widths = []
+    handle = mlp.dense1.register_forward_hook(lambda module, args, output: widths.append(output.shape[1]))
+    try:
+        with torch.no_grad():
+            segmenter(inputs(1, 64, 64))  # 16 x 16 patches in stage 1: bands of 4 rows (+ the rows around them)
+    finally:
+        handle.remove()
+    assert widths == [5 * 16, 6 * 16, 6 * 16, 5 * 16]
+
+
+def test_readme_export_snippet_runs(tmp_path):
+    """The README's Export section runs as written and prints what its comments say."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Export\n", 1)[1].split("\n## ", 1)[0]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = [line for line in result.stdout.splitlines() if not line.startswith("[torch.onnx]")]
+    assert printed == ["(1, 150, 56, 56) True", "(2, 150, 80, 80) True", "(1, 150, 128, 96)"]
