@@ -327,9 +327,10 @@ class PaCaViTMixFFN(nn.Module):
     """MLP with a residual 3x3 depthwise convolution after the expansion.
 
     Computed in horizontal bands of whole rows, each of at most `config.chunk_size_feed_forward` patches per image (0:
-    the whole map at once; None: `default_chunk_size_feed_forward` of the input's device). The expanded activations are `mlp_ratio` times larger than the input, and on a CPU a
-    freshly allocated block of tens of MiB is faulted in page by page; small bands reuse warm memory, so time stays
-    linear in the number of pixels and the peak memory of inference drops. Each band also expands the row above and
+    the whole map at once; None: `default_chunk_size_feed_forward` of the input's device). The expanded activations
+    are `mlp_ratio` times larger than the input, and on a CPU a freshly allocated block of tens of MiB is faulted in
+    page by page; small bands reuse warm memory, so time stays linear in the number of pixels and the peak memory of
+    inference drops. Each band also expands the row above and
     below it, which its 3x3 convolution reads, so the results are those of the whole map (up to float rounding).
     """
 
