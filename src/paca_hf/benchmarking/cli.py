@@ -1,4 +1,5 @@
-"""Speed and memory of PaCa-ViT against transformers' Swin-T and PVTv2-b1/b2, measured side by side.
+"""Speed and memory of PaCa-ViT against transformers' Swin-T and PVTv2-b1/b2 (ADE20k segmentors: Segformer-B1/B2,
+UperNet-Swin-T), on eager PyTorch, torch.compile or ONNX Runtime, measured side by side.
 
 All models are built from configs with random weights (no Hub download) and ImageNet heads (1000 labels):
 
@@ -6,6 +7,9 @@ All models are built from configs with random weights (no Hub download) and Imag
     python scripts/benchmark.py --mode both --train-sizes 224 --train-batch-sizes 8
     python scripts/benchmark.py --device cuda --dtype bf16 --sizes 224 --batch-sizes 128 --compile
     python scripts/benchmark.py --quick                           # seconds; what the test runs
+    python scripts/benchmark.py --models pacavit-tiny --backend eager,compile,onnxruntime --baseline pacavit-tiny
+    python scripts/benchmark.py --task segmentation               # PaCa head vs Segformer-B1/B2, UperNet-Swin-T
+    python scripts/benchmark.py --task data --threads 1           # image processor backends, ADE20k augmentation
     python scripts/benchmark.py --models pacavit-tiny,pacavit-tiny:chunk_size_feed_forward=0   # config A/B
 
 A PaCa-ViT model name may carry config overrides after colons, `name:field=value[:field=value...]` (values read as
@@ -32,6 +36,10 @@ Method
       before it, with glibc told to give every block of 64 KiB or more back to the system on free
       (mallopt(M_MMAP_THRESHOLD)) so that the RSS follows the live tensors. By default on CPU every measurement
       runs in a fresh subprocess (after one untimed warm-up step at the same size), away from the timed runs.
+      Only eager runs are measured (mem_method "eager_only" for the other backends).
+    * --backend: `model@compile` is `torch.compile(dynamic=False)` (inductor; weights frozen for inference),
+      `model@onnxruntime` an ONNX export per input shape run by onnxruntime on the CPU (see `models.Runner`);
+      max_abs_diff is the largest absolute difference of their inference logits from the eager model's.
     * CPU with glibc: a freed tensor above malloc's mmap threshold (32 MiB at most unless set at start-up) is
       unmapped and the next one faulted in again page by page; at 1024x1024 that covers most activations and makes
       timings depend on allocator history (a 100 MB add: ~70 ms instead of ~13 ms here). `--malloc-cache` restarts
