@@ -14,6 +14,7 @@ from transformers import (
 
 import paca_hf  # noqa: F401  (registers PaCa-ViT with the Auto classes)
 from paca_hf import PaCaViTBackbone, PaCaViTConfig, PaCaViTForImageClassification
+from tiny_configs import tiny_config
 
 
 ALL_STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -25,17 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_backbone_config(**overrides) -> PaCaViTConfig:
-    kwargs = dict(
-        hidden_sizes=HIDDEN_SIZES,
-        depths=[1, 1, 1, 1],
-        num_attention_heads=[1, 1, 2, 2],
-        mlp_ratios=[2, 2, 2, 2],
-        num_clusters=[4, 4, 4, 0],
-        clustering_kernel_size=3,
-        drop_path_rate=0.0,
-    )
-    kwargs.update(overrides)
-    return PaCaViTConfig(**kwargs)
+    return tiny_config(hidden_sizes=HIDDEN_SIZES, **overrides)
 
 
 def quadrant_batch(batch_size: int = 2, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

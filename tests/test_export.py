@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch.export import Dim
 
-from paca_hf import PaCaViTConfig, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
+from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
+from tiny_configs import tiny_config as shared_tiny_config
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,16 +27,8 @@ DYNAMIC = {"pixel_values": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}}
 
 def tiny_config():
     # Banded Mix-FFN (64 patches per band), clusters in stages 1-3, patch-to-patch attention in stage 4.
-    return PaCaViTConfig(
-        hidden_sizes=[16, 32, 48, 64],
-        depths=[1, 1, 1, 1],
-        num_attention_heads=[1, 2, 2, 4],
-        mlp_ratios=[2, 2, 2, 2],
-        num_clusters=[4, 4, 4, 0],
-        num_labels=5,
-        decode_head_hidden_size=16,
-        chunk_size_feed_forward=64,
-    )
+    return shared_tiny_config(hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 2, 4], clustering_kernel_size=7,
+                              num_labels=5, chunk_size_feed_forward=64)
 
 
 @pytest.fixture(scope="module")

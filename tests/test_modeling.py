@@ -12,21 +12,14 @@ from paca_hf import (
     PaCaViTForSemanticSegmentation,
     PaCaViTModel,
 )
+from tiny_configs import tiny_config as shared_tiny_config
 
 
 def tiny_config(**overrides):
-    kwargs = dict(
-        hidden_sizes=[16, 32, 48, 64],
-        depths=[2, 1, 2, 1],
-        num_attention_heads=[1, 2, 2, 4],
-        mlp_ratios=[2, 2, 2, 2],
-        num_clusters=[4, 4, 4, 0],
-        drop_path_rate=0.0,
-        num_labels=5,
-        decode_head_hidden_size=16,
-    )
-    kwargs.update(overrides)
-    return PaCaViTConfig(**kwargs)
+    # Two blocks in stages 1 and 3, so that a stage's later blocks reuse its cluster assignment.
+    return shared_tiny_config(**{"hidden_sizes": [16, 32, 48, 64], "depths": [2, 1, 2, 1],
+                                 "num_attention_heads": [1, 2, 2, 4], "clustering_kernel_size": 7, "num_labels": 5,
+                                 **overrides})
 
 
 def test_output_shapes_follow_hierarchical_models(seed):

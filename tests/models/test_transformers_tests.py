@@ -18,3 +18,17 @@ def test_the_cached_sdist_holds_the_mixins():
                  "test_backbone_common.py", "test_image_processing_common.py"):
         assert (root / "tests" / name).is_file(), name
     from tests.test_image_processing_common import ImageProcessingTestMixin  # noqa: F401  (the processor helper's)
+
+
+def test_a_cache_extracted_before_new_stand_ins_gets_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("PACA_HF_CACHE", str(tmp_path))
+    root = tmp_path / "transformers-0.0.0.dev0-tests"
+    (root / "tests").mkdir(parents=True)
+    (root / "tests" / "test_modeling_common.py").write_text("# extracted\n")
+    (root / "tests" / "__init__.py").write_text("# shipped by the sdist\n")
+    (root / "src" / "transformers").mkdir(parents=True)
+    assert transformers_tests.transformers_tests_root("0.0.0.dev0") == root  # no download: the cache is complete
+    for relative, text in transformers_tests.STAND_INS.items():
+        expected = "# shipped by the sdist\n" if relative == "tests/__init__.py" else text
+        assert (root / relative).read_text() == expected, relative
+    assert (root / "tests" / "test_modeling_common.py").read_text() == "# extracted\n"

@@ -75,7 +75,7 @@ repo_id = "{repo_id}"
 processor = AutoImageProcessor.from_pretrained(repo_id, trust_remote_code=True)
 model = AutoModelForImageClassification.from_pretrained(repo_id, trust_remote_code=True).eval()
 
-image = Image.open("image.jpg").convert("RGB")  # any RGB image
+image = Image.open("image.jpg")  # any mode: the processor decodes 16-bit, palette, CMYK and EXIF orientation
 inputs = processor(images=image, return_tensors="pt")
 with torch.no_grad():
     logits = model(**inputs).logits
@@ -92,7 +92,7 @@ repo_id = "{repo_id}"
 processor = AutoImageProcessor.from_pretrained(repo_id, trust_remote_code=True)
 model = AutoModelForSemanticSegmentation.from_pretrained(repo_id, trust_remote_code=True).eval()
 
-image = Image.open("image.jpg").convert("RGB")  # any RGB image
+image = Image.open("image.jpg")  # any mode: the processor decodes 16-bit, palette, CMYK and EXIF orientation
 inputs = processor(images=image, return_tensors="pt")
 with torch.no_grad():
     outputs = model(**inputs)
@@ -110,7 +110,7 @@ import paca_hf  # noqa: F401  (registers the PaCa-ViT backbone with transformers
 
 repo_id = "{repo_id}"
 segmenter = pipeline("image-segmentation", model=repo_id)
-image = Image.open("image.jpg").convert("RGB")  # any RGB image
+image = Image.open("image.jpg")  # any mode: the processor decodes 16-bit, palette, CMYK and EXIF orientation
 for segment in segmenter(image):
     share = sum(1 for value in segment["mask"].getdata() if value) / (image.width * image.height)
     print(f"{{segment['label']}}: {{share:.1%}} of the pixels")

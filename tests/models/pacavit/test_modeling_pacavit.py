@@ -10,15 +10,25 @@ come from conditions inside the common tests, and they skip PVTv2 and Segformer 
   (`test_resize_embeddings = False`), inputs_embeds, sub-configs / composite models, caches, language-model heads,
   sparse experts and router logits, grouped_mm, a tensor-parallel plan, `_keep_in_fp32_modules`, a checkpoint
   conversion mapping (which only renamed legacy checkpoints have);
-- pipelines: tasks PaCa-ViT does not do (not in `pipeline_model_mapping`), and the three it does, because the
-  pipeline mixin loads tiny models from the Hub (hf-internal-testing) listed in a summary file, and tests run offline
-  with no such models for a model outside transformers (tests/test_pipelines.py runs the three pipelines instead).
+- pipelines: tasks PaCa-ViT does not do (not in `pipeline_model_mapping`; mask generation is skipped for every
+  model by the mixin itself, "`run_pipeline_test` is currently not implemented").
+
+`PipelineTesterMixin` runs the three tasks PaCa-ViT does (image classification, image feature extraction, image
+segmentation, each in float32 and float16) on tiny models: in transformers' CI those are downloaded from the Hub
+(hf-internal-testing) as listed in a summary file. Tests here run offline, so this module saves tiny PaCa-ViT models
+with an image processor locally (`save_tiny_models`; the mixin loads it with both processor classes) and points
+the mixin at them with its local mode (`TRANSFORMERS_TINY_MODEL_PATH`: `<path>/reports/tiny_model_summary.json`,
+models in `<path>/<model_type>/<class>`).
 """
 
+import json
+import os
 import tempfile
 import unittest
+from pathlib import Path
 from unittest import mock
 
+import pytest
 import torch
 from transformers.models.auto import modeling_auto
 from transformers.utils import logging as transformers_logging
@@ -29,12 +39,37 @@ from paca_hf import (
     PaCaViTConfig,
     PaCaViTForImageClassification,
     PaCaViTForSemanticSegmentation,
+    PaCaViTImageProcessor,
+    PaCaViTImageProcessorPil,
     PaCaViTModel,
 )
 from transformers_tests import load_transformers_tests
 
 
 load_transformers_tests()
+
+# The tiny models for the pipeline tests: the summary is read when the mixin is imported, the models are saved by
+# setUpModule. The folder goes with the interpreter.
+TINY_MODELS = tempfile.TemporaryDirectory(prefix="tiny-pacavit-")
+PIPELINE_MODEL_CLASSES = (PaCaViTModel, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation)
+IMAGE_PROCESSOR_CLASSES = (PaCaViTImageProcessor, PaCaViTImageProcessorPil)
+(Path(TINY_MODELS.name) / "reports").mkdir()
+(Path(TINY_MODELS.name) / "reports" / "tiny_model_summary.json").write_text(
+    json.dumps(
+        {
+            model_class.__name__: {
+                "tokenizer_classes": [],
+                "processor_classes": [processor_class.__name__ for processor_class in IMAGE_PROCESSOR_CLASSES],
+                "model_classes": [model_class.__name__],
+            }
+            for model_class in PIPELINE_MODEL_CLASSES
+        }
+    )
+)
+with mock.patch.dict(os.environ, {"TRANSFORMERS_TINY_MODEL_PATH": TINY_MODELS.name}):
+    from tests import test_pipeline_mixin  # noqa: E402
+if test_pipeline_mixin.TRANSFORMERS_TINY_MODEL_PATH != TINY_MODELS.name:
+    raise RuntimeError("tests.test_pipeline_mixin was imported before this module could point it at its tiny models")
 
 from tests.test_backbone_common import BackboneTesterMixin  # noqa: E402
 from tests.test_configuration_common import ConfigTester  # noqa: E402
@@ -54,7 +89,15 @@ _patches = [
     mock.patch.dict(getattr(modeling_auto, mapping), {PaCaViTConfig.model_type: name})
     for mapping, name in AUTO_MAPPING_NAMES.items()
 ]
+# ... and what it would export: the pipeline mixin looks the summary's processor classes up by name in its own import
+# of transformers (`transformers_module`, which replaced `sys.modules["transformers"]`).
+_patches += [
+    mock.patch.object(test_pipeline_mixin.transformers_module, processor_class.__name__, processor_class, create=True)
+    for processor_class in IMAGE_PROCESSOR_CLASSES
+]
 
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 _verbosity = []
 
@@ -66,6 +109,22 @@ def setUpModule():
     # them below ERROR for the rest of the suite.
     _verbosity.append(transformers_logging.get_verbosity())
     transformers_logging.set_verbosity_warning()
+    save_tiny_models(Path(TINY_MODELS.name))
+
+
+def save_tiny_models(folder: Path):
+    """The tester's tiny models for the pipeline tests, each saved with an image processor sized for the tester's
+    64-pixel images (as the Hub's tiny models are saved with processors fit for them). The mixin loads it with each
+    class of the summary's `processor_classes`: both processors read the same `preprocessor_config.json`."""
+    config = PaCaViTModelTester(None).get_config()
+    processor = PaCaViTImageProcessor(size={"height": config.image_size, "width": config.image_size},
+                                      do_center_crop=False)
+    torch.manual_seed(0)
+    for model_class in PIPELINE_MODEL_CLASSES:
+        model_folder = folder / PaCaViTConfig.model_type / model_class.__name__
+        if not model_folder.exists():
+            model_class(config).save_pretrained(model_folder)
+            processor.save_pretrained(model_folder)
 
 
 def tearDownModule():
@@ -200,6 +259,16 @@ class PaCaViTModelTest(ModelTesterMixin, PipelineTesterMixin, unittest.TestCase)
 
     def test_config(self):
         self.config_tester.run_common_tests()
+
+    def run_task_tests(self, task, dtype="float32"):
+        # The mixin skips a task whose tiny model or processor does not load (some are missing on the Hub); this
+        # module saves them itself, so for PaCa-ViT's own tasks that is a failure.
+        if task not in self.pipeline_model_mapping:
+            return super().run_task_tests(task, dtype=dtype)
+        try:
+            super().run_task_tests(task, dtype=dtype)
+        except unittest.SkipTest as skip:
+            self.fail(f"the {task} pipeline test ({dtype}) did not run: {skip}")
 
     def test_model(self):
         self.model_tester.create_and_check_model(*self.model_tester.prepare_config_and_inputs())
