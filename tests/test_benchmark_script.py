@@ -199,7 +199,26 @@ def test_config_overrides_reach_the_model():
     model = models.build_model("pacavit-tiny:chunk_size_feed_forward=0:drop_path_rate=0.0", "sdpa")
     assert model.config.chunk_size_feed_forward == 0 and model.config.drop_path_rate == 0.0
     assert {layer.mlp.chunk_size for stage in model.pacavit.stages for layer in stage.layers} == {0}
-    assert models.build_config("pacavit-tiny").chunk_size_feed_forward == 4096
+    assert models.build_config("pacavit-tiny").chunk_size_feed_forward is None  # per device
+
+
+def test_default_chunk_size_feed_forward_is_bands_on_cpu_whole_map_elsewhere(monkeypatch):
+    from tiny_configs import tiny_config
+
+    from paca_hf.modeling_pacavit import PaCaViTMixFFN, default_chunk_size_feed_forward
+
+    assert default_chunk_size_feed_forward(torch.device("cpu")) == 4096
+    assert default_chunk_size_feed_forward(torch.device("cuda")) == 0
+    assert default_chunk_size_feed_forward(torch.device("meta")) == 0
+    ffn = PaCaViTMixFFN(tiny_config(), hidden_size=4, intermediate_size=8)
+    assert ffn.chunk_size is None
+    bands = []
+    original = PaCaViTMixFFN.forward_band
+    monkeypatch.setattr(
+        PaCaViTMixFFN, "forward_band", lambda self, *args: bands.append(args[-2:]) or original(self, *args)
+    )
+    ffn(torch.randn(1, 100 * 100, 4), 100, 100)  # 4096 patches = 40 rows of 100 per band
+    assert bands == [(0, 40), (40, 80), (80, 100)]
 
 
 @pytest.mark.parametrize(
@@ -234,3 +253,83 @@ def test_results_read_back_and_replot(quick_run, tmp_path):
         assert not (tmp_path / "scaling.png").exists()
     else:
         assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_backends_expand_into_named_runs():
+    args = cli.parse_args(["--models", "pacavit-tiny,swin-t", "--backend", "eager,onnxruntime", "--mode", "inference"])
+    assert args.models == ["pacavit-tiny", "swin-t", "pacavit-tiny@onnxruntime", "swin-t@onnxruntime"]
+    assert args.warmup >= 2  # the export (or compilation) happens in the untimed warm-up
+    assert cli.parse_args(["--compile"]).models == [f"{name}@compile" for name in cli.DEFAULTS["models"]]
+    assert cli.parse_args(["--compile"]).baseline == "swin-t@compile"
+    assert models.split_backend("pacavit-tiny:chunk_size_feed_forward=0@compile") == (
+        "pacavit-tiny:chunk_size_feed_forward=0",
+        "compile",
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--backend", "fast"], "unknown backend fast"),
+        (["--backend", "onnxruntime", "--mode", "train"], "--backend onnxruntime runs inference on the CPU"),
+        (["--backend", "eager", "--compile"], "--compile is --backend compile"),
+        (["--task", "segmentation", "--models", "swin-t"], "unknown model 'swin-t' for segmentation"),
+        (["--task", "data", "--models", "processor-cv2"], "unknown data pipeline processor-cv2"),
+    ],
+)
+def test_bad_backends_and_task_models_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_onnxruntime_model_matches_eager(tmp_path):
+    from tiny_configs import tiny_config
+
+    from paca_hf import PaCaViTForSemanticSegmentation
+
+    torch.manual_seed(0)
+    model = PaCaViTForSemanticSegmentation(tiny_config(num_labels=5)).eval()
+    pixel_values = torch.randn(1, 3, 64, 96)
+    runtime = models.OnnxRuntimeModel(model, threads=1, directory=str(tmp_path))
+    logits = runtime(pixel_values=pixel_values).logits
+    with torch.inference_mode():
+        expected = model(pixel_values=pixel_values).logits
+    assert logits.shape == expected.shape == (1, 5, 16, 24)
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    assert [path.name for path in tmp_path.iterdir()] == ["1x3x64x96.onnx"]  # one graph per input shape
+
+
+def test_segmentation_baselines_are_the_stated_hyper_parameters():
+    b1, b2 = models.build_config("segformer-b1", "segmentation"), models.build_config("segformer-b2", "segmentation")
+    assert (list(b1.depths), b1.decoder_hidden_size) == ([2, 2, 2, 2], 256)
+    assert (list(b2.depths), b2.decoder_hidden_size) == ([3, 4, 6, 3], 768)
+    upernet = models.build_config("upernet-swin-t", "segmentation")
+    assert (upernet.hidden_size, upernet.use_auxiliary_head, upernet.auxiliary_in_channels) == (512, True, 384)
+    assert upernet.backbone_config.embed_dim == 96 and list(upernet.backbone_config.depths) == [2, 2, 6, 2]
+    paca = models.build_config("pacavit-tiny", "segmentation")
+    assert list(paca.num_clusters) == [200, 200, 200, 0] and paca.hidden_sizes == [96, 192, 320, 384]
+    for name in models.SEGMENTATION_MODEL_NAMES:
+        assert models.build_config(name, "segmentation").num_labels == models.NUM_SEGMENTATION_LABELS
+    assert models.model_class("upernet-swin-t@compile", "segmentation").__name__ == "UperNetForSemanticSegmentation"
+
+
+def test_data_task_quick_run(tmp_path):
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--task", "data", "--quick", "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    _, rows = read_csv(tmp_path / "results.csv")
+    assert {(row["model"], row["mode"], row["size"], row["batch_size"]) for row in rows} == {
+        (name, "data", "64", "2") for name in cli.DATA_PIPELINES
+    }
+    base = next(row for row in rows if row["model"] == "processor-pil")
+    for row in rows:
+        assert row["status"] == "ok" and row["task"] == "data"
+        assert float(row["images_per_s"]) == pytest.approx(2000 / float(row["median_ms"]), rel=1e-12)
+        assert float(row["ratio_vs_baseline"]) == pytest.approx(
+            float(row["median_ms"]) / float(base["median_ms"]), rel=1e-12
+        )
+    assert "Images per second per thread" in completed.stdout

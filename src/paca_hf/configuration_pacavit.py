@@ -76,9 +76,10 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
         teacher_kernel_size (`int`): depthwise kernel of the teacher.
         decode_head_hidden_size, classifier_dropout_prob, cluster_loss_weight, semantic_loss_ignore_index: the PaCa
             segmentation head (channels, dropout before the classifier, weight of the clustering loss, ignored label).
-        chunk_size_feed_forward (`int`, defaults to 4096): the Mix-FFN runs over bands of whole rows of at most
+        chunk_size_feed_forward (`int`, *optional*): the Mix-FFN runs over bands of whole rows of at most
             this many patches per image (at least one row); 0 runs it over the whole map at once. Outputs are the
-            same; smaller bands keep the expanded activations small (see `scripts/benchmark.py`).
+            same; smaller bands keep the expanded activations small (see `scripts/benchmark.py`). None (default)
+            chooses per device: 4096 on a CPU, where the bands were measured faster, and the whole map elsewhere.
         out_features / out_indices: stages returned by `PaCaViTBackbone`.
     """
 
@@ -106,7 +107,7 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
     classifier_dropout_prob: float | int = 0.1
     cluster_loss_weight: float | int = 0.4
     semantic_loss_ignore_index: int = 255
-    chunk_size_feed_forward: int = 4096
+    chunk_size_feed_forward: int | None = None
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -190,7 +191,7 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
                 raise ValueError(f"`teacher_depths` must be positive in every stage, got {self.teacher_depths}.")
             if self.teacher_kernel_size < 1 or self.teacher_kernel_size % 2 == 0:
                 raise ValueError(f"`teacher_kernel_size` must be a positive odd number, got {self.teacher_kernel_size}.")
-        if self.chunk_size_feed_forward < 0:
+        if self.chunk_size_feed_forward is not None and self.chunk_size_feed_forward < 0:
             raise ValueError(
                 f"`chunk_size_feed_forward` must be >= 0 (0 = no chunking), got {self.chunk_size_feed_forward}."
             )

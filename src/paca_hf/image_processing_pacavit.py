@@ -70,6 +70,17 @@ class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
     def _to_float(image: "torch.Tensor") -> "torch.Tensor":
         return image.to(torch.float32)
 
+    _return_batch_as_is = True
+
+    # The batch comes from `torch.stack` (then resize / crop / dtype conversion), so it is never the caller's tensor:
+    # the same arithmetic as `rescale` and `normalize` (x * factor, then (x - mean) / std), in place, saves a
+    # full-size tensor per step (each one faulted in afresh on a CPU when it is large).
+    def _rescale_owned(self, batch: "torch.Tensor", factor: float) -> "torch.Tensor":
+        return batch.mul_(factor)
+
+    def _normalize_owned(self, batch: "torch.Tensor", mean: list[float], std: list[float]) -> "torch.Tensor":
+        return self.normalize(batch, mean, std, inplace=True)
+
     @staticmethod
     def _labels_output(seg: "torch.Tensor") -> "torch.Tensor":
         return seg[0].to(torch.int64)

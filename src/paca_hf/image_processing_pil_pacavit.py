@@ -199,7 +199,8 @@ class PaCaViTImageProcessingMixin:
             for image in images
         ]
         pixel_values = [None] * len(images)
-        for indices in self._batches(images):
+        groups = self._batches(images)
+        for indices in groups:
             first = indices[0]  # a batch shares shape and dtype, hence channels, resize target and value range
             batch = self._stack([images[index] for index in indices])
             if do_resize:
@@ -208,9 +209,12 @@ class PaCaViTImageProcessingMixin:
                 batch = self.center_crop(batch, crop_size)
             batch = self._to_float(batch)
             if do_rescale and arrays[first].dtype == np.uint8:  # 16-bit and float data are in [0, 1] already
-                batch = self.rescale(batch, rescale_factor)
+                batch = self._rescale_owned(batch, rescale_factor)
             if do_normalize:
-                batch = self.normalize(batch, mean[first].tolist(), std[first].tolist())
+                batch = self._normalize_owned(batch, mean[first].tolist(), std[first].tolist())
+            if self._return_batch_as_is and return_tensors is not None and len(groups) == 1:
+                pixel_values = batch  # already the stacked output, in input order (one group is all of them)
+                break
             for index, image in zip(indices, self._unstack(batch, len(indices))):
                 pixel_values[index] = image
 
@@ -227,6 +231,17 @@ class PaCaViTImageProcessingMixin:
         if maps is not None:
             data["labels"] = labels
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    # Whether a single group's batch is returned as the stacked `pixel_values` itself (no unstack and restack).
+    _return_batch_as_is = False
+
+    def _rescale_owned(self, batch, factor: float):
+        """`rescale` of a batch that this call made (stacked, hence not the caller's); a backend may do it in place."""
+        return self.rescale(batch, factor)
+
+    def _normalize_owned(self, batch, mean: list[float], std: list[float]):
+        """`normalize` of a batch that this call made; a backend may do it in place."""
+        return self.normalize(batch, mean, std)
 
     @staticmethod
     def reduce_label(label):

@@ -315,13 +315,22 @@ class PaCaViTAttention(nn.Module):
         return attn_output, attn_weights, cluster_assignment
 
 
+def default_chunk_size_feed_forward(device: torch.device) -> int:
+    """`chunk_size_feed_forward=None`: bands of 4096 patches on a CPU, where a fresh block of tens of MiB is faulted
+    in page by page (bands measured 0.82-0.85x the whole map's time at 512-1024); the whole map (0) on other
+    devices, whose caching allocators reuse blocks and where bands would only add kernel launches (not yet
+    measured: `scripts/device_check.sh` times both)."""
+    return 4096 if device.type == "cpu" else 0
+
+
 class PaCaViTMixFFN(nn.Module):
     """MLP with a residual 3x3 depthwise convolution after the expansion.
 
     Computed in horizontal bands of whole rows, each of at most `config.chunk_size_feed_forward` patches per image (0:
-    the whole map at once). The expanded activations are `mlp_ratio` times larger than the input, and on a CPU a
-    freshly allocated block of tens of MiB is faulted in page by page; small bands reuse warm memory, so time stays
-    linear in the number of pixels and the peak memory of inference drops. Each band also expands the row above and
+    the whole map at once; None: `default_chunk_size_feed_forward` of the input's device). The expanded activations
+    are `mlp_ratio` times larger than the input, and on a CPU a freshly allocated block of tens of MiB is faulted in
+    page by page; small bands reuse warm memory, so time stays linear in the number of pixels and the peak memory of
+    inference drops. Each band also expands the row above and
     below it, which its 3x3 convolution reads, so the results are those of the whole map (up to float rounding).
     """
 
@@ -341,7 +350,10 @@ class PaCaViTMixFFN(nn.Module):
             # One band: the number of bands depends on the image size, which a graph exported for any size must not
             # fix. (Same outputs; the bands only save memory traffic in eager mode.)
             return self.forward_band(hidden_states, height, width, 0, height)
-        rows_per_band = height if self.chunk_size == 0 else max(1, self.chunk_size // width)
+        chunk_size = self.chunk_size
+        if chunk_size is None:
+            chunk_size = default_chunk_size_feed_forward(hidden_states.device)
+        rows_per_band = height if chunk_size == 0 else max(1, chunk_size // width)
         bands = [
             self.forward_band(hidden_states, height, width, start, min(start + rows_per_band, height))
             for start in range(0, height, rows_per_band)

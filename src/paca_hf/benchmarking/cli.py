@@ -1,4 +1,5 @@
-"""Speed and memory of PaCa-ViT against transformers' Swin-T and PVTv2-b1/b2, measured side by side.
+"""Speed and memory of PaCa-ViT against transformers' Swin-T and PVTv2-b1/b2 (ADE20k segmentors: Segformer-B1/B2,
+UperNet-Swin-T), on eager PyTorch, torch.compile or ONNX Runtime, measured side by side.
 
 All models are built from configs with random weights (no Hub download) and ImageNet heads (1000 labels):
 
@@ -6,6 +7,9 @@ All models are built from configs with random weights (no Hub download) and Imag
     python scripts/benchmark.py --mode both --train-sizes 224 --train-batch-sizes 8
     python scripts/benchmark.py --device cuda --dtype bf16 --sizes 224 --batch-sizes 128 --compile
     python scripts/benchmark.py --quick                           # seconds; what the test runs
+    python scripts/benchmark.py --models pacavit-tiny --backend eager,compile,onnxruntime --baseline pacavit-tiny
+    python scripts/benchmark.py --task segmentation               # PaCa head vs Segformer-B1/B2, UperNet-Swin-T
+    python scripts/benchmark.py --task data --threads 1           # image processor backends, ADE20k augmentation
     python scripts/benchmark.py --models pacavit-tiny,pacavit-tiny:chunk_size_feed_forward=0   # config A/B
 
 A PaCa-ViT model name may carry config overrides after colons, `name:field=value[:field=value...]` (values read as
@@ -32,6 +36,10 @@ Method
       before it, with glibc told to give every block of 64 KiB or more back to the system on free
       (mallopt(M_MMAP_THRESHOLD)) so that the RSS follows the live tensors. By default on CPU every measurement
       runs in a fresh subprocess (after one untimed warm-up step at the same size), away from the timed runs.
+      Only eager runs are measured (mem_method "eager_only" for the other backends).
+    * --backend: `model@compile` is `torch.compile(dynamic=False)` (inductor; weights frozen for inference),
+      `model@onnxruntime` an ONNX export per input shape run by onnxruntime on the CPU (see `models.Runner`);
+      max_abs_diff is the largest absolute difference of their inference logits from the eager model's.
     * CPU with glibc: a freed tensor above malloc's mmap threshold (32 MiB at most unless set at start-up) is
       unmapped and the next one faulted in again page by page; at 1024x1024 that covers most activations and makes
       timings depend on allocator history (a 100 MB add: ~70 ms instead of ~13 ms here). `--malloc-cache` restarts
@@ -69,7 +77,8 @@ from .memory import (
     release_freed_memory_to_os,
     restart_with_malloc_cache,
 )
-from .models import MODEL_NAMES, Runner, is_out_of_memory, split_model_name
+from .data import DATA_DEFAULTS, DATA_PIPELINES, DATA_QUICK, make_runner
+from .models import BACKENDS, MODEL_NAMES, SEGMENTATION_MODEL_NAMES, is_out_of_memory, split_model_name
 from .results import (
     CSV_COLUMNS,
     SCALING_COLUMNS,
@@ -95,13 +104,15 @@ def int_list(text: str) -> list[int]:
 
 
 def name_list(text: str) -> list[str]:
-    names = [item.strip() for item in text.split(",") if item.strip()]
-    for name in names:
-        try:
-            split_model_name(name)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-    return names
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def backend_list(text: str) -> list[str]:
+    backends = name_list(text)
+    unknown = [backend for backend in backends if backend not in BACKENDS]
+    if unknown or not backends:
+        raise argparse.ArgumentTypeError(f"unknown backend {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    return backends
 
 
 QUICK = {  # transformers' Swin fails below 224 (its windows outgrow the feature maps), so PVTv2 is the partner
@@ -116,6 +127,21 @@ QUICK = {  # transformers' Swin fails below 224 (its windows outgrow the feature
     "warmup": 0,
     "memory": "inprocess",
     "threads": 1,  # tests run beside other jobs: one thread avoids OpenMP stalls on a busy machine
+}
+# --task segmentation: the ADE20k segmentors; PaCa-ViT at 64 still has 2x2 maps in stage 4
+SEGMENTATION_QUICK = dict(QUICK, models=["pacavit-tiny", "segformer-b1"], baseline="segformer-b1")
+SEGMENTATION_DEFAULTS = {
+    "models": ["pacavit-tiny", "segformer-b1", "segformer-b2", "upernet-swin-t"],
+    "baseline": "segformer-b2",
+    "sizes": [512],
+    "batch_sizes": [1],
+    "train_sizes": None,
+    "train_batch_sizes": [2],
+    "mode": "both",
+    "repeats": 5,
+    "warmup": 1,
+    "memory": "auto",
+    "threads": None,
 }
 DEFAULTS = {
     "models": ["pacavit-tiny", "swin-t", "pvtv2-b1"],
@@ -135,10 +161,26 @@ DEFAULTS = {
 def parse_args(argv=None, default_output_dir: Path = DEFAULT_OUTPUT_DIR):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
+        "--task",
+        choices=("classification", "segmentation", "data"),
+        default="classification",
+        help="classification: ImageNet classifiers; segmentation: ADE20k segmentors (PaCa head vs Segformer-B1/B2 "
+        "and UperNet-Swin-T); data: the image processor's backends and the ADE20k training augmentation",
+    )
+    parser.add_argument(
         "--models",
         type=name_list,
-        help=f"comma-separated, from {', '.join(MODEL_NAMES)}, PaCa-ViT ones optionally with `:field=value` config "
-        f"overrides (default {','.join(DEFAULTS['models'])})",
+        help=f"comma-separated, from {', '.join(MODEL_NAMES)} (classification) or "
+        f"{', '.join(SEGMENTATION_MODEL_NAMES)} (segmentation) or {', '.join(DATA_PIPELINES)} (data); PaCa-ViT "
+        "ones optionally with `:field=value` config overrides, any with `@backend` "
+        f"(default {','.join(DEFAULTS['models'])}; segmentation {','.join(SEGMENTATION_DEFAULTS['models'])})",
+    )
+    parser.add_argument(
+        "--backend",
+        type=backend_list,
+        default=None,
+        help="comma-separated from eager, compile (torch.compile, inductor), onnxruntime (ONNX export + onnxruntime, "
+        "CPU inference only); every model runs on each, named `model@backend` for all but eager (default eager)",
     )
     parser.add_argument("--sizes", type=int_list, help="image sides, e.g. 224,512,1024,2048 (default 224,512,1024)")
     parser.add_argument("--batch-sizes", type=int_list, help="default 1")
@@ -153,7 +195,9 @@ def parse_args(argv=None, default_output_dir: Path = DEFAULT_OUTPUT_DIR):
     parser.add_argument("--warmup", type=int, help="untimed runs before them (default 2)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice; 1 with --quick)")
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile every model (at least 2 warm-up runs, which compile)"
+        "--compile",
+        action="store_true",
+        help="same as --backend compile: torch.compile every model (at least 2 warm-up runs, which compile)",
     )
     parser.add_argument("--attn-implementation", choices=("sdpa", "eager"), default="sdpa")
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="of the train step")
@@ -191,16 +235,47 @@ def parse_args(argv=None, default_output_dir: Path = DEFAULT_OUTPUT_DIR):
     args = parser.parse_args(argv)
     if args.memory_probe is not None:
         return args
-    for key, value in (QUICK if args.quick else DEFAULTS).items():
+    if args.task == "data":
+        defaults = DATA_QUICK if args.quick else DATA_DEFAULTS
+    elif args.task == "segmentation":
+        defaults = SEGMENTATION_QUICK if args.quick else SEGMENTATION_DEFAULTS
+    else:
+        defaults = QUICK if args.quick else DEFAULTS
+    for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.backend is None:
+        args.backend = ["compile"] if args.compile else ["eager"]
+    elif args.compile:
+        parser.error("--compile is --backend compile; pass one of them")
+    args.compile = args.backend == ["compile"]
+    if args.task == "data":
+        unknown = [name for name in args.models if name not in DATA_PIPELINES]
+        if unknown:
+            parser.error(f"unknown data pipeline {', '.join(unknown)}; choose from {', '.join(DATA_PIPELINES)}")
+        args.backend, args.no_flops = ["eager"], True
+    else:
+        try:
+            for name in args.models:
+                split_model_name(name, args.task)
+        except ValueError as error:
+            parser.error(str(error))
+        args.models = [
+            name if "@" in name or backend == "eager" else f"{name}@{backend}"
+            for backend in args.backend
+            for name in args.models
+        ]
+    if args.baseline not in args.models and f"{args.baseline}@{args.backend[0]}" in args.models:
+        args.baseline = f"{args.baseline}@{args.backend[0]}"
+    if "onnxruntime" in args.backend and (args.device != "cpu" or args.mode != "inference"):
+        parser.error("--backend onnxruntime runs inference on the CPU: pass --mode inference --device cpu")
     args.train_sizes = args.train_sizes or args.sizes
     args.train_batch_sizes = args.train_batch_sizes or args.batch_sizes
-    args.modes = list(MODES) if args.mode == "both" else [args.mode]
+    args.modes = ["data"] if args.task == "data" else list(MODES) if args.mode == "both" else [args.mode]
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
-    if args.compile and args.warmup < 2:
-        args.warmup = 2  # compilation (and the recompilation some models need on their second call) is not timed
+    if any("@" in name and not name.endswith("@eager") for name in args.models) and args.warmup < 2:
+        args.warmup = 2  # compilation / export (and the recompilation some models need on their 2nd call) is untimed
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
     if args.memory == "auto":
@@ -278,7 +353,9 @@ def benchmark_mode(runners: dict, mode: str, configurations: list, args, report:
                 "device": args.device,
                 "dtype": args.dtype,
                 "attn_implementation": runner.attn_implementation,
-                "compiled": args.compile,
+                "task": args.task,
+                "backend": runner.backend,
+                "compiled": runner.backend == "compile",
                 "threads": torch.get_num_threads(),
                 "optimizer": args.optimizer if mode == "train" else "",
                 "repeats": len(measured),
@@ -295,7 +372,8 @@ def benchmark_mode(runners: dict, mode: str, configurations: list, args, report:
                 "peak_tflops": args.peak_tflops_value,
                 "peak_fraction": float("nan"),
                 "peak_mem_mib": float("nan"),
-                "mem_method": "off" if args.memory == "off" else "",
+                "mem_method": "off" if args.memory == "off" else "" if runner.backend == "eager" else "eager_only",
+                "max_abs_diff": float("nan"),
                 "times_ms": ";".join(f"{1000 * t:.4f}" for t in measured),
             }
             if ok:
@@ -308,6 +386,10 @@ def benchmark_mode(runners: dict, mode: str, configurations: list, args, report:
                     images_per_s=batch_size / (median / 1000),
                 )
                 runner.set_inputs(*config)
+                try:
+                    row["max_abs_diff"] = runner.output_difference()
+                except Exception as error:
+                    report(f"  output check of {name} failed: {type(error).__name__}: {str(error)[:200]}")
                 if not args.no_flops:
                     try:
                         row["gflops"] = runner.count_flops() / 1e9
@@ -316,7 +398,7 @@ def benchmark_mode(runners: dict, mode: str, configurations: list, args, report:
                     row["tflops_per_s"] = row["gflops"] / 1e3 / (median / 1000)
                     if args.peak_tflops_value is not None:
                         row["peak_fraction"] = row["tflops_per_s"] / args.peak_tflops_value
-                if args.memory == "inprocess":
+                if args.memory == "inprocess" and runner.backend == "eager":
                     try:
                         row["peak_mem_mib"], row["mem_method"] = measure_step_memory(runner)
                     except Exception as error:
@@ -366,6 +448,8 @@ def main(argv=None, default_output_dir: Path = DEFAULT_OUTPUT_DIR) -> int:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
+        "task": args.task,
+        "backend": args.backend,
         "compile": args.compile,
         "attn_implementation": args.attn_implementation,
         "optimizer": args.optimizer,
@@ -385,7 +469,7 @@ def main(argv=None, default_output_dir: Path = DEFAULT_OUTPUT_DIR) -> int:
     report(
         f"{meta['device_name']} ({args.device}, {meta['threads']} threads of {meta['cpu_count']} cores), "
         f"{args.dtype}, "
-        f"attention {args.attn_implementation}{', torch.compile' if args.compile else ''}; torch {torch.__version__}, "
+        f"attention {args.attn_implementation}, backends {', '.join(args.backend)}; torch {torch.__version__}, "
         f"transformers {transformers.__version__}"
     )
     report(f"models {', '.join(args.models)}; {args.warmup} warm-up + {args.repeats} interleaved timed runs each")
@@ -394,10 +478,10 @@ def main(argv=None, default_output_dir: Path = DEFAULT_OUTPUT_DIR) -> int:
 
     rows = []
     for mode in args.modes:
-        sizes = args.sizes if mode == "inference" else args.train_sizes
-        batch_sizes = args.batch_sizes if mode == "inference" else args.train_batch_sizes
+        sizes = args.train_sizes if mode == "train" else args.sizes
+        batch_sizes = args.train_batch_sizes if mode == "train" else args.batch_sizes
         inputs = {}  # (size, batch) -> (pixel_values, labels), shared by the models of this mode
-        runners = {name: Runner(name, mode, args, inputs) for name in args.models}
+        runners = {name: make_runner(name, mode, args, inputs) for name in args.models}
         configurations = [(size, batch_size) for size in sizes for batch_size in batch_sizes]
         rows.extend(benchmark_mode(runners, mode, configurations, args, report))
         del runners, inputs
@@ -408,7 +492,7 @@ def main(argv=None, default_output_dir: Path = DEFAULT_OUTPUT_DIR) -> int:
     if args.memory == "subprocess":
         report("  memory: one subprocess per measurement ...")
         for row in rows:
-            if row["status"] == "ok":
+            if row["status"] == "ok" and row["backend"] == "eager":
                 row["peak_mem_mib"], row["mem_method"] = memory_in_subprocess(
                     args, row["model"], row["mode"], row["size"], row["batch_size"]
                 )

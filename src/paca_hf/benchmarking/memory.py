@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from .models import Runner, is_out_of_memory
+from .models import is_out_of_memory
 
 
 PROBE_MARKER = "MEMORY_PROBE_RESULT "
@@ -53,7 +53,7 @@ def release_freed_memory_to_os():
         return False
 
 
-def measure_step_memory(runner: Runner) -> tuple[float, str]:
+def measure_step_memory(runner) -> tuple[float, str]:
     """Extra memory (MiB) that one step needs above what is resident before it; the step must be warmed up."""
     gc.collect()
     if runner.device.type == "cuda":
@@ -84,7 +84,9 @@ def memory_probe_main(spec: dict) -> int:
         torch.set_num_threads(args.threads)
     result = {"status": "ok"}
     try:
-        runner = Runner(args.model, args.mode, args)
+        from .data import make_runner
+
+        runner = make_runner(args.model, args.mode, args)
         runner.set_inputs(args.size, args.batch_size)
         runner.step()  # warm-up: lazy initialisation, optimizer state
         result["peak_mem_mib"], method = measure_step_memory(runner)
@@ -112,7 +114,8 @@ def memory_in_subprocess(args, model: str, mode: str, size: int, batch_size: int
         "attn_implementation": args.attn_implementation,
         "threads": args.threads,
         "optimizer": args.optimizer,
-        "compile": False,
+        "task": args.task,
+        "backend": "eager",
         "seed": args.seed,
     }
     command = [sys.executable, "-m", "paca_hf.benchmarking", "--memory-probe", json.dumps(spec)]

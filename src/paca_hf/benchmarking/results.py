@@ -18,6 +18,8 @@ CSV_COLUMNS = (
     "device",
     "dtype",
     "attn_implementation",
+    "task",
+    "backend",
     "compiled",
     "threads",
     "optimizer",
@@ -38,6 +40,7 @@ CSV_COLUMNS = (
     "mem_method",
     "params_m",
     "weights_mib",
+    "max_abs_diff",
     "times_ms",
 )
 SCALING_COLUMNS = (
@@ -171,6 +174,28 @@ def print_tables(report: Report, rows: list[dict], scaling: list[dict], args):
         ],
     )
 
+    if getattr(args, "task", "") == "data":
+        report("\nImages per second per thread (per CPU core when each thread has a core)")
+        report.table(
+            ["mode", "size", "batch"] + models,
+            [
+                [k[0], str(k[1]), str(k[2])]
+                + [cell(k, m, lambda r: f"{r['images_per_s'] / r['threads']:.2f}") for m in models]
+                for k in configurations
+            ],
+        )
+        return
+    if any(row.get("backend", "eager") != "eager" for row in rows):
+        report("\nLargest absolute difference of the inference logits from the eager model's (same weights, inputs)")
+        report.table(
+            ["mode", "size", "batch"] + models,
+            [
+                [k[0], str(k[1]), str(k[2])] + [cell(k, m, lambda r: fmt(r["max_abs_diff"], ".2e")) for m in models]
+                for k in configurations
+                if k[0] == "inference"
+            ],
+        )
+
     report("\nPeak extra memory of one step in MiB (above weights/optimizer state/inputs; see the docstring)")
     report.table(
         ["mode", "size", "batch"] + models,
@@ -240,6 +265,8 @@ def read_results(path: Path) -> list[dict]:
         "device",
         "dtype",
         "attn_implementation",
+        "task",
+        "backend",
         "compiled",
         "optimizer",
         "status",

@@ -203,14 +203,11 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     p = v * (1 - s)
     q = v * (1 - s * f)
     t = v * (1 - s * (1 - f))
-    # rows: sector 0..5 -> (r, g, b)
-    r = torch.stack([v, q, p, p, t, v], dim=0)
-    g = torch.stack([t, v, v, q, p, p], dim=0)
-    b = torch.stack([p, p, t, v, v, q], dim=0)
-    index = sector[None]
-    return torch.stack(
-        [r.gather(0, index)[0], g.gather(0, index)[0], b.gather(0, index)[0]], dim=-3
-    )
+    # sector 0..5 -> r: v q p p t v, g: t v v q p p, b: p p t v v q (selected, not computed: the values are exact)
+    r = torch.where((sector == 0) | (sector == 5), v, torch.where(sector == 1, q, torch.where(sector == 4, t, p)))
+    g = torch.where((sector == 1) | (sector == 2), v, torch.where(sector == 0, t, torch.where(sector == 3, q, p)))
+    b = torch.where((sector == 3) | (sector == 4), v, torch.where(sector == 2, t, torch.where(sector == 5, q, p)))
+    return torch.stack([r, g, b], dim=-3)
 
 
 def photometric_distortion(
@@ -245,13 +242,16 @@ def photometric_distortion(
     out = (out * col(torch.where(contrast_first, contrast, torch.ones_like(contrast)))).clamp(0, 255)
     sat = torch.where(on[:, 2], alpha_s, torch.ones_like(alpha_s))
     shift = torch.where(on[:, 3], hue_steps.double() * 2.0 / 360.0, torch.zeros(b, dtype=torch.float64))
-    needs_hsv = (on[:, 2] | on[:, 3]).to(device)
+    needs_hsv = on[:, 2] | on[:, 3]
     if bool(needs_hsv.any()):
-        hsv = rgb_to_hsv(out / 255.0)
+        # Only the samples that change colour make the HSV round trip (per pixel, so the others are unaffected).
+        chosen = needs_hsv.nonzero()[:, 0]
+        hsv = rgb_to_hsv(out[chosen.to(device)] / 255.0)
         h, s, v = hsv.unbind(1)
-        hsv = torch.stack([h + col(shift)[:, 0], (s * col(sat)[:, 0]).clamp(0, 1), v], dim=1)
-        converted = (hsv_to_rgb(hsv) * 255.0).clamp(0, 255)
-        out = torch.where(needs_hsv.view(b, 1, 1, 1), converted, out)
+        shift_col = shift[chosen].to(device=device, dtype=images.dtype).view(-1, 1, 1)
+        sat_col = sat[chosen].to(device=device, dtype=images.dtype).view(-1, 1, 1)
+        hsv = torch.stack([h + shift_col, (s * sat_col).clamp(0, 1), v], dim=1)
+        out = out.index_copy(0, chosen.to(device), (hsv_to_rgb(hsv) * 255.0).clamp(0, 255))
     out = (out * col(torch.where(contrast_first, torch.ones_like(contrast), contrast))).clamp(0, 255)
     return out
 

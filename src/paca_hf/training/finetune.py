@@ -44,6 +44,7 @@ from .finetune_args import parse_args
 from .optim import describe_param_groups, param_groups
 from .scheduler import PolyWithWarmup, make_scheduler, warmup_warning
 from .segmentation import build_model, maybe_sync_batchnorm, recipe_image_processor, segmentation_loss
+from .throughput import DataWaitMeter
 
 logger = logging.getLogger(__name__)
 
@@ -335,14 +336,16 @@ def run(args, accelerator) -> dict:
                     disable=args.disable_tqdm or not accelerator.is_main_process)
     model.train()
     running_loss, running_count, last_loss = 0.0, 0, None
+    data_wait = DataWaitMeter()
     while completed_steps < target:
         step_loss = torch.zeros((), device=accelerator.device)
         # One optimiser step: accelerate skips the gradient all-reduce, `optimizer.step` and `zero_grad` on all
         # but the last of these batches, and divides the loss by their number in `backward`.
         for _ in range(accumulation):
-            epoch, batch = next(stream)
-            images, labels = augment(batch["images"], batch["labels"], generator=state.generator,
-                                     device=accelerator.device)
+            with data_wait.waiting():
+                epoch, batch = next(stream)
+                images, labels = augment(batch["images"], batch["labels"], generator=state.generator,
+                                         device=accelerator.device)
             with accelerator.accumulate(model):
                 loss, _ = segmentation_loss(model, images, labels, 255, args.avg_non_ignore)
                 check_finite_loss(loss, completed_steps + 1, accelerator)
@@ -361,6 +364,7 @@ def run(args, accelerator) -> dict:
         last_loss = loss_value
         running_loss += loss_value
         running_count += 1
+        data_wait.step_done()
         if completed_steps % max(args.logging_steps, 1) == 0 or completed_steps == target:
             lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
             logger.info("step %d/%d  loss %.4f  lr %.3g  epoch %d", completed_steps, args.max_train_steps,
@@ -383,6 +387,7 @@ def run(args, accelerator) -> dict:
             if after > before:
                 checkpoint(f"epoch_{after - 1}")
     progress.close()
+    logger.info("%s", data_wait.describe(args.num_workers))
 
     if completed_steps < args.max_train_steps:
         logger.info("Stopped after step %d of %d (--stop_after_step); resume with --resume_from_checkpoint latest.",
@@ -402,6 +407,7 @@ def run(args, accelerator) -> dict:
         "resumed_from": str(resume_dir) if resume_dir else None,
         "num_processes": accelerator.num_processes,
         "avg_non_ignore": args.avg_non_ignore,
+        "data_wait_fraction": data_wait.summary()["data_wait_fraction"],
     })
     logger.info("Evaluation: mIoU %.4f, mean accuracy %.4f, overall accuracy %.4f",
                 metrics["mean_iou"], metrics["mean_accuracy"], metrics["overall_accuracy"])
