@@ -1,4 +1,8 @@
-"""PyTorch PaCa-ViT model (Patch-to-Cluster Attention, Grainger et al., CVPR 2023)."""
+"""PyTorch PaCa-ViT model (Patch-to-Cluster Attention, Grainger et al., CVPR 2023).
+
+One file for the whole model, as transformers' own models are (`models/segformer/modeling_segformer.py`): it also
+ships on its own as the remote code of every converted Hub repo, so it is longer than the package's other modules.
+"""
 
 import math
 from dataclasses import dataclass
