@@ -110,6 +110,20 @@ def test_exactly_one_model_source_is_required(tmp_path):
         finetune.parse_args(["--output_dir", str(tmp_path)])
 
 
+
+@pytest.mark.parametrize("flag", ["--num_train_images", "--num_eval_images"])
+def test_zero_or_negative_image_counts_are_refused_not_taken_as_the_default(flag, tmp_path, capsys):
+    for value in ("0", "-3"):
+        with pytest.raises(SystemExit) as stopped:
+            finetune.parse_args(["--config_name", "x", "--output_dir", str(tmp_path), flag, value])
+        assert stopped.value.code == 2 and flag in capsys.readouterr().err
+    with pytest.raises(T.TrainingError, match=f"{flag} must be >= 1"):
+        T.load_segmentation_splits("builtin-scenes", **{flag[2:]: 0})
+    # `None` is the default (every image); 1 is one image, not the default.
+    kwargs = {"num_train_images": 1, "num_eval_images": 1, "builtin_image_size": 16}
+    train, validation = T.load_segmentation_splits("builtin-scenes", **kwargs)
+    assert (len(train), len(validation)) == (1, 1)
+
 # ------------------------------------------------------------------------------------------------ runs
 
 

@@ -15,6 +15,16 @@ def _scale(value):
     return tuple(parts)
 
 
+def _positive_int(value):
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {number}")
+    return number
+
+
 def _checkpointing_steps(value):
     if value is None or value == "epoch":
         return value
@@ -53,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ADE20k labels: 0 ('other') is ignored (255) and 1..150 become 0..149.")
     data.add_argument("--id2label_file", type=str, default=None,
                       help="JSON {id: name} indexed like the trained labels (after reduction).")
-    data.add_argument("--num_train_images", type=int, default=None, help="Use only the first N training images.")
-    data.add_argument("--num_eval_images", type=int, default=None, help="Use only the first N validation images.")
+    data.add_argument("--num_train_images", type=_positive_int, default=None,
+                      help="Use only the first N training images (default: all; 200 built-in scenes).")
+    data.add_argument("--num_eval_images", type=_positive_int, default=None,
+                      help="Use only the first N validation images (default: all; 50 built-in scenes).")
     data.add_argument("--builtin_image_size", type=int, default=128, help=f"Image size of '{BUILTIN_SCENES}'.")
     data.add_argument("--crop_size", type=int, default=512, help="Training crop (square).")
     data.add_argument("--resize_scale", type=_scale, default=None,
