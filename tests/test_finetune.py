@@ -3,6 +3,7 @@ exact resume, the recipe's optimiser groups and schedule, and the reported mIoU 
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,39 @@ def test_zero_or_negative_image_counts_are_refused_not_taken_as_the_default(flag
     kwargs = {"num_train_images": 1, "num_eval_images": 1, "builtin_image_size": 16}
     train, validation = T.load_segmentation_splits("builtin-scenes", **kwargs)
     assert (len(train), len(validation)) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--learning_rate", "-1"], "--learning_rate must be >= 0"),
+        (["--learning_rate", "nan"], "--learning_rate must be >= 0"),
+        (["--weight_decay", "-0.1"], "--weight_decay must be >= 0"),
+        (["--adam_beta2", "1"], r"--adam_beta2 must be in \[0, 1\)"),
+        (["--num_clusters", "abc"], "--num_clusters: .*'abc'"),
+        (["--num_clusters", "8,-1"], "--num_clusters: .*'8,-1'"),
+    ],
+)
+def test_bad_flags_are_usage_errors(extra, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        finetune.parse_args(["--config_name", "x", "--output_dir", str(tmp_path), *extra])
+    assert stopped.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_an_output_dir_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me")
+    with pytest.raises(SystemExit) as stopped:
+        finetune.parse_args(["--config_name", "x", "--output_dir", str(existing)])
+    assert stopped.value.code == 2 and "exists and is not a folder" in capsys.readouterr().err
+    assert existing.read_text() == "keep me"
+
+
+def test_parse_num_clusters_refuses_what_is_not_a_count():
+    for value in ("abc", "8,x", "-1", ""):
+        with pytest.raises(T.TrainingError, match="--num_clusters"):
+            T.parse_num_clusters(value, [100, 100, 100, 0])
 
 # ------------------------------------------------------------------------------------------------ runs
 

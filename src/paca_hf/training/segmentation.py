@@ -18,7 +18,14 @@ def parse_num_clusters(value: str | None, base: Sequence[int]) -> list[int]:
     clusters keep 0, as the authors' 200/200/200/0); a comma list gives every stage."""
     if value is None or str(value).lower() == "keep":
         return list(base)
-    parts = [int(part) for part in str(value).replace(" ", "").split(",") if part != ""]
+    try:
+        parts = [int(part) for part in str(value).replace(" ", "").split(",") if part != ""]
+    except ValueError:
+        parts = []
+    if not parts or min(parts) < 0:
+        raise TrainingError(
+            f"--num_clusters {value!r}: expected one number, a comma list of numbers >= 0 (one per stage) or 'keep'."
+        )
     if len(parts) == 1:
         return [parts[0] if count > 0 else 0 for count in base]
     if len(parts) != len(base):
