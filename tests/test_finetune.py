@@ -225,6 +225,28 @@ def converted_classifier(tmp_path_factory):
     return folder
 
 
+def test_a_folder_of_another_architecture_is_refused(tmp_path):
+    """A converted UperNet (model_type 'upernet', PaCa-ViT backbone) is not what this recipe trains."""
+    from transformers import UperNetConfig
+
+    folder = tmp_path / "upernet"
+    UperNetConfig(backbone_config=tiny_config(), num_labels=5).save_pretrained(folder)
+    with pytest.raises(T.TrainingError, match=r"model_type 'upernet'.*PaCaViTForSemanticSegmentation.*--config_name"):
+        T.build_model({0: "a", 1: "b"}, model_name_or_path=str(folder))
+
+
+def test_a_checkpoint_without_any_backbone_tensor_is_refused(tmp_path):
+    """A PaCa-ViT config whose weights all have other names would load nothing: an error, not a random start."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "renamed"
+    PaCaViTForSemanticSegmentation(tiny_config(num_labels=2)).save_pretrained(folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({f"backbone.{name}": tensor for name, tensor in weights.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(T.TrainingError, match=r"0 loaded.*random weights"):
+        T.build_model({0: "a", 1: "b"}, model_name_or_path=str(folder), num_clusters="keep")
+
 def test_finetune_from_a_converted_backbone(converted_classifier, tmp_path):
     """8 clusters in the ImageNet-style checkpoint, 16 downstream: the to_clusters convs are re-initialised and
     reported, every other backbone tensor is the checkpoint's, the classifier is unused, the head is new."""
