@@ -303,6 +303,17 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_config_file, tmp_path
     assert marker["step"] == 4 and marker["epoch"] == 2 and marker["batches_in_epoch"] == 2
 
 
+def test_a_stop_between_checkpoints_says_which_step_the_resume_restarts_from(tiny_config_file, tmp_path, caplog):
+    """--stop_after_step is an interruption: step 3 is not saved (no step_3 folder), and the log says that
+    `--resume_from_checkpoint latest` restarts from step_2, not from step 3."""
+    out = tmp_path / "stopped"
+    with caplog.at_level("INFO", logger="paca_hf.training"):
+        stopped = finetune.main(tiny_args(tiny_config_file, out, "--checkpointing_steps", "2", "--stop_after_step", "3",
+                                          steps=4))
+    assert stopped["stopped_at_step"] == 3 and stopped["latest_checkpoint_step"] == 2
+    assert sorted(path.name for path in out.glob("step_*")) == ["step_2"]
+    assert "--resume_from_checkpoint latest restarts from step_2 (step 2); steps 3-3 are not saved" in caplog.text
+
 def test_two_processes_on_the_cpu_hold_identical_weights(tiny_config_file, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs: the script switches to the CPU
     (gloo), keeps BatchNorm (SyncBatchNorm needs CUDA) and both processes end with the same weights."""

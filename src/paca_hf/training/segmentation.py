@@ -142,11 +142,11 @@ def build_model(
         report.loaded = sorted(set(model.state_dict()) - missing - set(mismatched))
         prefix = model.base_model_prefix + "."
         if not any(name.startswith(prefix) for name in report.loaded):
+            example = next(name for name in sorted(model.state_dict()) if name.startswith(prefix))
             raise TrainingError(
                 f"--model_name_or_path {model_name_or_path}: none of its tensors is a backbone tensor of "
-                f"PaCaViTForSemanticSegmentation (0 loaded; names expected under {prefix!r}, e.g. "
-                f"{next(name for name in sorted(model.state_dict()) if name.startswith(prefix))!r}; the checkpoint has {len(report.unused)} other tensors), so the "
-                f"fine-tune would start from random weights. Pass a converted PaCa-ViT checkpoint, or --config_name "
+                f"PaCaViTForSemanticSegmentation (0 loaded; names expected under {prefix!r}, e.g. {example!r}; the "
+                f"checkpoint has {len(report.unused)} other tensors), so the fine-tune would start from random weights. Pass a converted PaCa-ViT checkpoint, or --config_name "
                 f"to train from scratch on purpose."
             )
         return model, report
