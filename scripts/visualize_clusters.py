@@ -18,7 +18,7 @@ def parse_args(argv=None):
     parser.add_argument("--image", required=True, help="image file to look at")
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("--stage", default=None, help="only this stage (1-based), or 'head'; default: all")
-    parser.add_argument("--top-k", type=int, default=4, help="heatmaps of the K most used clusters (default 4)")
+    parser.add_argument("--top-k", type=int, default=4, help="heatmaps of the K most used clusters (default 4; at most the number of clusters)")
     parser.add_argument("--cell-size", type=int, default=None, help="longer side of each grid cell in pixels")
     parser.add_argument("--device", default="cpu", help="torch device to run the model on (default cpu)")
     return parser, parser.parse_args(argv)
@@ -41,8 +41,8 @@ def read_image(parser, path):
 
 def main(argv=None) -> int:
     parser, args = parse_args(argv)
-    if args.top_k < 0:
-        parser.error("--top-k must be >= 0")
+    if args.top_k < 1:
+        parser.error(f"--top-k must be >= 1, got {args.top_k}")
     stage = args.stage
     if stage is not None and stage.lower() != "head":
         try:

@@ -121,6 +121,15 @@ def test_script_writes_grid_png(classifier_folder, photo, tmp_path):
     assert picture.size == grid_size(rows=1, top_k=1, cell=40)
 
 
+def test_top_k_is_clamped_to_the_number_of_clusters_and_must_be_positive(classifier_folder, photo):
+    model, image_processor = load_model_and_processor(str(classifier_folder))
+    # cls_conv_stagewise has 8 clusters per stage: 500 heatmap columns would be 492 empty ones.
+    picture = render_clusters(model, photo, top_k=500, image_processor=image_processor, cell_size=16)
+    assert picture.size == grid_size(rows=3, top_k=8, cell=16)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="`top_k` must be >= 1"):
+            render_clusters(model, photo, top_k=bad, image_processor=image_processor)
+
 def test_script_rejects_missing_file_and_non_image(classifier_folder, tmp_path):
     argv = ["--model", classifier_folder, "--image", tmp_path / "absent.jpg", "--output", tmp_path / "o.png"]
     completed = run_script("visualize_clusters", *argv)

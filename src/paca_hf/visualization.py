@@ -287,10 +287,10 @@ def render_clusters(
         image: a PIL image, a path, or an `(H, W[, C])` array.
         stage: `None` for every stage that has clusters (plus the head of a segmentation model); an int N for
             stage N only (1-based); `"head"` for the segmentation head only.
-        top_k: number of heatmap columns: the soft assignments of the `top_k` most used clusters (most patches won
-            in the hard map, see the module docstring), each stretched to its own [min, max] range (so even a
-            nearly uniform assignment shows where it is larger) and overlaid on the image.
-            Rows with fewer clusters leave the remaining cells empty.
+        top_k: number of heatmap columns (>= 1; at most the largest number of clusters of a drawn row): the soft
+            assignments of the `top_k` most used clusters (most patches won in the hard map, see the module
+            docstring), each stretched to its own [min, max] range (so even a nearly uniform assignment shows
+            where it is larger) and overlaid on the image. Rows with fewer clusters leave the remaining cells empty.
         image_processor: turns the image into `pixel_values` (e.g. `PaCaViTImageProcessor`); the picture then shows
             the processed pixels (crop included). Without one the whole image is fed at its own size with ImageNet
             normalisation (mind the cost for large images).
@@ -305,8 +305,8 @@ def render_clusters(
         bilinearly. The size follows `LABEL_HEIGHT` and `PADDING` (see their comment).
     """
     top_k = int(top_k)
-    if top_k < 0:
-        raise ValueError(f"`top_k` must be >= 0, got {top_k}")
+    if top_k < 1:
+        raise ValueError(f"`top_k` must be >= 1, got {top_k}")
     config = model.config
     stage_keys = [f"stage{index}" for index, count in enumerate(config.num_clusters, start=1) if count > 0]
     has_head = getattr(model, "decode_head", None) is not None
@@ -333,6 +333,7 @@ def render_clusters(
     pixel_values, picture = prepare_image(image, image_processor)
     assignments = compute_cluster_assignments(model, pixel_values)
     keys = [key for key in keys if key in assignments]
+    top_k = min(top_k, max((assignments[key].shape[1] for key in keys), default=top_k))
     cell = _cell_size(picture.shape[:2], cell_size)
     shown = np.asarray(Image.fromarray(picture, mode="RGB").resize((cell[1], cell[0]), Image.BILINEAR))
     rows = []
