@@ -4,7 +4,8 @@
     python scripts/visualize_clusters.py --model pacavit-tiny --image cat.jpg --output clusters.png --top-k 4
 
 Rows: every stage with clusters (or only `--stage N`; `--stage head` for a segmentation head), then the PaCa
-segmentation head's class clusters for a segmentation model. Columns: image | hard cluster map | top-k heatmaps.
+segmentation head's class clusters for a segmentation model. A model with a PaCa-ViT backbone (e.g. a converted
+UperNet) shows its backbone's stages. Columns: image | hard cluster map | top-k heatmaps.
 """
 
 import argparse
@@ -49,6 +50,8 @@ def main(argv=None) -> int:
             stage = int(stage)
         except ValueError:
             parser.error(f"--stage must be a stage number (1-based) or 'head', got {stage!r}")
+    if os.path.isdir(args.output):
+        parser.error(f"--output {args.output} is a folder; pass the path of the PNG file to write")
     image = read_image(parser, args.image)
 
     from paca_hf.visualization import load_model_and_processor, render_clusters
