@@ -67,7 +67,8 @@ def evaluate_image_folder(
 ) -> dict:
     """Top-1 / top-5 accuracy (fractions and percentages) of a classifier on an imagefolder-layout folder, with the
     model's own image processor (the authors' transform when none is saved). A sample whose scores are not all
-    finite counts as wrong (see `accuracy_topk`). Raises `ValueError` for an empty folder or unmappable classes."""
+    finite counts as wrong (see `accuracy_topk`). One class sub-folder is one class. Raises `ValueError` for an
+    empty folder or unmappable classes."""
     import time
 
     from datasets import ClassLabel, load_dataset
@@ -81,7 +82,10 @@ def evaluate_image_folder(
     processor = load_image_processor(model_name_or_path, cache_dir=cache_dir)
 
     data_files = {"validation": os.path.join(validation_dir, "**")}
-    dataset = load_dataset("imagefolder", data_files=data_files, split="validation", cache_dir=cache_dir)
+    # drop_labels=False: datasets would drop the labels of a folder with a single class sub-folder.
+    dataset = load_dataset(
+        "imagefolder", data_files=data_files, split="validation", cache_dir=cache_dir, drop_labels=False
+    )
     feature = dataset.features.get("label")
     if not isinstance(feature, ClassLabel):
         raise ValueError(f"{validation_dir} has no class sub-folders (imagefolder layout expected)")
