@@ -59,3 +59,35 @@ def test_one_class_sub_folder_is_evaluated_as_that_class(classifier, tmp_path):
     assert scored["top1"] == pytest.approx(float((ranks < 1).float().mean()))
     assert scored["top5"] == 1.0
 
+
+def test_bad_input_is_one_error_line_and_exit_status_2(classifier, tmp_path, capsys):
+    main = _script().main
+    cache = ["--cache_dir", str(tmp_path / "c"), "--num_workers", "0"]
+
+    assert main(["--model", str(classifier), "--validation_dir", str(tmp_path / "absent"), *cache]) == 2
+    assert "absent does not exist" in capsys.readouterr().err
+
+    _images(tmp_path / "flat", 2)  # images, but no class sub-folders
+    assert main(["--model", str(classifier), "--validation_dir", str(tmp_path / "flat"), *cache]) == 2
+    assert "has no class sub-folders" in capsys.readouterr().err
+
+    _images(tmp_path / "two" / "a", 1)
+    _images(tmp_path / "two" / "b", 1)  # names unknown to the model, 2 folders for 3 classes
+    assert main(["--model", str(classifier), "--validation_dir", str(tmp_path / "two"), *cache]) == 2
+    assert "cannot be mapped" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--model", str(classifier), "--validation_dir", str(tmp_path / "two"), "--output", str(tmp_path)])
+    assert stopped.value.code == 2 and "is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("num_workers", ["0", "1"])
+def test_a_corrupt_image_is_named(classifier, tmp_path, capsys, num_workers):
+    _images(tmp_path / "val" / "class0", 2)
+    (tmp_path / "val" / "class0" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    argv = ["--model", str(classifier), "--validation_dir", str(tmp_path / "val"), "--num_workers", num_workers,
+            "--cache_dir", str(tmp_path / "c")]
+    assert _script().main(argv) == 2
+    err = capsys.readouterr().err
+    last = err.strip().split("\n")[-1]  # after the weight-loading progress bar
+    assert last.startswith("error: ") and "broken.jpg" in last and "Traceback" not in err
