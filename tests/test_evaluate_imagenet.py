@@ -1,7 +1,7 @@
 """scripts/evaluate_imagenet.py on bad input (a clear `error:` line and exit status 2, never a traceback) and on a
 folder with a single class sub-folder."""
 
-import importlib.util
+import runpy
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["class0", "class1", "class2"]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("evaluate_imagenet", ROOT / "scripts" / "evaluate_imagenet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _script_main():
+    """`main` of scripts/evaluate_imagenet.py, run in this process."""
+    return runpy.run_path(str(ROOT / "scripts" / "evaluate_imagenet.py"))["main"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +59,7 @@ def test_one_class_sub_folder_is_evaluated_as_that_class(classifier, tmp_path):
 
 
 def test_bad_input_is_one_error_line_and_exit_status_2(classifier, tmp_path, capsys):
-    main = _script().main
+    main = _script_main()
     cache = ["--cache_dir", str(tmp_path / "c"), "--num_workers", "0"]
 
     assert main(["--model", str(classifier), "--validation_dir", str(tmp_path / "absent"), *cache]) == 2
@@ -87,7 +85,7 @@ def test_a_corrupt_image_is_named(classifier, tmp_path, capsys, num_workers):
     (tmp_path / "val" / "class0" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     argv = ["--model", str(classifier), "--validation_dir", str(tmp_path / "val"), "--num_workers", num_workers,
             "--cache_dir", str(tmp_path / "c")]
-    assert _script().main(argv) == 2
+    assert _script_main()(argv) == 2
     err = capsys.readouterr().err
     last = err.strip().split("\n")[-1]  # after the weight-loading progress bar
     assert last.startswith("error: ") and "broken.jpg" in last and "Traceback" not in err
