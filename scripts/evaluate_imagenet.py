@@ -45,21 +45,32 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--max_samples", type=int, default=None, help="score only the first N images")
     parser.add_argument("--cache_dir", default=None, help="cache for `datasets` and Hub downloads")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.output is not None and os.path.isdir(args.output):
+        parser.error(f"--output {args.output} is a folder; pass the path of the JSON file to write")
+    return args
 
 
 def main(argv=None) -> int:
+    """Evaluate, print and write the results; exit status 2 with one `error:` line for bad input."""
     args = parse_args(argv)
-    results = evaluate_image_folder(
-        args.model,
-        args.validation_dir,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        label_mapping=args.label_mapping,
-        device=args.device,
-        max_samples=args.max_samples,
-        cache_dir=args.cache_dir,
-    )
+    try:
+        results = evaluate_image_folder(
+            args.model,
+            args.validation_dir,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            label_mapping=args.label_mapping,
+            device=args.device,
+            max_samples=args.max_samples,
+            cache_dir=args.cache_dir,
+        )
+    except ValueError as error:
+        message = str(error).strip()
+        if "Original Traceback" in message:  # raised in a DataLoader worker: its own last line is the message
+            message = message.splitlines()[-1].removeprefix("ValueError: ")
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     print(
         f"{results['model']}: top-1 {results['top1_percent']:.2f}%  top-5 {results['top5_percent']:.2f}%  "
         f"({results['num_samples']} images, {results['num_classes']} classes, label mapping: "

@@ -4,7 +4,8 @@
     python scripts/visualize_clusters.py --model pacavit-tiny --image cat.jpg --output clusters.png --top-k 4
 
 Rows: every stage with clusters (or only `--stage N`; `--stage head` for a segmentation head), then the PaCa
-segmentation head's class clusters for a segmentation model. Columns: image | hard cluster map | top-k heatmaps.
+segmentation head's class clusters for a segmentation model. A model with a PaCa-ViT backbone (e.g. a converted
+UperNet) shows its backbone's stages. Columns: image | hard cluster map | top-k heatmaps.
 """
 
 import argparse
@@ -18,7 +19,7 @@ def parse_args(argv=None):
     parser.add_argument("--image", required=True, help="image file to look at")
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("--stage", default=None, help="only this stage (1-based), or 'head'; default: all")
-    parser.add_argument("--top-k", type=int, default=4, help="heatmaps of the K most used clusters (default 4)")
+    parser.add_argument("--top-k", type=int, default=4, help="heatmaps of the K most used clusters (default 4; at most the number of clusters)")
     parser.add_argument("--cell-size", type=int, default=None, help="longer side of each grid cell in pixels")
     parser.add_argument("--device", default="cpu", help="torch device to run the model on (default cpu)")
     return parser, parser.parse_args(argv)
@@ -41,14 +42,16 @@ def read_image(parser, path):
 
 def main(argv=None) -> int:
     parser, args = parse_args(argv)
-    if args.top_k < 0:
-        parser.error("--top-k must be >= 0")
+    if args.top_k < 1:
+        parser.error(f"--top-k must be >= 1, got {args.top_k}")
     stage = args.stage
     if stage is not None and stage.lower() != "head":
         try:
             stage = int(stage)
         except ValueError:
             parser.error(f"--stage must be a stage number (1-based) or 'head', got {stage!r}")
+    if os.path.isdir(args.output):
+        parser.error(f"--output {args.output} is a folder; pass the path of the PNG file to write")
     image = read_image(parser, args.image)
 
     from paca_hf.visualization import load_model_and_processor, render_clusters

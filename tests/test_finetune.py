@@ -3,6 +3,7 @@ exact resume, the recipe's optimiser groups and schedule, and the reported mIoU 
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,53 @@ def test_exactly_one_model_source_is_required(tmp_path):
         finetune.parse_args(["--output_dir", str(tmp_path)])
 
 
+
+@pytest.mark.parametrize("flag", ["--num_train_images", "--num_eval_images"])
+def test_zero_or_negative_image_counts_are_refused_not_taken_as_the_default(flag, tmp_path, capsys):
+    for value in ("0", "-3"):
+        with pytest.raises(SystemExit) as stopped:
+            finetune.parse_args(["--config_name", "x", "--output_dir", str(tmp_path), flag, value])
+        assert stopped.value.code == 2 and flag in capsys.readouterr().err
+    with pytest.raises(T.TrainingError, match=f"{flag} must be >= 1"):
+        T.load_segmentation_splits("builtin-scenes", **{flag[2:]: 0})
+    # `None` is the default (every image); 1 is one image, not the default.
+    kwargs = {"num_train_images": 1, "num_eval_images": 1, "builtin_image_size": 16}
+    train, validation = T.load_segmentation_splits("builtin-scenes", **kwargs)
+    assert (len(train), len(validation)) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--learning_rate", "-1"], "--learning_rate must be >= 0"),
+        (["--learning_rate", "nan"], "--learning_rate must be >= 0"),
+        (["--weight_decay", "-0.1"], "--weight_decay must be >= 0"),
+        (["--adam_beta2", "1"], r"--adam_beta2 must be in \[0, 1\)"),
+        (["--num_clusters", "abc"], "--num_clusters: .*'abc'"),
+        (["--num_clusters", "8,-1"], "--num_clusters: .*'8,-1'"),
+    ],
+)
+def test_bad_flags_are_usage_errors(extra, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        finetune.parse_args(["--config_name", "x", "--output_dir", str(tmp_path), *extra])
+    assert stopped.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_an_output_dir_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me")
+    with pytest.raises(SystemExit) as stopped:
+        finetune.parse_args(["--config_name", "x", "--output_dir", str(existing)])
+    assert stopped.value.code == 2 and "exists and is not a folder" in capsys.readouterr().err
+    assert existing.read_text() == "keep me"
+
+
+def test_parse_num_clusters_refuses_what_is_not_a_count():
+    for value in ("abc", "8,x", "-1", ""):
+        with pytest.raises(T.TrainingError, match="--num_clusters"):
+            T.parse_num_clusters(value, [100, 100, 100, 0])
+
 # ------------------------------------------------------------------------------------------------ runs
 
 
@@ -177,6 +225,28 @@ def converted_classifier(tmp_path_factory):
     return folder
 
 
+def test_a_folder_of_another_architecture_is_refused(tmp_path):
+    """A converted UperNet (model_type 'upernet', PaCa-ViT backbone) is not what this recipe trains."""
+    from transformers import UperNetConfig
+
+    folder = tmp_path / "upernet"
+    UperNetConfig(backbone_config=tiny_config(), num_labels=5).save_pretrained(folder)
+    with pytest.raises(T.TrainingError, match=r"model_type 'upernet'.*PaCaViTForSemanticSegmentation.*--config_name"):
+        T.build_model({0: "a", 1: "b"}, model_name_or_path=str(folder))
+
+
+def test_a_checkpoint_without_any_backbone_tensor_is_refused(tmp_path):
+    """A PaCa-ViT config whose weights all have other names would load nothing: an error, not a random start."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "renamed"
+    PaCaViTForSemanticSegmentation(tiny_config(num_labels=2)).save_pretrained(folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({f"backbone.{name}": tensor for name, tensor in weights.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(T.TrainingError, match=r"0 loaded.*random weights"):
+        T.build_model({0: "a", 1: "b"}, model_name_or_path=str(folder), num_clusters="keep")
+
 def test_finetune_from_a_converted_backbone(converted_classifier, tmp_path):
     """8 clusters in the ImageNet-style checkpoint, 16 downstream: the to_clusters convs are re-initialised and
     reported, every other backbone tensor is the checkpoint's, the classifier is unused, the head is new."""
@@ -232,6 +302,17 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_config_file, tmp_path
     marker = json.loads((tmp_path / "resumed" / "step_4" / T.COMPLETE_MARKER).read_text())
     assert marker["step"] == 4 and marker["epoch"] == 2 and marker["batches_in_epoch"] == 2
 
+
+def test_a_stop_between_checkpoints_says_which_step_the_resume_restarts_from(tiny_config_file, tmp_path, caplog):
+    """--stop_after_step is an interruption: step 3 is not saved (no step_3 folder), and the log says that
+    `--resume_from_checkpoint latest` restarts from step_2, not from step 3."""
+    out = tmp_path / "stopped"
+    with caplog.at_level("INFO", logger="paca_hf.training"):
+        stopped = finetune.main(tiny_args(tiny_config_file, out, "--checkpointing_steps", "2", "--stop_after_step", "3",
+                                          steps=4))
+    assert stopped["stopped_at_step"] == 3 and stopped["latest_checkpoint_step"] == 2
+    assert sorted(path.name for path in out.glob("step_*")) == ["step_2"]
+    assert "--resume_from_checkpoint latest restarts from step_2 (step 2); steps 3-3 are not saved" in caplog.text
 
 def test_two_processes_on_the_cpu_hold_identical_weights(tiny_config_file, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs: the script switches to the CPU

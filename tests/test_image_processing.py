@@ -613,6 +613,23 @@ def test_post_process_with_target_sizes(processor):
         processor.post_process_semantic_segmentation(Output(logits), target_sizes=[(4, 4)])
 
 
+
+@pytest.mark.parametrize(
+    "target_sizes, match",
+    [
+        ((32, 20), r"target_sizes\[0\] is 32; each entry must be one \(height, width\) pair"),
+        ([(32, 20), (0, 5)], r"target_sizes\[1\] .* positive integers"),
+        ([(32, 20), (4, -1)], r"target_sizes\[1\] .* positive integers"),
+        ([(32, 20), (4, 2.5)], r"target_sizes\[1\] .* positive integers"),
+        ([(32, 20), (4, 5, 6)], r"target_sizes\[1\] .* one \(height, width\) pair"),
+        (torch.tensor([[32, 20], [0, 5]]), r"target_sizes\[1\] .* positive integers"),
+    ],
+)
+def test_post_process_rejects_malformed_target_sizes(processor, target_sizes, match):
+    logits = torch.zeros(2, 3, 2, 2)
+    with pytest.raises(ValueError, match=match):
+        processor.post_process_semantic_segmentation(Output(logits), target_sizes=target_sizes)
+
 def test_image_segmentation_pipeline_uses_the_processor():
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, pipeline
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
+from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation, PaCaViTModel
 from paca_hf.images import open_image, reduce_labels
 from paca_hf.metrics.cluster_nmi import (
     cluster_label_nmi,
@@ -120,6 +120,60 @@ def test_script_writes_grid_png(classifier_folder, photo, tmp_path):
     picture = render_clusters(model, str(image_path), stage=2, top_k=1, image_processor=image_processor, cell_size=40)
     assert picture.size == grid_size(rows=1, top_k=1, cell=40)
 
+
+def test_top_k_is_clamped_to_the_number_of_clusters_and_must_be_positive(classifier_folder, photo):
+    model, image_processor = load_model_and_processor(str(classifier_folder))
+    # cls_conv_stagewise has 8 clusters per stage: 500 heatmap columns would be 492 empty ones.
+    picture = render_clusters(model, photo, top_k=500, image_processor=image_processor, cell_size=16)
+    assert picture.size == grid_size(rows=3, top_k=8, cell=16)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="`top_k` must be >= 1"):
+            render_clusters(model, photo, top_k=bad, image_processor=image_processor)
+
+def test_a_upernet_folder_draws_its_paca_backbones_clusters(tmp_path, photo, processor):
+    """A UperNet with a PaCa-ViT backbone, loaded the script's way: one row per backbone stage with clusters, no
+    head row (UperNet's head has no clusters); the maps are the backbone's own assignments."""
+    from transformers import UperNetConfig, UperNetForSemanticSegmentation
+
+    from tiny_configs import tiny_config
+
+    torch.manual_seed(0)
+    backbone = tiny_config(out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = UperNetConfig(backbone_config=backbone, num_labels=3, hidden_size=16, auxiliary_channels=8)
+    folder = tmp_path / "upernet"
+    UperNetForSemanticSegmentation(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    model, image_processor = load_model_and_processor(str(folder))
+    assert type(model).__name__ == "UperNetForSemanticSegmentation"
+    picture = render_clusters(model, photo, top_k=2, image_processor=image_processor, cell_size=16)
+    assert picture.size == grid_size(rows=3, top_k=2, cell=16)  # tiny_config's clusters: [4, 4, 4, 0]
+    pixel_values = image_processor(photo, return_tensors="pt")["pixel_values"]
+    # The same weights as a plain PaCaViTModel give the same assignments.
+    plain = PaCaViTModel(model.backbone.config).eval()
+    plain.load_state_dict(model.backbone.state_dict())
+    with torch.no_grad():
+        direct = plain(pixel_values, output_cluster_assignments=True).cluster_assignments
+    assignments = compute_cluster_assignments(model.backbone, pixel_values)
+    assert sorted(assignments) == ["stage1", "stage2", "stage3"]
+    for index in (1, 2, 3):
+        torch.testing.assert_close(assignments[f"stage{index}"], direct[index - 1].float())
+
+
+def test_a_model_without_paca_clusters_is_a_value_error(photo):
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    tiny = SegformerConfig(num_encoder_blocks=1, depths=[1], sr_ratios=[1], hidden_sizes=[8], num_attention_heads=[1],
+                           decoder_hidden_size=8, num_labels=2)
+    with pytest.raises(ValueError, match="model_type 'segformer'.* no clusters to draw"):
+        render_clusters(SegformerForSemanticSegmentation(tiny), photo, top_k=1)
+
+
+def test_script_refuses_an_output_that_is_a_folder(classifier_folder, photo, tmp_path):
+    image_path = tmp_path / "photo.png"
+    photo.save(image_path)
+    completed = run_script("visualize_clusters", "--model", classifier_folder, "--image", image_path,
+                           "--output", tmp_path)
+    assert completed.returncode == 2 and "is a folder" in completed.stderr
 
 def test_script_rejects_missing_file_and_non_image(classifier_folder, tmp_path):
     argv = ["--model", classifier_folder, "--image", tmp_path / "absent.jpg", "--output", tmp_path / "o.png"]

@@ -6,6 +6,7 @@ from here, so that this module never needs torchvision.
 """
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -369,7 +370,8 @@ class PaCaViTImageProcessingMixin:
             width)`), as transformers' Segformer returns them.
 
         Raises:
-            `ValueError`: logits that are not 4-D, or a number of target sizes different from the batch size.
+            `ValueError`: logits that are not 4-D, a number of target sizes different from the batch size, or a
+                target size that is not a `(height, width)` pair of positive integers.
         """
         import torch
         import torch.nn.functional as F
@@ -388,8 +390,8 @@ class PaCaViTImageProcessingMixin:
                     f"got {len(target_sizes)} target sizes for a batch of {len(logits)} logits; pass one per image"
                 )
             scores = []
-            for logit, target in zip(logits, target_sizes):
-                height, width = (int(v) for v in target)
+            for index, (logit, target) in enumerate(zip(logits, target_sizes)):
+                height, width = _target_size(target, index)
                 scores.append(F.interpolate(logit[None], size=(height, width), mode="bilinear", align_corners=False)[0])
         maps = [score.argmax(dim=0) for score in scores]
         if not return_segmentation_scores:
@@ -398,6 +400,23 @@ class PaCaViTImageProcessingMixin:
             SemanticSegmentationPostProcessorOutput(data={"segmentation": seg, "segmentation_scores": score})
             for seg, score in zip(maps, scores)
         ]
+
+
+def _target_size(target, index: int) -> tuple[int, int]:
+    """`(height, width)` of `target_sizes[index]` as positive ints, or a `ValueError` naming the entry."""
+    pair = target.tolist() if hasattr(target, "tolist") else target
+    if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+        raise ValueError(
+            f"target_sizes[{index}] is {target!r}; each entry must be one (height, width) pair per image, e.g. "
+            f"target_sizes=[(32, 20)] for a batch of one"
+        )
+    sizes = []
+    for value in pair:
+        integral = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not integral or value < 1:
+            raise ValueError(f"target_sizes[{index}] is {target!r}; height and width must be positive integers")
+        sizes.append(int(value))
+    return sizes[0], sizes[1]
 
 
 class PaCaViTImageProcessorPil(PaCaViTImageProcessingMixin, PilBackend):

@@ -109,14 +109,19 @@ def compute_cluster_assignments(model, pixel_values: torch.Tensor) -> dict[str, 
     """Soft assignments of a PaCa-ViT model for a batch, float32 on the CPU, each `(batch, clusters, h, w)` and
     normalised over the patches: `"stage{i}"` for every stage with clusters (1-based, in order), then `"head"` (the
     segmentation head's `softmax(cluster_logits)` over pixels, one cluster per class) when the model returns
-    `cluster_logits`. The model is run in eval mode and its training flag restored afterwards."""
+    `cluster_logits`. A `PaCaViTBackbone` gives its stages' assignments too. The model is run in eval mode and its
+    training flag restored afterwards."""
+    from .modeling_pacavit import PaCaViTBackbone, PaCaViTModel
+
     was_training = model.training
     model.eval()
     try:
         parameter = next(model.parameters(), None)
         if parameter is not None:
             pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
-        outputs = model(pixel_values=pixel_values, output_cluster_assignments=True)
+        # A backbone returns only feature maps; its PaCaViTModel forward has the assignments.
+        forward = PaCaViTModel.forward.__get__(model) if isinstance(model, PaCaViTBackbone) else model
+        outputs = forward(pixel_values=pixel_values, output_cluster_assignments=True)
     finally:
         model.train(was_training)
     stage_assignments = getattr(outputs, "cluster_assignments", None)
@@ -271,6 +276,21 @@ def _cell_size(picture_size: tuple[int, int], cell_size: int | None) -> tuple[in
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def _model_with_clusters(model):
+    """`model` when it is a PaCa-ViT model, else its PaCa-ViT backbone (e.g. a `UperNetForSemanticSegmentation`
+    with a PaCa-ViT backbone: its stages hold the clusters; its own head has none); `ValueError` otherwise."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type == "pacavit":
+        return model
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and getattr(backbone.config, "model_type", None) == "pacavit":
+        return backbone
+    raise ValueError(
+        f"{type(model).__name__} (model_type {model_type!r}) is neither a PaCa-ViT model nor one with a PaCa-ViT "
+        f"backbone: it has no clusters to draw"
+    )
+
+
 def render_clusters(
     model,
     image,
@@ -283,14 +303,15 @@ def render_clusters(
 
     Args:
         model: a PaCa-ViT model (`PaCaViTModel`, `PaCaViTForImageClassification` or
-            `PaCaViTForSemanticSegmentation`).
+            `PaCaViTForSemanticSegmentation`), or a model with a PaCa-ViT backbone (e.g. UperNet), whose backbone
+            stages are drawn. Any other model is a `ValueError`.
         image: a PIL image, a path, or an `(H, W[, C])` array.
         stage: `None` for every stage that has clusters (plus the head of a segmentation model); an int N for
             stage N only (1-based); `"head"` for the segmentation head only.
-        top_k: number of heatmap columns: the soft assignments of the `top_k` most used clusters (most patches won
-            in the hard map, see the module docstring), each stretched to its own [min, max] range (so even a
-            nearly uniform assignment shows where it is larger) and overlaid on the image.
-            Rows with fewer clusters leave the remaining cells empty.
+        top_k: number of heatmap columns (>= 1; at most the largest number of clusters of a drawn row): the soft
+            assignments of the `top_k` most used clusters (most patches won in the hard map, see the module
+            docstring), each stretched to its own [min, max] range (so even a nearly uniform assignment shows
+            where it is larger) and overlaid on the image. Rows with fewer clusters leave the remaining cells empty.
         image_processor: turns the image into `pixel_values` (e.g. `PaCaViTImageProcessor`); the picture then shows
             the processed pixels (crop included). Without one the whole image is fed at its own size with ImageNet
             normalisation (mind the cost for large images).
@@ -305,8 +326,9 @@ def render_clusters(
         bilinearly. The size follows `LABEL_HEIGHT` and `PADDING` (see their comment).
     """
     top_k = int(top_k)
-    if top_k < 0:
-        raise ValueError(f"`top_k` must be >= 0, got {top_k}")
+    if top_k < 1:
+        raise ValueError(f"`top_k` must be >= 1, got {top_k}")
+    model = _model_with_clusters(model)
     config = model.config
     stage_keys = [f"stage{index}" for index, count in enumerate(config.num_clusters, start=1) if count > 0]
     has_head = getattr(model, "decode_head", None) is not None
@@ -333,6 +355,7 @@ def render_clusters(
     pixel_values, picture = prepare_image(image, image_processor)
     assignments = compute_cluster_assignments(model, pixel_values)
     keys = [key for key in keys if key in assignments]
+    top_k = min(top_k, max((assignments[key].shape[1] for key in keys), default=top_k))
     cell = _cell_size(picture.shape[:2], cell_size)
     shown = np.asarray(Image.fromarray(picture, mode="RGB").resize((cell[1], cell[0]), Image.BILINEAR))
     rows = []

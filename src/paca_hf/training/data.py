@@ -94,15 +94,19 @@ def load_segmentation_splits(
     image folders, e.g. from `paca_hf.data.scenes.save_scenes_to_disk`) or that `datasets.load_from_disk` reads,
     or `builtin-scenes` (generated in memory: `num_train_images` (200) and `num_eval_images` (50) disjoint scenes
     of `builtin_image_size` pixels). Without a validation split, `train_val_split` of the training set is held
-    out (seeded). Raises `TrainingError` when the dataset cannot be read or lacks the columns."""
+    out (seeded). `None` counts mean every image (200 / 50 built-in scenes). Raises `TrainingError` when the dataset
+    cannot be read or lacks the columns, or for a count below 1."""
     import datasets
 
+    for flag, count in (("--num_train_images", num_train_images), ("--num_eval_images", num_eval_images)):
+        if count is not None and count < 1:
+            raise TrainingError(f"{flag} must be >= 1 (leave it out to use every image), got {count}.")
     if dataset_name == BUILTIN_SCENES:
         from ..data.scenes import make_scene_splits
 
         splits = make_scene_splits(
-            num_train=num_train_images or 200,
-            num_validation=num_eval_images or 50,
+            num_train=200 if num_train_images is None else num_train_images,
+            num_validation=50 if num_eval_images is None else num_eval_images,
             image_size=(builtin_image_size, builtin_image_size),
             seed=0,
         )

@@ -30,6 +30,7 @@ from ..file_utils import fsync_dir, fsync_file, write_json_atomically
 from .augment_segmentation import SegmentationEvalTransform, SegmentationTrainAugment
 from .checkpoint import (
     TrainingState,
+    find_latest_checkpoint,
     load_checkpoint,
     resolve_resume_checkpoint,
     save_checkpoint,
@@ -134,8 +135,9 @@ def _reset_accelerate_state(accelerator) -> None:
 
 def main(argv=None) -> dict:
     """Run the fine-tune with the command-line arguments `argv` (default `sys.argv[1:]`); returns the results (also
-    written to OUTPUT_DIR/all_results.json), or `{"stopped_at_step": N, ...}` with `--stop_after_step`. Raises
-    `TrainingError` (`CheckpointError`, `NonFiniteError`) when the run cannot go on."""
+    written to OUTPUT_DIR/all_results.json), or `{"stopped_at_step": N, "latest_checkpoint_step": M, ...}` with
+    `--stop_after_step` (M: the step `--resume_from_checkpoint latest` restarts from, 0 without a checkpoint; on the
+    main process). Raises `TrainingError` (`CheckpointError`, `NonFiniteError`) when the run cannot go on."""
     args = parse_args(argv)
     accelerator = make_accelerator(args)
     setup_logging(accelerator)
@@ -390,9 +392,16 @@ def run(args, accelerator) -> dict:
     logger.info("%s", data_wait.describe(args.num_workers))
 
     if completed_steps < args.max_train_steps:
-        logger.info("Stopped after step %d of %d (--stop_after_step); resume with --resume_from_checkpoint latest.",
-                    completed_steps, args.max_train_steps)
-        return {"stopped_at_step": completed_steps, "resumed_from": str(resume_dir) if resume_dir else None}
+        # As if interrupted: the stop step itself is saved only when it falls on --checkpointing_steps.
+        latest, _ = find_latest_checkpoint(output_dir) if accelerator.is_main_process else (None, [])
+        saved = int(verify_checkpoint(latest, check_hashes=False)["step"]) if latest is not None else 0
+        where = f"{latest.name} (step {saved})" if latest is not None else "the beginning (no checkpoint saved)"
+        lost = "" if saved >= completed_steps else (
+            f"; steps {saved + 1}-{completed_steps} are not saved and will be trained again")
+        logger.info("Stopped after step %d of %d (--stop_after_step); --resume_from_checkpoint latest restarts from "
+                    "%s%s.", completed_steps, args.max_train_steps, where, lost)
+        return {"stopped_at_step": completed_steps, "resumed_from": str(resume_dir) if resume_dir else None,
+                "latest_checkpoint_step": saved}
 
     check_finite_parameters(model, completed_steps, "final model", accelerator)
     metrics, pairs = run_eval(keep_predictions=args.save_predictions)

@@ -15,6 +15,27 @@ def _scale(value):
     return tuple(parts)
 
 
+def _positive_int(value):
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {number}")
+    return number
+
+
+def _num_clusters(value):
+    if str(value).lower() == "keep":
+        return value
+    parts = [part for part in str(value).replace(" ", "").split(",") if part != ""]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected one number of clusters, a comma list of numbers >= 0 (one per stage) or 'keep', got {value!r}"
+        )
+    return value
+
+
 def _checkpointing_steps(value):
     if value is None or value == "epoch":
         return value
@@ -35,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "segmentation head is new, tensors whose shape changes are re-initialised (and logged).")
     model.add_argument("--config_name", type=str, default=None,
                        help="Train from scratch: an official name (e.g. pacavit_tiny_p2cconv_100_0) or a config.json.")
-    model.add_argument("--num_clusters", type=str, default="200",
+    model.add_argument("--num_clusters", type=_num_clusters, default="200",
                        help="Clusters per stage downstream: one number for every stage that has clusters (the "
                             "authors use 200 on ADE20k, stages without clusters keep 0), a comma list, or 'keep'.")
     model.add_argument("--drop_path_rate", type=float, default=None, help="Override the config's drop-path rate.")
@@ -53,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ADE20k labels: 0 ('other') is ignored (255) and 1..150 become 0..149.")
     data.add_argument("--id2label_file", type=str, default=None,
                       help="JSON {id: name} indexed like the trained labels (after reduction).")
-    data.add_argument("--num_train_images", type=int, default=None, help="Use only the first N training images.")
-    data.add_argument("--num_eval_images", type=int, default=None, help="Use only the first N validation images.")
+    data.add_argument("--num_train_images", type=_positive_int, default=None,
+                      help="Use only the first N training images (default: all; 200 built-in scenes).")
+    data.add_argument("--num_eval_images", type=_positive_int, default=None,
+                      help="Use only the first N validation images (default: all; 50 built-in scenes).")
     data.add_argument("--builtin_image_size", type=int, default=128, help=f"Image size of '{BUILTIN_SCENES}'.")
     data.add_argument("--crop_size", type=int, default=512, help="Training crop (square).")
     data.add_argument("--resize_scale", type=_scale, default=None,
@@ -121,14 +144,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The flags of `argv` (default `sys.argv[1:]`) after the checks argparse cannot make (exactly one model source,
-    positive batch sizes); `SystemExit` with a message otherwise. `--resize_scale` defaults to (4 x crop, crop)."""
-    args = build_parser().parse_args(argv)
+    positive batch sizes, non-negative learning rates and decays, Adam betas in [0, 1), an `--output_dir` that is a
+    folder or does not exist yet); otherwise argparse's usage error (`SystemExit` 2) naming the flag.
+    `--resize_scale` defaults to (4 x crop, crop)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag in ("learning_rate", "weight_decay", "adam_epsilon", "head_lr_mult", "clustering_lr_mult",
+                 "norm_decay_mult", "warmup_start_factor"):
+        if not getattr(args, flag) >= 0:  # NaN fails too
+            parser.error(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    for flag in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
+    if args.max_grad_norm is not None and not args.max_grad_norm > 0:
+        parser.error(f"--max_grad_norm must be > 0, got {args.max_grad_norm}")
+    if args.num_warmup_steps < 0:
+        parser.error(f"--num_warmup_steps must be >= 0, got {args.num_warmup_steps}")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"--output_dir {args.output_dir} exists and is not a folder")
     if (args.model_name_or_path is None) == (args.config_name is None):
-        raise SystemExit("error: pass exactly one of --model_name_or_path (fine-tune) and --config_name (scratch).")
+        parser.error("pass exactly one of --model_name_or_path (fine-tune) and --config_name (scratch).")
     if args.gradient_accumulation_steps < 1 or args.per_device_train_batch_size < 1:
-        raise SystemExit("error: --gradient_accumulation_steps and --per_device_train_batch_size must be >= 1.")
+        parser.error("--gradient_accumulation_steps and --per_device_train_batch_size must be >= 1.")
     if args.max_train_steps < 0:
-        raise SystemExit("error: --max_train_steps must be >= 0.")
+        parser.error("--max_train_steps must be >= 0.")
     if args.resize_scale is None:
         args.resize_scale = (4 * args.crop_size, args.crop_size)
     if args.push_to_hub and args.hub_model_id is None:

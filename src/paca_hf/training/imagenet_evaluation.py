@@ -22,10 +22,25 @@ class EvalTransform:
         self.label_column = label_column
 
     def __call__(self, batch):
+        images = [_decode_file(image) for image in batch[self.image_column]]
         return {
-            "pixel_values": list(self.image_processor(batch[self.image_column], return_tensors="pt")["pixel_values"]),
+            "pixel_values": list(self.image_processor(images, return_tensors="pt")["pixel_values"]),
             "labels": batch[self.label_column],
         }
+
+
+def _decode_file(image):
+    """A `datasets.Image(decode=False)` value `{"path", "bytes"}` opened by `paca_hf.images.open_image` (a
+    `ValueError` naming the file when it is not an image); anything else is returned as it is."""
+    if not isinstance(image, dict):
+        return image
+    from ..images import open_image
+
+    path = image.get("path")
+    try:
+        return open_image(image["bytes"] if image.get("bytes") is not None else path)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
 
 
 def collate_fn(examples):
@@ -67,24 +82,38 @@ def evaluate_image_folder(
 ) -> dict:
     """Top-1 / top-5 accuracy (fractions and percentages) of a classifier on an imagefolder-layout folder, with the
     model's own image processor (the authors' transform when none is saved). A sample whose scores are not all
-    finite counts as wrong (see `accuracy_topk`). Raises `ValueError` for an empty folder or unmappable classes."""
+    finite counts as wrong (see `accuracy_topk`). One class sub-folder is one class. Raises `ValueError` for a
+    missing folder, one without class sub-folders or images, a file that is not an image (named), or unmappable
+    classes."""
     import time
 
-    from datasets import ClassLabel, load_dataset
+    from datasets import ClassLabel, Image, load_dataset
     from transformers import AutoModelForImageClassification
 
     from ..loading import load_image_processor
 
+    if not os.path.isdir(validation_dir):
+        what = "is not a folder" if os.path.exists(validation_dir) else "does not exist"
+        raise ValueError(f"the validation folder {validation_dir} {what}")
+    if not any(entry.is_dir() and not entry.name.startswith(".") for entry in os.scandir(validation_dir)):
+        raise ValueError(f"{validation_dir} has no class sub-folders (imagefolder layout expected)")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = AutoModelForImageClassification.from_pretrained(model_name_or_path, cache_dir=cache_dir)
     model = model.to(device).eval()
     processor = load_image_processor(model_name_or_path, cache_dir=cache_dir)
 
     data_files = {"validation": os.path.join(validation_dir, "**")}
-    dataset = load_dataset("imagefolder", data_files=data_files, split="validation", cache_dir=cache_dir)
+    try:
+        # drop_labels=False: datasets would drop the labels of a folder with a single class sub-folder.
+        dataset = load_dataset(
+            "imagefolder", data_files=data_files, split="validation", cache_dir=cache_dir, drop_labels=False
+        )
+    except (FileNotFoundError, ValueError) as error:  # datasets: "... corresponds to no data"
+        raise ValueError(f"no images found in {validation_dir} ({error})") from error
     feature = dataset.features.get("label")
     if not isinstance(feature, ClassLabel):
         raise ValueError(f"{validation_dir} has no class sub-folders (imagefolder layout expected)")
+    dataset = dataset.cast_column("image", Image(decode=False))  # decoded by EvalTransform, which names bad files
     mapping, to_model = folder_label_map(list(feature.names), model.config, label_mapping)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))

@@ -18,7 +18,14 @@ def parse_num_clusters(value: str | None, base: Sequence[int]) -> list[int]:
     clusters keep 0, as the authors' 200/200/200/0); a comma list gives every stage."""
     if value is None or str(value).lower() == "keep":
         return list(base)
-    parts = [int(part) for part in str(value).replace(" ", "").split(",") if part != ""]
+    try:
+        parts = [int(part) for part in str(value).replace(" ", "").split(",") if part != ""]
+    except ValueError:
+        parts = []
+    if not parts or min(parts) < 0:
+        raise TrainingError(
+            f"--num_clusters {value!r}: expected one number, a comma list of numbers >= 0 (one per stage) or 'keep'."
+        )
     if len(parts) == 1:
         return [parts[0] if count > 0 else 0 for count in base]
     if len(parts) != len(base):
@@ -88,7 +95,9 @@ def build_model(
     layers when `num_clusters` changes, e.g. 100 -> 200, the head's classifier for other classes) are
     re-initialised; the decode head is new. From `config_name` (an official name or a config.json): trained from
     scratch. `report` (an `InitReport`) names every tensor in each case. A new decode head's output layers get
-    mmseg's init from the model's own `_init_weights`. Raises `TrainingError` for a `config_name` that is neither."""
+    mmseg's init from the model's own `_init_weights`. Raises `TrainingError` for a `config_name` that is neither,
+    for a `model_name_or_path` of another architecture (e.g. model_type 'upernet'), or one from which no backbone
+    tensor loads."""
     from transformers.utils import logging as hf_logging
 
     from ..configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
@@ -97,6 +106,17 @@ def build_model(
     overrides = dict(config_overrides or {})
     labels = _label_kwargs(id2label)
     if model_name_or_path is not None:
+        config_dict, _ = PaCaViTConfig.get_config_dict(model_name_or_path, cache_dir=cache_dir)
+        model_type = config_dict.get("model_type")
+        if model_type != PaCaViTConfig.model_type:
+            architectures = ", ".join(config_dict.get("architectures") or []) or "no architectures listed"
+            raise TrainingError(
+                f"--model_name_or_path {model_name_or_path} holds a model_type {model_type!r} model ({architectures}), "
+                f"not a PaCa-ViT one ({PaCaViTConfig.model_type!r}). This recipe trains "
+                f"PaCaViTForSemanticSegmentation (PaCa-ViT with the PaCa head) and starts from a PaCa-ViT checkpoint: "
+                f"pass a converted PaCa-ViT folder or Hub id (e.g. an ImageNet classifier, model_type "
+                f"{PaCaViTConfig.model_type!r}) as --model_name_or_path, or --config_name to train from scratch."
+            )
         base = PaCaViTConfig.from_pretrained(model_name_or_path, cache_dir=cache_dir)
         clusters = parse_num_clusters(num_clusters, base.num_clusters)
         verbosity = hf_logging.get_verbosity()
@@ -120,6 +140,15 @@ def build_model(
         report.newly_initialized = sorted(missing - set(mismatched))
         report.unused = sorted(set(info.get("unexpected_keys", [])))
         report.loaded = sorted(set(model.state_dict()) - missing - set(mismatched))
+        prefix = model.base_model_prefix + "."
+        if not any(name.startswith(prefix) for name in report.loaded):
+            example = next(name for name in sorted(model.state_dict()) if name.startswith(prefix))
+            raise TrainingError(
+                f"--model_name_or_path {model_name_or_path}: none of its tensors is a backbone tensor of "
+                f"PaCaViTForSemanticSegmentation (0 loaded; names expected under {prefix!r}, e.g. {example!r}; the "
+                f"checkpoint has {len(report.unused)} other tensors), so the fine-tune would start from random weights. Pass a converted PaCa-ViT checkpoint, or --config_name "
+                f"to train from scratch on purpose."
+            )
         return model, report
 
     if config_name is None:
