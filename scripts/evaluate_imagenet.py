@@ -26,59 +26,9 @@ Prints the accuracies (in percent) and, with `--output`, writes them to a JSON f
 the form of the `accuracy_topk` metric) and as percentages (`top1_percent`, `top5_percent`).
 """
 
-import argparse
-import os
 import sys
 
-from paca_hf.file_utils import write_json_atomically
-from paca_hf.training.imagenet_evaluation import evaluate_image_folder
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="model folder or Hub id (with its image processor)")
-    parser.add_argument("--validation_dir", required=True, help="image folder: one sub-folder per class")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1))
-    parser.add_argument("--output", default=None, help="write the results to this JSON file")
-    parser.add_argument("--label_mapping", choices=("auto", "names", "sorted"), default="auto")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--max_samples", type=int, default=None, help="score only the first N images")
-    parser.add_argument("--cache_dir", default=None, help="cache for `datasets` and Hub downloads")
-    args = parser.parse_args(argv)
-    if args.output is not None and os.path.isdir(args.output):
-        parser.error(f"--output {args.output} is a folder; pass the path of the JSON file to write")
-    return args
-
-
-def main(argv=None) -> int:
-    """Evaluate, print and write the results; exit status 2 with one `error:` line for bad input."""
-    args = parse_args(argv)
-    try:
-        results = evaluate_image_folder(
-            args.model,
-            args.validation_dir,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            label_mapping=args.label_mapping,
-            device=args.device,
-            max_samples=args.max_samples,
-            cache_dir=args.cache_dir,
-        )
-    except ValueError as error:
-        message = str(error).strip()
-        if "Original Traceback" in message:  # raised in a DataLoader worker: its own last line is the message
-            message = message.splitlines()[-1].removeprefix("ValueError: ")
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    print(
-        f"{results['model']}: top-1 {results['top1_percent']:.2f}%  top-5 {results['top5_percent']:.2f}%  "
-        f"({results['num_samples']} images, {results['num_classes']} classes, label mapping: "
-        f"{results['label_mapping']})"
-    )
-    if args.output:
-        write_json_atomically(args.output, results, indent=2)
-    return 0
+from paca_hf.training.imagenet_evaluation import main
 
 
 if __name__ == "__main__":
