@@ -32,3 +32,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def assert_normal_permissions(folder) -> None:
+    """Every file and folder under `folder` has the modes the user's own tools would give it (0o666 / 0o777 minus
+    the umask): none is private to the writing process (safetensors writes 0o600 files)."""
+    import os
+    from pathlib import Path
+
+    umask = os.umask(0)
+    os.umask(umask)
+    private = {
+        str(path.relative_to(folder)): oct(path.stat().st_mode & 0o777)
+        for path in [Path(folder), *Path(folder).rglob("*")]
+        if (path.stat().st_mode & 0o777) != ((0o777 if path.is_dir() else 0o666) & ~umask)
+    }
+    assert not private, f"unusual permissions: {private}"

@@ -22,7 +22,7 @@ from paca_hf.images import load_label_map, reduce_labels
 from paca_hf.training.augment_segmentation import SegmentationEvalTransform
 from paca_hf.training.optim import NORM_MODULE_TYPES
 
-from finetune_helpers import finetune_argv, free_port, tiny_config_file  # noqa: F401 (fixture)
+from finetune_helpers import assert_normal_permissions, finetune_argv, free_port, tiny_config_file  # noqa: F401 (fixture)
 from tiny_configs import TINY_CONFIG, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -172,6 +172,7 @@ def test_scratch_run_from_a_local_dataset_folder(tiny_config_file, tmp_path):
 
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "all_results.json", "step_2"):
         assert (out / name).exists(), name
+    assert_normal_permissions(out)  # the saved model and the checkpoints alike
     written = json.loads((out / "all_results.json").read_text())
     for key in ("eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy"):
         assert isinstance(written[key], float) and written[key] == results[key]

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTImageProcessor
 from paca_hf.training import imagenet, imagenet_args, imagenet_evaluation
+from finetune_helpers import assert_normal_permissions
 from tiny_configs import tiny_config
 
 
@@ -213,6 +214,7 @@ def test_train_then_evaluate_on_a_tiny_folder(tmp_path):
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "all_results.json",
                  "train_results.json", "eval_results.json"):  # fmt: skip
         assert (out / name).is_file(), name
+    assert_normal_permissions(out)
     results = json.loads((out / "eval_results.json").read_text())
     assert 0 <= results["eval_top1"] <= 1 and results["eval_top5"] == 1.0  # 3 classes: top-5 is always right
     assert "train_loss" in json.loads((out / "all_results.json").read_text())

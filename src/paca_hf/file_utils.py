@@ -64,6 +64,18 @@ def make_temporary_dir(beside: str | os.PathLike, prefix: str) -> Path:
     return folder
 
 
+def give_normal_permissions(folder: str | os.PathLike) -> None:
+    """Give every file under `folder` mode 0o666 and every folder (itself included) 0o777, minus the umask: what the
+    user's own tools would create. Some writers create private files (safetensors writes 0o600, `mkdtemp` makes
+    0o700 folders), which would leave a saved model unreadable to the user's group or a serving account."""
+    folder = Path(folder)
+    os.chmod(folder, _FOLDER_MODE & ~_umask())
+    for path in folder.rglob("*"):
+        if path.is_symlink():
+            continue
+        os.chmod(path, (_FOLDER_MODE if path.is_dir() else 0o666) & ~_umask())
+
+
 def remove_dir(folder: str | os.PathLike) -> None:
     """Delete a folder tree, renaming it first so that a half-deleted folder never looks like a complete one."""
     folder = Path(folder)
@@ -134,13 +146,10 @@ def write_dir_atomically(
                     f"{str(output_dir)!r} already holds files that this output does not replace ({shown}); it is "
                     "left as it is. Choose a new or empty folder, or remove those files first."
                 )
+        give_normal_permissions(tmp_dir)
         for path in tmp_dir.rglob("*"):
             if path.is_file():
-                # Some writers (safetensors) create 0o600 files; the user's folder gets the user's usual modes.
-                os.chmod(path, 0o666 & ~_umask())
                 fsync_file(path)
-            elif path.is_dir():
-                os.chmod(path, _FOLDER_MODE & ~_umask())
         replace_dir(tmp_dir, output_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -21,6 +21,7 @@ from ..file_utils import (
     file_manifest,
     fsync_dir,
     fsync_file,
+    give_normal_permissions,
     remove_dir,
     replace_dir,
     verify_manifest,
@@ -204,6 +205,7 @@ def save_checkpoint(
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        give_normal_permissions(tmp)
         write_complete_marker(tmp, info)
         replace_dir(tmp, final)
         if total_limit is not None and total_limit > 0:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..file_utils import fsync_dir, fsync_file, write_json_atomically
+from ..file_utils import fsync_dir, fsync_file, give_normal_permissions, write_json_atomically
 from .augment_segmentation import SegmentationEvalTransform, SegmentationTrainAugment
 from .checkpoint import (
     TrainingState,
@@ -114,6 +114,7 @@ def save_final(accelerator, model, image_processor, output_dir: Path, state_dict
             tmp, state_dict=dict(state_dict), safe_serialization=True, save_function=accelerator.save
         )
         image_processor.save_pretrained(tmp)
+        give_normal_permissions(tmp)
         for name in sorted((p.name for p in tmp.iterdir()), key=lambda n: (n.endswith(".json"), n)):
             fsync_file(tmp / name)
             os.replace(tmp / name, output_dir / name)

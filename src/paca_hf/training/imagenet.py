@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup, create_transform
 from timm.loss import SoftTargetCrossEntropy
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from ..configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
+from ..file_utils import give_normal_permissions
 from ..images import load_image
 from .imagenet_args import AugmentationArguments, DataTrainingArguments, ModelArguments, PaCaTrainingArguments
 from .imagenet_evaluation import EvalTransform, collate_fn
@@ -288,6 +289,15 @@ def build_mixup(aug_args: AugmentationArguments, num_classes: int, label_smoothi
 # Trainer
 
 
+class NormalPermissionsCallback(TrainerCallback):
+    """After every save, the output folder's files get the user's usual modes (safetensors writes 0o600 files;
+    see `paca_hf.file_utils.give_normal_permissions`). Only the global first process touches the shared folder."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            give_normal_permissions(args.output_dir)
+
+
 class PaCaTrainer(Trainer):
     """`Trainer` with the recipe's loss: timm's Mixup / CutMix on the batch and soft-target cross-entropy in
     training, cross-entropy in evaluation, and timm's weight-decay groups (no decay on biases and 1-d parameters).
@@ -426,6 +436,7 @@ def train_and_evaluate(model_args, data_args, aug_args, training_args) -> dict |
         processing_class=image_processor,
         mixup=build_mixup(aug_args, len(names), training_args.label_smoothing_factor),
         label_smoothing=training_args.label_smoothing_factor,
+        callbacks=[NormalPermissionsCallback()],
     )
 
     if training_args.do_train:
@@ -440,6 +451,8 @@ def train_and_evaluate(model_args, data_args, aug_args, training_args) -> dict |
     elif trainer.is_world_process_zero():
         model.save_pretrained(training_args.output_dir)
         image_processor.save_pretrained(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        give_normal_permissions(training_args.output_dir)
 
     metrics = None
     if training_args.do_eval:
