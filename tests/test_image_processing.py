@@ -827,11 +827,10 @@ def test_pipelines_load_the_default_torchvision_processor(tmp_path, task):
     from transformers import pipeline
 
     import paca_hf
-    from paca_hf import PaCaViTConfig
+    from tiny_configs import tiny_config
 
     torch.manual_seed(0)
-    config = PaCaViTConfig(hidden_sizes=[16, 32], depths=[1, 1], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
-                           num_clusters=[4, 0], clustering_interval=[0, 0], num_labels=3, decode_head_hidden_size=16)
+    config = tiny_config(num_labels=3)
     model_class = "PaCaViTForImageClassification" if task == "image-classification" else "PaCaViTForSemanticSegmentation"
     getattr(paca_hf, model_class)(config).save_pretrained(tmp_path)
     PaCaViTImageProcessorPil(size={"height": 64, "width": 64}, do_center_crop=False).save_pretrained(tmp_path)

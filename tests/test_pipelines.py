@@ -13,9 +13,10 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, pi
 from transformers.utils import logging as transformers_logging
 
 import paca_hf
-from paca_hf import PaCaViTConfig, PaCaViTForSemanticSegmentation, PaCaViTImageProcessor
+from paca_hf import PaCaViTForSemanticSegmentation, PaCaViTImageProcessor
 from paca_hf.hub import add_remote_code, convert_checkpoint
 from reference import case_checkpoint, case_config
+from tiny_configs import tiny_config
 
 
 def scene(width=120, height=90):
@@ -133,8 +134,7 @@ def test_pipelines_on_a_hub_ready_folder_ask_nothing_and_log_no_error(task, mode
     """A converted Hub-ready folder (config.json with an `auto_map` to remote code files) with paca_hf installed:
     the pipeline uses the installed classes, never reads standard input (transformers' "Do you wish to run the
     custom code? [y/N]") and logs nothing at ERROR."""
-    config = PaCaViTConfig(hidden_sizes=[16, 32], depths=[1, 1], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
-                           num_clusters=[4, 0], clustering_interval=[0, 0], num_labels=3, decode_head_hidden_size=16)
+    config = tiny_config(num_labels=3)
     getattr(paca_hf, model_class)(config).save_pretrained(tmp_path)
     PaCaViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path)
     add_remote_code(tmp_path, hub_task)
