@@ -81,3 +81,14 @@ def test_backbone_out_features():
     assert config.out_indices == [1, 3]
     with pytest.raises(ValueError, match="out_features"):
         PaCaViTConfig(out_features=["stage5"])
+
+
+def test_clustering_interval_follows_the_number_of_stages():
+    """Left out, it is 0 (stage-wise) in every stage, however many there are; an int applies to every stage."""
+    two_stages = dict(hidden_sizes=[16, 32], depths=[1, 1], num_attention_heads=[1, 2], mlp_ratios=[4, 4],
+                      num_clusters=[8, 0])
+    assert PaCaViTConfig(**two_stages).clustering_interval == [0, 0]
+    assert PaCaViTConfig(**two_stages, clustering_interval=1).clustering_interval == [1, 1]
+    assert PaCaViTConfig().clustering_interval == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="clustering_interval"):
+        PaCaViTConfig(**two_stages, clustering_interval=[0, 0, 0])

@@ -53,6 +53,30 @@ def test_torch_export_with_dynamic_batch_height_and_width(segmenter):
         torch.testing.assert_close(actual.cluster_logits, expected.cluster_logits, atol=1e-4, rtol=0, msg=str(size))
 
 
+def test_torch_export_with_labels_gives_the_eager_loss(segmenter):
+    """The loss traces too (no branch on the labels' values): exported with labels at one size, it equals the eager
+    loss at others, including a batch whose pixels are all ignored (loss 0, not NaN)."""
+    def labels_for(pixel_values, ignored_rows):
+        batch, _, height, width = pixel_values.shape
+        generator = torch.Generator().manual_seed(0)
+        labels = torch.randint(0, segmenter.config.num_labels, (batch, height, width), generator=generator)
+        labels[:, :ignored_rows] = segmenter.config.semantic_loss_ignore_index
+        return labels
+
+    dynamic = {**DYNAMIC, "labels": {0: DYNAMIC["pixel_values"][0], 1: DYNAMIC["pixel_values"][2],
+                                     2: DYNAMIC["pixel_values"][3]}}
+    program = torch.export.export(segmenter, (), {"pixel_values": EXAMPLE, "labels": labels_for(EXAMPLE, 3)},
+                                  dynamic_shapes=dynamic)
+    for size, ignored_rows in ((SIZES[0], 0), (SIZES[-1], 5), (SIZES[-1], 10_000)):
+        pixel_values = inputs(*size)
+        labels = labels_for(pixel_values, ignored_rows)
+        with torch.no_grad():
+            expected = segmenter(pixel_values, labels=labels).loss
+            actual = program.module()(pixel_values=pixel_values, labels=labels).loss
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5, msg=str(size))
+        assert (expected == 0) == (ignored_rows >= size[-2])
+
+
 def test_dynamo_onnx_export_runs_in_onnxruntime_at_any_size(segmenter, tmp_path):
     path = tmp_path / "model.onnx"
     torch.onnx.export(segmenter, (), str(path), kwargs={"pixel_values": EXAMPLE}, dynamo=True,

@@ -135,6 +135,7 @@ def test_zero_or_negative_image_counts_are_refused_not_taken_as_the_default(flag
         (["--adam_beta2", "1"], r"--adam_beta2 must be in \[0, 1\)"),
         (["--num_clusters", "abc"], "--num_clusters: .*'abc'"),
         (["--num_clusters", "8,-1"], "--num_clusters: .*'8,-1'"),
+        (["--num_workers", "-1"], "--num_workers must be >= 0"),
     ],
 )
 def test_bad_flags_are_usage_errors(extra, message, tmp_path, capsys):
@@ -181,7 +182,8 @@ def test_scratch_run_from_a_local_dataset_folder(tiny_config_file, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert len(config["id2label"]) == 5 and config["num_clusters"] == TINY_CONFIG["num_clusters"]
     processor = json.loads((out / "preprocessor_config.json").read_text())
-    assert processor["size"] == {"shortest_edge": 64} and processor["do_reduce_labels"] is True
+    # The evaluation's resize (mmseg's scale (4 x crop, crop)): shorter side 64, longer side capped at 256.
+    assert processor["size"] == {"shortest_edge": 64, "longest_edge": 256} and processor["do_reduce_labels"] is True
 
     # The metric recomputed by hand from the saved maps.
     saved = np.load(out / "eval_predictions.npz")

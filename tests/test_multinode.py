@@ -239,7 +239,7 @@ def test_the_final_save_gathers_the_weights_on_every_process(tmp_path):
     from paca_hf.training.segmentation import recipe_image_processor
 
     model = PaCaViTForSemanticSegmentation(tiny_config(num_labels=3))
-    processor = recipe_image_processor(32, True)
+    processor = recipe_image_processor((128, 32), True)
     other = _OtherProcess()
     finetune.save_final(other, model, processor, tmp_path / "other")
     assert other.gathered == 1 and not (tmp_path / "other").exists()

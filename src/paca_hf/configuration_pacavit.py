@@ -69,8 +69,9 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
         clustering_type (`str`): "conv" (depthwise conv, GELU, 1x1 conv, GELU, 1x1 conv), "mlp" (Linear, GELU,
             Linear) or "linear" (one Linear without bias).
         clustering_kernel_size (`int` or per stage): kernel of the depthwise conv of "conv" clustering.
-        clustering_interval (per stage): 0 computes the cluster assignment in the first block of a stage and reuses
-            it in the others; 1 recomputes it in every block; k > 1 in blocks 0, k, 2k, ...
+        clustering_interval (`int` or per stage, defaults to 0 in every stage): 0 computes the cluster assignment in
+            the first block of a stage and reuses it in the others; 1 recomputes it in every block; k > 1 in blocks
+            0, k, 2k, ...
         teacher_depths (per stage, optional): depths of the ConvMixer clustering teacher that supplies every
             stage's cluster assignment; None for no teacher.
         teacher_kernel_size (`int`): depthwise kernel of the teacher.
@@ -93,7 +94,7 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
     num_clusters: list[int] | tuple[int, ...] = (100, 100, 100, 0)
     clustering_type: str = "conv"
     clustering_kernel_size: int | list[int] | tuple[int, ...] = 7
-    clustering_interval: list[int] | tuple[int, ...] = (0, 0, 0, 0)
+    clustering_interval: int | list[int] | tuple[int, ...] | None = None
     teacher_depths: list[int] | tuple[int, ...] | None = None
     teacher_kernel_size: int = 7
     hidden_act: str = "gelu"
@@ -114,6 +115,10 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
     def __post_init__(self, **kwargs):
         for name in ("hidden_sizes", "depths", "num_attention_heads", "mlp_ratios", "num_clusters"):
             setattr(self, name, list(getattr(self, name)))
+        if self.clustering_interval is None:
+            self.clustering_interval = 0
+        if isinstance(self.clustering_interval, int):
+            self.clustering_interval = [self.clustering_interval] * len(self.depths)
         self.clustering_interval = list(self.clustering_interval)
         if isinstance(self.clustering_kernel_size, tuple):
             self.clustering_kernel_size = list(self.clustering_kernel_size)

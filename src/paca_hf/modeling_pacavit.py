@@ -778,14 +778,15 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
             raise ValueError(f"`labels` has batch size {labels.shape[0]} but the images {logits.shape[0]}.")
 
         ignore_index = self.config.semantic_loss_ignore_index
-        scored = bool((labels != ignore_index).any())
+        labels = labels.long()
+        # The mean over the scored pixels, as a sum divided by their count (at least 1): no value-dependent branch, so
+        # the loss traces (torch.export / compile) and needs no device sync; a batch with no scored pixel gives 0, as
+        # in mmseg (not 0/0), still connected to every output for DDP.
+        num_scored = (labels != ignore_index).sum().clamp(min=1)
 
         def cross_entropy(scores):
             upsampled = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            if not scored:
-                # Mean over no pixel: 0 as in mmseg (not 0/0), still connected to every output for DDP.
-                return upsampled.sum() * 0.0
-            return F.cross_entropy(upsampled, labels.long(), ignore_index=ignore_index)
+            return F.cross_entropy(upsampled, labels, ignore_index=ignore_index, reduction="sum") / num_scored
 
         return cross_entropy(logits) + self.config.cluster_loss_weight * cross_entropy(cluster_logits)
 

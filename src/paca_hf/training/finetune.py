@@ -291,7 +291,7 @@ def run(args, accelerator) -> dict:
         ignore_index=255,
     )
     eval_transform = SegmentationEvalTransform(scale=args.resize_scale)
-    image_processor = recipe_image_processor(args.crop_size, args.reduce_labels)
+    image_processor = recipe_image_processor(args.resize_scale, args.reduce_labels)
 
     run_info = {
         "per_device_train_batch_size": args.per_device_train_batch_size,

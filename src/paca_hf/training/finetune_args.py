@@ -160,6 +160,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--max_grad_norm must be > 0, got {args.max_grad_norm}")
     if args.num_warmup_steps < 0:
         parser.error(f"--num_warmup_steps must be >= 0, got {args.num_warmup_steps}")
+    if args.num_workers < 0:
+        parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         parser.error(f"--output_dir {args.output_dir} exists and is not a folder")
     if (args.model_name_or_path is None) == (args.config_name is None):

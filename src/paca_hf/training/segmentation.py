@@ -176,13 +176,16 @@ def build_model(
     return model, report
 
 
-def recipe_image_processor(crop_size: int, reduce_labels: bool):
-    """The image processor saved with the model: mmseg's whole-image evaluation resize (shorter side to the crop
-    size, bilinear, no crop), ImageNet normalisation; `do_reduce_labels` as in training."""
+def recipe_image_processor(resize_scale: tuple[int, int], reduce_labels: bool):
+    """The image processor saved with the model: the fine-tune's whole-image evaluation resize (mmseg's
+    `Resize(scale=resize_scale, keep_ratio=True)`: shorter side to `resize_scale[1]`, longer side capped at
+    `resize_scale[0]`, bilinear, no crop), ImageNet normalisation; `do_reduce_labels` as in training."""
     from ..loading import default_image_processor
 
+    longest, shortest = (int(side) for side in resize_scale)
     processor = default_image_processor("semantic-segmentation")
-    processor.size = {"shortest_edge": int(crop_size)}
+    # transformers' resize caps the long side only above the short one; a square scale keeps the short-side rule.
+    processor.size = {"shortest_edge": shortest, **({"longest_edge": longest} if longest > shortest else {})}
     processor.do_reduce_labels = bool(reduce_labels)
     return processor
 
