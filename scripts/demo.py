@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from paca_hf.file_utils import atomic_file
 from paca_hf.training.demo import (
     DEMO_MODEL,
     DEMO_SETTINGS,
@@ -119,7 +120,8 @@ def main(argv=None) -> int:
     ]
     picture = render_grid(images, truths, predictions, id2label, header)
     picture_path = args.output_dir / "predictions.png"
-    picture.save(picture_path)
+    with atomic_file(picture_path, "wb") as handle:
+        picture.save(handle, format="PNG")
 
     print(f"validation mIoU {results['eval_mean_iou']:.4f} (mean accuracy {results['eval_mean_accuracy']:.4f}, "
           f"overall accuracy {results['eval_overall_accuracy']:.4f}) on {results['num_eval_images']} held-out scenes")

@@ -54,6 +54,7 @@ def main(argv=None) -> int:
         parser.error(f"--output {args.output} is a folder; pass the path of the PNG file to write")
     image = read_image(parser, args.image)
 
+    from paca_hf.file_utils import atomic_file
     from paca_hf.visualization import load_model_and_processor, render_clusters
 
     try:
@@ -69,9 +70,8 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    directory = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(directory, exist_ok=True)
-    picture.save(args.output, format="PNG")
+    with atomic_file(args.output, "wb") as handle:
+        picture.save(handle, format="PNG")
     print(f"wrote {args.output} ({picture.width}x{picture.height})")
     return 0
 

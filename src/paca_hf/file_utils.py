@@ -10,8 +10,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 
 # Permissions of folders this package creates: `tempfile.mkdtemp` makes them 0o700, which would leave converted
@@ -156,24 +158,38 @@ def write_dir_atomically(
     return output_dir
 
 
-def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and a rename: readers see the old file or
-    the whole new one."""
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """Open a temporary file beside `path` for writing (`mode` "w" or "wb", `open` keyword arguments such as
+    `newline`), and on a clean exit flush it and rename it to `path` with normal permissions: readers see the old
+    file or the whole new one, never a half-written one. On an error the temporary file is removed.
+
+        with atomic_file("picture.png", "wb") as handle:
+            image.save(handle, format="PNG")
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_file writes whole files: mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.tmp-", delete=False)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
-        with handle:
-            handle.write(text)
+        with open(fd, mode, **open_kwargs) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o666 & ~_umask())
-        os.replace(handle.name, path)
+        os.chmod(tmp_name, 0o666 & ~_umask())
+        os.replace(tmp_name, path)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        Path(tmp_name).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-    return path
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through [`atomic_file`]: readers see the old file or the whole new one."""
+    with atomic_file(path, "w") as handle:
+        handle.write(text)
+    return Path(path)
 
 
 def write_json_atomically(path: str | os.PathLike, data, **dump_kwargs) -> Path:

@@ -70,6 +70,7 @@ from pathlib import Path
 
 import torch
 
+from ..file_utils import write_json_atomically, write_text_atomically
 from .memory import (
     measure_step_memory,
     memory_in_subprocess,
@@ -503,9 +504,9 @@ def main(argv=None, default_output_dir: Path = DEFAULT_OUTPUT_DIR) -> int:
 
     write_csv(args.output_dir / "results.csv", CSV_COLUMNS, rows)
     write_csv(args.output_dir / "scaling.csv", SCALING_COLUMNS, scaling)
-    (args.output_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json_atomically(args.output_dir / "meta.json", meta)
     skipped = plot_scaling(args.output_dir / "scaling.png", rows, meta)
     report(f"\nwrote {args.output_dir / 'results.csv'}, {args.output_dir / 'scaling.csv'}, meta.json, report.txt")
     report(f"plot skipped: {skipped}" if skipped else f"wrote {args.output_dir / 'scaling.png'}")
-    (args.output_dir / "report.txt").write_text("\n".join(report.lines) + "\n")
+    write_text_atomically(args.output_dir / "report.txt", "\n".join(report.lines) + "\n")
     return 0

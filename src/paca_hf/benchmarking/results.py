@@ -249,7 +249,9 @@ def print_tables(report: Report, rows: list[dict], scaling: list[dict], args):
 
 
 def write_csv(path: Path, columns, rows: list[dict]):
-    with path.open("w", newline="") as handle:
+    from ..file_utils import atomic_file
+
+    with atomic_file(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns))
         writer.writeheader()
         for row in rows:
@@ -344,6 +346,9 @@ def plot_scaling(path: Path, rows: list[dict], meta: dict) -> str | None:
         fontsize=10,
     )
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    from ..file_utils import atomic_file
+
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120)
     plt.close(figure)
     return None

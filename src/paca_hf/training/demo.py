@@ -6,13 +6,14 @@ The model, data and schedule are chosen so that the whole path (training, evalua
 in minutes on a CPU and visibly learns; the numbers say nothing about PaCa-ViT on ADE20k.
 """
 
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..file_utils import write_json_atomically
+from ..images import image_to_array
 from . import finetune
 
 # A PaCa-Tiny-shaped model (4 stages, clusters in stages 1-3, none in the last), much narrower and shallower:
@@ -79,7 +80,7 @@ def run_finetune(output_dir, seed=0, settings=None, threads=None, quiet=False) -
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config_path = output_dir / "demo_model_config.json"
-    config_path.write_text(json.dumps(DEMO_MODEL, indent=1))
+    write_json_atomically(config_path, DEMO_MODEL, indent=1)
     argv = finetune_argv(output_dir, config_path, seed, settings)
     if quiet:
         argv.append("--disable_tqdm")
@@ -117,7 +118,7 @@ def render_grid(images, truths, predictions, id2label, header, scale=2, ignore_i
     num_labels = len(id2label)
     cells = []
     for image, truth, prediction in zip(images, truths, predictions):
-        image = np.asarray(image.convert("RGB"))
+        image = image_to_array(image)  # the package's one decoder (8-bit scenes: uint8 RGB)
         scored = truth != ignore_index
         predicted = colourise(prediction, num_labels).astype(np.float32)
         predicted[~scored] = predicted[~scored] * 0.35 + 20
