@@ -30,3 +30,13 @@ def one_thread():
 def seed():
     torch.manual_seed(0)
     return 0
+
+
+@pytest.fixture(scope="module")
+def tiny_config_file(tmp_path_factory):
+    """config.json of the tiny model, with drop path on (so that resumed runs must restore the dropout RNG)."""
+    from tiny_configs import tiny_config  # imported here: this module sets the offline environment before paca_hf
+
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    tiny_config(drop_path_rate=0.1).to_json_file(path)
+    return path

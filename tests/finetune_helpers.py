@@ -1,10 +1,7 @@
-"""Shared by the fine-tuning tests: the command line of a few steps of a tiny model, and that model's config file."""
+"""Shared by the fine-tuning tests: the command line of a few steps of a tiny model (its config file is the
+`tiny_config_file` fixture of conftest.py), a free port, a permissions check."""
 
 import socket
-
-import pytest
-
-from tiny_configs import tiny_config
 
 
 def finetune_argv(config, output_dir, *extra, image_size, num_train_images, num_eval_images, steps):
@@ -17,14 +14,6 @@ def finetune_argv(config, output_dir, *extra, image_size, num_train_images, num_
         "--max_train_steps", str(steps), "--num_warmup_steps", "1", "--learning_rate", "1e-3",
         "--output_dir", str(output_dir), "--disable_tqdm", *extra,
     ]
-
-
-@pytest.fixture(scope="module")
-def tiny_config_file(tmp_path_factory):
-    """config.json of the tiny model, with drop path on (so that resumed runs must restore the dropout RNG)."""
-    path = tmp_path_factory.mktemp("config") / "config.json"
-    tiny_config(drop_path_rate=0.1).to_json_file(path)
-    return path
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ from paca_hf.images import load_label_map, reduce_labels
 from paca_hf.training.augment_segmentation import SegmentationEvalTransform
 from paca_hf.training.optim import NORM_MODULE_TYPES
 
-from finetune_helpers import assert_normal_permissions, finetune_argv, free_port, tiny_config_file  # noqa: F401 (fixture)
+from finetune_helpers import assert_normal_permissions, finetune_argv, free_port
 from tiny_configs import TINY_CONFIG, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

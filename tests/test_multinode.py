@@ -21,7 +21,7 @@ from paca_hf.training import distributed, finetune
 from paca_hf.training.errors import TrainingError
 from paca_hf.training.imagenet_args import parse_args as imagenet_parse_args
 
-from finetune_helpers import finetune_argv, free_port, tiny_config_file  # noqa: F401 (fixture)
+from finetune_helpers import finetune_argv, free_port
 from tiny_configs import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

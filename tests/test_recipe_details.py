@@ -19,7 +19,7 @@ from paca_hf.training import finetune
 from paca_hf.training.scheduler import warmup_warning
 from paca_hf.training.segmentation import segmentation_loss
 
-from finetune_helpers import finetune_argv, tiny_config_file  # noqa: F401 (fixture)
+from finetune_helpers import finetune_argv
 from tiny_configs import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,7 +15,7 @@ from paca_hf import PaCaViTForSemanticSegmentation
 from paca_hf import training as T
 from paca_hf.training import finetune
 
-from finetune_helpers import finetune_argv, tiny_config_file  # noqa: F401 (fixture)
+from finetune_helpers import finetune_argv
 from tiny_configs import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
