@@ -215,7 +215,7 @@ def test_default_chunk_size_feed_forward_is_bands_on_cpu_whole_map_elsewhere(mon
     bands = []
     original = PaCaViTMixFFN.forward_band
     monkeypatch.setattr(
-        PaCaViTMixFFN, "forward_band", lambda self, *args: bands.append(args[-2:]) or original(self, *args)
+        PaCaViTMixFFN, "forward_band", lambda self, *args: bands.append(args[-1]) or original(self, *args)
     )
     ffn(torch.randn(1, 100 * 100, 4), 100, 100)  # 4096 patches = 40 rows of 100 per band
     assert bands == [(0, 40), (40, 80), (80, 100)]

@@ -136,6 +136,71 @@ def test_eager_mix_ffn_still_runs_in_bands(segmenter):
     assert widths == [5 * 16, 6 * 16, 6 * 16, 5 * 16]
 
 
+def dense1_band_heights(model, pixel_values, **compile_options):
+    """Compiles `model` (dynamo with a graph-recording backend, no inductor), runs it on `pixel_values` and returns
+    the number of rows of each band the first Mix-FFN expands (its 1x1 convolutions with dense1's weight), with the
+    compiled output."""
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=record, **compile_options)
+    with torch.no_grad():
+        output = compiled(pixel_values)
+    torch._dynamo.reset()
+    (graph,) = graphs
+    heights = []
+    for node in graph.graph.nodes:
+        if node.target is torch.conv2d:
+            weight = node.args[1]
+            while weight.op != "placeholder":  # dense1.weight viewed as a 1x1 kernel
+                weight = weight.args[0]
+            if "stages_modules_0_modules_layers_modules_0_modules_mlp_modules_dense1" in weight.name:
+                heights.append(node.meta["example_value"].shape[-2])
+    return heights, output
+
+
+def test_compiled_graphs_keep_the_bands(segmenter):
+    """torch.compile unrolls the bands (where they save memory traffic as in eager mode), for one input size or, with
+    symbolic sizes, for the sizes with the same number of bands; both equal the eager model."""
+    pixel_values = inputs(1, 64, 64)  # 16 x 16 patches in stage 1, 64 per band: 4 rows each (+ the rows around them)
+    with torch.no_grad():
+        expected = segmenter(pixel_values).logits
+    for dynamic in (False, True):
+        heights, output = dense1_band_heights(segmenter, pixel_values, dynamic=dynamic)
+        assert [int(height.node.hint) if isinstance(height, torch.SymInt) else height for height in heights] == [
+            5, 6, 6, 5
+        ], dynamic
+        torch.testing.assert_close(output.logits, expected, atol=1e-5, rtol=0)
+
+
+def test_exported_graph_has_one_band_and_no_layout_change_of_the_expanded_map(segmenter):
+    """An exported graph (any size) runs the Mix-FFN over the whole map, and the expanded activations (`mlp_ratio`
+    times wider than the block's input) never change layout: the Mix-FFN transposes only its narrow input and
+    output."""
+    program = torch.export.export(segmenter, (), {"pixel_values": EXAMPLE}, dynamic_shapes=DYNAMIC)
+    config = segmenter.config
+    hidden_size, expanded_size = config.hidden_sizes[0], int(config.hidden_sizes[0] * config.mlp_ratios[0])
+    transposed_channels, band_convolutions = [], 0
+    for node in program.graph.nodes:
+        scope = list(node.meta.get("nn_module_stack", {}).values())
+        if node.op != "call_function" or not scope or scope[-1][0] != "pacavit.stages.0.layers.0.mlp":
+            continue
+        if node.target in (torch.ops.aten.transpose.int, torch.ops.aten.permute.default):
+            transposed_channels.append([size for size in node.meta["val"].shape if isinstance(size, int)])
+        if node.target in (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default):
+            weight = node.args[1]
+            while weight.op != "placeholder":  # dense1.weight viewed as a 1x1 kernel
+                weight = weight.args[0]
+            band_convolutions += weight.name.endswith("dense1_weight")
+    assert band_convolutions == 1
+    assert transposed_channels == [[hidden_size], [hidden_size]]  # tokens -> map, map -> tokens
+    assert expanded_size != hidden_size
+
+
 def test_readme_export_snippet_runs(tmp_path):
     """The README's Export section runs as written and prints what its comments say."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForSemanticSegmentation
 
 from paca_hf import (
@@ -299,3 +300,35 @@ def test_hidden_states_by_stage_index(seed):
             torch.testing.assert_close(some.hidden_states[0], every.hidden_states[0])
             torch.testing.assert_close(some.hidden_states[3], every.hidden_states[3])
     torch.testing.assert_close(model(pixel_values, output_hidden_states=[0, -1]).logits, every.logits)
+
+
+def test_segmentation_loss_upsamples_one_image_at_a_time(seed, monkeypatch):
+    """In eager mode each loss upsamples the scores image by image (the full-size scores of one image at a time: the
+    training peak), and the loss equals the whole-batch cross-entropy."""
+    import paca_hf.modeling_pacavit as modeling
+
+    model = PaCaViTForSemanticSegmentation(tiny_config(num_labels=5))
+    pixel_values = torch.randn(3, 3, 64, 64)
+    labels = torch.randint(0, 5, (3, 64, 64))
+    labels[0, :10] = model.config.semantic_loss_ignore_index
+    upsampled_batches = []
+    original = F.interpolate
+
+    def recording_interpolate(input, *args, **kwargs):
+        output = original(input, *args, **kwargs)
+        if output.shape[-2:] == labels.shape[-2:]:
+            upsampled_batches.append(output.shape[0])
+        return output
+
+    monkeypatch.setattr(modeling.F, "interpolate", recording_interpolate)
+    outputs = model(pixel_values, labels=labels)
+    assert upsampled_batches == [1] * 6  # 3 images x (decode logits, cluster logits)
+
+    def whole_batch_loss(scores):
+        upsampled = original(scores, size=(64, 64), mode="bilinear", align_corners=False)
+        return F.cross_entropy(upsampled, labels, ignore_index=model.config.semantic_loss_ignore_index)
+
+    expected = whole_batch_loss(outputs.logits) + model.config.cluster_loss_weight * whole_batch_loss(
+        outputs.cluster_logits
+    )
+    torch.testing.assert_close(outputs.loss, expected, atol=1e-6, rtol=1e-5)
