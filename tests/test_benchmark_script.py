@@ -333,3 +333,21 @@ def test_data_task_quick_run(tmp_path):
             float(row["median_ms"]) / float(base["median_ms"]), rel=1e-12
         )
     assert "Images per second per thread" in completed.stdout
+
+
+def test_readme_benchmark_commands_parse():
+    """Every `scripts/benchmark.py` command the README gives for its figures is a valid command line."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = [
+        shlex.split(command.replace("\\\n", " "))
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+        for command in re.split(r"\n(?=python )", block)
+        if command.startswith("python scripts/benchmark.py")
+    ]
+    assert len(commands) >= 6
+    for command in commands:
+        cli.parse_args(command[2:])
