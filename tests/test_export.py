@@ -210,3 +210,32 @@ def test_readme_export_snippet_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     printed = [line for line in result.stdout.splitlines() if not line.startswith("[torch.onnx]")]
     assert printed == ["(1, 150, 56, 56) True", "(2, 150, 80, 80) True", "(1, 150, 128, 96)"]
+
+
+def test_compiled_training_step_gives_the_eager_loss_and_gradients():
+    """A compiled training step (the map-layout Mix-FFN in bands, the whole-batch loss) gives the eager loss and the
+    same gradients for every parameter, the Mix-FFN's linear layers included."""
+    torch.manual_seed(0)
+    config = tiny_config()
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = config.classifier_dropout_prob = 0.0
+    config.drop_path_rate = 0.0  # no randomness: the compiled step must give the eager numbers
+    model = PaCaViTForSemanticSegmentation(config).train()
+    pixel_values = inputs(2, 64, 64)
+    labels = torch.randint(0, model.config.num_labels, (2, 64, 64), generator=torch.Generator().manual_seed(1))
+    labels[0, :7] = model.config.semantic_loss_ignore_index
+
+    def step(forward):
+        model.zero_grad()
+        loss = forward(pixel_values, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+
+    torch._dynamo.reset()
+    eager_loss, eager_gradients = step(model)
+    compiled_loss, compiled_gradients = step(torch.compile(model, backend="aot_eager", dynamic=False))
+    torch._dynamo.reset()
+    torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-5, rtol=1e-5)
+    assert compiled_gradients.keys() == eager_gradients.keys()
+    assert any("mlp.dense1" in name for name in compiled_gradients)
+    for name, gradient in eager_gradients.items():
+        torch.testing.assert_close(compiled_gradients[name], gradient, atol=1e-5, rtol=1e-4, msg=name)

@@ -332,3 +332,20 @@ def test_segmentation_loss_upsamples_one_image_at_a_time(seed, monkeypatch):
         outputs.cluster_logits
     )
     torch.testing.assert_close(outputs.loss, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_cluster_projection_normalises_as_batchnorm1d_over_the_clusters(seed):
+    """The head's key/value projection normalises `(rows, channels)`: the same outputs and running statistics as
+    mmseg's BatchNorm1d over `(batch, channels, clusters)`, in training and in evaluation."""
+    from paca_hf.modeling_pacavit import PaCaViTClusterProjection
+
+    projection = PaCaViTClusterProjection(8, 6).train()
+    reference_norm = copy.deepcopy(projection.norm)
+    clusters = torch.randn(3, 5, 8)
+    for training in (True, False):
+        projection.train(training)
+        reference_norm.train(training)
+        expected = torch.relu(reference_norm(projection.dense(clusters).transpose(1, 2)).transpose(1, 2))
+        torch.testing.assert_close(projection(clusters), expected)
+        torch.testing.assert_close(projection.norm.running_mean, reference_norm.running_mean)
+        torch.testing.assert_close(projection.norm.running_var, reference_norm.running_var)

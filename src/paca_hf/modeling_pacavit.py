@@ -347,8 +347,9 @@ class PaCaViTMixFFN(nn.Module):
     convolution reads them as a channels-last map, without copies. A dynamo graph (torch.compile, torch.export, the
     ONNX exporter) has no memory format: there the band runs on the `(batch, channels, height, width)` map, the linear
     layers as 1x1 convolutions with the same weights, so that only the narrow input and output change layout, never
-    the expanded activations (ONNX Runtime at 512: 0.80x the time of the token layout). `torch.compile` keeps the
-    bands (with symbolic sizes, dynamo guards on their number); a graph exported for any size (`torch.export`, ONNX,
+    the expanded activations (ONNX Runtime at 512: about 0.8x the time of the token layout). `torch.compile` keeps the
+    bands (with symbolic sizes dynamo guards on their number, so a size with another number of bands recompiles;
+    `chunk_size_feed_forward=0` compiles once for all sizes); a graph exported for any size (`torch.export`, ONNX,
     whose runtimes have their own allocators) computes the whole map in one band.
     """
 
@@ -749,7 +750,11 @@ class PaCaViTClusterProjection(nn.Module):
         self.activation = nn.ReLU()
 
     def forward(self, clusters: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.norm(self.dense(clusters).transpose(1, 2)).transpose(1, 2)
+        hidden_states = self.dense(clusters)
+        # BatchNorm over the channels with the statistics of all (image, cluster) rows, as mmseg's BatchNorm1d on
+        # `(batch, channels, clusters)`; as `(rows, channels)` it needs no transposes (on which a compiled backward
+        # failed).
+        hidden_states = self.norm(hidden_states.flatten(0, 1)).view_as(hidden_states)
         return self.activation(hidden_states)
 
 
