@@ -239,3 +239,33 @@ def test_compiled_training_step_gives_the_eager_loss_and_gradients():
     assert any("mlp.dense1" in name for name in compiled_gradients)
     for name, gradient in eager_gradients.items():
         torch.testing.assert_close(compiled_gradients[name], gradient, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_dynamic_compile_with_the_whole_map_compiles_once_for_many_sizes():
+    """The README's advice for compiling once for many sizes on a CPU: with `chunk_size_feed_forward=0` a
+    `dynamic=True` graph serves every (square, batch > 1) size; with bands, a new height compiles again."""
+    def graphs_for(chunk_size):
+        torch.manual_seed(0)
+        config = tiny_config()
+        config.hidden_sizes, config.depths, config.num_attention_heads = [16, 32], [1, 1], [1, 2]
+        config.mlp_ratios, config.num_clusters, config.clustering_interval = [2, 2], [4, 0], [0, 0]
+        config.chunk_size_feed_forward = chunk_size
+        model = PaCaViTForImageClassification(config).eval()
+        graphs = []
+
+        def record(graph_module, example_inputs):
+            graphs.append(graph_module)
+            return graph_module.forward
+
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend=record, dynamic=True)
+        with torch.no_grad():
+            for size in (64, 80):
+                pixel_values = inputs(2, size, size)
+                torch.testing.assert_close(compiled(pixel_values).logits, model(pixel_values).logits, atol=1e-5,
+                                           rtol=0)
+        torch._dynamo.reset()
+        return len(graphs)
+
+    assert graphs_for(0) == 1
+    assert graphs_for(64) == 2

@@ -348,9 +348,9 @@ class PaCaViTMixFFN(nn.Module):
     ONNX exporter) has no memory format: there the band runs on the `(batch, channels, height, width)` map, the linear
     layers as 1x1 convolutions with the same weights, so that only the narrow input and output change layout, never
     the expanded activations (ONNX Runtime at 512: about 0.8x the time of the token layout). `torch.compile` keeps the
-    bands (with symbolic sizes dynamo guards on their number, so a size with another number of bands recompiles;
-    `chunk_size_feed_forward=0` compiles once for all sizes); a graph exported for any size (`torch.export`, ONNX,
-    whose runtimes have their own allocators) computes the whole map in one band.
+    bands (a Python loop: with symbolic sizes dynamo specialises the height of a map with two bands or more, so each
+    new height recompiles; `chunk_size_feed_forward=0` compiles once for all sizes); a graph exported for any size
+    (`torch.export`, ONNX, whose runtimes have their own allocators) computes the whole map in one band.
     """
 
     def __init__(self, config: PaCaViTConfig, hidden_size: int, intermediate_size: int):
