@@ -136,18 +136,24 @@ def test_eager_mix_ffn_still_runs_in_bands(segmenter):
     assert widths == [5 * 16, 6 * 16, 6 * 16, 5 * 16]
 
 
-def dense1_band_heights(model, pixel_values, **compile_options):
-    """Compiles `model` (dynamo with a graph-recording backend, no inductor), runs it on `pixel_values` and returns
-    the number of rows of each band the first Mix-FFN expands (its 1x1 convolutions with dense1's weight), with the
-    compiled output."""
+def compile_recording_graphs(model, **compile_options):
+    """`torch.compile(model)` with a dynamo backend that records each FX graph it is given (and runs it as is, no
+    inductor); returns the compiled model and the list the graphs are appended to."""
     graphs = []
 
     def record(graph_module, example_inputs):
         graphs.append(graph_module)
         return graph_module.forward
 
+    return torch.compile(model, backend=record, **compile_options), graphs
+
+
+def dense1_band_heights(model, pixel_values, **compile_options):
+    """Compiles `model` (dynamo with a graph-recording backend, no inductor), runs it on `pixel_values` and returns
+    the number of rows of each band the first Mix-FFN expands (its 1x1 convolutions with dense1's weight), with the
+    compiled output."""
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend=record, **compile_options)
+    compiled, graphs = compile_recording_graphs(model, **compile_options)
     with torch.no_grad():
         output = compiled(pixel_values)
     torch._dynamo.reset()
@@ -251,14 +257,8 @@ def test_dynamic_compile_with_the_whole_map_compiles_once_for_many_sizes():
         config.mlp_ratios, config.num_clusters, config.clustering_interval = [2, 2], [4, 0], [0, 0]
         config.chunk_size_feed_forward = chunk_size
         model = PaCaViTForImageClassification(config).eval()
-        graphs = []
-
-        def record(graph_module, example_inputs):
-            graphs.append(graph_module)
-            return graph_module.forward
-
         torch._dynamo.reset()
-        compiled = torch.compile(model, backend=record, dynamic=True)
+        compiled, graphs = compile_recording_graphs(model, dynamic=True)
         with torch.no_grad():
             for size in (64, 80):
                 pixel_values = inputs(2, size, size)
