@@ -215,10 +215,11 @@ def test_default_chunk_size_feed_forward_is_bands_on_cpu_whole_map_elsewhere(mon
     bands = []
     original = PaCaViTMixFFN.forward_band
     monkeypatch.setattr(
-        PaCaViTMixFFN, "forward_band", lambda self, *args: bands.append(args[-1]) or original(self, *args)
+        PaCaViTMixFFN, "forward_band", lambda self, *args: bands.append(args[3:]) or original(self, *args)
     )
     ffn(torch.randn(1, 100 * 100, 4), 100, 100)  # 4096 patches = 40 rows of 100 per band
-    assert bands == [(0, 40), (40, 80), (80, 100)]
+    # Each band's rows, and the rows its 3x3 convolution reads.
+    assert bands == [((0, 40), (0, 41)), ((40, 80), (39, 81)), ((80, 100), (79, 100))]
 
 
 @pytest.mark.parametrize(
@@ -298,6 +299,24 @@ def test_onnxruntime_model_matches_eager(tmp_path):
     assert logits.shape == expected.shape == (1, 5, 16, 24)
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
     assert [path.name for path in tmp_path.iterdir()] == ["1x3x64x96.onnx"]  # one graph per input shape
+
+
+def test_onnxruntime_threads_stop_spinning_when_a_run_returns(tmp_path):
+    """The interleaved benchmark times another model right after each run: ONNX Runtime's threads may spin within a
+    run but must not keep a core busy after it (by default they spin on for tens of milliseconds)."""
+    import time
+
+    from tiny_configs import tiny_config
+
+    from paca_hf import PaCaViTForImageClassification
+
+    runtime = models.OnnxRuntimeModel(PaCaViTForImageClassification(tiny_config()), threads=2, directory=str(tmp_path))
+    pixel_values = torch.randn(1, 3, 64, 64)
+    for _ in range(3):
+        runtime(pixel_values=pixel_values)
+    started = time.process_time()
+    time.sleep(0.3)
+    assert time.process_time() - started < 0.01
 
 
 def test_segmentation_baselines_are_the_stated_hyper_parameters():

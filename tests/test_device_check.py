@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from paca_hf.benchmarking import device_check
 
 
@@ -54,3 +56,10 @@ def test_full_mode_needs_cuda_or_the_dry_mode(capsys):
         return
     assert device_check.main(["--output-dir", "unused"]) == 2
     assert "--cpu --quick" in capsys.readouterr().err
+
+
+def test_usage_names_the_shell_script(capsys):
+    """Errors print the usage of the documented entry point, not of the module behind it."""
+    with pytest.raises(SystemExit):
+        device_check.parse_args(["--cpu"])
+    assert capsys.readouterr().err.startswith("usage: scripts/device_check.sh")

@@ -247,10 +247,11 @@ def test_compiled_training_step_gives_the_eager_loss_and_gradients():
         torch.testing.assert_close(compiled_gradients[name], gradient, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_dynamic_compile_with_the_whole_map_compiles_once_for_many_sizes():
-    """The README's advice for compiling once for many sizes on a CPU: with `chunk_size_feed_forward=0` a
-    `dynamic=True` graph serves every (square, batch > 1) size; with bands, a new height compiles again."""
-    def graphs_for(chunk_size):
+def test_dynamic_compile_recompiles_only_for_another_number_of_bands():
+    """With symbolic sizes (`dynamic=True`) dynamo guards on the number of bands, not on the height: sizes with as
+    many bands share one graph, another number of bands compiles again, and with `chunk_size_feed_forward=0` one
+    graph serves every (square, batch > 1) size."""
+    def graphs_for(chunk_size, sizes):
         torch.manual_seed(0)
         config = tiny_config()
         config.hidden_sizes, config.depths, config.num_attention_heads = [16, 32], [1, 1], [1, 2]
@@ -260,12 +261,15 @@ def test_dynamic_compile_with_the_whole_map_compiles_once_for_many_sizes():
         torch._dynamo.reset()
         compiled, graphs = compile_recording_graphs(model, dynamic=True)
         with torch.no_grad():
-            for size in (64, 80):
+            for size in sizes:
                 pixel_values = inputs(2, size, size)
                 torch.testing.assert_close(compiled(pixel_values).logits, model(pixel_values).logits, atol=1e-5,
                                            rtol=0)
         torch._dynamo.reset()
         return len(graphs)
 
-    assert graphs_for(0) == 1
-    assert graphs_for(64) == 2
+    # Stage 1 of 64 and 56 px: 16 x 16 and 14 x 14 patches, 4 rows of at most 64 patches per band, 4 bands each;
+    # 80 px: 20 x 20 patches, 3 rows per band, 7 bands.
+    assert graphs_for(64, (64, 56)) == 1
+    assert graphs_for(64, (64, 56, 80)) == 2
+    assert graphs_for(0, (64, 56, 80)) == 1

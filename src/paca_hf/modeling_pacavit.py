@@ -348,9 +348,10 @@ class PaCaViTMixFFN(nn.Module):
     ONNX exporter) has no memory format: there the band runs on the `(batch, channels, height, width)` map, the linear
     layers as 1x1 convolutions with the same weights, so that only the narrow input and output change layout, never
     the expanded activations (ONNX Runtime at 512: about 0.8x the time of the token layout). `torch.compile` keeps the
-    bands (a Python loop: with symbolic sizes dynamo specialises the height of a map with two bands or more, so each
-    new height recompiles; `chunk_size_feed_forward=0` compiles once for all sizes); a graph exported for any size
-    (`torch.export`, ONNX, whose runtimes have their own allocators) computes the whole map in one band.
+    bands (a Python loop: with symbolic sizes dynamo guards on the number of bands of each stage, so sizes with as
+    many bands share a graph and another number compiles again; `chunk_size_feed_forward=0` compiles once for all
+    sizes); a graph exported for any size (`torch.export`, ONNX, whose runtimes have their own allocators) computes
+    the whole map in one band.
     """
 
     def __init__(self, config: PaCaViTConfig, hidden_size: int, intermediate_size: int):
@@ -371,27 +372,43 @@ class PaCaViTMixFFN(nn.Module):
         chunk_size = self.chunk_size
         if chunk_size is None:
             chunk_size = default_chunk_size_feed_forward(hidden_states.device)
-        return None if chunk_size == 0 else max(1, chunk_size // width)
+        # `sym_max`, not `max`: with symbolic sizes (torch.compile) `max` would specialise the width.
+        return None if chunk_size == 0 else torch.sym_max(1, chunk_size // width)
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
         rows_per_band = self.rows_per_band(hidden_states, height, width)
         if rows_per_band is None or rows_per_band >= height:
             return self.forward_band(hidden_states, height, width)
-        bands = [
-            self.forward_band(hidden_states, height, width, (start, min(start + rows_per_band, height)))
-            for start in range(0, height, rows_per_band)
-        ]
+        # Band boundaries as arithmetic on the sizes, decided by the band's index only: with symbolic sizes
+        # (torch.compile) the one guard is then on the number of bands, so one graph serves every size with as
+        # many bands, instead of one graph per height.
+        num_bands = (height + rows_per_band - 1) // rows_per_band
+        bands = []
+        for index in range(num_bands):
+            start = index * rows_per_band
+            stop = start + rows_per_band if index < num_bands - 1 else height
+            # The rows read by the band's 3x3 convolution: one above and one below, inside the map.
+            first = start - 1 if index > 0 else 0
+            last = stop + 1 if index < num_bands - 1 else height
+            bands.append(self.forward_band(hidden_states, height, width, (start, stop), (first, last)))
         return torch.cat(bands, dim=1)
 
     def forward_band(
-        self, hidden_states: torch.Tensor, height: int, width: int, rows: tuple[int, int] | None = None
+        self,
+        hidden_states: torch.Tensor,
+        height: int,
+        width: int,
+        rows: tuple[int, int] | None = None,
+        context_rows: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Output tokens `(batch, patches of the band, hidden_size)` for the rows `rows = (start, stop)` (stop
-        exclusive) of the `height x width` map; `rows=None`: the whole map."""
+        exclusive) of the `height x width` map, expanding the rows `context_rows = (first, last)` around them (the
+        rows the depthwise convolution reads: `(start - 1, stop + 1)` clipped to the map); `rows=None`: the whole
+        map."""
         band_height = height
         if rows is not None:
             start, stop = rows
-            first, last = max(start - 1, 0), min(stop + 1, height)
+            first, last = context_rows
             hidden_states = hidden_states[:, first * width : last * width]
             band_height = last - first
         # Dynamo graphs (torch.compile, torch.export, the ONNX exporter) in the map layout; TorchScript's ONNX exporter

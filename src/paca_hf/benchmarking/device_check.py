@@ -76,7 +76,9 @@ QUICK_CPU = {
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts/device_check.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (dry mode; with --quick)")
     parser.add_argument("--quick", action="store_true", help="toy sizes, fp32, no compile (with --cpu)")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "outputs" / "device_check")

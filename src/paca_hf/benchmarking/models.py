@@ -272,8 +272,8 @@ class LogitsOnly(torch.nn.Module):
 class OnnxRuntimeModel:
     """A model exported to ONNX (`torch.onnx.export(dynamo=True)`, one graph per input shape, made on its first
     call) and run by an onnxruntime `InferenceSession` on the CPU with `threads` intra-op threads (all graph
-    optimisations on, no spinning between runs). Called like the model, it returns an object whose `.logits` is a
-    torch tensor."""
+    optimisations on, threads spinning within a run only). Called like the model, it returns an object whose
+    `.logits` is a torch tensor."""
 
     def __init__(self, model: torch.nn.Module, threads: int | None, directory: str):
         self.module = LogitsOnly(model).eval()
@@ -294,8 +294,9 @@ class OnnxRuntimeModel:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # Its idle threads would otherwise spin after each run, taking the cores from the model timed next.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # Its threads spin between operators within a run (the default), but stop when the run returns: idle
+            # spinning after it would take the cores from the model timed next.
+            options.add_session_config_entry("session.force_spinning_stop", "1")
             session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
             self.sessions[shape] = (session, session.get_inputs()[0].name)
         return self.sessions[shape]
