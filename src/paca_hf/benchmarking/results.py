@@ -8,6 +8,8 @@ import math
 import statistics
 from pathlib import Path
 
+from ..file_utils import atomic_file
+
 
 CSV_COLUMNS = (
     "model",
@@ -249,8 +251,6 @@ def print_tables(report: Report, rows: list[dict], scaling: list[dict], args):
 
 
 def write_csv(path: Path, columns, rows: list[dict]):
-    from ..file_utils import atomic_file
-
     with atomic_file(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns))
         writer.writeheader()
@@ -346,8 +346,6 @@ def plot_scaling(path: Path, rows: list[dict], meta: dict) -> str | None:
         fontsize=10,
     )
     figure.tight_layout()
-    from ..file_utils import atomic_file
-
     with atomic_file(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=120)
     plt.close(figure)
