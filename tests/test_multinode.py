@@ -210,11 +210,12 @@ def test_fsdp_on_the_cpu_is_refused_with_the_reason(tiny_config_file, tmp_path, 
     if not torch.cuda.is_available():
         with pytest.raises(TrainingError, match="FSDP .* needs GPUs"):
             imagenet_parse_args(["--config_name", "x", "--output_dir", str(tmp_path / "out")])
-    # accelerate's own refusal, which the message stands for (its wording may change between versions)
+    # The premise of the message: accelerate itself refuses FSDP with the launcher's default on the CPU. Only that
+    # it refuses is asserted; its wording is accelerate's and changes between versions.
     if not torch.cuda.is_available():
         from accelerate.utils import FullyShardedDataParallelPlugin
 
-        with pytest.raises(RuntimeError, match="no available devices"):
+        with pytest.raises(RuntimeError):
             FullyShardedDataParallelPlugin(sync_module_states=True)  # the launcher's default
 
 
