@@ -3,6 +3,8 @@
 Importing this package registers the PaCa-ViT classes with transformers' Auto classes.
 """
 
+__version__ = "0.1.0"  # the one version string: setup.cfg reads it
+
 from transformers import (
     AutoBackbone,
     AutoConfig,
