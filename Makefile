@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean constraints
+.PHONY: install demo test app browser clean constraints
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 tests
+
+# The app on http://127.0.0.1:7860 (MODEL=folder-or-hub-id; default: make demo's model, else random weights).
+app: $(STAMP)
+	$(PY) -m paca_hf.app $(if $(MODEL),--model $(MODEL))
+
+# The app's browser test drives Debian's Chromium; browser builds that test tools download are not reachable here.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info src/*.egg-info

@@ -124,10 +124,18 @@ def compute_cluster_assignments(model, pixel_values: torch.Tensor) -> dict[str, 
         outputs = forward(pixel_values=pixel_values, output_cluster_assignments=True)
     finally:
         model.train(was_training)
+    return assignments_from_outputs(outputs, model)
+
+
+def assignments_from_outputs(outputs, model=None) -> dict[str, torch.Tensor]:
+    """The soft assignments in a PaCa-ViT model's outputs (called with `output_cluster_assignments=True`), as
+    [`compute_cluster_assignments`] returns them: `"stage{i}"` `(batch, clusters, h, w)` for every stage with clusters,
+    then `"head"` for a PaCa segmentation head; float32 on the CPU. `ValueError` when the outputs hold none."""
     stage_assignments = getattr(outputs, "cluster_assignments", None)
     if stage_assignments is None:
+        name = "the model" if model is None else type(model).__name__
         raise ValueError(
-            f"{type(model).__name__} returned no `cluster_assignments`; use a PaCa-ViT model "
+            f"{name} returned no `cluster_assignments`; use a PaCa-ViT model "
             "(PaCaViTModel, PaCaViTForImageClassification or PaCaViTForSemanticSegmentation)."
         )
     result = {}
@@ -218,13 +226,17 @@ def _grey(picture: np.ndarray) -> np.ndarray:
     return np.repeat(luminance[..., None], 3, axis=-1)
 
 
-def _hard_tile(hard_map: np.ndarray, picture: np.ndarray, palette: np.ndarray) -> np.ndarray:
+def draw_hard_map(hard_map: np.ndarray, picture: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """A hard cluster map `(h, w)` over a picture `(H, W, 3)` uint8: each patch in its cluster's palette colour
+    (nearest upsampling), blended with the greyed picture. Returns `(H, W, 3)` uint8."""
     colors = palette[resize_nearest(hard_map, picture.shape[:2])].astype(np.float64)
     blended = HARD_MAP_OPACITY * colors + (1.0 - HARD_MAP_OPACITY) * _grey(picture)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def _heat_tile(soft_map: np.ndarray, picture: np.ndarray) -> np.ndarray:
+def draw_soft_map(soft_map: np.ndarray, picture: np.ndarray) -> np.ndarray:
+    """One cluster's soft assignment `(h, w)` over a picture `(H, W, 3)` uint8: bilinearly upsampled, stretched to
+    its own [min, max] range and drawn on the heat scale over the darkened, greyed picture. Returns `(H, W, 3)` uint8."""
     values = _resize_bilinear(soft_map, picture.shape[:2])
     low, high = values.min(initial=np.inf), values.max(initial=-np.inf)
     values = (values - low) / (high - low) if high > low else np.zeros_like(values)
@@ -370,11 +382,11 @@ def render_clusters(
         else:
             names = [f"cluster {cluster}" for cluster in range(num_clusters)]
             title = f"stage {key[len('stage'):]}: {num_clusters} cl. {height}x{width}"
-        hard_tile = _hard_tile(hard, shown, cluster_palette(num_clusters))
+        hard_tile = draw_hard_map(hard, shown, cluster_palette(num_clusters))
         row = [(title, shown), (f"hard: {used}/{num_clusters} used", hard_tile)]
         for cluster, count in top_clusters(hard, num_clusters, top_k):
             share = 100.0 * count / hard.size
-            row.append((f"{names[cluster]} {share:.0f}%", _heat_tile(soft[cluster], shown)))
+            row.append((f"{names[cluster]} {share:.0f}%", draw_soft_map(soft[cluster], shown)))
         row += [("", None)] * (2 + top_k - len(row))
         rows.append(row)
     return _compose(rows, 2 + top_k, cell)
@@ -412,9 +424,12 @@ def load_model_and_processor(name_or_path: str, **kwargs):
 
 
 __all__ = [
+    "assignments_from_outputs",
     "auto_model_class",
     "cluster_palette",
     "compute_cluster_assignments",
+    "draw_hard_map",
+    "draw_soft_map",
     "hard_cluster_map",
     "load_model_and_processor",
     "normalize_image",
