@@ -272,6 +272,7 @@ def test_the_page_shows_classes_and_clusters_of_an_uploaded_photo(running_app, b
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     screenshot = ARTIFACTS / "app.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+    assert not Path(app.__file__).with_suffix(".pyi").exists()  # the app writes nothing into the package
 
 
 def test_the_space_folder_runs_the_app_on_every_interface():

@@ -271,17 +271,19 @@ def build_demo(app_model: AppModel, examples: list[str] | None = None):
     """The gradio `Blocks` of the app (not launched)."""
     import gradio as gr
 
-    class PhotoInput(gr.Image):
-        """An image upload whose file reaches the app undecoded, so the package's decoder reads it and a bad file
-        gets the app's own message instead of gradio's."""
+    def undecoded_upload(image_input):
+        """Let an upload reach the app as its file path, undecoded, so the package's decoder reads it and a bad file
+        gets the app's own message instead of gradio's. Set on the instance: gradio writes a `.pyi` stub beside the
+        module of every `Component` subclass, which would write into the installed package."""
+        default = image_input.preprocess
 
-        def get_block_name(self) -> str:
-            return "image"  # the frontend of gr.Image
-
-        def preprocess(self, payload):
+        def preprocess(payload):
             if payload is None or (payload.url and payload.url.startswith("data:")) or payload.path is None:
-                return super().preprocess(payload)
+                return default(payload)
             return payload.path
+
+        image_input.preprocess = preprocess
+        return image_input
 
     def fail(error: Exception):
         raise gr.Error(str(error), print_exception=False)
@@ -346,7 +348,8 @@ def build_demo(app_model: AppModel, examples: list[str] | None = None):
         analysis_state = gr.State(None)
         with gr.Row():
             with gr.Column():
-                photo = PhotoInput(label="Photo", type="filepath", sources=["upload", "clipboard"], elem_id="photo")
+                photo = undecoded_upload(gr.Image(label="Photo", type="filepath", sources=["upload", "clipboard"],
+                                                  elem_id="photo"))
                 run = gr.Button("Analyse", variant="primary", elem_id="analyse")
                 if examples:
                     gr.Examples(examples, inputs=photo, label="Examples")
