@@ -85,6 +85,55 @@ def test_train_transform_is_timms_create_transform_seeded_per_sample():
     assert torch.equal(dataset[0]["pixel_values"], batch["pixel_values"][0])
 
 
+def _epochs_seen(tmp_path, monkeypatch, rank=0, num_processes=1):
+    """`(epoch, index)` of every sample that `ImageNetTrainDataset` augments in 2 epochs of `PaCaTrainer` on 4
+    images, 2 per batch, as process `rank` of `num_processes` sees them: accelerate shards the data loader of that
+    process exactly as in a distributed run (`prepare_data_loader` with those numbers; everything else is one
+    process)."""
+    import accelerate.accelerator
+
+    prepare = accelerate.accelerator.prepare_data_loader
+
+    def as_one_of_several(data_loader, *args, **kwargs):
+        return prepare(data_loader, *args, **{**kwargs, "num_processes": num_processes, "process_index": rank})
+
+    seen = []
+
+    class Recording(imagenet.ImageNetTrainDataset):
+        def __getitem__(self, index):
+            seen.append((self.epoch, index))
+            return super().__getitem__(index)
+
+    rows = [{"image": Image.new("RGB", (40, 40), COLOURS[i % 3]), "label": i % 3} for i in range(4)]
+    _, _, aug_args, _ = imagenet_args.parse_args(["--config_name", "x"])
+    transform = imagenet.train_transform(aug_args, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    args = imagenet_args.PaCaTrainingArguments(
+        output_dir=str(tmp_path / f"rank{rank}of{num_processes}"), use_cpu=True, report_to="none",
+        learning_rate=1e-3, lr_scheduler_type="constant", num_train_epochs=2, per_device_train_batch_size=2,
+        eval_strategy="no", save_strategy="no", dataloader_num_workers=0, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = imagenet.PaCaTrainer(
+        model=PaCaViTForImageClassification(tiny_config(num_labels=3)), args=args,
+        train_dataset=Recording(rows, transform, seed=3), data_collator=imagenet_evaluation.collate_fn,
+    )  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr(accelerate.accelerator, "prepare_data_loader", as_one_of_several)
+        trainer.train()
+    return seen
+
+
+def test_every_process_of_a_distributed_run_augments_each_epoch_afresh(tmp_path, monkeypatch):
+    """Each sample's augmentation is seeded from its epoch: in one process and in each process of a two-process run
+    (where accelerate's sharded loader does not pass the epoch on to the dataset), epoch 1 augments with epoch 1's
+    seed, and the two processes together augment every image once per epoch."""
+    one = _epochs_seen(tmp_path, monkeypatch)
+    assert sorted(one) == [(epoch, index) for epoch in (0, 1) for index in range(4)]
+    ranks = [_epochs_seen(tmp_path, monkeypatch, rank, 2) for rank in (0, 1)]
+    for seen in ranks:
+        assert [epoch for epoch, _ in seen] == [0, 0, 1, 1], seen
+    assert sorted(ranks[0] + ranks[1]) == sorted(one)
+
+
 # ------------------------------------------------------------------------------------------------ loss
 
 

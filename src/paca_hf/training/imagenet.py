@@ -104,7 +104,8 @@ class ImageNetTrainDataset(torch.utils.data.Dataset):
     decoded by `paca_hf.images.load_image` (8-bit RGB, EXIF orientation applied) and augmented with a global-RNG
     transform (timm's) under [`seeded_global_rngs`]`(`[`sample_seed`]`(seed, epoch, index))`.
 
-    `set_epoch` is called by accelerate's DataLoader at every epoch (so every epoch augments afresh)."""
+    `set_epoch` is called at the start of every epoch by [`DatasetEpochCallback`] (which [`PaCaTrainer`] installs),
+    so that every epoch augments afresh in every process."""
 
     def __init__(self, dataset, transform, seed: int, image_column: str = "image", label_column: str = "label"):
         self.dataset = dataset
@@ -298,12 +299,29 @@ class NormalPermissionsCallback(TrainerCallback):
             give_normal_permissions(args.output_dir)
 
 
+class DatasetEpochCallback(TrainerCallback):
+    """At the start of every epoch, `set_epoch(epoch)` on the training dataset (when it has one), before the epoch's
+    data loader iterator (and its worker processes) is made.
+
+    Trainer leaves this to accelerate's `DataLoaderShard.set_epoch`, which reaches the dataset only in a single
+    process: in a distributed run its sampler is a `BatchSamplerShard` around a seedable sampler, and then it
+    updates the sampler instead of the dataset, so every process would augment every epoch as epoch 0. The epoch
+    is Trainer's own count (`state.epoch` is `epoch + finished batches / batches per epoch`, and a whole number at an
+    epoch's start); a resumed run restarts inside its checkpoint's epoch."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        dataset = getattr(train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(math.floor(state.epoch or 0))
+
+
 class PaCaTrainer(Trainer):
     """`Trainer` with the recipe's loss: timm's Mixup / CutMix on the batch and soft-target cross-entropy in
     training, cross-entropy in evaluation, and timm's weight-decay groups (no decay on biases and 1-d parameters).
 
     timm's batch Mixup pairs sample i with sample N - 1 - i and needs an even batch: the last sample of an odd
-    training batch is left out of that step (timm's own loader drops the whole last partial batch instead)."""
+    training batch is left out of that step (timm's own loader drops the whole last partial batch instead).
+    [`DatasetEpochCallback`] is always installed: the training dataset learns every epoch in every process."""
 
     # compute_loss returns a per-batch mean; Trainer divides it by the gradient accumulation steps.
     loss_is_scaled_for_ga = False
@@ -313,6 +331,7 @@ class PaCaTrainer(Trainer):
         self.mixup = mixup
         self.label_smoothing = float(label_smoothing)
         self.soft_target_loss = SoftTargetCrossEntropy()
+        self.add_callback(DatasetEpochCallback())
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return [name for name, param in model.named_parameters() if param.ndim > 1 and not name.endswith(".bias")]
