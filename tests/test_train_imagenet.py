@@ -3,6 +3,7 @@ loss, the recipe's defaults, exact resume, and a few Trainer steps followed by t
 scripts/evaluate_imagenet.py on a tiny image folder."""
 
 import json
+import logging
 import math
 import os
 import random
@@ -333,6 +334,57 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
     # and the run did change the weights (the comparison is not vacuous)
     initial = load_file(checkpoint / "model.safetensors")
     assert any(not torch.equal(initial[name], straight[name]) for name in straight)
+
+
+class SimulatedKill(BaseException):
+    """Stands for the process being killed: not an Exception, so nothing in the run handles it."""
+
+
+def test_resume_skips_a_checkpoint_half_written_when_killed(tmp_path, monkeypatch, caplog):
+    """A run killed while Trainer saved checkpoint-4 (model file half written, no optimizer, no trainer state):
+    `--resume_from_checkpoint true` resumes from checkpoint-2 instead, says so, and ends with the weights of the
+    uninterrupted run; naming checkpoint-4 explicitly is an error that names it. Every checkpoint Trainer completes
+    carries the COMPLETE marker (every file's size and sha256)."""
+    from transformers import Trainer
+
+    from paca_hf.training.checkpoint import verify_checkpoint
+    from paca_hf.training.errors import CheckpointError
+
+    _tiny_folders(tmp_path)
+    common = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--do_eval", "false")
+    _run(_train_argv(tmp_path, tmp_path / "straight", *common))
+    assert verify_checkpoint(tmp_path / "straight" / "checkpoint-4")["step"] == 4
+
+    out = tmp_path / "killed"
+    save_optimizer = Trainer._save_optimizer_and_scheduler
+
+    def killed_at_step_4(self, output_dir):
+        if self.state.global_step == 4:
+            model_file = Path(output_dir) / "model.safetensors"
+            model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
+            raise SimulatedKill
+        return save_optimizer(self, output_dir)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_save_optimizer_and_scheduler", killed_at_step_4)
+        with pytest.raises(SimulatedKill):
+            _run(_train_argv(tmp_path, out, *common))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+    with pytest.raises(CheckpointError, match="checkpoint-4.*incomplete"):
+        _run(_train_argv(tmp_path, out, *common, "--resume_from_checkpoint", str(out / "checkpoint-4")))
+    assert not (out / "model.safetensors").exists()
+
+    caplog.set_level(logging.INFO, logger="paca_hf")
+    _run(_train_argv(tmp_path, out, *common, "--resume_from_checkpoint", "true"))
+    skipped = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "checkpoint-4" in skipped[0], caplog.text
+    assert any("checkpoint-2" in r.getMessage() and "Resuming" in r.getMessage() for r in caplog.records)
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(out / "model.safetensors")
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+    assert verify_checkpoint(out / "checkpoint-4")["step"] == 4  # saved again, completely this time
 
 
 def test_the_package_and_the_model_do_not_import_timm():

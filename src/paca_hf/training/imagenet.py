@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,10 +37,18 @@ import torch.nn.functional as F
 from timm.data import Mixup, create_transform
 from timm.loss import SoftTargetCrossEntropy
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
 from ..file_utils import give_normal_permissions
 from ..images import load_image
+from .checkpoint import (
+    COMPLETE_MARKER,
+    TRAINER_CHECKPOINT_NAME,
+    prune_checkpoints,
+    resolve_resume_checkpoint,
+    write_complete_marker,
+)
 from .imagenet_args import AugmentationArguments, DataTrainingArguments, ModelArguments, PaCaTrainingArguments
 from .imagenet_evaluation import EvalTransform, collate_fn
 
@@ -321,7 +330,12 @@ class PaCaTrainer(Trainer):
 
     timm's batch Mixup pairs sample i with sample N - 1 - i and needs an even batch: the last sample of an odd
     training batch is left out of that step (timm's own loader drops the whole last partial batch instead).
-    [`DatasetEpochCallback`] is always installed: the training dataset learns every epoch in every process."""
+    [`DatasetEpochCallback`] is always installed: the training dataset learns every epoch in every process.
+
+    Checkpoints (`checkpoint-N`) get the fine-tune's `COMPLETE` marker (`paca_hf.training.checkpoint`: every file's
+    size and sha256, written last), so that a checkpoint interrupted while being saved is never resumed from (see
+    [`resolve_trainer_checkpoint`]), and `save_total_limit` prunes complete checkpoints only, after the new one is
+    marked (Trainer's own rotation counts unfinished ones and runs before the marker could be written)."""
 
     # compute_loss returns a per-batch mean; Trainer divides it by the gradient accumulation steps.
     loss_is_scaled_for_ga = False
@@ -332,6 +346,26 @@ class PaCaTrainer(Trainer):
         self.label_smoothing = float(label_smoothing)
         self.soft_target_loss = SoftTargetCrossEntropy()
         self.add_callback(DatasetEpochCallback())
+
+    def _save_checkpoint(self, model, trial) -> None:
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            # The marker of an earlier save of this step (a resumed run saves it again) must not vouch for new files.
+            (folder / COMPLETE_MARKER).unlink(missing_ok=True)
+        total_limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = total_limit
+        self.accelerator.wait_for_everyone()  # every process has written its own RNG state
+        if not self.args.should_save:
+            return
+        write_complete_marker(folder, {"step": self.state.global_step})
+        if total_limit is not None and total_limit > 0:
+            best = self.state.best_model_checkpoint
+            prune_checkpoints(folder.parent, keep=total_limit, protect=[folder] + ([best] if best else []),
+                              name_pattern=TRAINER_CHECKPOINT_NAME)
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return [name for name, param in model.named_parameters() if param.ndim > 1 and not name.endswith(".bias")]
@@ -367,6 +401,30 @@ class PaCaTrainer(Trainer):
 # the training run (scripts/train_imagenet.py)
 
 
+def resolve_trainer_checkpoint(value, output_dir) -> str | None:
+    """The checkpoint folder for `--resume_from_checkpoint` (`value`), verified against its `COMPLETE` marker:
+
+    * `true` / `latest`: the newest complete `checkpoint-N` in `output_dir`, skipping (with a warning naming each)
+      the ones interrupted while being saved or damaged since (Trainer itself would take the highest N); none at all:
+      training starts from the beginning, with a warning; only broken ones: `CheckpointError`;
+    * a folder: it must be complete and intact, else `CheckpointError` naming it and what is wrong;
+    * `false`, empty or None: no resume.
+    """
+    if value is None or isinstance(value, bool):
+        value = "latest" if value else None
+    elif value.strip().lower() in ("", "false"):
+        value = None
+    elif value.strip().lower() in ("true", "latest"):
+        value = "latest"
+    folder, warnings = resolve_resume_checkpoint(value, output_dir, name_pattern=TRAINER_CHECKPOINT_NAME)
+    for warning in warnings:
+        logger.warning(warning)
+    if folder is None:
+        return None
+    logger.info(f"Resuming from {folder}")
+    return str(folder)
+
+
 def _limit(dataset, max_samples: int | None, seed: int):
     if max_samples is None:
         return dataset
@@ -386,6 +444,10 @@ def train_and_evaluate(model_args, data_args, aug_args, training_args) -> dict |
     if (model_args.model_name_or_path is None) == (model_args.config_name is None):
         raise ValueError("give exactly one of --model_name_or_path (a checkpoint) and --config_name (from scratch)")
     set_seed(training_args.seed)
+    # Resolve the checkpoint before anything is written: a broken one stops the run here.
+    checkpoint = None
+    if training_args.do_train:
+        checkpoint = resolve_trainer_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
 
     dataset = load_data(data_args, model_args, training_args.seed)
     if training_args.do_train and "train" not in dataset:
@@ -459,10 +521,7 @@ def train_and_evaluate(model_args, data_args, aug_args, training_args) -> dict |
     )
 
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if isinstance(checkpoint, str) and checkpoint.lower() in ("true", "false"):
-            checkpoint = checkpoint.lower() == "true"
-        train_result = trainer.train(resume_from_checkpoint=checkpoint or None)
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)
