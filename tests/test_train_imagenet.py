@@ -387,6 +387,30 @@ def test_resume_skips_a_checkpoint_half_written_when_killed(tmp_path, monkeypatc
     assert verify_checkpoint(out / "checkpoint-4")["step"] == 4  # saved again, completely this time
 
 
+def test_save_total_limit_keeps_the_last_complete_checkpoint_until_the_new_one_is(tmp_path, monkeypatch):
+    """`--save_total_limit 1`, killed while marking checkpoint-2 complete: checkpoint-1 is still there (Trainer's own
+    rotation deletes it before the new checkpoint could be marked) and is what `true` resumes from."""
+    _tiny_folders(tmp_path)
+    out = tmp_path / "out"
+    argv = _train_argv(tmp_path, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
+                       "--save_total_limit", "1", "--do_eval", "false")
+    mark = imagenet.write_complete_marker
+
+    def killed_marking_step_2(folder, info):
+        if info["step"] == 2:
+            raise SimulatedKill
+        return mark(folder, info)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(imagenet, "write_complete_marker", killed_marking_step_2)
+        with pytest.raises(SimulatedKill):
+            _run(argv)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert imagenet.resolve_trainer_checkpoint("true", out) == str(out / "checkpoint-1")
+    _run(argv)  # a complete checkpoint-2 (the run starts afresh) replaces checkpoint-1
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
 def test_the_package_and_the_model_do_not_import_timm():
     """timm is the training extra's: `import paca_hf`, the model, `paca_hf.training` and the ImageNet arguments and
     evaluation (scripts/evaluate_imagenet.py) work without it."""
