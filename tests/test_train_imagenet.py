@@ -315,6 +315,32 @@ def test_train_then_evaluate_on_a_tiny_folder(tmp_path):
     assert scored["top1"] == scored["top5"] == 0.0
 
 
+def test_the_script_prints_its_recipe_line_and_warns_of_a_run_that_is_all_warm_up(tmp_path):
+    """scripts/train_imagenet.py with the default log level prints the recipe line the README promises, and a 1-epoch
+    run under the default 5 warm-up epochs says which learning rate it peaks at: 18 images, 6 per step, so 3 steps
+    against 15 warm-up steps; the default rate 5e-4 x 6 / 512 ramps from x 0.001 by 0.999 / 14 per step, to
+    x (0.001 + 0.999 x 2 / 14) at the last step (step 2)."""
+    _tiny_folders(tmp_path)
+    argv = _train_argv(tmp_path, tmp_path / "out", "--num_train_epochs", "1", "--save_strategy", "no",
+                       "--do_eval", "false")
+    argv.remove("--learning_rate"), argv.remove("2e-3"), argv.remove("--warmup_steps"), argv.remove("1")
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_imagenet.py"), *argv], capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"), timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    learning_rate = 5e-4 * 6 / 512
+    peak = learning_rate * (0.001 + 0.999 * 2 / 14)
+    lines = completed.stdout.splitlines()
+    assert [line for line in lines if "global batch" in line][0].endswith(
+        f"global batch 6, learning rate {learning_rate:.3g}, warm-up 15 steps, scheduler cosine_warmup_with_min_lr "
+        f"{imagenet.RECIPE_SCHEDULER_KWARGS}, mixed precision no, drop path 0.0, 3 classes"
+    )
+    warnings = [line for line in lines if "warm-up" in line and "WARNING" in line]
+    assert len(warnings) == 1 and f"peaks at {peak:.3g}" in warnings[0] and "15 steps" in warnings[0], lines
+    assert "3 steps" in warnings[0]
+
+
 def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
     """4 steps straight vs 2 steps, a checkpoint, and a resume for steps 3-4: identical weights (Mixup / CutMix,
     RandAugment, random erasing and stochastic depth all replay exactly)."""

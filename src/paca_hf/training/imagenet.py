@@ -15,11 +15,15 @@ Randomness and exact resume. Every random draw of the recipe comes from one of t
   `random`, NumPy's global generator and torch's global generator. [`ImageNetTrainDataset`] seeds those three
   afresh for every sample from `(seed, epoch, index)` ([`sample_seed`]) and puts the caller's states back
   afterwards, so an augmented sample is a pure function of its seed, epoch and dataset index: the same with any
-  number of DataLoader workers, and nothing of it needs saving in a checkpoint;
+  number of DataLoader workers or processes ([`DatasetEpochCallback`] gives every process the epoch), and nothing
+  of it needs saving in a checkpoint;
 * the training step in the main process: Mixup / CutMix (NumPy's global generator) and stochastic depth (torch's),
   which `Trainer` saves with every checkpoint (`rng_state.pth`) and restores on resume. Because fetching a batch no
   longer draws from those generators, `Trainer` restoring them only after it has fetched the first resumed batch
   does not matter: a run interrupted at a checkpoint and resumed ends with the same weights as an uninterrupted one.
+
+A checkpoint is resumed from only when complete: [`PaCaTrainer`] marks each one `COMPLETE` (the fine-tune's marker,
+`paca_hf.training.checkpoint`) once it is written, and [`resolve_trainer_checkpoint`] checks the marker.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import logging
 import math
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +56,7 @@ from .checkpoint import (
 )
 from .imagenet_args import AugmentationArguments, DataTrainingArguments, ModelArguments, PaCaTrainingArguments
 from .imagenet_evaluation import EvalTransform, collate_fn
+from .scheduler import whole_run_warmup_warning
 
 
 logger = logging.getLogger(__name__)
@@ -324,13 +330,34 @@ class DatasetEpochCallback(TrainerCallback):
             dataset.set_epoch(math.floor(state.epoch or 0))
 
 
+class ShortRunWarningCallback(TrainerCallback):
+    """At the start of training, a warning when the whole run falls in the warm-up (e.g. a short test run under the
+    recipe's 5 warm-up epochs), naming the highest learning rate it reaches: the scheduler's own factor at the last
+    step (any `LambdaLR` scheduler of Trainer's) times the learning rate. From the global first process only."""
+
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        factors = getattr(lr_scheduler, "lr_lambdas", None)
+        if not state.is_world_process_zero or not factors:
+            return
+        warmup_steps, total_steps = args.get_warmup_steps(state.max_steps), state.max_steps
+        message = whole_run_warmup_warning(
+            warmup_steps, total_steps, args.learning_rate, factors[0],
+            warmup=f"The warm-up ({warmup_steps} steps, from --warmup_epochs or --warmup_steps)",
+            run=f"the run ({total_steps} steps, from --num_train_epochs or --max_steps)",
+            where="at the last step", advice="Lower --warmup_epochs, or give --warmup_steps, for a short run.",
+        )  # fmt: skip
+        if message is not None:
+            logger.warning(message)
+
+
 class PaCaTrainer(Trainer):
     """`Trainer` with the recipe's loss: timm's Mixup / CutMix on the batch and soft-target cross-entropy in
     training, cross-entropy in evaluation, and timm's weight-decay groups (no decay on biases and 1-d parameters).
 
     timm's batch Mixup pairs sample i with sample N - 1 - i and needs an even batch: the last sample of an odd
     training batch is left out of that step (timm's own loader drops the whole last partial batch instead).
-    [`DatasetEpochCallback`] is always installed: the training dataset learns every epoch in every process.
+    [`DatasetEpochCallback`] is always installed: the training dataset learns every epoch in every process; so is
+    [`ShortRunWarningCallback`].
 
     Checkpoints (`checkpoint-N`) get the fine-tune's `COMPLETE` marker (`paca_hf.training.checkpoint`: every file's
     size and sha256, written last), so that a checkpoint interrupted while being saved is never resumed from (see
@@ -346,6 +373,7 @@ class PaCaTrainer(Trainer):
         self.label_smoothing = float(label_smoothing)
         self.soft_target_loss = SoftTargetCrossEntropy()
         self.add_callback(DatasetEpochCallback())
+        self.add_callback(ShortRunWarningCallback())
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
@@ -399,6 +427,28 @@ class PaCaTrainer(Trainer):
 
 # ----------------------------------------------------------------------------------------------------------
 # the training run (scripts/train_imagenet.py)
+
+
+def setup_logging(training_args: PaCaTrainingArguments) -> None:
+    """Log levels of a run (scripts/train_imagenet.py): transformers and datasets at Trainer's level for this process
+    (`--log_level` / `--log_level_replica`, `TrainingArguments.get_process_log_level`); paca_hf's recipe lines (the
+    global batch and learning rate, checkpoints skipped) at INFO on the process that logs (the global first one, or
+    each machine's first with --log_on_each_node) unless --log_level names another level, and at the replicas'
+    level elsewhere. Adds a stdout handler when the root logger has none."""
+    import datasets
+    import transformers
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+            datefmt="%m/%d/%Y %H:%M:%S",
+            handlers=[logging.StreamHandler(sys.stdout)],
+        )
+    log_level = training_args.get_process_log_level()
+    passive = training_args.log_level == "passive"
+    logging.getLogger("paca_hf").setLevel(logging.INFO if training_args.should_log and passive else log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
 
 
 def resolve_trainer_checkpoint(value, output_dir) -> str | None:
@@ -492,9 +542,10 @@ def train_and_evaluate(model_args, data_args, aug_args, training_args) -> dict |
     if eval_dataset is None and training_args.eval_strategy != "no":
         training_args.eval_strategy = IntervalStrategy.NO  # --do_eval False: no evaluation during training either
     global_batch = apply_recipe(training_args, None if train_dataset is None else len(train_dataset))
+    scheduler = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)  # enum -> name
     logger.info(
         f"global batch {global_batch}, learning rate {training_args.learning_rate:.3g}, warm-up "
-        f"{training_args.warmup_steps} steps, scheduler {training_args.lr_scheduler_type} "
+        f"{training_args.warmup_steps} steps, scheduler {scheduler} "
         f"{training_args.lr_scheduler_kwargs}, mixed precision {training_args.mixed_precision}, "
         f"drop path {config.drop_path_rate}, {len(names)} classes"
     )
