@@ -86,11 +86,12 @@ def test_train_transform_is_timms_create_transform_seeded_per_sample():
     assert torch.equal(dataset[0]["pixel_values"], batch["pixel_values"][0])
 
 
-def _epochs_seen(tmp_path, monkeypatch, rank=0, num_processes=1):
+def _epochs_seen(tmp_path, monkeypatch, rank=0, num_processes=1, **loader_args):
     """`(epoch, index)` of every sample that `ImageNetTrainDataset` augments in 2 epochs of `PaCaTrainer` on 4
     images, 2 per batch, as process `rank` of `num_processes` sees them: accelerate shards the data loader of that
     process exactly as in a distributed run (`prepare_data_loader` with those numbers; everything else is one
-    process)."""
+    process). `loader_args`: more `TrainingArguments` (`dataloader_*`); samples are recorded in a file, so that
+    DataLoader worker processes record theirs too."""
     import accelerate.accelerator
 
     prepare = accelerate.accelerator.prepare_data_loader
@@ -98,11 +99,12 @@ def _epochs_seen(tmp_path, monkeypatch, rank=0, num_processes=1):
     def as_one_of_several(data_loader, *args, **kwargs):
         return prepare(data_loader, *args, **{**kwargs, "num_processes": num_processes, "process_index": rank})
 
-    seen = []
+    record = tmp_path / f"seen-{rank}-of-{num_processes}-{len(loader_args)}.txt"
 
     class Recording(imagenet.ImageNetTrainDataset):
         def __getitem__(self, index):
-            seen.append((self.epoch, index))
+            with open(record, "a") as file:
+                file.write(f"{self.epoch} {index}\n")
             return super().__getitem__(index)
 
     rows = [{"image": Image.new("RGB", (40, 40), COLOURS[i % 3]), "label": i % 3} for i in range(4)]
@@ -111,7 +113,7 @@ def _epochs_seen(tmp_path, monkeypatch, rank=0, num_processes=1):
     args = imagenet_args.PaCaTrainingArguments(
         output_dir=str(tmp_path / f"rank{rank}of{num_processes}"), use_cpu=True, report_to="none",
         learning_rate=1e-3, lr_scheduler_type="constant", num_train_epochs=2, per_device_train_batch_size=2,
-        eval_strategy="no", save_strategy="no", dataloader_num_workers=0, disable_tqdm=True,
+        eval_strategy="no", save_strategy="no", disable_tqdm=True, **{"dataloader_num_workers": 0, **loader_args},
     )  # fmt: skip
     trainer = imagenet.PaCaTrainer(
         model=PaCaViTForImageClassification(tiny_config(num_labels=3)), args=args,
@@ -120,7 +122,7 @@ def _epochs_seen(tmp_path, monkeypatch, rank=0, num_processes=1):
     with monkeypatch.context() as patch:
         patch.setattr(accelerate.accelerator, "prepare_data_loader", as_one_of_several)
         trainer.train()
-    return seen
+    return [tuple(map(int, line.split())) for line in record.read_text().splitlines()]
 
 
 def test_every_process_of_a_distributed_run_augments_each_epoch_afresh(tmp_path, monkeypatch):
@@ -133,6 +135,13 @@ def test_every_process_of_a_distributed_run_augments_each_epoch_afresh(tmp_path,
     for seen in ranks:
         assert [epoch for epoch, _ in seen] == [0, 0, 1, 1], seen
     assert sorted(ranks[0] + ranks[1]) == sorted(one)
+
+
+def test_persistent_data_loader_workers_augment_each_epoch_afresh(tmp_path, monkeypatch):
+    """`--dataloader_persistent_workers`: the worker process keeps its copy of the dataset from epoch to epoch, and
+    still augments epoch 1 with epoch 1's seed."""
+    seen = _epochs_seen(tmp_path, monkeypatch, dataloader_num_workers=1, dataloader_persistent_workers=True)
+    assert [epoch for epoch, _ in seen] == [0] * 4 + [1] * 4, seen
 
 
 # ------------------------------------------------------------------------------------------------ loss

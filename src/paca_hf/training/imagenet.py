@@ -120,18 +120,23 @@ class ImageNetTrainDataset(torch.utils.data.Dataset):
     transform (timm's) under [`seeded_global_rngs`]`(`[`sample_seed`]`(seed, epoch, index))`.
 
     `set_epoch` is called at the start of every epoch by [`DatasetEpochCallback`] (which [`PaCaTrainer`] installs),
-    so that every epoch augments afresh in every process."""
+    so that every epoch augments afresh in every process. The epoch is kept in shared memory, so that DataLoader
+    workers that outlive an epoch (`persistent_workers`, with their own copy of the dataset) see it change too."""
 
     def __init__(self, dataset, transform, seed: int, image_column: str = "image", label_column: str = "label"):
         self.dataset = dataset
         self.transform = transform
         self.seed = int(seed)
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.image_column = image_column
         self.label_column = label_column
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -451,8 +456,9 @@ def setup_logging(training_args: PaCaTrainingArguments) -> None:
     datasets.utils.logging.set_verbosity(log_level)
 
 
-def resolve_trainer_checkpoint(value, output_dir) -> str | None:
-    """The checkpoint folder for `--resume_from_checkpoint` (`value`), verified against its `COMPLETE` marker:
+def resolve_trainer_checkpoint(value, output_dir, log: bool = True) -> str | None:
+    """The checkpoint folder for `--resume_from_checkpoint` (`value`), verified against its `COMPLETE` marker, and
+    (with `log`) which one it is and what was skipped, logged:
 
     * `true` / `latest`: the newest complete `checkpoint-N` in `output_dir`, skipping (with a warning naming each)
       the ones interrupted while being saved or damaged since (Trainer itself would take the highest N); none at all:
@@ -467,12 +473,12 @@ def resolve_trainer_checkpoint(value, output_dir) -> str | None:
     elif value.strip().lower() in ("true", "latest"):
         value = "latest"
     folder, warnings = resolve_resume_checkpoint(value, output_dir, name_pattern=TRAINER_CHECKPOINT_NAME)
-    for warning in warnings:
-        logger.warning(warning)
-    if folder is None:
-        return None
-    logger.info(f"Resuming from {folder}")
-    return str(folder)
+    if log:
+        for warning in warnings:
+            logger.warning(warning)
+        if folder is not None:
+            logger.info(f"Resuming from {folder}")
+    return None if folder is None else str(folder)
 
 
 def _limit(dataset, max_samples: int | None, seed: int):
@@ -497,7 +503,9 @@ def train_and_evaluate(model_args, data_args, aug_args, training_args) -> dict |
     # Resolve the checkpoint before anything is written: a broken one stops the run here.
     checkpoint = None
     if training_args.do_train:
-        checkpoint = resolve_trainer_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+        checkpoint = resolve_trainer_checkpoint(
+            training_args.resume_from_checkpoint, training_args.output_dir, log=training_args.should_log
+        )
 
     dataset = load_data(data_args, model_args, training_args.seed)
     if training_args.do_train and "train" not in dataset:
