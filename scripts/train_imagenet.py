@@ -36,8 +36,9 @@ own (`create_transform`, `Mixup`, `SoftTargetCrossEntropy`), as in the authors' 
 `PaCaTrainer.compute_loss` (in training mode only, on the device), so evaluation sees clean batches with integer
 labels. `--resume_from_checkpoint` continues exactly: each sample's augmentation is seeded from (seed, epoch, index),
 and the Mixup and stochastic-depth generators are saved with every checkpoint; `--resume_from_checkpoint true` takes
-the newest checkpoint marked `COMPLETE`, skipping (and naming) any that a killed run left half-written. The final model (safetensors) and image processor are saved to `--output_dir`, with
-`train_results.json`, `eval_results.json` and `all_results.json` (`trainer.save_metrics`).
+the newest checkpoint marked `COMPLETE`, skipping (and naming) any that a killed run left half-written. The final
+model (safetensors) and image processor are saved to `--output_dir`, with `train_results.json`, `eval_results.json`
+and `all_results.json` (`trainer.save_metrics`).
 """
 
 import sys

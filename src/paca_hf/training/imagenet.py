@@ -381,6 +381,7 @@ class PaCaTrainer(Trainer):
         self.add_callback(ShortRunWarningCallback())
 
     def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, then (every process done) its `COMPLETE` marker, then pruning to save_total_limit."""
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
             # The marker of an earlier save of this step (a resumed run saves it again) must not vouch for new files.
