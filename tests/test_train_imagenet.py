@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -407,6 +408,12 @@ def test_resume_skips_a_checkpoint_half_written_when_killed(tmp_path, monkeypatc
     with pytest.raises(CheckpointError, match="checkpoint-4.*incomplete"):
         _run(_train_argv(tmp_path, out, *common, "--resume_from_checkpoint", str(out / "checkpoint-4")))
     assert not (out / "model.safetensors").exists()
+    only_broken = tmp_path / "only_broken"
+    shutil.copytree(out / "checkpoint-4", only_broken / "checkpoint-4")
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        imagenet.resolve_trainer_checkpoint("true", only_broken)
+    assert imagenet.resolve_trainer_checkpoint("true", tmp_path / "no_run_yet") is None  # a first start
+    assert imagenet.resolve_trainer_checkpoint("false", out) is None
 
     caplog.set_level(logging.INFO, logger="paca_hf")
     _run(_train_argv(tmp_path, out, *common, "--resume_from_checkpoint", "true"))
