@@ -35,35 +35,22 @@ The recipe lives in `paca_hf.training.imagenet` (arguments in `imagenet_args`; n
 own (`create_transform`, `Mixup`, `SoftTargetCrossEntropy`), as in the authors' timm `train.py`. Mixup runs inside
 `PaCaTrainer.compute_loss` (in training mode only, on the device), so evaluation sees clean batches with integer
 labels. `--resume_from_checkpoint` continues exactly: each sample's augmentation is seeded from (seed, epoch, index),
-and the Mixup and stochastic-depth generators are saved with every checkpoint. The final model (safetensors) and image processor are saved to `--output_dir`, with
-`train_results.json`, `eval_results.json` and `all_results.json` (`trainer.save_metrics`).
+and the Mixup and stochastic-depth generators are saved with every checkpoint; `--resume_from_checkpoint true` takes
+the newest checkpoint marked `COMPLETE`, skipping (and naming) any that a killed run left half-written. The final
+model (safetensors) and image processor are saved to `--output_dir`, with `train_results.json`, `eval_results.json`
+and `all_results.json` (`trainer.save_metrics`).
 """
 
-import logging
 import sys
 
-import datasets
-import transformers
-
 from paca_hf.training.errors import TrainingError
-from paca_hf.training.imagenet import train_and_evaluate
+from paca_hf.training.imagenet import setup_logging, train_and_evaluate
 from paca_hf.training.imagenet_args import parse_args
-
-
-logger = logging.getLogger(__name__)
 
 
 def main(argv=None):
     model_args, data_args, aug_args, training_args = parse_args(argv)
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    log_level = training_args.get_process_log_level()
-    logging.getLogger("paca_hf").setLevel(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
+    setup_logging(training_args)
     return train_and_evaluate(model_args, data_args, aug_args, training_args)
 
 

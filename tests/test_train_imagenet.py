@@ -3,9 +3,11 @@ loss, the recipe's defaults, exact resume, and a few Trainer steps followed by t
 scripts/evaluate_imagenet.py on a tiny image folder."""
 
 import json
+import logging
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +85,62 @@ def test_train_transform_is_timms_create_transform_seeded_per_sample():
     assert not torch.equal(dataset[0]["pixel_values"], batch["pixel_values"][0])
     dataset.set_epoch(3)
     assert torch.equal(dataset[0]["pixel_values"], batch["pixel_values"][0])
+
+
+def _epochs_seen(tmp_path, monkeypatch, rank=0, num_processes=1, **loader_args):
+    """`(epoch, index)` of every sample that `ImageNetTrainDataset` augments in 2 epochs of `PaCaTrainer` on 4
+    images, 2 per batch, as process `rank` of `num_processes` sees them: accelerate shards the data loader of that
+    process exactly as in a distributed run (`prepare_data_loader` with those numbers; everything else is one
+    process). `loader_args`: more `TrainingArguments` (`dataloader_*`); samples are recorded in a file, so that
+    DataLoader worker processes record theirs too."""
+    import accelerate.accelerator
+
+    prepare = accelerate.accelerator.prepare_data_loader
+
+    def as_one_of_several(data_loader, *args, **kwargs):
+        return prepare(data_loader, *args, **{**kwargs, "num_processes": num_processes, "process_index": rank})
+
+    record = tmp_path / f"seen-{rank}-of-{num_processes}-{len(loader_args)}.txt"
+
+    class Recording(imagenet.ImageNetTrainDataset):
+        def __getitem__(self, index):
+            with open(record, "a") as file:
+                file.write(f"{self.epoch} {index}\n")
+            return super().__getitem__(index)
+
+    rows = [{"image": Image.new("RGB", (40, 40), COLOURS[i % 3]), "label": i % 3} for i in range(4)]
+    _, _, aug_args, _ = imagenet_args.parse_args(["--config_name", "x"])
+    transform = imagenet.train_transform(aug_args, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    args = imagenet_args.PaCaTrainingArguments(
+        output_dir=str(tmp_path / f"rank{rank}of{num_processes}"), use_cpu=True, report_to="none",
+        learning_rate=1e-3, lr_scheduler_type="constant", num_train_epochs=2, per_device_train_batch_size=2,
+        eval_strategy="no", save_strategy="no", disable_tqdm=True, **{"dataloader_num_workers": 0, **loader_args},
+    )  # fmt: skip
+    trainer = imagenet.PaCaTrainer(
+        model=PaCaViTForImageClassification(tiny_config(num_labels=3)), args=args,
+        train_dataset=Recording(rows, transform, seed=3), data_collator=imagenet_evaluation.collate_fn,
+    )  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr(accelerate.accelerator, "prepare_data_loader", as_one_of_several)
+        trainer.train()
+    return [tuple(map(int, line.split())) for line in record.read_text().splitlines()]
+
+
+def test_every_process_of_a_distributed_run_augments_each_epoch_afresh(tmp_path, monkeypatch):
+    """Each sample's augmentation is seeded from its epoch in each process of a two-process run too (where
+    accelerate's sharded loader does not pass the epoch on to the dataset, as it does in one process): epoch 1
+    augments with epoch 1's seed, and the two processes together augment every image once per epoch."""
+    ranks = [_epochs_seen(tmp_path, monkeypatch, rank, 2) for rank in (0, 1)]
+    for seen in ranks:
+        assert [epoch for epoch, _ in seen] == [0, 0, 1, 1], seen
+    assert sorted(ranks[0] + ranks[1]) == [(epoch, index) for epoch in (0, 1) for index in range(4)]
+
+
+def test_persistent_data_loader_workers_augment_each_epoch_afresh(tmp_path, monkeypatch):
+    """`--dataloader_persistent_workers`: the worker process keeps its copy of the dataset from epoch to epoch, and
+    still augments epoch 1 with epoch 1's seed."""
+    seen = _epochs_seen(tmp_path, monkeypatch, dataloader_num_workers=1, dataloader_persistent_workers=True)
+    assert [epoch for epoch, _ in seen] == [0] * 4 + [1] * 4, seen
 
 
 # ------------------------------------------------------------------------------------------------ loss
@@ -265,6 +323,32 @@ def test_train_then_evaluate_on_a_tiny_folder(tmp_path):
     assert scored["top1"] == scored["top5"] == 0.0
 
 
+def test_the_script_prints_its_recipe_line_and_warns_of_a_run_that_is_all_warm_up(tmp_path):
+    """scripts/train_imagenet.py with the default log level prints the recipe line the README promises, and a 1-epoch
+    run under the default 5 warm-up epochs says which learning rate it peaks at: 18 images, 6 per step, so 3 steps
+    against 15 warm-up steps; the default rate 5e-4 x 6 / 512 ramps from x 0.001 by 0.999 / 14 per step, to
+    x (0.001 + 0.999 x 2 / 14) at the last step (step 2)."""
+    _tiny_folders(tmp_path)
+    argv = _train_argv(tmp_path, tmp_path / "out", "--num_train_epochs", "1", "--save_strategy", "no",
+                       "--do_eval", "false")
+    argv.remove("--learning_rate"), argv.remove("2e-3"), argv.remove("--warmup_steps"), argv.remove("1")
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_imagenet.py"), *argv], capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"), timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    learning_rate = 5e-4 * 6 / 512
+    peak = learning_rate * (0.001 + 0.999 * 2 / 14)
+    lines = completed.stdout.splitlines()
+    assert [line for line in lines if "global batch" in line][0].endswith(
+        f"global batch 6, learning rate {learning_rate:.3g}, warm-up 15 steps, scheduler cosine_warmup_with_min_lr "
+        f"{imagenet.RECIPE_SCHEDULER_KWARGS}, mixed precision no, drop path 0.0, 3 classes"
+    )
+    warnings = [line for line in lines if "warm-up" in line and "WARNING" in line]
+    assert len(warnings) == 1 and f"peaks at {peak:.3g}" in warnings[0] and "15 steps" in warnings[0], lines
+    assert "3 steps" in warnings[0]
+
+
 def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
     """4 steps straight vs 2 steps, a checkpoint, and a resume for steps 3-4: identical weights (Mixup / CutMix,
     RandAugment, random erasing and stochastic depth all replay exactly)."""
@@ -284,6 +368,87 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
     # and the run did change the weights (the comparison is not vacuous)
     initial = load_file(checkpoint / "model.safetensors")
     assert any(not torch.equal(initial[name], straight[name]) for name in straight)
+
+
+class SimulatedKill(BaseException):
+    """Stands for the process being killed: not an Exception, so nothing in the run handles it."""
+
+
+def test_resume_skips_a_checkpoint_half_written_when_killed(tmp_path, monkeypatch, caplog):
+    """A run killed while Trainer saved checkpoint-4 (model file half written, no optimizer, no trainer state):
+    `--resume_from_checkpoint true` resumes from checkpoint-2 instead, says so, and ends with the weights of the
+    uninterrupted run; naming checkpoint-4 explicitly is an error that names it. Every checkpoint Trainer completes
+    carries the COMPLETE marker (every file's size and sha256)."""
+    from transformers import Trainer
+
+    from paca_hf.training.checkpoint import verify_checkpoint
+    from paca_hf.training.errors import CheckpointError
+
+    _tiny_folders(tmp_path)
+    common = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--do_eval", "false")
+    _run(_train_argv(tmp_path, tmp_path / "straight", *common))
+    assert verify_checkpoint(tmp_path / "straight" / "checkpoint-4")["step"] == 4
+
+    out = tmp_path / "killed"
+    save_optimizer = Trainer._save_optimizer_and_scheduler
+
+    def killed_at_step_4(self, output_dir):
+        if self.state.global_step == 4:
+            model_file = Path(output_dir) / "model.safetensors"
+            model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
+            raise SimulatedKill
+        return save_optimizer(self, output_dir)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_save_optimizer_and_scheduler", killed_at_step_4)
+        with pytest.raises(SimulatedKill):
+            _run(_train_argv(tmp_path, out, *common))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+    with pytest.raises(CheckpointError, match="checkpoint-4.*incomplete"):
+        _run(_train_argv(tmp_path, out, *common, "--resume_from_checkpoint", str(out / "checkpoint-4")))
+    assert not (out / "model.safetensors").exists()
+    only_broken = tmp_path / "only_broken"
+    shutil.copytree(out / "checkpoint-4", only_broken / "checkpoint-4")
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        imagenet.resolve_trainer_checkpoint("true", only_broken)
+    assert imagenet.resolve_trainer_checkpoint("true", tmp_path / "no_run_yet") is None  # a first start
+    assert imagenet.resolve_trainer_checkpoint("false", out) is None
+
+    caplog.set_level(logging.INFO, logger="paca_hf")
+    _run(_train_argv(tmp_path, out, *common, "--resume_from_checkpoint", "true"))
+    skipped = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "checkpoint-4" in skipped[0], caplog.text
+    assert any("checkpoint-2" in r.getMessage() and "Resuming" in r.getMessage() for r in caplog.records)
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(out / "model.safetensors")
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+    assert verify_checkpoint(out / "checkpoint-4")["step"] == 4  # saved again, completely this time
+
+
+def test_save_total_limit_keeps_the_last_complete_checkpoint_until_the_new_one_is(tmp_path, monkeypatch):
+    """`--save_total_limit 1`, killed while marking checkpoint-2 complete: checkpoint-1 is still there (Trainer's own
+    rotation deletes it before the new checkpoint could be marked) and is what `true` resumes from."""
+    _tiny_folders(tmp_path)
+    out = tmp_path / "out"
+    argv = _train_argv(tmp_path, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
+                       "--save_total_limit", "1", "--do_eval", "false")
+    mark = imagenet.write_complete_marker
+
+    def killed_marking_step_2(folder, info):
+        if info["step"] == 2:
+            raise SimulatedKill
+        return mark(folder, info)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(imagenet, "write_complete_marker", killed_marking_step_2)
+        with pytest.raises(SimulatedKill):
+            _run(argv)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert imagenet.resolve_trainer_checkpoint("true", out) == str(out / "checkpoint-1")
+    _run(argv)  # a complete checkpoint-2 (the run starts afresh) replaces checkpoint-1
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
 
 
 def test_the_package_and_the_model_do_not_import_timm():

@@ -5,6 +5,10 @@ A checkpoint is `accelerator.save_state` into `OUTPUT_DIR/.tmp-NAME`, then a `CO
 progress and every file's size and sha256, written last), then a rename to `OUTPUT_DIR/NAME` (`step_N` or
 `epoch_N`). A folder without the marker, or whose files differ from it, is never resumed from. The augmentation
 RNG travels with it in [`TrainingState`]. Writing, hashing and removing go through `paca_hf.file_utils`.
+
+transformers' `Trainer` (the ImageNet recipe) writes its own checkpoints straight into `OUTPUT_DIR/checkpoint-N`;
+`paca_hf.training.imagenet.PaCaTrainer` adds the same marker once every file is written, and the functions that list,
+resume and prune take `name_pattern=TRAINER_CHECKPOINT_NAME` for those folders.
 """
 
 import hashlib
@@ -34,6 +38,7 @@ logger = logging.getLogger(__name__)
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINT_FORMAT = 1
 _CHECKPOINT_NAME = re.compile(r"^(step|epoch)_(\d+)$")
+TRAINER_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")  # transformers' PREFIX_CHECKPOINT_DIR-global_step
 _TMP_PREFIX = ".tmp-"
 
 
@@ -117,12 +122,13 @@ def verify_checkpoint(folder, check_hashes: bool = True) -> dict:
     return marker
 
 
-def list_checkpoints(output_dir) -> list[Path]:
-    """Checkpoint folders (`step_N`, `epoch_N`) in `output_dir`, complete or not."""
+def list_checkpoints(output_dir, name_pattern: re.Pattern = _CHECKPOINT_NAME) -> list[Path]:
+    """Checkpoint folders in `output_dir` whose names match `name_pattern` (default: the fine-tune's `step_N`,
+    `epoch_N`; `TRAINER_CHECKPOINT_NAME` for Trainer's `checkpoint-N`), complete or not."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
-    return sorted(p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT_NAME.match(p.name))
+    return sorted(p for p in output_dir.iterdir() if p.is_dir() and name_pattern.match(p.name))
 
 
 def partial_saves(output_dir) -> list[Path]:
@@ -133,11 +139,14 @@ def partial_saves(output_dir) -> list[Path]:
     return sorted(p for p in output_dir.iterdir() if p.is_dir() and p.name.startswith(_TMP_PREFIX))
 
 
-def find_latest_checkpoint(output_dir) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """`(newest complete checkpoint or None, [(skipped folder, reason), ...])`, newest by the step recorded in
-    each marker. Partial and corrupt folders are skipped (and returned, so that they can be reported)."""
+def find_latest_checkpoint(
+    output_dir, name_pattern: re.Pattern = _CHECKPOINT_NAME
+) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """`(newest complete checkpoint or None, [(skipped folder, reason), ...])` among the [`list_checkpoints`] of
+    `output_dir`, newest by the step recorded in each marker. Partial and corrupt folders are skipped (and returned,
+    so that they can be reported)."""
     best, best_step, skipped = None, -1, []
-    for folder in list_checkpoints(output_dir):
+    for folder in list_checkpoints(output_dir, name_pattern):
         try:
             marker = verify_checkpoint(folder)
         except CheckpointError as error:
@@ -150,8 +159,11 @@ def find_latest_checkpoint(output_dir) -> tuple[Path | None, list[tuple[Path, st
     return best, skipped
 
 
-def resolve_resume_checkpoint(value: str | None, output_dir) -> tuple[Path | None, list[str]]:
-    """The folder `--resume_from_checkpoint` names, verified, and warnings to log.
+def resolve_resume_checkpoint(
+    value: str | None, output_dir, name_pattern: re.Pattern = _CHECKPOINT_NAME
+) -> tuple[Path | None, list[str]]:
+    """The folder `--resume_from_checkpoint` names, verified, and warnings to log (`name_pattern`: which folders
+    are checkpoints, as in [`list_checkpoints`]).
 
     * a path (or a folder name inside `output_dir`): must be a complete, intact checkpoint, else
       `CheckpointError` (never silently skipped);
@@ -163,11 +175,11 @@ def resolve_resume_checkpoint(value: str | None, output_dir) -> tuple[Path | Non
     if value is None or value == "":
         return None, []
     if value == "latest":
-        best, skipped = find_latest_checkpoint(output_dir)
+        best, skipped = find_latest_checkpoint(output_dir, name_pattern)
         warnings = [f"--resume_from_checkpoint latest skipped {reason}" for _, reason in skipped]
         if best is not None:
             return best, warnings
-        if list_checkpoints(output_dir):
+        if list_checkpoints(output_dir, name_pattern):
             raise CheckpointError(
                 f"--resume_from_checkpoint latest: no usable checkpoint in {str(output_dir)!r}; "
                 + " | ".join(reason for _, reason in skipped)
@@ -217,11 +229,18 @@ def save_checkpoint(
     return final
 
 
-def prune_checkpoints(output_dir, keep: int, protect: Path | None = None) -> list[Path]:
-    """Delete the oldest complete checkpoints so that `keep` remain (never `protect`); incomplete ones are left
-    for the user to look at. Returns the deleted folders."""
+def prune_checkpoints(
+    output_dir, keep: int, protect=None, name_pattern: re.Pattern = _CHECKPOINT_NAME
+) -> list[Path]:
+    """Delete the oldest complete checkpoints so that `keep` remain (never `protect`: a folder or several);
+    incomplete ones are left for the user to look at. Returns the deleted folders."""
+    if protect is None:
+        protect = []
+    elif isinstance(protect, (str, Path)):
+        protect = [protect]
+    protected = {Path(folder).resolve() for folder in protect}
     complete = []
-    for folder in list_checkpoints(output_dir):
+    for folder in list_checkpoints(output_dir, name_pattern):
         try:
             marker = verify_checkpoint(folder, check_hashes=False)
         except CheckpointError:
@@ -230,7 +249,7 @@ def prune_checkpoints(output_dir, keep: int, protect: Path | None = None) -> lis
     complete.sort()
     removed = []
     for _, folder in complete[: max(0, len(complete) - keep)]:
-        if protect is not None and folder.resolve() == Path(protect).resolve():
+        if folder.resolve() in protected:
             continue
         remove_dir(folder)
         removed.append(folder)

@@ -15,11 +15,15 @@ Randomness and exact resume. Every random draw of the recipe comes from one of t
   `random`, NumPy's global generator and torch's global generator. [`ImageNetTrainDataset`] seeds those three
   afresh for every sample from `(seed, epoch, index)` ([`sample_seed`]) and puts the caller's states back
   afterwards, so an augmented sample is a pure function of its seed, epoch and dataset index: the same with any
-  number of DataLoader workers, and nothing of it needs saving in a checkpoint;
+  number of DataLoader workers or processes ([`DatasetEpochCallback`] gives every process the epoch), and nothing
+  of it needs saving in a checkpoint;
 * the training step in the main process: Mixup / CutMix (NumPy's global generator) and stochastic depth (torch's),
   which `Trainer` saves with every checkpoint (`rng_state.pth`) and restores on resume. Because fetching a batch no
   longer draws from those generators, `Trainer` restoring them only after it has fetched the first resumed batch
   does not matter: a run interrupted at a checkpoint and resumed ends with the same weights as an uninterrupted one.
+
+A checkpoint is resumed from only when complete: [`PaCaTrainer`] marks each one `COMPLETE` (the fine-tune's marker,
+`paca_hf.training.checkpoint`) once it is written, and [`resolve_trainer_checkpoint`] checks the marker.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import logging
 import math
 import os
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,12 +42,21 @@ import torch.nn.functional as F
 from timm.data import Mixup, create_transform
 from timm.loss import SoftTargetCrossEntropy
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
 from ..file_utils import give_normal_permissions
 from ..images import load_image
+from .checkpoint import (
+    COMPLETE_MARKER,
+    TRAINER_CHECKPOINT_NAME,
+    prune_checkpoints,
+    resolve_resume_checkpoint,
+    write_complete_marker,
+)
 from .imagenet_args import AugmentationArguments, DataTrainingArguments, ModelArguments, PaCaTrainingArguments
 from .imagenet_evaluation import EvalTransform, collate_fn
+from .scheduler import whole_run_warmup_warning
 
 
 logger = logging.getLogger(__name__)
@@ -104,18 +119,24 @@ class ImageNetTrainDataset(torch.utils.data.Dataset):
     decoded by `paca_hf.images.load_image` (8-bit RGB, EXIF orientation applied) and augmented with a global-RNG
     transform (timm's) under [`seeded_global_rngs`]`(`[`sample_seed`]`(seed, epoch, index))`.
 
-    `set_epoch` is called by accelerate's DataLoader at every epoch (so every epoch augments afresh)."""
+    `set_epoch` is called at the start of every epoch by [`DatasetEpochCallback`] (which [`PaCaTrainer`] installs),
+    so that every epoch augments afresh in every process. The epoch is kept in shared memory, so that DataLoader
+    workers that outlive an epoch (`persistent_workers`, with their own copy of the dataset) see it change too."""
 
     def __init__(self, dataset, transform, seed: int, image_column: str = "image", label_column: str = "label"):
         self.dataset = dataset
         self.transform = transform
         self.seed = int(seed)
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.image_column = image_column
         self.label_column = label_column
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -298,12 +319,55 @@ class NormalPermissionsCallback(TrainerCallback):
             give_normal_permissions(args.output_dir)
 
 
+class DatasetEpochCallback(TrainerCallback):
+    """At the start of every epoch, `set_epoch(epoch)` on the training dataset (when it has one), before the epoch's
+    data loader iterator (and its worker processes) is made.
+
+    Trainer leaves this to accelerate's `DataLoaderShard.set_epoch`, which reaches the dataset only in a single
+    process: in a distributed run its sampler is a `BatchSamplerShard` around a seedable sampler, and then it
+    updates the sampler instead of the dataset, so every process would augment every epoch as epoch 0. The epoch
+    is Trainer's own count (`state.epoch` is `epoch + finished batches / batches per epoch`, and a whole number at an
+    epoch's start); a resumed run restarts inside its checkpoint's epoch."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        dataset = getattr(train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(math.floor(state.epoch or 0))
+
+
+class ShortRunWarningCallback(TrainerCallback):
+    """At the start of training, a warning when the whole run falls in the warm-up (e.g. a short test run under the
+    recipe's 5 warm-up epochs), naming the highest learning rate it reaches: the scheduler's own factor at the last
+    step (any `LambdaLR` scheduler of Trainer's) times the learning rate. From the global first process only."""
+
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        factors = getattr(lr_scheduler, "lr_lambdas", None)
+        if not state.is_world_process_zero or not factors:
+            return
+        warmup_steps, total_steps = args.get_warmup_steps(state.max_steps), state.max_steps
+        message = whole_run_warmup_warning(
+            warmup_steps, total_steps, args.learning_rate, factors[0],
+            warmup=f"The warm-up ({warmup_steps} steps, from --warmup_epochs or --warmup_steps)",
+            run=f"the run ({total_steps} steps, from --num_train_epochs or --max_steps)",
+            where="at the last step", advice="Lower --warmup_epochs, or give --warmup_steps, for a short run.",
+        )  # fmt: skip
+        if message is not None:
+            logger.warning(message)
+
+
 class PaCaTrainer(Trainer):
     """`Trainer` with the recipe's loss: timm's Mixup / CutMix on the batch and soft-target cross-entropy in
     training, cross-entropy in evaluation, and timm's weight-decay groups (no decay on biases and 1-d parameters).
 
     timm's batch Mixup pairs sample i with sample N - 1 - i and needs an even batch: the last sample of an odd
-    training batch is left out of that step (timm's own loader drops the whole last partial batch instead)."""
+    training batch is left out of that step (timm's own loader drops the whole last partial batch instead).
+    [`DatasetEpochCallback`] is always installed: the training dataset learns every epoch in every process; so is
+    [`ShortRunWarningCallback`].
+
+    Checkpoints (`checkpoint-N`) get the fine-tune's `COMPLETE` marker (`paca_hf.training.checkpoint`: every file's
+    size and sha256, written last), so that a checkpoint interrupted while being saved is never resumed from (see
+    [`resolve_trainer_checkpoint`]), and `save_total_limit` prunes complete checkpoints only, after the new one is
+    marked (Trainer's own rotation counts unfinished ones and runs before the marker could be written)."""
 
     # compute_loss returns a per-batch mean; Trainer divides it by the gradient accumulation steps.
     loss_is_scaled_for_ga = False
@@ -313,6 +377,29 @@ class PaCaTrainer(Trainer):
         self.mixup = mixup
         self.label_smoothing = float(label_smoothing)
         self.soft_target_loss = SoftTargetCrossEntropy()
+        self.add_callback(DatasetEpochCallback())
+        self.add_callback(ShortRunWarningCallback())
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, then (every process done) its `COMPLETE` marker, then pruning to save_total_limit."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            # The marker of an earlier save of this step (a resumed run saves it again) must not vouch for new files.
+            (folder / COMPLETE_MARKER).unlink(missing_ok=True)
+        total_limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = total_limit
+        self.accelerator.wait_for_everyone()  # every process has written its own RNG state
+        if not self.args.should_save:
+            return
+        write_complete_marker(folder, {"step": self.state.global_step})
+        if total_limit is not None and total_limit > 0:
+            best = self.state.best_model_checkpoint
+            prune_checkpoints(folder.parent, keep=total_limit, protect=[folder] + ([best] if best else []),
+                              name_pattern=TRAINER_CHECKPOINT_NAME)
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return [name for name, param in model.named_parameters() if param.ndim > 1 and not name.endswith(".bias")]
@@ -348,6 +435,53 @@ class PaCaTrainer(Trainer):
 # the training run (scripts/train_imagenet.py)
 
 
+def setup_logging(training_args: PaCaTrainingArguments) -> None:
+    """Log levels of a run (scripts/train_imagenet.py): transformers and datasets at Trainer's level for this process
+    (`--log_level` / `--log_level_replica`, `TrainingArguments.get_process_log_level`); paca_hf's recipe lines (the
+    global batch and learning rate, checkpoints skipped) at INFO on the process that logs (the global first one, or
+    each machine's first with --log_on_each_node) unless --log_level names another level, and at the replicas'
+    level elsewhere. Adds a stdout handler when the root logger has none."""
+    import datasets
+    import transformers
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+            datefmt="%m/%d/%Y %H:%M:%S",
+            handlers=[logging.StreamHandler(sys.stdout)],
+        )
+    log_level = training_args.get_process_log_level()
+    passive = training_args.log_level == "passive"
+    logging.getLogger("paca_hf").setLevel(logging.INFO if training_args.should_log and passive else log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+
+
+def resolve_trainer_checkpoint(value, output_dir, log: bool = True) -> str | None:
+    """The checkpoint folder for `--resume_from_checkpoint` (`value`), verified against its `COMPLETE` marker, and
+    (with `log`) which one it is and what was skipped, logged:
+
+    * `true` / `latest`: the newest complete `checkpoint-N` in `output_dir`, skipping (with a warning naming each)
+      the ones interrupted while being saved or damaged since (Trainer itself would take the highest N); none at all:
+      training starts from the beginning, with a warning; only broken ones: `CheckpointError`;
+    * a folder: it must be complete and intact, else `CheckpointError` naming it and what is wrong;
+    * `false`, empty or None: no resume.
+    """
+    if value is None or isinstance(value, bool):
+        value = "latest" if value else None
+    elif value.strip().lower() in ("", "false"):
+        value = None
+    elif value.strip().lower() in ("true", "latest"):
+        value = "latest"
+    folder, warnings = resolve_resume_checkpoint(value, output_dir, name_pattern=TRAINER_CHECKPOINT_NAME)
+    if log:
+        for warning in warnings:
+            logger.warning(warning)
+        if folder is not None:
+            logger.info(f"Resuming from {folder}")
+    return None if folder is None else str(folder)
+
+
 def _limit(dataset, max_samples: int | None, seed: int):
     if max_samples is None:
         return dataset
@@ -367,6 +501,12 @@ def train_and_evaluate(model_args, data_args, aug_args, training_args) -> dict |
     if (model_args.model_name_or_path is None) == (model_args.config_name is None):
         raise ValueError("give exactly one of --model_name_or_path (a checkpoint) and --config_name (from scratch)")
     set_seed(training_args.seed)
+    # Resolve the checkpoint before anything is written: a broken one stops the run here.
+    checkpoint = None
+    if training_args.do_train:
+        checkpoint = resolve_trainer_checkpoint(
+            training_args.resume_from_checkpoint, training_args.output_dir, log=training_args.should_log
+        )
 
     dataset = load_data(data_args, model_args, training_args.seed)
     if training_args.do_train and "train" not in dataset:
@@ -411,9 +551,10 @@ def train_and_evaluate(model_args, data_args, aug_args, training_args) -> dict |
     if eval_dataset is None and training_args.eval_strategy != "no":
         training_args.eval_strategy = IntervalStrategy.NO  # --do_eval False: no evaluation during training either
     global_batch = apply_recipe(training_args, None if train_dataset is None else len(train_dataset))
+    scheduler = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)  # enum -> name
     logger.info(
         f"global batch {global_batch}, learning rate {training_args.learning_rate:.3g}, warm-up "
-        f"{training_args.warmup_steps} steps, scheduler {training_args.lr_scheduler_type} "
+        f"{training_args.warmup_steps} steps, scheduler {scheduler} "
         f"{training_args.lr_scheduler_kwargs}, mixed precision {training_args.mixed_precision}, "
         f"drop path {config.drop_path_rate}, {len(names)} classes"
     )
@@ -440,10 +581,7 @@ def train_and_evaluate(model_args, data_args, aug_args, training_args) -> dict |
     )
 
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if isinstance(checkpoint, str) and checkpoint.lower() in ("true", "false"):
-            checkpoint = checkpoint.lower() == "true"
-        train_result = trainer.train(resume_from_checkpoint=checkpoint or None)
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)

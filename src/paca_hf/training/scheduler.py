@@ -39,15 +39,28 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, PolyWithWarmup(warmup_steps, total_steps, start_factor, power))
 
 
-def warmup_warning(warmup_steps: int, total_steps: int, learning_rate: float, start_factor: float = 1e-6,
-                   power: float = 1.0) -> str | None:
+def whole_run_warmup_warning(
+    warmup_steps: int, total_steps: int, learning_rate: float, factor, warmup: str, run: str, where: str, advice: str
+) -> str | None:
     """A warning to print at the start of a run whose `total_steps` all fall in the warm-up (`warmup_steps >=
-    total_steps > 0`), naming the highest learning rate the run will reach (at its last step); None otherwise."""
+    total_steps > 0`), naming the highest learning rate it will reach: `learning_rate x factor(total_steps - 1)`,
+    with `factor(step)` the schedule's factor at (0-based) optimiser step `step` (rising through the warm-up); None
+    otherwise. `warmup` and `run` say how the two lengths were set (the flags), `where` qualifies the peak, `advice`
+    says what to change. Both training scripts word it through here."""
     if total_steps <= 0 or warmup_steps < total_steps:
         return None
-    peak = learning_rate * PolyWithWarmup(warmup_steps, total_steps, start_factor, power)(total_steps - 1)
+    peak = learning_rate * factor(total_steps - 1)
     return (
-        f"--num_warmup_steps {warmup_steps} is not less than --max_train_steps {total_steps}: the whole run is "
-        f"warm-up, so the learning rate peaks at {peak:.3g} (at the last step; times the groups' multipliers) "
-        f"instead of --learning_rate {learning_rate:.3g}. Lower --num_warmup_steps for a short run."
+        f"{warmup} is not less than {run}: the whole run is warm-up, so the learning rate peaks at {peak:.3g} "
+        f"({where}) instead of --learning_rate {learning_rate:.3g}. {advice}"
+    )
+
+
+def warmup_warning(warmup_steps: int, total_steps: int, learning_rate: float, start_factor: float = 1e-6,
+                   power: float = 1.0) -> str | None:
+    """[`whole_run_warmup_warning`] for the fine-tune's [`PolyWithWarmup`] schedule and flags."""
+    return whole_run_warmup_warning(
+        warmup_steps, total_steps, learning_rate, PolyWithWarmup(warmup_steps, total_steps, start_factor, power),
+        warmup=f"--num_warmup_steps {warmup_steps}", run=f"--max_train_steps {total_steps}",
+        where="at the last step; times the groups' multipliers", advice="Lower --num_warmup_steps for a short run.",
     )
