@@ -443,8 +443,11 @@ def upernet_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tenso
     if source is not None:
         settings["hidden_size"] = source["decode_head.bottleneck.conv.weight"].shape[0]
         settings["num_labels"] = source["decode_head.conv_seg.weight"].shape[0]
-        if "auxiliary_head.conv_seg.weight" in source:
-            settings["auxiliary_channels"] = source["auxiliary_head.conv_seg.weight"].shape[1]
+        for key, dim in (("auxiliary_head.conv_seg.weight", 1), ("auxiliary_head.convs.0.conv.weight", 0)):
+            if key in source:
+                settings["auxiliary_channels"] = source[key].shape[dim]
+                break
+        if any(key.startswith("auxiliary_head.") for key in source):
             settings["auxiliary_num_convs"] = len({key.split(".")[2] for key in source
                                                    if key.startswith("auxiliary_head.convs.")})
             settings["auxiliary_concat_input"] = "auxiliary_head.conv_cat.conv.weight" in source
