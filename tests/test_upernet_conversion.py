@@ -130,5 +130,6 @@ def test_auxiliary_head_with_concat_input_converts():
         torch.testing.assert_close(model.auxiliary_head(features), expected, atol=1e-4, rtol=0)
         # The same hand computation without conv_cat gives the authors' auxiliary logits of the reference case.
         plain = torch.nn.functional.conv2d(_conv_module(features[2], source, "auxiliary_head.convs.0"),
-                                           source["auxiliary_head.conv_seg.weight"], source["auxiliary_head.conv_seg.bias"])
+                                           source["auxiliary_head.conv_seg.weight"],
+                                           source["auxiliary_head.conv_seg.bias"])
         torch.testing.assert_close(plain, io["output_0_aux_logits"], atol=1e-4, rtol=0)

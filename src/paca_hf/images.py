@@ -74,8 +74,9 @@ def open_image(source, timeout: float | None = None) -> PIL.Image.Image:
 
     Args:
         source (`str`, `os.PathLike`, `bytes`, `dict` or `PIL.Image.Image`): a local path, a `file://` or `http(s)://`
-            URL, a base64 string (optionally a `data:image/...;base64,` URI), the file's bytes, an image as `datasets`
-            stores it undecoded (`{"bytes": ..., "path": ...}`, `datasets.Image(decode=False)`), or an opened PIL image.
+            URL, a base64 string (optionally a `data:image/...;base64,` URI), the file's bytes, an image as
+            `datasets` stores it undecoded (`{"bytes": ..., "path": ...}`, `datasets.Image(decode=False)`), or an
+            opened PIL image.
         timeout (`float`, *optional*): seconds to wait for a URL download.
 
     Raises:
@@ -378,7 +379,8 @@ def load_label_map(annotation, image=None, timeout: float | None = None) -> np.n
         annotation: a single-channel PIL image (`1`, `L`, `P`, `I`, `I;16*`, `F` with integer values), a numpy array /
             torch tensor of shape `(H, W)`, `(1, H, W)` or `(H, W, 1)` with integer values, a path or a URL.
         image (`PIL.Image.Image` or a file source, *optional*): the image this map annotates, as stored (before any
-            EXIF transpose; a path, bytes or `datasets`' undecoded image is opened for its tag). When the annotation carries no EXIF orientation of its own, the image's is applied, so image
+            EXIF transpose; a path, bytes or `datasets`' undecoded image is opened for its tag).
+            When the annotation carries no EXIF orientation of its own, the image's is applied, so image
             and map stay aligned.
         timeout (`float`, *optional*): seconds to wait when `annotation` is a URL.
 
