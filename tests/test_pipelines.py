@@ -213,3 +213,44 @@ def test_remote_code_segmentation_pipeline_logs_no_error(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ERRORS: []" in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize("task, model_class, takes_arrays", [
+    ("image-classification", "PaCaViTForImageClassification", True),
+    ("image-feature-extraction", "PaCaViTModel", False),
+    ("image-segmentation", "PaCaViTForSemanticSegmentation", False),
+])
+def test_pipeline_inputs_as_the_readme_lists_them(task, model_class, takes_arrays, tmp_path):
+    """transformers' pipelines decode their inputs themselves: each takes PIL images, local paths as `str` and base64
+    strings; only image-classification takes numpy arrays and tensors; none takes a `pathlib.Path` or a `file://`
+    URL. Whatever a pipeline refuses, the package's decoder (`paca_hf.images.load_image`) turns into the input that
+    gives the same output."""
+    import base64
+
+    from paca_hf.images import load_image
+
+    def same(output, expected):
+        if isinstance(expected, list) and expected and isinstance(expected[0], dict) and "mask" in expected[0]:
+            return [(o["label"], np.asarray(o["mask"]).tolist()) for o in output] == [
+                (e["label"], np.asarray(e["mask"]).tolist()) for e in expected]
+        return output == expected
+
+    folder = tmp_path / "model"
+    getattr(paca_hf, model_class)(tiny_config(num_labels=3)).save_pretrained(folder)
+    PaCaViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    run = pipeline(task, model=str(folder), device="cpu")
+    image = scene()
+    path = tmp_path / "scene.png"
+    image.save(path)
+    expected = run(image)
+    assert same(run(str(path)), expected)
+    assert same(run(base64.b64encode(path.read_bytes()).decode()), expected)
+    array = np.asarray(image)
+    for value, taken in ((array, takes_arrays), (torch.from_numpy(array), takes_arrays), (path, False),
+                         (path.as_uri(), False)):
+        if taken:
+            assert same(run(value), expected), type(value)
+        else:
+            with pytest.raises((TypeError, ValueError)):
+                run(value)
+        assert same(run(load_image(value)), expected), type(value)
