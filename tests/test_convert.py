@@ -118,7 +118,8 @@ def test_mismatched_checkpoint_names_keys_and_writes_nothing(tmp_path):
     result = run_cli("--checkpoint", tmp_path / "bad.pth", "--config", write_config(tmp_path, name),
                      "--output-dir", output)
     assert result.returncode != 0
-    assert "pacavit.stages.1.layers.0.attention.query.weight" in result.stderr  # missing
+    # Every tensor in the checkpoint's own names, the missing one too (it is the file that lacks it).
+    assert "stage2.0.attn.q.weight" in result.stderr and "pacavit." not in result.stderr  # missing
     assert "stage9.0.attn.q.weight" in result.stderr  # unexpected
     assert "stage1.0.mlp.fc1.weight: checkpoint (7, 7)" in result.stderr  # shape
     assert not output.exists()
@@ -210,3 +211,49 @@ def test_cli_reports_an_unreadable_config_json(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "is not a readable transformers config.json" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, deleted", [
+    ("cls_teacher_convmixer", ["patch_embed.proj.0.weight", "stage2.0.attn.cluster_norm.bias",
+                               "paca_teacher.block1.0.0.fn.2.running_mean", "paca_teacher.lateral2.0.weight",
+                               "paca_teacher.to_clusters3.weight", "norm4.bias", "head.weight"]),
+    ("seg_pacahead_conv", ["backbone.transition1.norm.weight", "backbone.stage1.1.mlp.dwconv.dwconv.bias",
+                           "backbone.stage2.0.attn.clustering.clustering.4.weight", "decode_head.k.2.weight",
+                           "decode_head.clustering.1.bias", "decode_head.conv_seg.weight"]),
+    ("seg_upernet_conv", ["backbone.stage3.2.attn.proj.weight", "decode_head.psp_modules.3.1.bn.running_var",
+                          "decode_head.fpn_bottleneck.conv.weight", "auxiliary_head.convs.0.bn.bias",
+                          "auxiliary_head.conv_seg.weight"]),
+])
+def test_missing_tensors_are_named_in_the_checkpoints_own_keys(name, deleted):
+    from paca_hf.convert import build_config, build_model, convert_source
+
+    source = load_checkpoint(case_checkpoint(name))
+    config = case_config(name)
+    task = "image-classification" if name.startswith("cls") else "semantic-segmentation"
+    assert set(deleted) <= set(source)
+    for key in deleted:
+        del source[key]
+    with pytest.raises(ConversionError) as error:
+        convert_source(source, config, task)
+    message = str(error.value)
+    assert f"missing from the checkpoint ({len(deleted)})" in message
+    for key in deleted:
+        assert key in message, key
+    # Never our name for them (the model's own parameter names differ from the authors' everywhere).
+    ours = build_model(build_config(config, source, task), task).state_dict()
+    assert not [key for key in ours if key in message and key not in deleted]
+
+
+@pytest.mark.parametrize("name", ["cls_conv_stagewise", "cls_mlp_stagewise", "cls_teacher_convmixer",
+                                  "seg_pacahead_conv", "seg_upernet_conv", "det_maskrcnn_conv"])
+def test_every_reference_key_is_named_back_as_the_checkpoint_names_it(name):
+    from paca_hf.convert import DETECTOR_PREFIXES, authors_key, rename_key
+
+    source = load_checkpoint(case_checkpoint(name))
+    clustering_type = case_config(name).clustering_type if name != "det_maskrcnn_conv" else "conv"
+    upernet = name == "seg_upernet_conv"
+    prefix = "backbone." if any(key.startswith("backbone.") for key in source) else ""
+    for key in source:
+        if key.startswith(DETECTOR_PREFIXES) or key.endswith("blur_filter"):
+            continue
+        assert authors_key(rename_key(key, clustering_type, upernet=upernet), clustering_type, upernet, prefix) == key

@@ -273,3 +273,39 @@ def test_dynamic_compile_recompiles_only_for_another_number_of_bands():
     assert graphs_for(64, (64, 56)) == 1
     assert graphs_for(64, (64, 56, 80)) == 2
     assert graphs_for(0, (64, 56, 80)) == 1
+
+
+def test_exact_adaptive_pooling_equals_torchs_at_every_size():
+    from paca_hf.export import exact_adaptive_avg_pool2d
+
+    for height, width in [(1, 1), (3, 5), (4, 4), (7, 13), (16, 9)]:
+        hidden_states = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(height * width))
+        for output_size in (1, 2, 3, 6, (2, 5)):
+            torch.testing.assert_close(exact_adaptive_avg_pool2d(hidden_states, output_size),
+                                       torch.nn.AdaptiveAvgPool2d(output_size)(hidden_states), atol=1e-6, rtol=0)
+
+
+def test_upernet_onnx_export_with_dynamic_sizes_is_right_at_other_sizes(tmp_path):
+    """transformers' UperNet over the PaCa-ViT backbone (what the converter makes of the authors' UperNet checkpoints),
+    exported with dynamic batch, height and width inside `dynamic_pooling`: onnxruntime's logits equal eager's at sizes
+    other than the example's (its pyramid pooling to 2, 3 and 6 bins would otherwise be fixed at the example's)."""
+    from transformers import UperNetForSemanticSegmentation
+
+    from paca_hf.convert import upernet_config
+    from paca_hf.export import dynamic_pooling
+
+    torch.manual_seed(0)
+    config = upernet_config(tiny_config(), hidden_size=16, auxiliary_channels=8, num_labels=5)
+    upernet = UperNetForSemanticSegmentation(config).eval()
+    path = tmp_path / "upernet.onnx"
+    with dynamic_pooling(upernet):
+        torch.onnx.export(upernet, (), str(path), kwargs={"pixel_values": EXAMPLE}, dynamo=True,
+                          dynamic_shapes=DYNAMIC, input_names=["pixel_values"], output_names=["logits"])
+    assert not [module for module in upernet.modules() if "forward" in vars(module)]  # the layers' own forward back
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in [(1, 96, 96), (1, 192, 160), (2, 256, 256)]:
+        pixel_values = inputs(*size)
+        with torch.no_grad():
+            expected = upernet(pixel_values).logits.numpy()
+        (logits,) = session.run(["logits"], {"pixel_values": pixel_values.numpy()})
+        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0, err_msg=str(size))

@@ -357,3 +357,51 @@ def test_demo_arguments_and_picture(tmp_path):
     picture = demo.render_grid(images, truths, predictions, {i: f"c{i}" for i in range(5)}, ["a header line"])
     assert isinstance(picture, Image.Image)
     assert picture.width == 4 * 80 + 5 * 6 and picture.height > 2 * 64
+
+
+def _tagged_file(image: Image.Image, fmt: str, orientation: int | None) -> bytes:
+    """The file a phone (photo) or an annotation tool (label map) writes: the stored grid, with an EXIF Orientation."""
+    import io
+
+    buffer = io.BytesIO()
+    extra = {"quality": 100} if fmt == "JPEG" else {}
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        extra["exif"] = exif.tobytes()
+    image.save(buffer, format=fmt, **extra)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt, size", [("JPEG", (80, 40)), ("PNG", (48, 48))])
+@pytest.mark.parametrize("map_orientation", [None, 6])
+def test_exif_rotated_photo_and_its_label_map_stay_aligned_through_datasets(tmp_path, fmt, size, map_orientation):
+    """A photo stored with EXIF Orientation 6 and its label map (on the stored grid, with or without a tag of its own)
+    in a `datasets` folder: the fine-tune's batches hold the upright photo and the map turned the same way, whatever
+    `datasets` does when it decodes (it turns tagged images upright and drops their tag)."""
+    import datasets
+
+    width, height = size
+    stored_rgb = np.zeros((height, width, 3), dtype=np.uint8)
+    stored_labels = np.zeros((height, width), dtype=np.uint8)
+    stored_rgb[:, : width // 4] = (255, 0, 0)  # label 1: red, left quarter of the stored grid
+    stored_labels[:, : width // 4] = 1
+    stored_rgb[: height // 4, width // 4:] = (0, 255, 0)  # label 2: green, top of the rest
+    stored_labels[: height // 4, width // 4:] = 2
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    example = {"image": {"bytes": _tagged_file(Image.fromarray(stored_rgb), fmt, 6), "path": None},
+               "annotation": {"bytes": _tagged_file(Image.fromarray(stored_labels), "PNG", map_orientation),
+                              "path": None}}
+    split = datasets.Dataset.from_dict({key: [value] * 2 for key, value in example.items()}, features=features)
+    datasets.DatasetDict({"train": split, "validation": split}).save_to_disk(tmp_path / "data")
+
+    train, _ = T.data.load_segmentation_splits(str(tmp_path / "data"))
+    batch = T.data.collate_segmentation([train[0]])
+    image, labels = batch["images"][0], batch["labels"][0]
+    # Upright: Orientation 6 shows the stored grid turned 90 degrees clockwise (numpy: rot90 three times).
+    upright_labels = np.rot90(stored_labels, k=-1)
+    assert tuple(image.shape) == (3, *upright_labels.shape) and tuple(labels.shape) == upright_labels.shape
+    np.testing.assert_array_equal(labels.numpy(), upright_labels)
+    colours = image.numpy().astype(int)
+    shown = np.where(colours[0] > 128, 1, np.where(colours[1] > 128, 2, 0))
+    np.testing.assert_array_equal(shown, upright_labels)  # every pixel's colour says its label

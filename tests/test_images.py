@@ -10,6 +10,8 @@ import http.server
 import io
 import threading
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -275,6 +277,13 @@ def test_label_map_from_file_with_exif_follows_its_image(tmp_path):
     np.testing.assert_array_equal(load_label_map(str(png), image=image), rotated)
     np.testing.assert_array_equal(load_label_map(labels, image=image), rotated)
     assert load_label_map(str(png)).shape == (40, 80)
+    # A map file with its own tag is turned once, by that tag, also next to its tagged image (path, bytes or
+    # `datasets`' undecoded form).
+    np.testing.assert_array_equal(load_label_map(own, image=image), rotated)
+    data = Path(own).read_bytes()
+    np.testing.assert_array_equal(load_label_map({"bytes": data, "path": None}, image=image), rotated)
+    np.testing.assert_array_equal(load_label_map(str(png), image={"bytes": None, "path": str(tmp_path / "photo.jpg")}),
+                                  rotated)
 
 
 def test_reduce_labels_numpy_and_torch_hand_computed():

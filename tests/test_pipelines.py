@@ -159,3 +159,98 @@ def test_pipelines_on_a_hub_ready_folder_ask_nothing_and_log_no_error(task, mode
     assert type(run.model) is getattr(paca_hf, model_class)
     assert type(run.image_processor) is PaCaViTImageProcessor
     assert output, f"{task} returned nothing"
+
+
+_REMOTE_SEGMENTATION = """
+import logging, sys
+try:
+    import paca_hf
+except ImportError:
+    pass
+else:
+    sys.exit("paca_hf must not be importable here")
+import numpy as np
+from PIL import Image
+from transformers import pipeline
+from transformers.utils import logging as transformers_logging
+
+class Errors(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+errors = Errors()
+transformers_logging.get_logger("transformers").addHandler(errors)
+logging.getLogger().addHandler(errors)
+segmenter = pipeline("image-segmentation", model=sys.argv[1], trust_remote_code=True, device="cpu")
+assert type(segmenter.model).__module__.startswith("transformers_modules."), type(segmenter.model)
+image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+segments = segmenter(image)
+masks = np.stack([np.array(segment["mask"]) > 0 for segment in segments])
+assert masks.shape[1:] == (90, 120) and (masks.sum(axis=0) == 1).all()
+print("ERRORS:", errors.messages)
+"""
+
+
+def test_remote_code_segmentation_pipeline_logs_no_error(tmp_path):
+    """A Hub-ready PaCa-head segmentor loaded with `trust_remote_code=True` where paca_hf is not installed: the
+    image-segmentation pipeline runs it and logs no error (transformers checks the class name against its table of
+    segmentation models, which the remote modeling file fills in for `pacavit`)."""
+    import subprocess
+
+    from paca_hf.hub import hidden_package_environment
+
+    folder = tmp_path / "repo"
+    PaCaViTForSemanticSegmentation(tiny_config(num_labels=3)).save_pretrained(folder)
+    PaCaViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    add_remote_code(folder, "semantic-segmentation")
+    env = hidden_package_environment(tmp_path / "sandbox")
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run([sys.executable, "-c", _REMOTE_SEGMENTATION, str(folder)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ERRORS: []" in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize("task, model_class, takes_arrays", [
+    ("image-classification", "PaCaViTForImageClassification", True),
+    ("image-feature-extraction", "PaCaViTModel", False),
+    ("image-segmentation", "PaCaViTForSemanticSegmentation", False),
+])
+def test_pipeline_inputs_as_the_readme_lists_them(task, model_class, takes_arrays, tmp_path):
+    """transformers' pipelines decode their inputs themselves: each takes PIL images, local paths as `str` and base64
+    strings; only image-classification takes numpy arrays and tensors; none takes a `pathlib.Path` or a `file://`
+    URL. Whatever a pipeline refuses, the package's decoder (`paca_hf.images.load_image`) turns into the input that
+    gives the same output."""
+    import base64
+
+    from paca_hf.images import load_image
+
+    def same(output, expected):
+        if isinstance(expected, list) and expected and isinstance(expected[0], dict) and "mask" in expected[0]:
+            return [(o["label"], np.asarray(o["mask"]).tolist()) for o in output] == [
+                (e["label"], np.asarray(e["mask"]).tolist()) for e in expected]
+        return output == expected
+
+    folder = tmp_path / "model"
+    getattr(paca_hf, model_class)(tiny_config(num_labels=3)).save_pretrained(folder)
+    PaCaViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    run = pipeline(task, model=str(folder), device="cpu")
+    image = scene()
+    path = tmp_path / "scene.png"
+    image.save(path)
+    expected = run(image)
+    assert same(run(str(path)), expected)
+    assert same(run(base64.b64encode(path.read_bytes()).decode()), expected)
+    array = np.asarray(image)
+    for value, taken in ((array, takes_arrays), (torch.from_numpy(array), takes_arrays), (path, False),
+                         (path.as_uri(), False)):
+        if taken:
+            assert same(run(value), expected), type(value)
+        else:
+            with pytest.raises((TypeError, ValueError)):
+                run(value)
+        assert same(run(load_image(value)), expected), type(value)

@@ -93,3 +93,43 @@ def test_pipeline_on_the_converted_upernet(converted):
     assert labels <= {f"LABEL_{index}" for index in range(6)}
     masks = np.stack([np.array(segment["mask"]) > 0 for segment in segments])
     assert (masks.sum(axis=0) == 1).all()  # every pixel in exactly one segment
+
+
+def _conv_module(x, tensors, prefix):
+    """mmseg's `ConvModule` (3x3 conv without bias, BatchNorm in eval mode, ReLU) from the checkpoint's tensors."""
+    x = torch.nn.functional.conv2d(x, tensors[f"{prefix}.conv.weight"], padding=1)
+    x = torch.nn.functional.batch_norm(x, tensors[f"{prefix}.bn.running_mean"], tensors[f"{prefix}.bn.running_var"],
+                                       tensors[f"{prefix}.bn.weight"], tensors[f"{prefix}.bn.bias"], eps=1e-5)
+    return torch.relu(x)
+
+
+def test_auxiliary_head_with_concat_input_converts():
+    """mmseg's `FCNHead(concat_input=True)`: `conv_cat` over the stage-3 map concatenated with the convs' output, then
+    `conv_seg`; the converted auxiliary head computes it from the checkpoint's own tensors."""
+    from paca_hf.convert import convert_source, load_checkpoint
+
+    source = load_checkpoint(case_checkpoint(CASE))
+    in_channels, channels = source["auxiliary_head.convs.0.conv.weight"].shape[1], 16
+    generator = torch.Generator().manual_seed(0)
+    source["auxiliary_head.conv_cat.conv.weight"] = torch.randn(channels, in_channels + channels, 3, 3,
+                                                                generator=generator) * 0.05
+    source["auxiliary_head.conv_cat.bn.weight"] = torch.rand(channels, generator=generator) + 0.5
+    source["auxiliary_head.conv_cat.bn.bias"] = torch.randn(channels, generator=generator)
+    source["auxiliary_head.conv_cat.bn.running_mean"] = torch.randn(channels, generator=generator)
+    source["auxiliary_head.conv_cat.bn.running_var"] = torch.rand(channels, generator=generator) + 0.5
+    source["auxiliary_head.conv_cat.bn.num_batches_tracked"] = torch.tensor(7)
+    model, unused = convert_source(source, case_config(CASE), "semantic-segmentation")
+    assert unused == [] and model.config.auxiliary_concat_input
+    io = case_io(CASE)
+    with torch.no_grad():
+        features = [io[f"output_0_feature_{stage}"] for stage in range(4)]
+        hidden = _conv_module(features[2], source, "auxiliary_head.convs.0")
+        hidden = _conv_module(torch.cat([features[2], hidden], dim=1), source, "auxiliary_head.conv_cat")
+        expected = torch.nn.functional.conv2d(hidden, source["auxiliary_head.conv_seg.weight"],
+                                              source["auxiliary_head.conv_seg.bias"])
+        torch.testing.assert_close(model.auxiliary_head(features), expected, atol=1e-4, rtol=0)
+        # The same hand computation without conv_cat gives the authors' auxiliary logits of the reference case.
+        plain = torch.nn.functional.conv2d(_conv_module(features[2], source, "auxiliary_head.convs.0"),
+                                           source["auxiliary_head.conv_seg.weight"],
+                                           source["auxiliary_head.conv_seg.bias"])
+        torch.testing.assert_close(plain, io["output_0_aux_logits"], atol=1e-4, rtol=0)

@@ -14,7 +14,6 @@ from transformers import (
     AutoModelForSemanticSegmentation,
     AutoVideoProcessor,
 )
-from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 from transformers.utils import is_torchvision_available
 
 from .configuration_pacavit import PaCaViTConfig
@@ -45,9 +44,6 @@ AutoImageProcessor.register(
 # (AutoVideoProcessor exists only with torchvision; without it there is no video processor to look for.)
 if is_torchvision_available():
     AutoVideoProcessor.register(PaCaViTConfig, video_processor_classes={}, exist_ok=True)
-# The image-segmentation pipeline checks model class names against transformers' name table, where registered classes
-# are missing (it would log an error although it works). The table is keyed by model type: no built-in model uses ours.
-MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(PaCaViTConfig.model_type, PaCaViTForSemanticSegmentation.__name__)
 
 __all__ = [
     "PaCaViTBackbone",

@@ -85,11 +85,12 @@ _HEAD_RULES = [
 
 # mmseg's `UPerHead` (`decode_head.*`) and `FCNHead` (`auxiliary_head.*`) -> transformers' UperNet: the same module
 # names, with mmseg's `ConvModule.bn` called `batch_norm` and `conv_seg` called `classifier`.
+# `auxiliary_head.conv_cat` is `FCNHead(concat_input=True)`'s conv over the input concatenated with the convs' output.
 _UPERNET_HEAD_RULES = [
     (r"(decode_head\.(?:psp_modules\.\d+\.1|bottleneck|lateral_convs\.\d+|fpn_convs\.\d+|fpn_bottleneck)"
-     r"|auxiliary_head\.convs\.\d+)\.conv\.weight", r"\1.conv.weight"),
+     r"|auxiliary_head\.(?:convs\.\d+|conv_cat))\.conv\.weight", r"\1.conv.weight"),
     (r"(decode_head\.(?:psp_modules\.\d+\.1|bottleneck|lateral_convs\.\d+|fpn_convs\.\d+|fpn_bottleneck)"
-     r"|auxiliary_head\.convs\.\d+)\.bn\.(.+)", r"\1.batch_norm.\2"),
+     r"|auxiliary_head\.(?:convs\.\d+|conv_cat))\.bn\.(.+)", r"\1.batch_norm.\2"),
     (r"(decode_head|auxiliary_head)\.conv_seg\.(weight|bias)", r"\1.classifier.\2"),
 ]
 # Top-level parts of an mmdet detector other than its backbone: reported, never converted.
@@ -108,10 +109,13 @@ def _teacher_stage(stage: str) -> str:
     return f"clustering_teacher.stages.{int(stage) - 1}"
 
 
+_MIXER_RENAMES = [("0.fn.0.", "depthwise.conv."), ("0.fn.2.", "depthwise.norm."), ("1.", "pointwise.conv."),
+                  ("3.", "pointwise.norm.")]
+
+
 def _mixer_key(key: str) -> str:
     """Inside a ConvMixer block: `0.fn.0` depthwise conv, `0.fn.2` its BN, `1` pointwise conv, `3` its BN."""
-    for old, new in (("0.fn.0.", "depthwise.conv."), ("0.fn.2.", "depthwise.norm."), ("1.", "pointwise.conv."),
-                     ("3.", "pointwise.norm.")):
+    for old, new in _MIXER_RENAMES:
         if key.startswith(old):
             return new + key[len(old):]
     raise KeyError(key)
@@ -167,6 +171,86 @@ def rename_key(key: str, clustering_type: str, upernet: bool = False) -> str | N
     return renamed
 
 
+# Our key -> the authors' key: the rules above read backwards, for naming a tensor the checkpoint lacks in the
+# checkpoint's own terms. `authors_key` checks each answer by renaming it forwards again.
+_BACKBONE_RULES_BACK = [
+    (r"embeddings\.projection\.(\d)\.(weight|bias)", r"patch_embed.proj.\1.\2"),
+    (r"embeddings\.layer_norm\.(weight|bias)", r"patch_embed.norm.\1"),
+    (r"stages\.(\d+)\.downsample\.projection\.(weight|bias)", r"transition\1.proj.\2"),
+    (r"stages\.(\d+)\.downsample\.layer_norm\.(weight|bias)", r"transition\1.norm.\2"),
+    (r"stages\.(\d+)\.layer_norm\.(weight|bias)", lambda m: f"norm{int(m[1]) + 1}.{m[2]}"),
+    (r"stages\.(\d+)\.layers\.(\d+)\.(.+)", lambda m: f"stage{int(m[1]) + 1}.{m[2]}.{{block}}{m[3]}"),
+    (r"clustering_teacher\.stages\.(\d+)\.(\d+)\.(.+)",
+     lambda m: f"paca_teacher.block{int(m[1]) + 1}.{m[2]}.{{mixer}}{m[3]}"),
+    (r"clustering_teacher\.downsamples\.(\d+)\.projection\.conv\.(.+)",
+     lambda m: f"paca_teacher.transition{int(m[1]) + 1}.0.conv.{m[2]}"),
+    (r"clustering_teacher\.downsamples\.(\d+)\.projection\.norm\.(.+)",
+     lambda m: f"paca_teacher.transition{int(m[1]) + 1}.2.{m[2]}"),
+    (r"clustering_teacher\.laterals\.(\d+)\.conv\.(.+)", lambda m: f"paca_teacher.lateral{int(m[1]) + 1}.0.{m[2]}"),
+    (r"clustering_teacher\.laterals\.(\d+)\.norm\.(.+)", lambda m: f"paca_teacher.lateral{int(m[1]) + 1}.2.{m[2]}"),
+    (r"clustering_teacher\.fusions\.(\d+)\.(.+)", lambda m: f"paca_teacher.fpn{int(m[1]) + 1}.{{mixer}}{m[2]}"),
+    (r"clustering_teacher\.to_clusters\.(\d+)\.(weight|bias)",
+     lambda m: f"paca_teacher.to_clusters{int(m[1]) + 1}.{m[2]}"),
+    (r"classifier\.(.+)", r"head.\1"),
+]
+_HEAD_RULES_BACK = [
+    (r"stage_projections\.(\d+)\.conv\.weight", r"convs.\1.conv.weight"),
+    (r"stage_projections\.(\d+)\.norm\.(.+)", r"convs.\1.bn.\2"),
+    (r"(query_projection|clustering|output_projection)\.conv\.weight",
+     lambda m: f"{_HEAD_MODULES_BACK[m[1]]}.conv.weight"),
+    (r"(query_projection|clustering|output_projection)\.norm\.(.+)",
+     lambda m: f"{_HEAD_MODULES_BACK[m[1]]}.bn.{m[2]}"),
+    (r"to_clusters\.(weight|bias)", r"clustering.1.\1"),
+    (r"(key|value)_projection\.dense\.(weight|bias)", lambda m: f"{m[1][0]}.0.{m[2]}"),
+    (r"(key|value)_projection\.norm\.(.+)", lambda m: f"{m[1][0]}.2.{m[2]}"),
+    (r"classifier\.(weight|bias)", r"conv_seg.\1"),
+]
+_HEAD_MODULES_BACK = {"query_projection": "q.0", "clustering": "clustering.0", "output_projection": "proj"}
+_UPERNET_HEAD_RULES_BACK = [
+    (r"((?:decode_head|auxiliary_head)\..+)\.batch_norm\.(.+)", r"\1.bn.\2"),
+    (r"(decode_head|auxiliary_head)\.classifier\.(weight|bias)", r"\1.conv_seg.\2"),
+    (r"((?:decode_head|auxiliary_head)\..+)", r"\1"),
+]
+
+
+def _authors_backbone_key(key: str, clustering_type: str) -> str:
+    key = _apply_rules(key, _BACKBONE_RULES_BACK)
+    if "{block}" in key:
+        head, rest = key.split("{block}")
+        match = re.fullmatch(r"attention\.clustering\.(\w+)\.(weight|bias)", rest)
+        if match:
+            positions = {layer: position for position, layer in _CLUSTERING_LAYERS[clustering_type].items()}
+            return f"{head}attn.clustering.clustering.{positions[match[1]]}.{match[2]}"
+        return head + next(old + rest[len(new):] for old, new in _BLOCK_RENAMES if rest.startswith(new))
+    if "{mixer}" in key:
+        head, rest = key.split("{mixer}")
+        return head + next(old + rest[len(new):] for old, new in _MIXER_RENAMES if rest.startswith(new))
+    return key
+
+
+def authors_key(key: str, clustering_type: str, upernet: bool = False, backbone_prefix: str = "") -> str:
+    """The authors' name for one of our keys (without the model's base prefix; `backbone.` included for UperNet), as
+    `rename_key` reads it: `stages.1.layers.0.attention.query.weight` -> `stage2.0.attn.q.weight`, with
+    `backbone_prefix` (`backbone.` for mmseg / mmdet checkpoints) before the backbone's keys. Raises KeyError for a
+    key the authors' models have no name for."""
+    try:
+        if upernet and not key.startswith("backbone."):
+            authors = _apply_rules(key, _UPERNET_HEAD_RULES_BACK)
+        elif key.startswith("decode_head."):
+            authors = "decode_head." + _apply_rules(key[len("decode_head."):], _HEAD_RULES_BACK)
+        else:
+            authors = backbone_prefix + _authors_backbone_key(key.removeprefix("backbone."), clustering_type)
+    except (KeyError, StopIteration):
+        raise KeyError(key) from None
+    try:
+        renamed = rename_key(authors, clustering_type, upernet=upernet)
+    except KeyError:
+        renamed = None
+    if renamed != key:
+        raise KeyError(key)
+    return authors
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of one of the authors' checkpoints (any usual wrapper), read without running code from the file
     (see `paca_hf.checkpoint_reader`). Raises `ConversionError`."""
@@ -215,8 +299,8 @@ def convert_state_dict(
     source: dict[str, torch.Tensor], model: torch.nn.Module, clustering_type: str, suggest: bool = True
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename the authors' tensors to the model's names, strictly: every source tensor must be used and every
-    target tensor filled with the same shape, else `ConversionError` names the offending keys (the checkpoint's own
-    names for unexpected and mis-shaped tensors, grouped and capped).
+    target tensor filled with the same shape, else `ConversionError` names the offending keys in the checkpoint's
+    own names (missing ones as the checkpoint would name them), grouped and capped.
 
     Tensors the model has no place for by design are returned, not converted: mmseg's auxiliary head for the PaCa
     segmentor, an mmdet detector's neck and heads for `PaCaViTBackbone` (the caller reports them). With `suggest`,
@@ -252,7 +336,8 @@ def convert_state_dict(
             mismatched.add(renamed)
         else:
             converted[renamed] = tensor
-    missing = sorted(set(target) - set(converted) - mismatched)
+    missing = [_name_in_checkpoint(key, prefix, source, clustering_type, upernet)
+               for key in sorted(set(target) - set(converted) - mismatched)]
     problems = []
     if wrong_shape:
         problems.append(f"shape mismatch ({len(wrong_shape)}): {summarize_keys(wrong_shape)}")
@@ -268,6 +353,16 @@ def convert_state_dict(
             "The checkpoint does not match the model. " + " | ".join(problems) + (f" | {hint}" if hint else "")
         )
     return converted, unused
+
+
+def _name_in_checkpoint(key: str, prefix: str, source, clustering_type: str, upernet: bool) -> str:
+    """A tensor the checkpoint lacks, named as the checkpoint would name it (`backbone.` before the backbone's keys
+    when its other keys have it); our own name, marked as such, where the authors' models have none."""
+    backbone_prefix = "backbone." if upernet or any(name.startswith("backbone.") for name in source) else ""
+    try:
+        return authors_key(key.removeprefix(prefix) if prefix else key, clustering_type, upernet, backbone_prefix)
+    except KeyError:
+        return f"{key} (this model's name; the authors' models have no such tensor)"
 
 
 def _stage_depths(source: dict[str, torch.Tensor]) -> list[int]:
@@ -336,22 +431,27 @@ def _num_labels_in_checkpoint(source: dict[str, torch.Tensor]) -> int | None:
 def upernet_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tensor] | None = None, **kwargs):
     """transformers' `UperNetConfig` for a PaCa-ViT backbone with mmseg's UperNet heads as the authors configure them
     (pool scales 1/2/3/6, 512 channels, auxiliary FCN head on stage 3 with 256 channels, loss weight 0.4, ADE20k's
-    150 classes). With `source` (an mmseg checkpoint), channels, classes and the auxiliary head's depth are read from
-    its tensors instead."""
+    150 classes). With `source` (an mmseg checkpoint), channels, classes, the auxiliary head's depth and whether it
+    concatenates its input (`FCNHead(concat_input=True)`: a `conv_cat`) are read from its tensors instead."""
     from transformers import UperNetConfig
 
     from .configuration_pacavit import load_id2label
 
     backbone_config = PaCaViTConfig.from_dict(backbone_config.to_dict())
     backbone_config.out_features = list(backbone_config.stage_names)
-    settings = dict(hidden_size=512, auxiliary_channels=256, auxiliary_num_convs=1, num_labels=None)
+    settings = dict(hidden_size=512, auxiliary_channels=256, auxiliary_num_convs=1, auxiliary_concat_input=False,
+                    num_labels=None)
     if source is not None:
         settings["hidden_size"] = source["decode_head.bottleneck.conv.weight"].shape[0]
         settings["num_labels"] = source["decode_head.conv_seg.weight"].shape[0]
-        if "auxiliary_head.convs.0.conv.weight" in source:
-            settings["auxiliary_channels"] = source["auxiliary_head.convs.0.conv.weight"].shape[0]
+        for key, dim in (("auxiliary_head.conv_seg.weight", 1), ("auxiliary_head.convs.0.conv.weight", 0)):
+            if key in source:
+                settings["auxiliary_channels"] = source[key].shape[dim]
+                break
+        if any(key.startswith("auxiliary_head.") for key in source):
             settings["auxiliary_num_convs"] = len({key.split(".")[2] for key in source
                                                    if key.startswith("auxiliary_head.convs.")})
+            settings["auxiliary_concat_input"] = "auxiliary_head.conv_cat.conv.weight" in source
     num_labels = settings.pop("num_labels")
     id2label = load_id2label("ade20k") if num_labels in (None, 150) else {i: f"LABEL_{i}" for i in range(num_labels)}
     options = dict(
@@ -359,7 +459,6 @@ def upernet_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tenso
         pool_scales=[1, 2, 3, 6],
         use_auxiliary_head=source is None or any(key.startswith("auxiliary_head.") for key in source),
         auxiliary_in_channels=backbone_config.hidden_sizes[2],
-        auxiliary_concat_input=False,
         auxiliary_loss_weight=0.4,
         loss_ignore_index=255,
         id2label=id2label,

@@ -12,7 +12,8 @@ Conventions (they are the image processor's):
 
 - Sources: PIL images of any mode, numpy arrays and torch tensors (`(H, W)`, `(H, W, C)` or `(C, H, W)`), local
   paths (`str` / `os.PathLike`), `file://` and `http(s)://` URLs (downloaded with the `httpx` client transformers uses) and
-  base64 strings. The EXIF orientation tag is applied, so a photo stored 80 x 40 with Orientation 6 is 40 x 80.
+  base64 strings, and images as `datasets` stores them undecoded (`{"bytes", "path"}`). The EXIF orientation tag is
+  applied, so a photo stored 80 x 40 with Orientation 6 is 40 x 80.
 - 8-bit data (PIL modes `1`, `L`, `P`, `RGB`, `CMYK`, ..., `uint8` / `bool` arrays, other integer arrays with values in
   `[0, 255]`) stays uint8. 16-bit data (PIL modes `I`, `I;16*`, `uint16` arrays; values must lie in `[0, 65535]`)
   becomes float32 `value / 65535` (= `value / 257 / 255`: 16-bit white is 8-bit white). Float data (PIL mode `F`,
@@ -30,6 +31,7 @@ import io
 import os
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 
 import numpy as np
 import PIL.Image
@@ -59,20 +61,39 @@ def _is_tensor(value) -> bool:
     return isinstance(value, torch.Tensor)
 
 
+def _is_file_source(source) -> bool:
+    """A path, URL, base64 string, file bytes or `datasets`' undecoded image (`{"bytes": ..., "path": ...}`)."""
+    return isinstance(source, (str, os.PathLike, bytes)) or (
+        isinstance(source, Mapping) and set(source) == {"bytes", "path"}
+    )
+
+
 def open_image(source, timeout: float | None = None) -> PIL.Image.Image:
     """
     Open an image file as a PIL image in its stored mode (16-bit, palette, alpha... kept), EXIF orientation applied.
 
     Args:
-        source (`str`, `os.PathLike`, `bytes` or `PIL.Image.Image`): a local path, a `file://` or `http(s)://` URL, a
-            base64 string (optionally a `data:image/...;base64,` URI), the file's bytes, or an opened PIL image.
+        source (`str`, `os.PathLike`, `bytes`, `dict` or `PIL.Image.Image`): a local path, a `file://` or `http(s)://`
+            URL, a base64 string (optionally a `data:image/...;base64,` URI), the file's bytes, an image as
+            `datasets` stores it undecoded (`{"bytes": ..., "path": ...}`, `datasets.Image(decode=False)`), or an
+            opened PIL image.
         timeout (`float`, *optional*): seconds to wait for a URL download.
 
     Raises:
         `ValueError`: the source is missing, cannot be downloaded or is not an image file.
     """
+    return exif_transpose(open_stored_image(source, timeout))
+
+
+def open_stored_image(source, timeout: float | None = None) -> PIL.Image.Image:
+    """The same as [`open_image`] without applying the EXIF orientation: the stored pixel grid, its tag kept (what a
+    label map's image must be for [`load_label_map`] to turn the map the same way). A PIL image is returned as is."""
     if isinstance(source, PIL.Image.Image):
-        return exif_transpose(source)
+        return source
+    if isinstance(source, Mapping) and set(source) == {"bytes", "path"}:
+        if source["bytes"] is None and source["path"] is None:
+            raise ValueError("an undecoded `datasets` image has neither 'bytes' nor 'path'")
+        source = source["bytes"] if source["bytes"] is not None else source["path"]
     if isinstance(source, bytes):
         data = source
         where = "the given bytes"
@@ -87,7 +108,7 @@ def open_image(source, timeout: float | None = None) -> PIL.Image.Image:
         image.load()
     except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
         raise ValueError(f"cannot decode {where} as an image: {error}") from error
-    return exif_transpose(image)
+    return image
 
 
 def _read_source(source: str, timeout: float | None) -> tuple[bytes, str]:
@@ -195,7 +216,7 @@ def load_image(image, num_channels: int | None = 3, timeout: float | None = None
     (`round(value / 257)`, `round(value * 255)`). An upright 8-bit PIL image already in the target mode is returned as
     is.
     """
-    if isinstance(image, (str, os.PathLike, bytes)):
+    if _is_file_source(image):
         image = open_image(image, timeout)
     if isinstance(image, PIL.Image.Image) and exif_orientation(image) == 1 and _pil_target_mode(num_channels) == image.mode:
         return image
@@ -214,7 +235,7 @@ def _pil_target_mode(num_channels) -> str | None:
 
 def _native_pixels(image, input_data_format, timeout) -> np.ndarray:
     """The image's own channels as `(H, W, C)`: uint8, or float32 in [0, 1] (16-bit and float data)."""
-    if isinstance(image, (str, os.PathLike, bytes)):
+    if _is_file_source(image):
         image = open_image(image, timeout)
     if isinstance(image, PIL.Image.Image):
         return _pil_pixels(exif_transpose(image))
@@ -357,16 +378,19 @@ def load_label_map(annotation, image=None, timeout: float | None = None) -> np.n
     Args:
         annotation: a single-channel PIL image (`1`, `L`, `P`, `I`, `I;16*`, `F` with integer values), a numpy array /
             torch tensor of shape `(H, W)`, `(1, H, W)` or `(H, W, 1)` with integer values, a path or a URL.
-        image (`PIL.Image.Image`, *optional*): the image this map annotates, as stored (before any EXIF
-            transpose). When the annotation carries no EXIF orientation of its own, the image's is applied, so image
+        image (`PIL.Image.Image` or a file source, *optional*): the image this map annotates, as stored (before any
+            EXIF transpose; a path, bytes or `datasets`' undecoded image is opened for its tag).
+            When the annotation carries no EXIF orientation of its own, the image's is applied, so image
             and map stay aligned.
         timeout (`float`, *optional*): seconds to wait when `annotation` is a URL.
 
     Raises:
         `ValueError`: multi-channel maps, non-integer values, values outside the int32 range, empty maps.
     """
-    if isinstance(annotation, (str, os.PathLike, bytes)):
-        annotation = open_image(annotation, timeout)
+    if _is_file_source(annotation):
+        annotation = open_stored_image(annotation, timeout)  # its own tag is applied below, once
+    if _is_file_source(image):
+        image = open_stored_image(image, timeout)
     if isinstance(annotation, PIL.Image.Image):
         if len(annotation.getbands()) != 1:
             raise ValueError(
@@ -436,5 +460,6 @@ __all__ = [
     "load_image",
     "load_label_map",
     "open_image",
+    "open_stored_image",
     "reduce_labels",
 ]

@@ -16,6 +16,7 @@ from transformers.backbone_utils import BackboneMixin, filter_output_hidden_stat
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
@@ -919,6 +920,15 @@ class PaCaViTBackbone(BackboneMixin, PaCaViTModel):
         return BackboneOutput(
             feature_maps=feature_maps, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
+
+
+# The image-segmentation pipeline checks a model's class name against transformers' table of segmentation models,
+# keyed by model type, where registered and remote-code classes are missing (it would log an error although it
+# works). The entry is made here, so that both `import paca_hf` and a repo's remote code (this file, loaded with
+# `trust_remote_code=True`) make it; no built-in model uses our model type.
+MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(
+    PaCaViTConfig.model_type, PaCaViTForSemanticSegmentation.__name__
+)
 
 
 __all__ = [

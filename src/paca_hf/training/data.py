@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..images import load_label_map
+from ..images import load_label_map, open_stored_image
 from .augment_segmentation import decode_image, decode_label_map
 from .errors import TrainingError
 
@@ -45,12 +45,34 @@ class EpochSampler(torch.utils.data.Sampler):
 
 def collate_segmentation(examples: Sequence[dict]) -> dict:
     """Lists (images may differ in size): `images` (3, H, W) pixels and `labels` (H, W) int64 raw annotation values,
-    decoded by `paca_hf.images` (EXIF orientation applied to both; 8-bit images stay uint8, 16-bit ones are float32
-    on the 0..255 scale). Augmentation and label reduction happen later, in the training loop."""
-    return {
-        "images": [decode_image(example["image"]) for example in examples],
-        "labels": [decode_label_map(example["annotation"], image=example["image"]) for example in examples],
-    }
+    decoded by `paca_hf.images` (EXIF orientation applied to both: a map without a tag of its own is turned as its
+    image is; 8-bit images stay uint8, 16-bit ones are float32 on the 0..255 scale). Images may be files as
+    `datasets` stores them undecoded (see `load_segmentation_splits`). Augmentation and label reduction happen later,
+    in the training loop."""
+    images, labels = [], []
+    for example in examples:
+        image = example["image"]
+        stored = open_stored_image(image) if _is_undecoded(image) else image  # opened once, its EXIF tag kept
+        images.append(decode_image(stored))
+        labels.append(decode_label_map(example["annotation"], image=stored))
+    return {"images": images, "labels": labels}
+
+
+def _is_undecoded(value) -> bool:
+    return isinstance(value, dict) and set(value) == {"bytes", "path"}
+
+
+def _undecoded_images(dataset):
+    """`dataset` with its `image` / `annotation` image columns left undecoded (`{"bytes", "path"}`): `datasets`
+    turns a tagged image upright and drops its EXIF tag, so a label map without a tag (it annotates the stored grid)
+    could no longer be turned to match; `paca_hf.images` decodes both from the files instead."""
+    import datasets
+
+    for column in ("image", "annotation"):
+        feature = dataset.features[column]
+        if isinstance(feature, datasets.Image) and feature.decode:
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    return dataset
 
 
 def _rename_columns(dataset):
@@ -95,7 +117,8 @@ def load_segmentation_splits(
     or `builtin-scenes` (generated in memory: `num_train_images` (200) and `num_eval_images` (50) disjoint scenes
     of `builtin_image_size` pixels). Without a validation split, `train_val_split` of the training set is held
     out (seeded). `None` counts mean every image (200 / 50 built-in scenes). Raises `TrainingError` when the dataset
-    cannot be read or lacks the columns, or for a count below 1."""
+    cannot be read or lacks the columns, or for a count below 1. Image columns of a read dataset come undecoded
+    (`{"bytes", "path"}`), for `collate_segmentation` to decode image and map alike (see `_undecoded_images`)."""
     import datasets
 
     for flag, count in (("--num_train_images", num_train_images), ("--num_eval_images", num_eval_images)):
@@ -133,11 +156,11 @@ def load_segmentation_splits(
         dataset = datasets.DatasetDict({"train": dataset})
     if "train" not in dataset:
         raise TrainingError(f"The dataset {dataset_name!r} has no `train` split (splits: {list(dataset)}).")
-    train = _rename_columns(dataset["train"])
+    train = _undecoded_images(_rename_columns(dataset["train"]))
     validation = None
     for name in ("validation", "val", "test"):
         if name in dataset:
-            validation = _rename_columns(dataset[name])
+            validation = _undecoded_images(_rename_columns(dataset[name]))
             break
     if validation is None:
         if not 0.0 < train_val_split < 1.0:
