@@ -414,3 +414,19 @@ def test_demo_arguments_and_picture(tmp_path):
     picture = demo.render_grid(images, truths, predictions, {i: f"c{i}" for i in range(5)}, ["a header line"])
     assert isinstance(picture, Image.Image)
     assert picture.width == 4 * 80 + 5 * 6 and picture.height > 2 * 64
+
+
+def test_demo_judges_its_figure_against_the_readme_spread():
+    """The demo's expected range comes from the seeds' figures the README gives: mean 0.382, sd 0.022 (deviations
+    0, -0.022, +0.022: sqrt(2 * 0.022^2 / 2)), so 0.338-0.426, the range the README states; 0.4075 (a fresh clone's
+    run elsewhere) is inside, 0.30 is not."""
+    text = (ROOT / "README.md").read_text()
+    seeds = re.search(r"over seeds 0 / 1 / 2 .*?\) (\d\.\d+) / (\d\.\d+) / (\d\.\d+), (\d\.\d+) \+- (\d\.\d+)",
+                      text, flags=re.S)
+    assert seeds, "the README's seed figures moved: keep demo.MEASURED_MIOU and the README together"
+    assert [float(value) for value in seeds.groups()[:3]] == list(demo.MEASURED_MIOU.values())
+    low, high = demo.expected_miou()
+    assert (low, high) == pytest.approx((0.338, 0.426), abs=1e-9)
+    assert f"mean +- 2 sd, {low:.3f}-{high:.3f}" in text
+    assert " inside " in demo.miou_verdict(0.4075, 1) and "0.338-0.426" in demo.miou_verdict(0.4075, 1)
+    assert " OUTSIDE " in demo.miou_verdict(0.30, 2)
