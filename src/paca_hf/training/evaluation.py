@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..images import reduce_labels as reduce_label_values
+from ..images import same_size_groups
 
 
 def _processor_input(image):
@@ -40,12 +41,9 @@ def predict_batch(model, images: list, image_processor, device) -> list[torch.Te
 
     images = [_processor_input(image) for image in images]
     prepared = image_processor(images, return_tensors=None)["pixel_values"]
-    prepared = [torch.as_tensor(np.asarray(p)) if isinstance(p, np.ndarray) else p for p in prepared]
-    groups = {}
-    for index, pixels in enumerate(prepared):
-        groups.setdefault(tuple(pixels.shape), []).append(index)
+    prepared = [torch.as_tensor(pixels) for pixels in prepared]
     predictions = [None] * len(images)
-    for indices in groups.values():
+    for indices in same_size_groups(prepared):
         pixel_values = torch.stack([prepared[index] for index in indices]).to(device)
         outputs = model(pixel_values=pixel_values)
         outputs.logits = outputs.logits.float()
