@@ -45,11 +45,10 @@ def predict_batch(model, images: list, image_processor, device) -> list[torch.Te
     predictions = [None] * len(images)
     for indices in same_size_groups(prepared):
         pixel_values = torch.stack([prepared[index] for index in indices]).to(device)
-        outputs = model(pixel_values=pixel_values)
-        outputs.logits = outputs.logits.float()
+        logits = model(pixel_values=pixel_values).logits.float()
         sizes = [_image_size(images[index]) for index in indices]
         scored = image_processor.post_process_semantic_segmentation(
-            outputs, target_sizes=sizes, return_segmentation_scores=True
+            {"logits": logits}, target_sizes=sizes, return_segmentation_scores=True
         )
         for index, result in zip(indices, scored):
             predictions[index] = class_predictions(result["segmentation_scores"], dim=0)
@@ -61,7 +60,6 @@ def _image_size(image) -> tuple[int, int]:
     if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] in (1, 3):
         return tuple(image.shape[-2:])
     from ..images import image_to_array
-
 
     return tuple(image_to_array(image).shape[:2])
 
