@@ -88,6 +88,23 @@ def test_image_segmentation_pipeline_masks(tmp_path):
         np.testing.assert_array_equal(mask > 0, prediction.numpy() == label)
 
 
+def test_image_segmentation_pipeline_on_images_of_different_shapes(tmp_path):
+    """A list of pictures of different shapes in one call, at the pipeline's default batch size, with the processor a
+    converted segmentor is saved with (aspect kept, no crop): each gets masks at its own size, those it gets alone."""
+    config = case_config("seg_pacahead_conv")
+    convert_checkpoint(case_checkpoint("seg_pacahead_conv"), config, tmp_path / "seg", task="semantic-segmentation")
+    segment = pipeline("image-segmentation", model=str(tmp_path / "seg"), device="cpu")
+    images = [scene(width=150, height=100), scene(width=64, height=96), scene(width=150, height=100).rotate(90)]
+    together = segment(images)
+    assert len(together) == 3
+    for image, results in zip(images, together):
+        alone = segment(image)
+        assert [r["label"] for r in results] == [r["label"] for r in alone]
+        for result, single in zip(results, alone):
+            assert np.array(result["mask"]).shape == (image.height, image.width)
+            np.testing.assert_array_equal(np.array(result["mask"]), np.array(single["mask"]))
+
+
 class RecordingStdin:
     """Stands for a closed standard input and records every attempt to read it."""
 
