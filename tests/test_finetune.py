@@ -430,3 +430,16 @@ def test_demo_judges_its_figure_against_the_readme_spread():
     assert f"mean +- 2 sd, {low:.3f}-{high:.3f}" in text
     assert " inside " in demo.miou_verdict(0.4075, 1) and "0.338-0.426" in demo.miou_verdict(0.4075, 1)
     assert " OUTSIDE " in demo.miou_verdict(0.30, 2)
+
+
+def test_a_demo_run_repeats_exactly_on_one_machine(tmp_path):
+    """What the README promises for `make demo`: the same seed and number of threads on the same machine give the
+    same weights and figures (no worker, time or unseeded randomness), here for a few steps of the demo's recipe."""
+    settings = {"image_size": 32, "num_train_images": 8, "num_eval_images": 2, "max_train_steps": 4,
+                "num_warmup_steps": 1}
+    runs = [demo.run_finetune(tmp_path / f"run{i}", seed=0, settings=settings, threads=1, quiet=True)[0]
+            for i in range(2)]
+    first, second = (read_weights(tmp_path / f"run{i}") for i in range(2))
+    assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+    for key in ("train_loss", "eval_mean_iou", "eval_overall_accuracy"):
+        assert runs[0][key] == runs[1][key], key
