@@ -9,7 +9,6 @@ import torch
 
 from paca_hf.images import reduce_labels
 from paca_hf.training.augment_segmentation import (
-    SegmentationEvalTransform,
     SegmentationTrainAugment,
     hsv_to_rgb,
     photometric_distortion,
@@ -259,16 +258,6 @@ def test_rescale_size_hand_computed():
     assert rescale_size(300, 400, (2048, 512)) == (512, 683)  # 512/300: 400 * 1.70667 = 682.67 -> 683
     assert rescale_size(1000, 250, (2048, 512)) == (2048, 512)  # 2048/1000 = 512/250 = 2.048
     assert rescale_size(100, 1000, (2048, 512)) == (205, 2048)  # long edge binds: 100 * 2.048 = 204.8 -> 205
-
-
-def test_eval_transform_resizes_normalises_and_pads():
-    images = [torch.full((3, 100, 150), 128, dtype=torch.uint8), torch.full((3, 60, 40), 128, dtype=torch.uint8)]
-    out, sizes = SegmentationEvalTransform(scale=(300, 50), mean=(128, 128, 128), std=(2, 2, 2),
-                                           size_divisor=32)(images)
-    # 100x150 -> factor min(300/150, 50/100) = 0.5 -> (50, 75); 60x40 -> min(300/60, 50/40) = 1.25 -> (75, 50)
-    assert sizes == [(50, 75), (75, 50)]
-    assert out.shape == (2, 3, 96, 96)  # max (75, 75) rounded up to a multiple of 32
-    assert out.abs().max() < 1e-4  # (128 - 128) / 2 inside, pad value 0 outside
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -842,3 +842,27 @@ def test_pipelines_load_the_default_torchvision_processor(tmp_path, task):
         assert len(result) == 3 and abs(sum(item["score"] for item in result) - 1) < 1e-4
     else:
         assert result and all(item["mask"].size == (80, 48) for item in result)
+
+
+def test_resize_without_antialias_samples_the_source_pixels(processor):
+    """`antialias=False` (the segmentation evaluation's resize, mmseg's OpenCV INTER_LINEAR): halving a row
+    [0, 100, 200, 40] bilinearly with half-pixel centres samples x = 0.5 and 2.5, i.e. the means of pixel pairs,
+    (0 + 100) / 2 and (200 + 40) / 2; an antialiased resize averages over a wider window. Same in both backends."""
+    row = np.array([0, 100, 200, 40], dtype=np.uint8)
+    image = np.repeat(np.repeat(row[None, :, None], 2, axis=0), 3, axis=2)  # (2, 4, 3)
+    settings = {"size": {"height": 2, "width": 2}, "do_center_crop": False, "do_normalize": False,
+                "resample": 2}  # PILImageResampling.BILINEAR
+    plain = run(processor, image, antialias=False, **settings)
+    np.testing.assert_allclose(plain[0], np.full((3, 2, 2), [50 / 255, 120 / 255]), atol=1e-6)
+    filtered = run(processor, image, **settings)  # the default: antialiased, as timm's ImageNet transform
+    assert np.abs(filtered[0, 0, 0] - [50 / 255, 120 / 255]).max() > 10 / 255
+
+
+def test_segmentation_processors_resize_without_antialias():
+    """The processor the fine-tune saves and evaluates with, and the converter's default for segmentors, resize as
+    the authors' mmseg evaluation (no antialiasing), in both backends once saved."""
+    from paca_hf.loading import default_image_processor
+    from paca_hf.training.segmentation import recipe_image_processor
+
+    for processor in (recipe_image_processor((256, 64), True), default_image_processor("semantic-segmentation")):
+        assert processor.antialias is False and processor.to_dict()["antialias"] is False

@@ -274,8 +274,8 @@ def test_finetune_evaluation_scores_a_diverged_segmentor_zero():
     from accelerate import Accelerator
     from transformers.modeling_outputs import SemanticSegmenterOutput
 
-    from paca_hf.training.augment_segmentation import SegmentationEvalTransform
     from paca_hf.training.evaluation import evaluate_segmentation, predict_batch
+    from paca_hf.training.segmentation import recipe_image_processor
 
     class Diverged(torch.nn.Module):
         def __init__(self, nan_rows: int):
@@ -288,7 +288,7 @@ def test_finetune_evaluation_scores_a_diverged_segmentor_zero():
             logits[:, :, : self.nan_rows] = float("nan")  # ... except where the scores are NaN
             return SemanticSegmenterOutput(logits=logits)
 
-    transform = SegmentationEvalTransform(scale=(16, 16))
+    transform = recipe_image_processor((16, 16), reduce_labels=False)  # 16 x 16 images stay 16 x 16
     image, labels = torch.zeros(3, 16, 16, dtype=torch.uint8), torch.zeros(16, 16, dtype=torch.long)
     prediction = predict_batch(Diverged(nan_rows=4), [image], transform, "cpu")[0]
     assert (prediction[:4] == 3).all() and (prediction[4:] == 0).all()

@@ -88,6 +88,26 @@ def test_image_segmentation_pipeline_masks(tmp_path):
         np.testing.assert_array_equal(mask > 0, prediction.numpy() == label)
 
 
+def test_image_segmentation_pipeline_on_images_of_different_shapes(tmp_path):
+    """A list of pictures of different shapes in one call, at the pipeline's default batch size, with a segmentation
+    processor (aspect kept, no crop): each gets masks at its own size, those it gets alone."""
+    from paca_hf.training.segmentation import recipe_image_processor
+
+    torch.manual_seed(0)
+    PaCaViTForSemanticSegmentation(tiny_config(num_labels=4)).save_pretrained(tmp_path / "seg")
+    recipe_image_processor((256, 64), reduce_labels=True).save_pretrained(tmp_path / "seg")  # shorter side 64
+    segment = pipeline("image-segmentation", model=str(tmp_path / "seg"), device="cpu")
+    images = [scene(width=150, height=100), scene(width=64, height=96), scene(width=150, height=100).rotate(90)]
+    together = segment(images)
+    assert len(together) == 3
+    for image, results in zip(images, together):
+        alone = segment(image)
+        assert results and [r["label"] for r in results] == [r["label"] for r in alone]
+        for result, single in zip(results, alone):
+            assert np.array(result["mask"]).shape == (image.height, image.width)
+            np.testing.assert_array_equal(np.array(result["mask"]), np.array(single["mask"]))
+
+
 class RecordingStdin:
     """Stands for a closed standard input and records every attempt to read it."""
 

@@ -77,7 +77,7 @@ def test_converted_upernet_is_a_complete_repo(converted):
     assert "auto_map" not in config  # transformers has UperNet; `import paca_hf` registers the backbone
     processor = json.loads((converted / "preprocessor_config.json").read_text())
     expected = default_image_processor("semantic-segmentation").to_dict()  # as the PaCa-head segmentors'
-    for key in ("size", "resample", "do_center_crop", "do_reduce_labels", "image_mean", "image_std"):
+    for key in ("size", "resample", "antialias", "do_center_crop", "do_reduce_labels", "image_mean", "image_std"):
         assert json.loads(json.dumps(expected[key])) == processor[key], key
     card = (converted / "README.md").read_text()
     check_model_card(card, custom_release("upernet", str(converted), case_checkpoint(CASE).name))

@@ -339,6 +339,51 @@ def test_stage_nmi_on_ade20k_schema_examples(segmenter, processor):
     assert all(0.0 <= value <= 1.0 for value in scores.values())
 
 
+@pytest.fixture(scope="module")
+def mixed_size_scenes(tmp_path_factory):
+    """A dataset folder of built-in scenes of five different shapes (two of one shape), in the ADE20k schema."""
+    import datasets
+
+    from paca_hf.data.scenes import features, scene_arrays
+
+    pairs = [scene_arrays(i, size, seed=4) for i, size in enumerate([(80, 120), (96, 64), (64, 64), (80, 120),
+                                                                     (50, 70), (70, 50)])]
+    folder = tmp_path_factory.mktemp("mixed") / "scenes"
+    datasets.DatasetDict({"validation": datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(image) for image, _ in pairs],
+         "annotation": [Image.fromarray(annotation) for _, annotation in pairs]}, features=features(),
+    )}).save_to_disk(str(folder))
+    return folder
+
+
+def test_cluster_nmi_of_mixed_sizes_at_the_default_batch_size(segmenter, mixed_size_scenes, tmp_path, capsys):
+    """With a segmentation processor (aspect kept, no crop) images of different shapes share the default batches of
+    4; the pooled tables are those of scoring one image at a time. The script scores such a folder too."""
+    import datasets
+
+    from paca_hf.training.segmentation import recipe_image_processor
+
+    processor = recipe_image_processor((256, 64), reduce_labels=True)
+    examples = datasets.load_from_disk(str(mixed_size_scenes))["validation"]
+    scores, tables = stage_cluster_nmi(segmenter, examples, processor, return_tables=True)
+    alone, alone_tables = stage_cluster_nmi(segmenter, examples, processor, batch_size=1, return_tables=True)
+    assert set(tables) == set(alone_tables) == {"stage1", "stage2", "stage3", "head"}
+    for key in tables:
+        np.testing.assert_array_equal(tables[key], alone_tables[key], err_msg=key)
+    assert scores == alone
+
+    folder = tmp_path / "segmenter"
+    segmenter.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cluster_nmi_script", ROOT / "scripts" / "cluster_nmi.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # in this process: a subprocess would spend seconds importing
+    assert script.main(["--model", str(folder), "--dataset", str(mixed_size_scenes), "--num-images", "6"]) == 0
+    assert "scored 6 images" in capsys.readouterr().out
+
+
 def test_cluster_nmi_report_builtin_with_random_baseline(segmenter_folder):
     model, image_processor = load_model_and_processor(str(segmenter_folder))
     examples = load_examples("builtin", num_images=2, image_size=64)

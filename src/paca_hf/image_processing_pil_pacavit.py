@@ -40,10 +40,16 @@ class PaCaViTImageProcessorKwargs(ImagesKwargs, total=False):
     do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
         Map label 0 to 255 and subtract 1 from every other label of the segmentation maps (255 stays 255), as for
         ADE20k where 0 is "background / ignore".
+    antialias (`bool`, *optional*, defaults to `self.antialias`):
+        Whether a downscaling resize filters first (PIL's and torchvision's antialiased resize, timm's ImageNet
+        transform). `False` interpolates the source pixels directly, in float32 (torch's `interpolate` with
+        half-pixel centres, the same in both backends): mmseg's OpenCV `INTER_LINEAR`, the authors' segmentation
+        evaluation.
     """
 
     crop_pct: float | int | None
     do_reduce_labels: bool | None
+    antialias: bool | None
 
 
 class PaCaViTImageProcessingMixin:
@@ -85,6 +91,7 @@ class PaCaViTImageProcessingMixin:
         image_std (`list[float]`, defaults to ImageNet std `(0.229, 0.224, 0.225)`).
         do_convert_rgb (`bool`, defaults to `True`): Convert every image to RGB (see above).
         do_reduce_labels (`bool`, defaults to `False`): See [`PaCaViTImageProcessorKwargs`].
+        antialias (`bool`, defaults to `True`): See [`PaCaViTImageProcessorKwargs`].
     """
 
     valid_kwargs = PaCaViTImageProcessorKwargs
@@ -104,6 +111,7 @@ class PaCaViTImageProcessingMixin:
     do_normalize = True
     do_convert_rgb = True
     do_reduce_labels = False
+    antialias = True
 
     def preprocess(
         self,
@@ -147,6 +155,7 @@ class PaCaViTImageProcessingMixin:
         image_std,
         do_convert_rgb: bool | None,
         do_reduce_labels: bool,
+        antialias: bool | None = True,
         input_data_format: str | ChannelDimension | None = None,
         return_tensors=None,
         device=None,
@@ -204,7 +213,9 @@ class PaCaViTImageProcessingMixin:
         for indices in groups:
             first = indices[0]  # a batch shares shape and dtype, hence channels, resize target and value range
             batch = self._stack([images[index] for index in indices])
-            if do_resize:
+            if do_resize and antialias is False:
+                batch = self._interpolate(batch, new_sizes[first], resample)
+            elif do_resize:
                 batch = self.resize(batch, new_sizes[first], resample=resample)
             if do_center_crop:
                 batch = self.center_crop(batch, crop_size)
@@ -250,6 +261,38 @@ class PaCaViTImageProcessingMixin:
         return reduce_labels(label)
 
     # ------------------------------------------------------------------ geometry
+
+    @staticmethod
+    def _interpolate(batch, size: SizeDict, resample):
+        """The resize without antialiasing (`antialias=False`): torch's `interpolate` (half-pixel centres) of a
+        channels-first image or batch (numpy array or tensor, returned as the same kind), in float32 without rounding;
+        bicubic results are clipped to the input's value range (255 for 8-bit data, else 1).
+
+        Raises:
+            `ValueError`: a `resample` other than nearest, bilinear or bicubic.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        modes = {PILImageResampling.NEAREST: "nearest-exact", PILImageResampling.BILINEAR: "bilinear",
+                 PILImageResampling.BICUBIC: "bicubic"}
+        mode = modes.get(PILImageResampling(int(resample if resample is not None else PILImageResampling.BICUBIC)))
+        if mode is None:
+            raise ValueError(
+                f"`resample` {resample!r} has no resize without antialiasing; with `antialias=False` use nearest, "
+                f"bilinear or bicubic"
+            )
+        is_array = isinstance(batch, np.ndarray)
+        tensor = torch.from_numpy(np.ascontiguousarray(batch)) if is_array else batch
+        top = 255.0 if tensor.dtype == torch.uint8 else 1.0
+        single = tensor.ndim == 3
+        tensor = tensor[None] if single else tensor
+        extra = {} if mode == "nearest-exact" else {"align_corners": False}
+        resized = F.interpolate(tensor.to(torch.float32), size=(size.height, size.width), mode=mode, **extra)
+        if mode == "bicubic":
+            resized = resized.clamp_(0.0, top)
+        resized = resized[0] if single else resized
+        return resized.numpy() if is_array else resized
 
     @staticmethod
     def _resize_output_size(image, size: SizeDict | None, crop_pct: float | None) -> SizeDict:

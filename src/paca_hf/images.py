@@ -453,6 +453,16 @@ def reduce_labels(labels, ignore_index: int = 255):
     return np.where((labels == 0) | (labels == ignore_index), np.int64(ignore_index), labels - 1)
 
 
+def same_size_groups(pixel_values) -> list[list[int]]:
+    """Indices of the prepared images (arrays or tensors, e.g. an image processor's `pixel_values` with
+    `return_tensors=None`) grouped by shape, each group in input order, groups in order of first appearance: the
+    batches a model can run without padding (padding would change what every PaCa cluster averages over)."""
+    groups: dict[tuple, list[int]] = {}
+    for index, pixels in enumerate(pixel_values):
+        groups.setdefault(tuple(pixels.shape), []).append(index)
+    return list(groups.values())
+
+
 __all__ = [
     "exif_orientation",
     "exif_transpose",
@@ -462,4 +472,5 @@ __all__ = [
     "open_image",
     "open_stored_image",
     "reduce_labels",
+    "same_size_groups",
 ]

@@ -9,8 +9,9 @@ def default_image_processor(task: str = "image-classification"):
     """The authors' evaluation transform for `task` as a `PaCaViTImageProcessor`:
 
     * `"semantic-segmentation"`: mmseg's ADE20k evaluation (`Resize(scale=(2048, 512), keep_ratio=True)`), a
-      bilinear resize of the shorter side to 512 with the longer side capped at 2048, the whole image (no crop),
-      labels reduced (0 = "other" becomes the ignored 255);
+      bilinear resize of the shorter side to 512 with the longer side capped at 2048, without antialiasing (OpenCV's
+      `INTER_LINEAR`, which mmcv uses), the whole image (no crop), labels reduced (0 = "other" becomes the ignored
+      255);
     * any other task: the ImageNet evaluation transform (the processor's defaults).
     """
     from transformers.image_utils import PILImageResampling
@@ -20,7 +21,7 @@ def default_image_processor(task: str = "image-classification"):
     if task == "semantic-segmentation":
         return PaCaViTImageProcessor(
             size={"shortest_edge": 512, "longest_edge": 2048}, resample=PILImageResampling.BILINEAR,
-            do_center_crop=False,
+            antialias=False, do_center_crop=False,
             do_reduce_labels=True,
         )
     return PaCaViTImageProcessor()

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
-from ..images import load_label_map, reduce_labels
+from ..images import load_label_map, reduce_labels, same_size_groups
 from ..visualization import compute_cluster_assignments, hard_cluster_map, normalize_image, resize_nearest
 
 
@@ -145,10 +145,12 @@ def _batches(data, image_processor, batch_size: int, reduce: bool, ignore_index:
                 labels = reduce_labels(annotation, ignore_index) if reduce else annotation
                 yield normalize_image(image), torch.from_numpy(labels)[None]
             return
-        encoded = image_processor(
-            images, segmentation_maps=annotations, do_reduce_labels=reduce, return_tensors="pt"
-        )
-        yield encoded["pixel_values"], torch.as_tensor(encoded["labels"])
+        # Images of different sizes (a processor without a crop keeps them) run as batches of one size each.
+        encoded = image_processor(images, segmentation_maps=annotations, do_reduce_labels=reduce)
+        pixel_values = [torch.as_tensor(pixels) for pixels in encoded["pixel_values"]]
+        labels = [torch.as_tensor(label) for label in encoded["labels"]]
+        for indices in same_size_groups(pixel_values):
+            yield torch.stack([pixel_values[i] for i in indices]), torch.stack([labels[i] for i in indices])
 
     if remaining is not None and remaining <= 0:
         return
@@ -200,8 +202,9 @@ def stage_cluster_nmi(
             `datasets.Dataset`), or ready batches `{"pixel_values": (B, C, H, W), "labels": (B, H, W)}` whose labels
             are already reduced (`ignore_index` for pixels to skip); both may be mixed.
         image_processor: makes `pixel_values` and resizes / crops the annotations alongside (its `segmentation_maps`
-            argument); without one each image is fed at its own size (ImageNet normalisation). Examples are batched
-            by `batch_size`, so the processor must produce equal sizes (its default center crop does).
+            argument); without one each image is fed at its own size (ImageNet normalisation). Examples are taken
+            `batch_size` at a time and the model runs on those of one prepared size together, so images of any
+            sizes can be mixed (e.g. with a segmentation processor, which keeps the aspect ratio and does not crop).
         num_images: use at most this many images.
         do_reduce_labels: reduce annotations as ADE20k does (0 -> `ignore_index`, others - 1). Not applied to
             ready batches.

@@ -1,11 +1,11 @@
 """Training PaCa-ViT, by concept. Each module is one job; the ADE20k fine-tune (`finetune`) puts them together.
 
 * `data`: `image` / `annotation` datasets, class names, the seeded epoch sampler, collate;
-* `augment_segmentation`: mmseg's ADE20k training augmentation and test-time resize, on tensors;
+* `augment_segmentation`: mmseg's ADE20k training augmentation, on tensors;
 * `optim`, `scheduler`: the recipe's AdamW parameter groups and warm-up + poly schedule;
 * `segmentation`: the model built from a converted checkpoint or a config, and the image processor saved with it;
 * `checkpoint`: checkpoints written completely (a `COMPLETE` marker) before they replace anything, and resume;
-* `evaluation`: whole-image inference and mIoU;
+* `evaluation`: whole-image inference through the saved image processor, and mIoU;
 * `errors`: the run's errors and the non-finite guards;
 * `distributed`: how a run was launched (a distributed run on CPUs, a multi-machine launch that would train each
   machine alone, FSDP without GPUs);
@@ -14,7 +14,7 @@
 Importing this package needs neither timm nor accelerate.
 """
 
-from .augment_segmentation import SegmentationEvalTransform, SegmentationTrainAugment
+from .augment_segmentation import SegmentationTrainAugment
 from .checkpoint import (
     COMPLETE_MARKER,
     TrainingState,
@@ -41,7 +41,6 @@ __all__ = [
     "InitReport",
     "NonFiniteError",
     "PolyWithWarmup",
-    "SegmentationEvalTransform",
     "SegmentationTrainAugment",
     "TrainingError",
     "TrainingState",

@@ -18,8 +18,7 @@ Differences from mmseg, on purpose: pixel values stay float between steps (mmseg
 photometric step), and saturation and hue share one RGB->HSV->RGB round trip (the same maths, in float).
 """
 
-import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -368,52 +367,9 @@ class SegmentationTrainAugment:
         return out_images, out_labels
 
 
-class SegmentationEvalTransform:
-    """mmseg's ADE20k test-time preprocessing: keep-ratio resize to fit `scale` (bilinear), normalise, and
-    pad (bottom / right, with 0) to a common size, a multiple of `size_divisor` when given.
-
-    Returns `(images, sizes)`: float32 (B, 3, H, W) and the list of each sample's resized (h, w); crop the
-    model's logits to (h, w), then resize them to the original label size before the metric.
-    Labels are not transformed: mmseg evaluates at the original resolution.
-    """
-
-    def __init__(
-        self,
-        scale: Tuple[int, int] = (2048, 512),
-        mean: Optional[Sequence[float]] = IMAGENET_MEAN_255,
-        std: Optional[Sequence[float]] = IMAGENET_STD_255,
-        size_divisor: Optional[int] = None,
-    ):
-        self.scale = tuple(scale)
-        self.mean = mean
-        self.std = std
-        self.size_divisor = size_divisor
-
-    def __call__(self, images: ImagesIn, device: Optional[Union[str, torch.device]] = None):
-        images = _as_list(images)
-        if device is None:
-            device = images[0].device if isinstance(images[0], torch.Tensor) else torch.device("cpu")
-        resized: List[torch.Tensor] = []
-        for image in images:
-            image = _to_image_tensor(image, device)
-            size = rescale_size(image.shape[-2], image.shape[-1], self.scale)
-            resized.append(_normalise(resize_image(image, size), self.mean, self.std))
-        sizes = [tuple(t.shape[-2:]) for t in resized]
-        height = max(s[0] for s in sizes)
-        width = max(s[1] for s in sizes)
-        if self.size_divisor:
-            d = int(self.size_divisor)
-            height, width = math.ceil(height / d) * d, math.ceil(width / d) * d
-        out = torch.zeros((len(resized), 3, height, width), dtype=torch.float32, device=device)
-        for i, t in enumerate(resized):
-            out[i, :, : t.shape[-2], : t.shape[-1]] = t
-        return out, sizes
-
-
 __all__ = [
     "IMAGENET_MEAN_255",
     "IMAGENET_STD_255",
-    "SegmentationEvalTransform",
     "SegmentationTrainAugment",
     "decode_image",
     "decode_label_map",

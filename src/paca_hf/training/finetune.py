@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..file_utils import fsync_dir, fsync_file, give_normal_permissions, write_json_atomically
-from .augment_segmentation import SegmentationEvalTransform, SegmentationTrainAugment
+from .augment_segmentation import SegmentationTrainAugment
 from .checkpoint import (
     TrainingState,
     find_latest_checkpoint,
@@ -290,7 +290,7 @@ def run(args, accelerator) -> dict:
         crop_size=(args.crop_size, args.crop_size), scale=args.resize_scale, reduce_zero_label=args.reduce_labels,
         ignore_index=255,
     )
-    eval_transform = SegmentationEvalTransform(scale=args.resize_scale)
+    # Evaluated through the processor saved with the model: the figures are those of the deployed model.
     image_processor = recipe_image_processor(args.resize_scale, args.reduce_labels)
 
     run_info = {
@@ -325,7 +325,7 @@ def run(args, accelerator) -> dict:
 
     def run_eval(keep_predictions=False):
         return evaluate_segmentation(
-            model, eval_loader, accelerator, eval_transform, num_labels, args.reduce_labels, 255,
+            model, eval_loader, accelerator, image_processor, num_labels, args.reduce_labels, 255,
             keep_predictions=keep_predictions,
             disable_progress=args.disable_tqdm or not accelerator.is_main_process,
         )

@@ -177,9 +177,10 @@ def build_model(
 
 
 def recipe_image_processor(resize_scale: tuple[int, int], reduce_labels: bool):
-    """The image processor saved with the model: the fine-tune's whole-image evaluation resize (mmseg's
-    `Resize(scale=resize_scale, keep_ratio=True)`: shorter side to `resize_scale[1]`, longer side capped at
-    `resize_scale[0]`, bilinear, no crop), ImageNet normalisation; `do_reduce_labels` as in training."""
+    """The image processor saved with the model, which is also the one the fine-tune evaluates with: mmseg's
+    whole-image evaluation resize (`Resize(scale=resize_scale, keep_ratio=True)`: shorter side to `resize_scale[1]`,
+    longer side capped at `resize_scale[0]`, bilinear without antialiasing, no crop), ImageNet normalisation;
+    `do_reduce_labels` as in training."""
     from ..loading import default_image_processor
 
     longest, shortest = (int(side) for side in resize_scale)
