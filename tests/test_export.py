@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.export import Dim
 
-from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
+from paca_hf import PaCaViTBackbone, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation, PaCaViTModel
 from tiny_configs import tiny_config as shared_tiny_config
 
 
@@ -273,3 +273,27 @@ def test_dynamic_compile_recompiles_only_for_another_number_of_bands():
     assert graphs_for(64, (64, 56)) == 1
     assert graphs_for(64, (64, 56, 80)) == 2
     assert graphs_for(0, (64, 56, 80)) == 1
+
+
+@pytest.mark.parametrize("model_class", [PaCaViTModel, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation,
+                                         PaCaViTBackbone])
+def test_fullgraph_compile_on_the_first_call_of_a_fresh_model(model_class):
+    """`torch.compile(model, fullgraph=True)` works on a freshly built model's first call, recorded outputs included:
+    the output-recording hooks are installed when the model is built (installing them takes a lock, which dynamo
+    cannot trace). The dynamo graph is run as is (backend "eager"): the point is that it is captured whole."""
+    torch.manual_seed(0)
+    config = shared_tiny_config(num_labels=5, out_features=["stage1", "stage3"])
+    model = model_class(config).eval()
+    pixel_values = inputs(2, 64, 64)
+    kwargs = {"output_hidden_states": True}
+    if model_class is not PaCaViTBackbone:
+        kwargs["output_cluster_assignments"] = True
+    torch._dynamo.reset()
+    compiled, graphs = compile_recording_graphs(model, fullgraph=True)
+    with torch.no_grad():
+        actual = compiled(pixel_values, **kwargs)
+        expected = model(pixel_values, **kwargs)
+    torch._dynamo.reset()
+    assert len(graphs) == 1
+    assert len(actual.hidden_states) == config.num_stages
+    torch.testing.assert_close(actual.to_tuple(), expected.to_tuple(), atol=1e-5, rtol=0)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForSemanticSegmentation
 
 from paca_hf import (
+    PaCaViTBackbone,
     PaCaViTConfig,
     PaCaViTForImageClassification,
     PaCaViTForSemanticSegmentation,
@@ -349,3 +350,27 @@ def test_cluster_projection_normalises_as_batchnorm1d_over_the_clusters(seed):
         torch.testing.assert_close(projection(clusters), expected)
         torch.testing.assert_close(projection.norm.running_mean, reference_norm.running_mean)
         torch.testing.assert_close(projection.norm.running_var, reference_norm.running_var)
+
+
+ALL_CLASSES = [PaCaViTModel, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation, PaCaViTBackbone]
+
+
+@pytest.mark.parametrize("model_class", ALL_CLASSES)
+def test_return_dict_false_in_the_call_and_through_from_pretrained(model_class, tmp_path, seed):
+    """`return_dict=False` gives the tuple of the output's fields that are set (transformers' `to_tuple`), whether it
+    is passed in the call or set in the config by `from_pretrained(..., return_dict=False)`: the heads still read their
+    encoder's output by field."""
+    model = model_class(tiny_config(out_features=["stage2", "stage4"])).eval()
+    model.save_pretrained(tmp_path)
+    from_config = model_class.from_pretrained(tmp_path, return_dict=False).eval()
+    assert from_config.config.return_dict is False
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(pixel_values, output_hidden_states=True).to_tuple()
+        for as_tuple in (model(pixel_values, output_hidden_states=True, return_dict=False),
+                         from_config(pixel_values, output_hidden_states=True)):
+            assert isinstance(as_tuple, tuple) and len(as_tuple) == len(expected)
+            torch.testing.assert_close(as_tuple, expected, atol=0, rtol=0)
+        # The call's `return_dict=True` wins over the config.
+        torch.testing.assert_close(from_config(pixel_values, return_dict=True).to_tuple(), model(pixel_values).to_tuple())
+

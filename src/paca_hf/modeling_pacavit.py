@@ -22,6 +22,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import (
     OutputRecorder,
     capture_outputs,
+    maybe_install_capturing_hooks,
     resolve_hidden_states_indices,
     selected_hidden_states,
 )
@@ -687,6 +688,13 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
         )
         self.post_init()
 
+    def post_init(self):
+        """Also installs the hooks that record `hidden_states`, `attentions` and `cluster_assignments` now, as
+        transformers' backbones do, rather than on the first call that asks for them: installing them takes a lock,
+        which `torch.compile(fullgraph=True)` cannot trace, so a fresh model's first compiled call would fail."""
+        super().post_init()
+        maybe_install_capturing_hooks(self)
+
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> PaCaViTModelOutput:
@@ -733,7 +741,8 @@ class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
             (or float targets for regression / multi-label, following `config.problem_type`).
         output_hidden_states, output_attentions, output_cluster_assignments: as in [`PaCaViTModel`].
         """
-        outputs = self.pacavit(pixel_values, **kwargs)
+        # `return_dict=True`: the heads read fields of the encoder's output even when `config.return_dict` is False.
+        outputs = self.pacavit(pixel_values, return_dict=True, **kwargs)
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
@@ -872,7 +881,7 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         # The head reads every stage's feature map; the caller gets those that `output_hidden_states` selects.
-        outputs = self.pacavit(pixel_values, output_hidden_states=True, **kwargs)
+        outputs = self.pacavit(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
         logits, cluster_logits = self.decode_head(outputs.hidden_states)
         loss = None if labels is None else self.compute_loss(logits, cluster_logits, labels)
         hidden_states = outputs.hidden_states if output_hidden_states is not False else None
@@ -910,7 +919,7 @@ class PaCaViTBackbone(BackboneMixin, PaCaViTModel):
         output_hidden_states (`bool`, *optional*): also return every stage's feature map.
         output_attentions (`bool`, *optional*): also return every block's attention weights.
         """
-        outputs = PaCaViTModel.forward(self, pixel_values, output_hidden_states=True, **kwargs)
+        outputs = PaCaViTModel.forward(self, pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
         feature_maps = tuple(
             hidden_state
             for stage, hidden_state in zip(self.stage_names, outputs.hidden_states)
