@@ -374,3 +374,24 @@ def test_return_dict_false_in_the_call_and_through_from_pretrained(model_class, 
         # The call's `return_dict=True` wins over the config.
         torch.testing.assert_close(from_config(pixel_values, return_dict=True).to_tuple(), model(pixel_values).to_tuple())
 
+
+def test_probabilities_of_one_train_without_nan(seed):
+    """`drop_path_rate=1`: the deepest block (rate 1 in the linear schedule) drops both residual branches of every
+    sample in training, so it passes its input through unchanged (not 0 / 0); dropout probabilities of 1 give zeros.
+    The loss and every gradient stay finite; in eval mode nothing is dropped."""
+    model = PaCaViTForSemanticSegmentation(tiny_config(
+        drop_path_rate=1, hidden_dropout_prob=1, attention_probs_dropout_prob=1, classifier_dropout_prob=1)).train()
+    last_block = model.pacavit.stages[-1].layers[-1]
+    assert last_block.drop_path.drop_prob == 1
+    captured = {}
+    last_block.register_forward_hook(lambda module, args, output: captured.update(input=args[0], output=output[0]))
+    pixel_values = torch.randn(2, 3, 64, 64)
+    outputs = model(pixel_values, labels=torch.randint(0, 5, (2, 64, 64)))
+    torch.testing.assert_close(captured["output"], captured["input"], atol=0, rtol=0)
+    assert torch.isfinite(outputs.loss)
+    outputs.loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
+    with torch.no_grad():
+        model.eval()(pixel_values)
+    assert not torch.equal(captured["output"], captured["input"])

@@ -117,9 +117,12 @@ def is_tracing() -> bool:
 
 
 def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drop whole residual branches per sample."""
+    """Stochastic depth: drop whole residual branches per sample with probability `drop_prob`, scaling the kept ones
+    by 1 / (1 - drop_prob); `drop_prob=1` drops every branch (zeros, where the scaling would give 0 / 0 = NaN)."""
     if drop_prob == 0.0 or not training:
         return hidden_states
+    if drop_prob >= 1.0:
+        return hidden_states * 0  # still on the autograd graph, as a dropped branch is for DDP
     keep_prob = 1.0 - drop_prob
     shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
     mask = torch.empty(shape, dtype=hidden_states.dtype, device=hidden_states.device).bernoulli_(keep_prob)
