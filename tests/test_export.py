@@ -24,6 +24,11 @@ EXAMPLE = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0)
 SIZES = [(1, 96, 96), (3, 224, 224), (1, 320, 320), (1, 512, 512), (2, 100, 164)]
 DYNAMIC = {"pixel_values": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}}
 
+BATCH_OF_ONE = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+# Batch 3, and heights or widths of 32 px (a map 1 patch high or wide in the last stage), below the 33 px that an
+# export once required.
+SIZES_AFTER_BATCH_OF_ONE = [(3, 64, 64), (2, 32, 64), (1, 72, 32), (3, 100, 164)]
+
 
 def tiny_config():
     # Banded Mix-FFN (64 patches per band), clusters in stages 1-3, patch-to-patch attention in stage 4.
@@ -78,11 +83,14 @@ def test_torch_export_with_labels_gives_the_eager_loss(segmenter):
 
 
 def test_dynamo_onnx_export_runs_in_onnxruntime_at_any_size(segmenter, tmp_path):
+    """Exported from an example batch of 1 (the batch-2 example is the README's), the ONNX graph runs at other batch
+    sizes and image sizes, down to a 1 x 1 map in the last stage, equal to the eager model. (The exporter treats sizes
+    0 and 1 like any other, as torchvision's ResNet exports; the model's convolutions no longer guard on them.)"""
     path = tmp_path / "model.onnx"
-    torch.onnx.export(segmenter, (), str(path), kwargs={"pixel_values": EXAMPLE}, dynamo=True,
+    torch.onnx.export(segmenter, (), str(path), kwargs={"pixel_values": BATCH_OF_ONE}, dynamo=True,
                       dynamic_shapes=DYNAMIC, input_names=["pixel_values"], output_names=["logits", "cluster_logits"])
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for size in SIZES:
+    for size in [*SIZES, *SIZES_AFTER_BATCH_OF_ONE, (2, 32, 32)]:
         pixel_values = inputs(*size)
         with torch.no_grad():
             expected = segmenter(pixel_values)
@@ -297,3 +305,21 @@ def test_fullgraph_compile_on_the_first_call_of_a_fresh_model(model_class):
     assert len(graphs) == 1
     assert len(actual.hidden_states) == config.num_stages
     torch.testing.assert_close(actual.to_tuple(), expected.to_tuple(), atol=1e-5, rtol=0)
+
+
+def test_torch_export_from_a_batch_of_one_with_size_oblivious_shapes(segmenter):
+    """torch.export specialises an example size of 0 or 1 for every model (torchvision's ResNet too) unless sizes are
+    size-oblivious (`torch.fx.experimental._config.backed_size_oblivious`, what the ONNX exporter sets): then the
+    program exported from a batch of 1 takes other batch sizes and image sizes, with the eager outputs. One guard is
+    left, from transformers' SDPA integration (`query length > 1`): the last stage needs at least 2 patches (an image
+    larger than 32 px in height or width)."""
+    with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        program = torch.export.export(segmenter, (), {"pixel_values": BATCH_OF_ONE}, dynamic_shapes=DYNAMIC)
+    for size in SIZES_AFTER_BATCH_OF_ONE:
+        pixel_values = inputs(*size)
+        with torch.no_grad():
+            expected = segmenter(pixel_values)
+            actual = program.module()(pixel_values=pixel_values)
+        torch.testing.assert_close(actual.logits, expected.logits, atol=1e-4, rtol=0, msg=str(size))
+        torch.testing.assert_close(actual.cluster_logits, expected.cluster_logits, atol=1e-4, rtol=0, msg=str(size))
+

@@ -99,10 +99,18 @@ class PaCaViTSemanticSegmenterOutput(ModelOutput):
 
 
 def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """`(batch, height * width, channels)` -> `(batch, channels, height, width)`, as a view (channels-last memory)."""
+    """`(batch, height * width, channels)` -> `(batch, channels, height, width)`, as a view (channels-last memory);
+    a contiguous copy in an exported graph (see below)."""
     # `view` with the sizes read from the tensors (not `unflatten`) so that TorchScript tracing records them.
     batch_size, _, channels = tokens.shape
-    return tokens.transpose(1, 2).view(batch_size, channels, height, width)
+    feature_map = tokens.transpose(1, 2).view(batch_size, channels, height, width)
+    if torch.compiler.is_exporting():
+        # A channels-last view is also contiguous when the batch, the height or the width is 1, so the convolutions
+        # that read it guard on those sizes (to choose their output's memory format): a batch-1 example would fix the
+        # exported batch to 1 and every stage's map would have to be larger than 1 x 1 (images of at least 33 px).
+        # A copy by `clone`: `.contiguous()` would itself ask whether the view is contiguous.
+        return feature_map.clone(memory_format=torch.contiguous_format)
+    return feature_map
 
 
 def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
