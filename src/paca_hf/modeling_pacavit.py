@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin, filter_output_hidden_states
@@ -339,6 +340,12 @@ def default_chunk_size_feed_forward(device: torch.device) -> int:
     return 4096 if device.type == "cpu" else 0
 
 
+def is_plain_weight(linear: nn.Linear) -> bool:
+    """True when `linear.weight` is an ordinary parameter (or its fake tensor while torch.export traces), False for
+    a tensor subclass such as torchao's quantized weights or a DTensor. By type, which dynamo reads as it is."""
+    return type(linear.weight) in (nn.Parameter, torch.Tensor) or isinstance(linear.weight, FakeTensor)
+
+
 def pointwise_conv(feature_map: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """`linear` applied to every position of a `(batch, in_features, height, width)` map, as a 1x1 convolution."""
     weight = linear.weight.view(linear.out_features, linear.in_features, 1, 1)
@@ -424,8 +431,9 @@ class PaCaViTMixFFN(nn.Module):
             hidden_states = hidden_states[:, first * width : last * width]
             band_height = last - first
         # Dynamo graphs (torch.compile, torch.export, the ONNX exporter) in the map layout; TorchScript's ONNX exporter
-        # needs parameters as convolution kernels, so it records the token layout.
-        map_layout = torch.compiler.is_compiling()
+        # needs parameters as convolution kernels, so it records the token layout. So do weights that are tensor
+        # subclasses (torchao's quantized weights, DTensors): they implement `linear`, not a view as a conv kernel.
+        map_layout = torch.compiler.is_compiling() and is_plain_weight(self.dense1) and is_plain_weight(self.dense2)
         if map_layout:
             expanded = pointwise_conv(tokens_to_map(hidden_states, band_height, width), self.dense1)
         else:
