@@ -395,3 +395,26 @@ def test_probabilities_of_one_train_without_nan(seed):
     with torch.no_grad():
         model.eval()(pixel_values)
     assert not torch.equal(captured["output"], captured["input"])
+
+
+def test_flex_attention_gives_the_eager_outputs(seed):
+    """`attn_implementation="flex_attention"` runs the patch-to-cluster attention (patch queries, cluster keys and
+    values; patch keys in the last stage) through transformers' flex path, with the eager outputs. Compiled with
+    dynamo's "aot_eager" backend, under which transformers calls `flex_attention` itself (outside dynamo it compiles
+    the kernel with inductor first, about 45 s on a CPU); this test checks the attention, not that compile."""
+    # Two stages: clusters in the first, patch-to-patch attention in the second.
+    config = tiny_config(hidden_sizes=[16, 32], depths=[1, 1], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+                         num_clusters=[4, 0])
+    eager = PaCaViTForImageClassification(config).eval()
+    eager.set_attn_implementation("eager")
+    flex = PaCaViTForImageClassification.from_pretrained(
+        None, config=config, state_dict=eager.state_dict(), attn_implementation="flex_attention"
+    ).eval()
+    assert flex.config._attn_implementation == "flex_attention"
+    pixel_values = torch.randn(2, 3, 64, 64)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        actual = torch.compile(flex, backend="aot_eager", fullgraph=True)(pixel_values).logits
+        expected = eager(pixel_values).logits
+    torch._dynamo.reset()
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)

@@ -629,6 +629,8 @@ class PaCaViTPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    # Patch queries, cluster (or patch) keys and values, no mask: flex attention computes the same (on a CPU too).
+    _supports_flex_attn = True
     _no_split_modules = ["PaCaViTLayer", "PaCaViTClusteringTeacher"]
     _input_embed_layer = "embeddings"  # the convolutional stem
     _can_record_outputs = {
