@@ -372,7 +372,8 @@ def test_return_dict_false_in_the_call_and_through_from_pretrained(model_class, 
             assert isinstance(as_tuple, tuple) and len(as_tuple) == len(expected)
             torch.testing.assert_close(as_tuple, expected, atol=0, rtol=0)
         # The call's `return_dict=True` wins over the config.
-        torch.testing.assert_close(from_config(pixel_values, return_dict=True).to_tuple(), model(pixel_values).to_tuple())
+        as_dict = from_config(pixel_values, return_dict=True)
+        torch.testing.assert_close(as_dict.to_tuple(), model(pixel_values).to_tuple())
 
 
 def test_probabilities_of_one_train_without_nan(seed):

@@ -206,8 +206,8 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
         for stage, (width, ratio) in enumerate(zip(self.hidden_sizes, self.mlp_ratios)):
             if int(width * ratio) < 1:
                 raise ValueError(
-                    f"`mlp_ratios[{stage}]` = {ratio} gives `hidden_sizes[{stage}]` x ratio = {width * ratio}, less than "
-                    f"one channel for the Mix-FFN (and the MLP clustering)."
+                    f"`mlp_ratios[{stage}]` = {ratio} gives `hidden_sizes[{stage}]` x ratio = {width * ratio}, less "
+                    f"than one channel for the Mix-FFN (and the MLP clustering)."
                 )
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"`hidden_act` {self.hidden_act!r} is not an activation of transformers' `ACT2FN`.")
@@ -217,7 +217,9 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
                 f"got {self.layer_norm_eps}."
             )
         # At 1: dropout gives zeros, and the deepest block's residual branches are always dropped in training.
-        for name in ("drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"):
+        for name in (
+            "drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"
+        ):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"`{name}` is a probability and must be in [0, 1], got {value}.")
@@ -227,7 +229,9 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
         if len(image_size) not in (1, 2) or any(size < 1 for size in image_size):
             raise ValueError(f"`image_size` must be a positive int or (height, width), got {self.image_size}.")
         if self.initializer_range < 0:
-            raise ValueError(f"`initializer_range` is a standard deviation and must be >= 0, got {self.initializer_range}.")
+            raise ValueError(
+                f"`initializer_range` is a standard deviation and must be >= 0, got {self.initializer_range}."
+            )
         if self.cluster_loss_weight < 0:
             raise ValueError(
                 f"`cluster_loss_weight` must be >= 0 (a negative weight rewards a worse clustering and the loss is "
