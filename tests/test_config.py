@@ -35,6 +35,25 @@ def test_defaults_are_paca_tiny():
         (dict(depths=[]), r"`depths` must name at least one stage"),
         (dict(depths=[2, 0, 4, 2]), r"`depths` must be positive"),
         (dict(chunk_size_feed_forward=-1), r"`chunk_size_feed_forward` must be >= 0"),
+        (dict(drop_path_rate=1.01), r"`drop_path_rate` is a probability and must be in \[0, 1\], got 1.01"),
+        (dict(drop_path_rate=-0.1), r"`drop_path_rate` is a probability"),
+        (dict(drop_path_rate=float("nan")), r"`drop_path_rate` is a probability"),
+        (dict(hidden_dropout_prob=1.5), r"`hidden_dropout_prob` is a probability"),
+        (dict(attention_probs_dropout_prob=2), r"`attention_probs_dropout_prob` is a probability"),
+        (dict(classifier_dropout_prob=-0.5), r"`classifier_dropout_prob` is a probability"),
+        (dict(layer_norm_eps=0.0), r"`layer_norm_eps` must be > 0"),
+        (dict(layer_norm_eps=-1e-6), r"`layer_norm_eps` must be > 0"),
+        (dict(mlp_ratios=[4, 4, 0.001, 4]), r"`mlp_ratios\[2\]` = 0.001 gives"),
+        (dict(mlp_ratios=[4, 4, 4, -1]), r"`mlp_ratios` must be positive"),
+        (dict(hidden_sizes=[96, 192, 0, 384]), r"`hidden_sizes` must be positive"),
+        (dict(num_attention_heads=[2, 4, 8, -16]), r"`num_attention_heads` must be positive"),
+        (dict(decode_head_hidden_size=0), r"`decode_head_hidden_size` must be positive"),
+        (dict(image_size=0), r"`image_size` must be a positive"),
+        (dict(image_size=[224, -1]), r"`image_size` must be a positive"),
+        (dict(num_channels=0), r"`num_channels` must be positive"),
+        (dict(initializer_range=-0.02), r"`initializer_range` is a standard deviation"),
+        (dict(cluster_loss_weight=-0.4), r"`cluster_loss_weight` must be >= 0"),
+        (dict(hidden_act="swishy"), r"`hidden_act` 'swishy'"),
     ],
 )
 def test_invalid_configs_raise_value_error_naming_the_field(kwargs, message):
@@ -92,3 +111,11 @@ def test_clustering_interval_follows_the_number_of_stages():
     assert PaCaViTConfig().clustering_interval == [0, 0, 0, 0]
     with pytest.raises(ValueError, match="clustering_interval"):
         PaCaViTConfig(**two_stages, clustering_interval=[0, 0, 0])
+
+
+def test_probabilities_at_the_ends_of_their_range_are_accepted():
+    """0 and 1 are valid probabilities (1: dropout gives zeros, the deepest block's drop path always drops); the
+    model's behaviour there is tested in test_modeling.py."""
+    for name in ("drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"):
+        for value in (0, 1, 0.0, 1.0):
+            assert getattr(PaCaViTConfig(**{name: value}), name) == value

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.export import Dim
 
-from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
+from paca_hf import PaCaViTBackbone, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation, PaCaViTModel
 from tiny_configs import tiny_config as shared_tiny_config
 
 
@@ -23,6 +23,11 @@ EXAMPLE = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0)
 # Batch, height, width other than the example's; odd sizes and non-square maps too.
 SIZES = [(1, 96, 96), (3, 224, 224), (1, 320, 320), (1, 512, 512), (2, 100, 164)]
 DYNAMIC = {"pixel_values": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}}
+
+BATCH_OF_ONE = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+# Batch 3, and heights or widths of 32 px (a map 1 patch high or wide in the last stage), below the 33 px that an
+# export once required.
+SIZES_AFTER_BATCH_OF_ONE = [(3, 64, 64), (2, 32, 64), (1, 72, 32), (3, 100, 164)]
 
 
 def tiny_config():
@@ -78,11 +83,14 @@ def test_torch_export_with_labels_gives_the_eager_loss(segmenter):
 
 
 def test_dynamo_onnx_export_runs_in_onnxruntime_at_any_size(segmenter, tmp_path):
+    """Exported from an example batch of 1 (the batch-2 example is the README's), the ONNX graph runs at other batch
+    sizes and image sizes, down to a 1 x 1 map in the last stage, equal to the eager model. (The exporter treats sizes
+    0 and 1 like any other, as torchvision's ResNet exports; the model's convolutions no longer guard on them.)"""
     path = tmp_path / "model.onnx"
-    torch.onnx.export(segmenter, (), str(path), kwargs={"pixel_values": EXAMPLE}, dynamo=True,
+    torch.onnx.export(segmenter, (), str(path), kwargs={"pixel_values": BATCH_OF_ONE}, dynamo=True,
                       dynamic_shapes=DYNAMIC, input_names=["pixel_values"], output_names=["logits", "cluster_logits"])
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for size in SIZES:
+    for size in [*SIZES, *SIZES_AFTER_BATCH_OF_ONE, (2, 32, 32)]:
         pixel_values = inputs(*size)
         with torch.no_grad():
             expected = segmenter(pixel_values)
@@ -309,3 +317,77 @@ def test_upernet_onnx_export_with_dynamic_sizes_is_right_at_other_sizes(tmp_path
             expected = upernet(pixel_values).logits.numpy()
         (logits,) = session.run(["logits"], {"pixel_values": pixel_values.numpy()})
         np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0, err_msg=str(size))
+
+
+@pytest.mark.parametrize("model_class", [PaCaViTModel, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation,
+                                         PaCaViTBackbone])
+def test_fullgraph_compile_on_the_first_call_of_a_fresh_model(model_class):
+    """`torch.compile(model, fullgraph=True)` works on a freshly built model's first call, recorded outputs included:
+    the output-recording hooks are installed when the model is built (installing them takes a lock, which dynamo
+    cannot trace). The dynamo graph is run as is (backend "eager"): the point is that it is captured whole."""
+    torch.manual_seed(0)
+    config = shared_tiny_config(num_labels=5, out_features=["stage1", "stage3"])
+    model = model_class(config).eval()
+    pixel_values = inputs(2, 64, 64)
+    kwargs = {"output_hidden_states": True}
+    if model_class is not PaCaViTBackbone:
+        kwargs["output_cluster_assignments"] = True
+    torch._dynamo.reset()
+    compiled, graphs = compile_recording_graphs(model, fullgraph=True)
+    with torch.no_grad():
+        actual = compiled(pixel_values, **kwargs)
+        expected = model(pixel_values, **kwargs)
+    torch._dynamo.reset()
+    assert len(graphs) == 1
+    assert len(actual.hidden_states) == config.num_stages
+    torch.testing.assert_close(actual.to_tuple(), expected.to_tuple(), atol=1e-5, rtol=0)
+
+
+def test_torch_export_from_a_batch_of_one_with_size_oblivious_shapes(segmenter):
+    """torch.export specialises an example size of 0 or 1 for every model (torchvision's ResNet too) unless sizes are
+    size-oblivious (`torch.fx.experimental._config.backed_size_oblivious`, what the ONNX exporter sets): then the
+    program exported from a batch of 1 takes other batch sizes and image sizes, with the eager outputs. One guard is
+    left, from transformers' SDPA integration (`query length > 1`): the last stage needs at least 2 patches (an image
+    larger than 32 px in height or width)."""
+    with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        program = torch.export.export(segmenter, (), {"pixel_values": BATCH_OF_ONE}, dynamic_shapes=DYNAMIC)
+    for size in SIZES_AFTER_BATCH_OF_ONE:
+        pixel_values = inputs(*size)
+        with torch.no_grad():
+            expected = segmenter(pixel_values)
+            actual = program.module()(pixel_values=pixel_values)
+        torch.testing.assert_close(actual.logits, expected.logits, atol=1e-4, rtol=0, msg=str(size))
+        torch.testing.assert_close(actual.cluster_logits, expected.cluster_logits, atol=1e-4, rtol=0, msg=str(size))
+
+
+def test_torchao_int8_dynamic_quantization_eager_and_compiled():
+    """torchao's int8 dynamic quantization (int8 weights per output channel, activations quantized per token at run
+    time) runs eagerly and under torch.compile(fullgraph=True). The compiled graph keeps the quantized linear layers
+    (the Mix-FFN's map layout views plain weights as 1x1 kernels; a quantized weight stays a `linear`) and gives the
+    eager quantized logits. Against fp32 the logits differ by int8 rounding: each operand is within half a step
+    (1/254 of its row's largest value) and the errors compound over the blocks, so the bound is 5% of the logits'
+    range (0.16% measured)."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    config.hidden_sizes, config.depths, config.num_attention_heads = [16, 32], [1, 1], [1, 2]
+    config.mlp_ratios, config.num_clusters, config.clustering_interval = [2, 2], [4, 0], [0, 0]
+    model = PaCaViTForImageClassification(config).eval()
+    pixel_values = inputs(2, 64, 64)
+    with torch.no_grad():
+        fp32 = model(pixel_values).logits
+    quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    dense1 = model.pacavit.stages[0].layers[0].mlp.dense1
+    assert type(dense1.weight) is not torch.nn.Parameter and dense1.weight.qdata.dtype == torch.int8
+    torch._dynamo.reset()
+    compiled, graphs = compile_recording_graphs(model, fullgraph=True)
+    with torch.no_grad():
+        quantized = model(pixel_values).logits
+        quantized_compiled = compiled(pixel_values).logits
+    torch._dynamo.reset()
+    assert len(graphs) == 1
+    scale = (fp32.max() - fp32.min()).item()
+    assert (quantized - fp32).abs().max() <= 0.05 * scale
+    assert not torch.equal(quantized, fp32)
+    torch.testing.assert_close(quantized_compiled, quantized, atol=1e-5, rtol=0)

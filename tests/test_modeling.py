@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForSemanticSegmentation
 
 from paca_hf import (
+    PaCaViTBackbone,
     PaCaViTConfig,
     PaCaViTForImageClassification,
     PaCaViTForSemanticSegmentation,
@@ -349,3 +350,72 @@ def test_cluster_projection_normalises_as_batchnorm1d_over_the_clusters(seed):
         torch.testing.assert_close(projection(clusters), expected)
         torch.testing.assert_close(projection.norm.running_mean, reference_norm.running_mean)
         torch.testing.assert_close(projection.norm.running_var, reference_norm.running_var)
+
+
+ALL_CLASSES = [PaCaViTModel, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation, PaCaViTBackbone]
+
+
+@pytest.mark.parametrize("model_class", ALL_CLASSES)
+def test_return_dict_false_in_the_call_and_through_from_pretrained(model_class, tmp_path, seed):
+    """`return_dict=False` gives the tuple of the output's fields that are set (transformers' `to_tuple`), whether it
+    is passed in the call or set in the config by `from_pretrained(..., return_dict=False)`: the heads still read their
+    encoder's output by field."""
+    model = model_class(tiny_config(out_features=["stage2", "stage4"])).eval()
+    model.save_pretrained(tmp_path)
+    from_config = model_class.from_pretrained(tmp_path, return_dict=False).eval()
+    assert from_config.config.return_dict is False
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(pixel_values, output_hidden_states=True).to_tuple()
+        for as_tuple in (model(pixel_values, output_hidden_states=True, return_dict=False),
+                         from_config(pixel_values, output_hidden_states=True)):
+            assert isinstance(as_tuple, tuple) and len(as_tuple) == len(expected)
+            torch.testing.assert_close(as_tuple, expected, atol=0, rtol=0)
+        # The call's `return_dict=True` wins over the config.
+        as_dict = from_config(pixel_values, return_dict=True)
+        torch.testing.assert_close(as_dict.to_tuple(), model(pixel_values).to_tuple())
+
+
+def test_probabilities_of_one_train_without_nan(seed):
+    """`drop_path_rate=1`: the deepest block (rate 1 in the linear schedule) drops both residual branches of every
+    sample in training, so it passes its input through unchanged (not 0 / 0); dropout probabilities of 1 give zeros.
+    The loss and every gradient stay finite; in eval mode nothing is dropped."""
+    model = PaCaViTForSemanticSegmentation(tiny_config(
+        drop_path_rate=1, hidden_dropout_prob=1, attention_probs_dropout_prob=1, classifier_dropout_prob=1)).train()
+    last_block = model.pacavit.stages[-1].layers[-1]
+    assert last_block.drop_path.drop_prob == 1
+    captured = {}
+    last_block.register_forward_hook(lambda module, args, output: captured.update(input=args[0], output=output[0]))
+    pixel_values = torch.randn(2, 3, 64, 64)
+    outputs = model(pixel_values, labels=torch.randint(0, 5, (2, 64, 64)))
+    torch.testing.assert_close(captured["output"], captured["input"], atol=0, rtol=0)
+    assert torch.isfinite(outputs.loss)
+    outputs.loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
+    with torch.no_grad():
+        model.eval()(pixel_values)
+    assert not torch.equal(captured["output"], captured["input"])
+
+
+def test_flex_attention_gives_the_eager_outputs(seed):
+    """`attn_implementation="flex_attention"` runs the patch-to-cluster attention (patch queries, cluster keys and
+    values; patch keys in the last stage) through transformers' flex path, with the eager outputs. Compiled with
+    dynamo's "aot_eager" backend, under which transformers calls `flex_attention` itself (outside dynamo it compiles
+    the kernel with inductor first, about 45 s on a CPU); this test checks the attention, not that compile."""
+    # Two stages: clusters in the first, patch-to-patch attention in the second.
+    config = tiny_config(hidden_sizes=[16, 32], depths=[1, 1], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+                         num_clusters=[4, 0])
+    eager = PaCaViTForImageClassification(config).eval()
+    eager.set_attn_implementation("eager")
+    flex = PaCaViTForImageClassification.from_pretrained(
+        None, config=config, state_dict=eager.state_dict(), attn_implementation="flex_attention"
+    ).eval()
+    assert flex.config._attn_implementation == "flex_attention"
+    pixel_values = torch.randn(2, 3, 64, 64)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        actual = torch.compile(flex, backend="aot_eager", fullgraph=True)(pixel_values).logits
+        expected = eager(pixel_values).logits
+    torch._dynamo.reset()
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)

@@ -5,6 +5,7 @@ import json
 from importlib import resources
 
 from huggingface_hub.dataclasses import strict
+from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneConfigMixin
 from transformers.configuration_utils import PreTrainedConfig
 
@@ -202,6 +203,40 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
             )
         if self.num_channels < 1:
             raise ValueError(f"`num_channels` must be positive, got {self.num_channels}.")
+        for stage, (width, ratio) in enumerate(zip(self.hidden_sizes, self.mlp_ratios)):
+            if int(width * ratio) < 1:
+                raise ValueError(
+                    f"`mlp_ratios[{stage}]` = {ratio} gives `hidden_sizes[{stage}]` x ratio = {width * ratio}, less "
+                    f"than one channel for the Mix-FFN (and the MLP clustering)."
+                )
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"`hidden_act` {self.hidden_act!r} is not an activation of transformers' `ACT2FN`.")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(
+                f"`layer_norm_eps` must be > 0 (a LayerNorm divides by sqrt(variance + eps), 0 for a constant row), "
+                f"got {self.layer_norm_eps}."
+            )
+        # At 1: dropout gives zeros, and the deepest block's residual branches are always dropped in training.
+        for name in (
+            "drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"
+        ):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"`{name}` is a probability and must be in [0, 1], got {value}.")
+        if self.decode_head_hidden_size < 1:
+            raise ValueError(f"`decode_head_hidden_size` must be positive, got {self.decode_head_hidden_size}.")
+        image_size = self.image_size if isinstance(self.image_size, (list, tuple)) else [self.image_size]
+        if len(image_size) not in (1, 2) or any(size < 1 for size in image_size):
+            raise ValueError(f"`image_size` must be a positive int or (height, width), got {self.image_size}.")
+        if self.initializer_range < 0:
+            raise ValueError(
+                f"`initializer_range` is a standard deviation and must be >= 0, got {self.initializer_range}."
+            )
+        if self.cluster_loss_weight < 0:
+            raise ValueError(
+                f"`cluster_loss_weight` must be >= 0 (a negative weight rewards a worse clustering and the loss is "
+                f"unbounded below), got {self.cluster_loss_weight}."
+            )
 
     @classmethod
     def from_official_name(cls, name: str, **overrides) -> "PaCaViTConfig":

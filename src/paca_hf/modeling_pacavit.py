@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin, filter_output_hidden_states
@@ -23,6 +24,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import (
     OutputRecorder,
     capture_outputs,
+    maybe_install_capturing_hooks,
     resolve_hidden_states_indices,
     selected_hidden_states,
 )
@@ -99,10 +101,18 @@ class PaCaViTSemanticSegmenterOutput(ModelOutput):
 
 
 def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """`(batch, height * width, channels)` -> `(batch, channels, height, width)`, as a view (channels-last memory)."""
+    """`(batch, height * width, channels)` -> `(batch, channels, height, width)`, as a view (channels-last memory);
+    a contiguous copy in an exported graph (see below)."""
     # `view` with the sizes read from the tensors (not `unflatten`) so that TorchScript tracing records them.
     batch_size, _, channels = tokens.shape
-    return tokens.transpose(1, 2).view(batch_size, channels, height, width)
+    feature_map = tokens.transpose(1, 2).view(batch_size, channels, height, width)
+    if torch.compiler.is_exporting():
+        # A channels-last view is also contiguous when the batch, the height or the width is 1, so the convolutions
+        # that read it guard on those sizes (to choose their output's memory format): a batch-1 example would fix the
+        # exported batch to 1 and every stage's map would have to be larger than 1 x 1 (images of at least 33 px).
+        # A copy by `clone`: `.contiguous()` would itself ask whether the view is contiguous.
+        return feature_map.clone(memory_format=torch.contiguous_format)
+    return feature_map
 
 
 def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
@@ -117,9 +127,12 @@ def is_tracing() -> bool:
 
 
 def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drop whole residual branches per sample."""
+    """Stochastic depth: drop whole residual branches per sample with probability `drop_prob`, scaling the kept ones
+    by 1 / (1 - drop_prob); `drop_prob=1` drops every branch (zeros, where the scaling would give 0 / 0 = NaN)."""
     if drop_prob == 0.0 or not training:
         return hidden_states
+    if drop_prob >= 1.0:
+        return hidden_states * 0  # still on the autograd graph, as a dropped branch is for DDP
     keep_prob = 1.0 - drop_prob
     shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
     mask = torch.empty(shape, dtype=hidden_states.dtype, device=hidden_states.device).bernoulli_(keep_prob)
@@ -328,6 +341,12 @@ def default_chunk_size_feed_forward(device: torch.device) -> int:
     return 4096 if device.type == "cpu" else 0
 
 
+def is_plain_weight(linear: nn.Linear) -> bool:
+    """True when `linear.weight` is an ordinary parameter (or its fake tensor while torch.export traces), False for
+    a tensor subclass such as torchao's quantized weights or a DTensor. By type, which dynamo reads as it is."""
+    return type(linear.weight) in (nn.Parameter, torch.Tensor) or isinstance(linear.weight, FakeTensor)
+
+
 def pointwise_conv(feature_map: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """`linear` applied to every position of a `(batch, in_features, height, width)` map, as a 1x1 convolution."""
     weight = linear.weight.view(linear.out_features, linear.in_features, 1, 1)
@@ -413,8 +432,9 @@ class PaCaViTMixFFN(nn.Module):
             hidden_states = hidden_states[:, first * width : last * width]
             band_height = last - first
         # Dynamo graphs (torch.compile, torch.export, the ONNX exporter) in the map layout; TorchScript's ONNX exporter
-        # needs parameters as convolution kernels, so it records the token layout.
-        map_layout = torch.compiler.is_compiling()
+        # needs parameters as convolution kernels, so it records the token layout. So do weights that are tensor
+        # subclasses (torchao's quantized weights, DTensors): they implement `linear`, not a view as a conv kernel.
+        map_layout = torch.compiler.is_compiling() and is_plain_weight(self.dense1) and is_plain_weight(self.dense2)
         if map_layout:
             expanded = pointwise_conv(tokens_to_map(hidden_states, band_height, width), self.dense1)
         else:
@@ -610,6 +630,8 @@ class PaCaViTPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    # Patch queries, cluster (or patch) keys and values, no mask: flex attention computes the same (on a CPU too).
+    _supports_flex_attn = True
     _no_split_modules = ["PaCaViTLayer", "PaCaViTClusteringTeacher"]
     _input_embed_layer = "embeddings"  # the convolutional stem
     _can_record_outputs = {
@@ -688,6 +710,13 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
         )
         self.post_init()
 
+    def post_init(self):
+        """Also installs the hooks that record `hidden_states`, `attentions` and `cluster_assignments` now, as
+        transformers' backbones do, rather than on the first call that asks for them: installing them takes a lock,
+        which `torch.compile(fullgraph=True)` cannot trace, so a fresh model's first compiled call would fail."""
+        super().post_init()
+        maybe_install_capturing_hooks(self)
+
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> PaCaViTModelOutput:
@@ -734,7 +763,8 @@ class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
             (or float targets for regression / multi-label, following `config.problem_type`).
         output_hidden_states, output_attentions, output_cluster_assignments: as in [`PaCaViTModel`].
         """
-        outputs = self.pacavit(pixel_values, **kwargs)
+        # `return_dict=True`: the heads read fields of the encoder's output even when `config.return_dict` is False.
+        outputs = self.pacavit(pixel_values, return_dict=True, **kwargs)
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
@@ -873,7 +903,7 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         # The head reads every stage's feature map; the caller gets those that `output_hidden_states` selects.
-        outputs = self.pacavit(pixel_values, output_hidden_states=True, **kwargs)
+        outputs = self.pacavit(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
         logits, cluster_logits = self.decode_head(outputs.hidden_states)
         loss = None if labels is None else self.compute_loss(logits, cluster_logits, labels)
         hidden_states = outputs.hidden_states if output_hidden_states is not False else None
@@ -911,7 +941,7 @@ class PaCaViTBackbone(BackboneMixin, PaCaViTModel):
         output_hidden_states (`bool`, *optional*): also return every stage's feature map.
         output_attentions (`bool`, *optional*): also return every block's attention weights.
         """
-        outputs = PaCaViTModel.forward(self, pixel_values, output_hidden_states=True, **kwargs)
+        outputs = PaCaViTModel.forward(self, pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
         feature_maps = tuple(
             hidden_state
             for stage, hidden_state in zip(self.stage_names, outputs.hidden_states)
