@@ -216,10 +216,12 @@ def test_exported_graph_has_one_band_and_no_layout_change_of_the_expanded_map(se
 
 
 def test_readme_export_snippet_runs(tmp_path):
-    """The README's Export section runs as written and prints what its comments say."""
+    """The README's Export example (the section's first snippet; the UperNet one after it is a fragment, its export is
+    tested by test_upernet_onnx_export_with_dynamic_sizes_is_right_at_other_sizes) runs as written and prints what its
+    comments say."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("\n## Export\n", 1)[1].split("\n## ", 1)[0]
-    (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    snippet = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
     result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = [line for line in result.stdout.splitlines() if not line.startswith("[torch.onnx]")]
