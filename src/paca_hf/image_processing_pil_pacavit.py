@@ -23,9 +23,9 @@ from transformers.image_utils import (
     SizeDict,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
-from transformers.utils import auto_docstring, is_torch_tensor
+from transformers.utils import auto_docstring
 
-from .images import image_to_array, load_label_map, open_image, reduce_labels
+from .images import image_to_array, load_label_map, reduce_labels
 
 
 # Label written into padded areas of segmentation maps (the usual `ignore_index`).
@@ -318,47 +318,31 @@ class PaCaViTImageProcessingMixin:
 
 
 def _flatten(inputs, what: str) -> list:
-    """Turn an image / a list (possibly nested once) / a batched array into a flat list of single items; paths and
-    URLs are opened by [`paca_hf.images.open_image`] (stored mode and depth kept)."""
+    """Turn an image / a list (possibly nested once) / a batched array into a flat list of single items (a path, URL
+    or PIL image is one item; its type is checked where it is decoded)."""
     single_ndims = (2, 3) if what == "image" else (2,)
-
-    def is_array(x) -> bool:
-        return isinstance(x, np.ndarray) or is_torch_tensor(x)
-
-    def load(x):
-        if isinstance(x, str):
-            return open_image(x)
-        if isinstance(x, PIL.Image.Image) or is_array(x):
-            return x
-        raise ValueError(
-            f"unsupported {what} type {type(x).__name__}; expected a PIL image, a numpy array, a torch tensor "
-            "or a path / URL"
-        )
-
     if isinstance(inputs, (list, tuple)):
-        flat = [load(x) for item in inputs for x in (item if isinstance(item, (list, tuple)) else [item])]
+        flat = [x for item in inputs for x in (item if isinstance(item, (list, tuple)) else [item])]
         if not flat:
             raise ValueError(f"no {what}s were given (empty list)")
         for x in flat:
-            if what == "image" and is_array(x) and x.ndim not in single_ndims:
+            if what == "image" and hasattr(x, "ndim") and x.ndim not in single_ndims:
                 raise ValueError(
                     f"each {what} in a list must have rank 2 (H, W) or 3 (C, H, W) / (H, W, C), got rank "
                     f"{x.ndim} with shape {tuple(x.shape)}"
                 )
         return flat
-
-    item = load(inputs)
-    if isinstance(item, PIL.Image.Image) or item.ndim in single_ndims:
-        return [item]
+    if not hasattr(inputs, "ndim") or inputs.ndim in single_ndims:
+        return [inputs]
     batch_ndim = single_ndims[-1] + 1
-    if item.ndim == batch_ndim:
-        if item.shape[0] == 0:
-            raise ValueError(f"no {what}s were given (batch of size 0, shape {tuple(item.shape)})")
-        return list(item)
+    if inputs.ndim == batch_ndim:
+        if inputs.shape[0] == 0:
+            raise ValueError(f"no {what}s were given (batch of size 0, shape {tuple(inputs.shape)})")
+        return list(inputs)
     expected = " or ".join(str(n) for n in single_ndims)
     raise ValueError(
-        f"expected a single {what} of rank {expected} or a batch of rank {batch_ndim}, got rank {item.ndim} "
-        f"with shape {tuple(item.shape)}"
+        f"expected a single {what} of rank {expected} or a batch of rank {batch_ndim}, got rank {inputs.ndim} "
+        f"with shape {tuple(inputs.shape)}"
     )
 
 
