@@ -149,9 +149,6 @@ class PaCaViTImageProcessingMixin:
         pixels = self._prepare_image_like_inputs(
             raw_images, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, device=device
         )
-        if kwargs["do_normalize"]:
-            for image in pixels:
-                self._mean_std(kwargs["image_mean"], kwargs["image_std"], image.shape[0])
         data = {"pixel_values": self._preprocess(pixels, **kwargs)}
 
         if segmentation_maps is not None:
