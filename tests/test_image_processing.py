@@ -910,8 +910,8 @@ def test_docstrings_are_transformers_auto_docstrings(cls):
     import sys
 
     for doc in (cls.__doc__, cls.preprocess.__doc__):
-        for entry in ("crop_pct (`float`, *kwargs*", "antialias (`bool`, *kwargs*", "do_reduce_labels (`bool`, *kwargs*",
-                      "do_resize (`bool`, *kwargs*"):
+        for entry in ("crop_pct (`float`, *kwargs*", "antialias (`bool`, *kwargs*",
+                      "do_reduce_labels (`bool`, *kwargs*", "do_resize (`bool`, *kwargs*"):
             assert entry in doc
     assert "segmentation_maps (`ImageInput`, *optional*):\n" in cls.preprocess.__doc__
     assert inspect.getsource(sys.modules[cls.__module__]).startswith("# Copyright")

@@ -110,7 +110,8 @@ class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
                 if rescale:
                     batch = batch.mul_(rescale_factor)
                 if do_normalize:
-                    batch = self.normalize(batch, *self._mean_std(image_mean, image_std, batch.shape[-3]), inplace=True)
+                    mean, std = self._mean_std(image_mean, image_std, batch.shape[-3])
+                    batch = self.normalize(batch, mean, std, inplace=True)
             processed[shape] = batch
         return reorder_images(processed, grouped_index)
 

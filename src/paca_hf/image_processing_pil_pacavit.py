@@ -63,10 +63,10 @@ class PaCaViTImageProcessingMixin:
 
     Inputs are decoded by [`paca_hf.images.image_to_array`], as everywhere in the package: PIL images of any mode (EXIF
     orientation applied), numpy arrays and torch tensors (`(H, W)`, `(H, W, C)` or `(C, H, W)`), paths and URLs. 8-bit
-    data is rescaled by `rescale_factor`; 16-bit data becomes `value / 65535` and float data is taken to be in `[0, 1]`,
-    so neither is rescaled again. `do_convert_rgb=True` repeats grey and drops alpha without compositing (PIL's
-    `convert("RGB")`, as the authors' loader); `False` keeps the channels (`image_mean` / `image_std` then need one value
-    per channel). Inputs that cannot be turned into such an image raise `ValueError` naming the image.
+    data is rescaled by `rescale_factor`; 16-bit data becomes `value / 65535` and float data is taken to be in
+    `[0, 1]`, so neither is rescaled again. `do_convert_rgb=True` repeats grey and drops alpha without compositing
+    (PIL's `convert("RGB")`, as the authors' loader); `False` keeps the channels (`image_mean` / `image_std` then need
+    one value per channel). Inputs that cannot be turned into such an image raise `ValueError` naming the image.
     """
 
     valid_kwargs = PaCaViTImageProcessorKwargs
@@ -138,7 +138,8 @@ class PaCaViTImageProcessingMixin:
         **kwargs,
     ) -> BatchFeature:
         crop_pct, crop_size = kwargs["crop_pct"], kwargs["crop_size"]
-        if crop_pct is not None and not (isinstance(crop_pct, (int, float)) and math.isfinite(crop_pct) and crop_pct > 0):
+        valid_crop_pct = isinstance(crop_pct, (int, float)) and math.isfinite(crop_pct) and crop_pct > 0
+        if crop_pct is not None and not valid_crop_pct:
             raise ValueError(f"`crop_pct` must be a positive number, got {crop_pct!r}")
         if kwargs["do_center_crop"] and (crop_size is None or not (crop_size.height and crop_size.width)):
             raise ValueError(f"`crop_size` must be {{'height': int, 'width': int}}, got {crop_size}")
@@ -149,16 +150,14 @@ class PaCaViTImageProcessingMixin:
         pixels = self._prepare_image_like_inputs(
             raw_images, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, device=device
         )
-        data = {"pixel_values": self._preprocess(pixels, **kwargs)}
-
-        if segmentation_maps is not None:
+        maps = []
+        if segmentation_maps is not None:  # decoded and checked before any pixel work
             raw_maps = self._prepare_images_structure(segmentation_maps, expected_ndims=2)
             if len(raw_maps) != len(raw_images):
                 raise ValueError(
                     f"got {len(raw_images)} images but {len(raw_maps)} segmentation maps; pass exactly one map per "
                     "image"
                 )
-            maps = []
             for index, (seg, image, pixel) in enumerate(zip(raw_maps, raw_images, pixels)):
                 try:  # with its image, whose EXIF orientation a map without its own is turned by
                     seg = load_label_map(seg, image=image)
@@ -171,6 +170,8 @@ class PaCaViTImageProcessingMixin:
                     )
                 seg = reduce_labels(seg) if kwargs["do_reduce_labels"] else seg
                 maps.append(super().process_image(seg[None], input_data_format=ChannelDimension.FIRST, device=device))
+        data = {"pixel_values": self._preprocess(pixels, **kwargs)}
+        if segmentation_maps is not None:
             # int64 maps take the label path of `resize` and `center_crop` (nearest, padded with 255).
             labels = self._preprocess(maps, **{**kwargs, "do_rescale": False, "do_normalize": False})
             data["labels"] = [label[0] for label in labels]
