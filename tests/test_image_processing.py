@@ -866,3 +866,52 @@ def test_segmentation_processors_resize_without_antialias():
 
     for processor in (recipe_image_processor((256, 64), True), default_image_processor("semantic-segmentation")):
         assert processor.antialias is False and processor.to_dict()["antialias"] is False
+
+
+# ----------------------------------------------------------------------------- the backends' own hooks
+
+
+def test_decoding_enters_through_the_backend_per_image_hook(processor):
+    """`process_image`, the backends' per-image hook, is where `paca_hf.images` decodes: a 16-bit grey photo stored
+    8 wide x 4 high with EXIF Orientation 6 comes out upright (4 wide x 8 high, turned clockwise), channels first, as
+    value / 65535 (transformers' own hook saturates 16-bit data and ignores the tag)."""
+    import io
+
+    stored = (np.arange(32, dtype=np.int64).reshape(4, 8) * 2000 + 1000).astype(np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="PNG", exif=exif)
+    photo = Image.open(io.BytesIO(buffer.getvalue()))
+    assert photo.mode.startswith("I") and photo.size == (8, 4)
+
+    pixels = np.asarray(processor.process_image(photo, do_convert_rgb=True))
+    expected = np.rot90(stored, k=-1).astype(np.float64) / 65535  # clockwise quarter turn
+    assert pixels.shape == (3, 8, 4) and pixels.dtype == np.float32
+    for channel in pixels:
+        np.testing.assert_allclose(channel, expected, rtol=0, atol=1e-7)
+
+
+def test_same_shape_8_and_16_bit_images_in_one_batch(processor):
+    """With grouping on (one batch per shape, as on a GPU) an 8-bit and a 16-bit image of one shape still give what
+    each gives alone: 8-bit white and 16-bit white are both 1.0."""
+    eight = np.full((20, 24, 3), 255, np.uint8)
+    sixteen = np.full((20, 24, 3), 65535, np.uint16)
+    raw = dict(do_normalize=False, do_resize=False, do_center_crop=False, return_tensors="np", disable_grouping=False)
+    out = processor([eight, sixteen], **raw)["pixel_values"]
+    np.testing.assert_array_equal(out, np.ones((2, 3, 20, 24), np.float32))
+
+
+@pytest.mark.parametrize("cls", list(BACKENDS.values()))
+def test_docstrings_are_transformers_auto_docstrings(cls):
+    """`@auto_docstring` documents every argument in transformers' format, PaCa's own ones from their one entry in
+    `PaCaViTImageProcessorKwargs`; each module starts with its license header."""
+    import inspect
+    import sys
+
+    for doc in (cls.__doc__, cls.preprocess.__doc__):
+        for entry in ("crop_pct (`float`, *kwargs*", "antialias (`bool`, *kwargs*",
+                      "do_reduce_labels (`bool`, *kwargs*", "do_resize (`bool`, *kwargs*"):
+            assert entry in doc
+    assert "segmentation_maps (`ImageInput`, *optional*):\n" in cls.preprocess.__doc__
+    assert inspect.getsource(sys.modules[cls.__module__]).startswith("# Copyright")

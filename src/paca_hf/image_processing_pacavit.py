@@ -1,18 +1,19 @@
+# Copyright 2026 The paca-hf authors. Licensed under the MIT License (see setup.cfg).
 """Image processor for PaCa-ViT, torchvision backend (the default one, as for every transformers model).
 
-Settings, input decoding and post-processing are shared with the PIL backend and live in
-`image_processing_pil_pacavit.py`; this module adds the torchvision implementations of the resize, crop, rescale and
-normalize steps. It imports without torchvision (the class then refuses to instantiate, as transformers' own
-torchvision processors do) so that the package keeps working with the PIL backend alone.
+Settings, decoding, label maps and post-processing are shared with the PIL backend (`image_processing_pil_pacavit.py`);
+this module adds torchvision's resize, crop, rescale and normalize. It imports without torchvision (the class then
+refuses to instantiate, as transformers' own torchvision processors do), so the package works with the PIL backend
+alone.
 """
 
-import numpy as np
 from transformers.image_processing_backends import TorchvisionBackend
+from transformers.image_transforms import group_images_by_shape, reorder_images
 from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack
-from transformers.utils import is_torch_available, requires_backends
+from transformers.utils import auto_docstring, is_torch_available, requires_backends
 
-from .image_processing_pil_pacavit import PaCaViTImageProcessingMixin, PaCaViTImageProcessorKwargs
+from .image_processing_pil_pacavit import LABEL_PAD_VALUE, PaCaViTImageProcessingMixin, PaCaViTImageProcessorKwargs
 
 
 if is_torch_available():
@@ -27,14 +28,15 @@ except ImportError:
     tvF = None
 
 
-class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
-    r"""
-    Image processor for PaCa-ViT, torchvision backend (the default one): the same settings, inputs and outputs as
-    [`PaCaViTImageProcessorPil`] (see [`PaCaViTImageProcessingMixin`]), computed with torchvision and able to run on
-    a GPU (`device=...`). Its bicubic resize is torchvision's antialiased one, which differs from PIL's (the authors'
-    transform) by at most one grey level on some pixels of 8-bit images; use [`PaCaViTImageProcessorPil`] to
-    reproduce the authors' numbers bit for bit.
+@auto_docstring(
+    custom_intro="""
+    PaCa-ViT image processor, torchvision backend (the default one): the settings, inputs and outputs of
+    [`PaCaViTImageProcessingMixin`], computed with torchvision and able to run on a GPU (`device=...`). Its bicubic
+    resize is torchvision's antialiased one, which differs from PIL's (the authors' transform) by at most one grey
+    level on some pixels of 8-bit images; [`PaCaViTImageProcessorPil`] reproduces the authors' numbers bit for bit.
     """
+)
+class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
 
     valid_kwargs = PaCaViTImageProcessorKwargs
 
@@ -42,58 +44,21 @@ class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
         requires_backends(self, ["torch", "torchvision"])
         super().__init__(**kwargs)
 
-    @staticmethod
-    def _from_channels_last(array: np.ndarray, device=None) -> "torch.Tensor":
-        if not array.flags.writeable:  # arrays viewing a PIL image's buffer are read-only
-            array = array.copy()
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
-        return tensor if device is None else tensor.to(device)
-
-    @staticmethod
-    def _batches(images: list["torch.Tensor"]) -> list[list[int]]:
-        """Images of the same shape, dtype and device, processed as one batch (as transformers' torchvision
-        processors group them)."""
-        groups = {}
-        for index, image in enumerate(images):
-            groups.setdefault((tuple(image.shape), image.dtype, image.device), []).append(index)
-        return list(groups.values())
-
-    @staticmethod
-    def _stack(images: list["torch.Tensor"]) -> "torch.Tensor":
-        return torch.stack(images)
-
-    @staticmethod
-    def _unstack(batch: "torch.Tensor", count: int) -> list["torch.Tensor"]:
-        return list(batch.unbind(0))
-
-    @staticmethod
-    def _to_float(image: "torch.Tensor") -> "torch.Tensor":
-        return image.to(torch.float32)
-
-    _return_batch_as_is = True
-
-    # The batch comes from `torch.stack` (then resize / crop / dtype conversion), so it is never the caller's tensor:
-    # the same arithmetic as `rescale` and `normalize` (x * factor, then (x - mean) / std), in place, saves a
-    # full-size tensor per step (each one faulted in afresh on a CPU when it is large).
-    def _rescale_owned(self, batch: "torch.Tensor", factor: float) -> "torch.Tensor":
-        return batch.mul_(factor)
-
-    def _normalize_owned(self, batch: "torch.Tensor", mean: list[float], std: list[float]) -> "torch.Tensor":
-        return self.normalize(batch, mean, std, inplace=True)
-
-    @staticmethod
-    def _labels_output(seg: "torch.Tensor") -> "torch.Tensor":
-        return seg[0].to(torch.int64)
-
-    def resize(self, image: "torch.Tensor", size: SizeDict, resample=None, **kwargs) -> "torch.Tensor":
-        """Antialiased torchvision resize of a channels-first image; float data (in [0, 1]) is clamped to [0, 1]
-        afterwards (bicubic overshoots), as 8-bit data is clamped to [0, 255] by torchvision."""
+    def resize(self, image: "torch.Tensor", size: SizeDict, resample=None, crop_pct=None, antialias=True, **kwargs):
+        """Resize channels-first images to the size `size` and `crop_pct` give (see `_resize_output_size`):
+        torchvision's antialiased resize, float data (in [0, 1]) clamped to [0, 1] afterwards (bicubic overshoots) as
+        8-bit data is to [0, 255]; int64 label maps with `resize_labels`; `antialias=False` with `_interpolate`."""
+        size = self._resize_output_size(image, size, crop_pct)
+        if image.dtype == torch.int64:
+            return self.resize_labels(image, size)
+        if antialias is False:
+            return self._interpolate(image, size, resample)
         resample = PILImageResampling.BICUBIC if resample is None else resample
         resized = super().resize(image, size, resample=resample, antialias=True, **kwargs)
         return resized if resized.dtype == torch.uint8 else resized.clamp_(0.0, 1.0)
 
     def resize_labels(self, labels: "torch.Tensor", size: SizeDict) -> "torch.Tensor":
-        """Nearest-neighbour resize of a `(1, H, W)` int64 label map that picks the same source pixels as PIL's
+        """Nearest-neighbour resize of `(..., H, W)` int64 label maps that picks the same source pixels as PIL's
         `NEAREST` (the PIL backend's and the authors' rule), so both backends give identical labels. PIL steps through
         the source in float64 increments of `in / out` starting at half a step and truncates; torchvision's
         `NEAREST_EXACT` multiplies instead, which lands one pixel further on exact ties (about 1 column in 200)."""
@@ -120,6 +85,35 @@ class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
         if pad_top or pad_bottom or pad_left or pad_right:
             image = tvF.pad(image, [pad_left, pad_top, pad_right, pad_bottom], fill=fill)
         return tvF.center_crop(image, [size.height, size.width])
+
+    def _preprocess(self, images: list["torch.Tensor"], do_resize, size, resample, crop_pct, do_center_crop,
+                    crop_size, do_rescale, rescale_factor, do_normalize, image_mean, image_std, antialias,
+                    disable_grouping=None, **kwargs) -> list["torch.Tensor"]:
+        """Resize, crop, rescale (8-bit data only) and normalize channels-first images, those of one shape as one
+        batch (transformers' grouping); int64 label maps get the geometry only. Returns the processed tensors (float32,
+        or int64 for maps) in input order."""
+        if len({image.dtype for image in images}) > 1:
+            disable_grouping = True  # a batch shares one dtype: 8-bit data is rescaled, 16-bit and float data not
+        grouped, grouped_index = group_images_by_shape(images, disable_grouping=disable_grouping)
+        processed = {}
+        for shape, batch in grouped.items():
+            is_labels, rescale = batch.dtype == torch.int64, do_rescale and batch.dtype == torch.uint8
+            if do_resize:
+                crop = crop_pct if do_center_crop else None
+                batch = self.resize(batch, size, resample, crop_pct=crop, antialias=antialias)
+            if do_center_crop:
+                batch = self.center_crop(batch, crop_size, fill=LABEL_PAD_VALUE if is_labels else 0)
+            if not is_labels:
+                # The batch is never the caller's tensor (`process_image` copies), so the arithmetic of `rescale`
+                # and `normalize` runs in place: one full-size tensor less per step.
+                batch = batch.to(torch.float32)
+                if rescale:
+                    batch = batch.mul_(rescale_factor)
+                if do_normalize:
+                    mean, std = self._mean_std(image_mean, image_std, batch.shape[-3])
+                    batch = self.normalize(batch, mean, std, inplace=True)
+            processed[shape] = batch
+        return reorder_images(processed, grouped_index)
 
 
 __all__ = ["PaCaViTImageProcessor", "PaCaViTImageProcessorKwargs"]

@@ -1,8 +1,8 @@
+# Copyright 2026 The paca-hf authors. Licensed under the MIT License (see setup.cfg).
 """Image processor for PaCa-ViT, PIL / NumPy backend (runs without torchvision).
 
-This module also holds what both backends share: the keyword arguments, the defaults, input decoding and validation,
-the order of the steps and the post-processing. `image_processing_pacavit.py` (the torchvision backend) imports them
-from here, so that this module never needs torchvision.
+Also the home of what both backends share (keyword arguments, defaults, decoding, label maps, post-processing):
+`image_processing_pacavit.py` imports it from here, so that this module never needs torchvision.
 """
 
 import math
@@ -23,9 +23,9 @@ from transformers.image_utils import (
     SizeDict,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
-from transformers.utils import is_torch_tensor
+from transformers.utils import auto_docstring
 
-from .images import image_to_array, load_label_map, open_image, reduce_labels
+from .images import image_to_array, load_label_map, reduce_labels
 
 
 # Label written into padded areas of segmentation maps (the usual `ignore_index`).
@@ -54,44 +54,19 @@ class PaCaViTImageProcessorKwargs(ImagesKwargs, total=False):
 
 class PaCaViTImageProcessingMixin:
     r"""
-    Settings and steps shared by [`PaCaViTImageProcessor`] (torchvision backend) and [`PaCaViTImageProcessorPil`].
+    What [`PaCaViTImageProcessor`] (torchvision) and [`PaCaViTImageProcessorPil`] share: the defaults (the authors'
+    timm ImageNet evaluation transform: shorter side to `floor(size["shortest_edge"] / crop_pct)`, bicubic, long side
+    truncated as torchvision's `Resize(int)`; center crop with torchvision's rounding, zero padding where the image is
+    smaller; `/ 255`; ImageNet mean / std), the decoding of every input in the backend's per-image hook
+    `process_image`, the segmentation maps (same geometry, nearest neighbour, padded with 255, returned as int64
+    `labels`) and the post-processing. Each backend's `resize`, `center_crop` and `_preprocess` do the pixel work.
 
-    The default pipeline is the authors' (timm) ImageNet evaluation transform: resize the shorter side to
-    `floor(size["shortest_edge"] / crop_pct)` (bicubic, aspect ratio kept, long side truncated as torchvision's
-    `Resize(int)` does), center crop `crop_size` (torchvision's rounding of the offsets; zero padding when the image is
-    smaller than the crop), rescale by 1/255 and normalize with the ImageNet mean / std. Segmentation maps passed to
-    `preprocess` get the same geometry with nearest-neighbour resampling (padding with 255) and are returned as
-    `labels`.
-
-    Inputs are decoded by [`paca_hf.images.image_to_array`], the same function every other entry point of the package
-    uses: PIL images of any mode (EXIF orientation applied), numpy arrays and torch tensors (`(H, W)`, `(H, W, C)`
-    or `(C, H, W)`, bool / integer / float), local paths, `file://` / `http(s)://` URLs, and lists of those. 8-bit data
-    is rescaled by `rescale_factor`; 16-bit data (PIL `I` / `I;16*`, `uint16` arrays) becomes `value / 65535`
-    (= `value / 257 / 255`) and float data is taken to be in `[0, 1]` already, so neither is rescaled again. With
-    `do_convert_rgb=True` (default) every image becomes RGB: grey is repeated and alpha is dropped without
-    compositing (the stored colours are kept, as PIL's `convert("RGB")` in the authors' timm loader does; transformers'
-    own `convert_rgb` composites on white instead). With `do_convert_rgb=False` images keep their channels (1 grey,
-    2 grey + alpha, 3 or 4) and `image_mean` / `image_std` must have one value per channel. Inputs that cannot be
-    turned into such an image raise `ValueError`.
-
-    Args:
-        do_resize (`bool`, defaults to `True`): Whether to resize.
-        size (`dict[str, int]`, defaults to `{"shortest_edge": 224}`): Either `{"shortest_edge": n}` (aspect ratio
-            kept), optionally with `"longest_edge": m` (the longer side capped at `m`, the shorter one then scaled
-            with it, like mmseg's `Resize(scale=(m, n), keep_ratio=True)` up to rounding), or `{"height": h, "width": w}` (exact size,
-            `crop_pct` unused).
-        crop_pct (`float`, defaults to `0.9`): See above; pass `1.0` to resize straight to `shortest_edge`.
-        resample (`PILImageResampling`, defaults to `BICUBIC`): Filter for images (maps always use nearest).
-        do_center_crop (`bool`, defaults to `True`): Whether to center crop.
-        crop_size (`dict[str, int]`, defaults to `{"height": 224, "width": 224}`): Size of the crop.
-        do_rescale (`bool`, defaults to `True`): Multiply 8-bit inputs by `rescale_factor`.
-        rescale_factor (`float`, defaults to `1/255`): Rescale factor.
-        do_normalize (`bool`, defaults to `True`): Normalize with `image_mean` / `image_std`.
-        image_mean (`list[float]`, defaults to ImageNet mean `(0.485, 0.456, 0.406)`).
-        image_std (`list[float]`, defaults to ImageNet std `(0.229, 0.224, 0.225)`).
-        do_convert_rgb (`bool`, defaults to `True`): Convert every image to RGB (see above).
-        do_reduce_labels (`bool`, defaults to `False`): See [`PaCaViTImageProcessorKwargs`].
-        antialias (`bool`, defaults to `True`): See [`PaCaViTImageProcessorKwargs`].
+    Inputs are decoded by [`paca_hf.images.image_to_array`], as everywhere in the package: PIL images of any mode (EXIF
+    orientation applied), numpy arrays and torch tensors (`(H, W)`, `(H, W, C)` or `(C, H, W)`), paths and URLs. 8-bit
+    data is rescaled by `rescale_factor`; 16-bit data becomes `value / 65535` and float data is taken to be in
+    `[0, 1]`, so neither is rescaled again. `do_convert_rgb=True` repeats grey and drops alpha without compositing
+    (PIL's `convert("RGB")`, as the authors' loader); `False` keeps the channels (`image_mean` / `image_std` then need
+    one value per channel). Inputs that cannot be turned into such an image raise `ValueError` naming the image.
     """
 
     valid_kwargs = PaCaViTImageProcessorKwargs
@@ -113,6 +88,7 @@ class PaCaViTImageProcessingMixin:
     do_reduce_labels = False
     antialias = True
 
+    @auto_docstring
     def preprocess(
         self,
         images: ImageInput,
@@ -120,147 +96,107 @@ class PaCaViTImageProcessingMixin:
         **kwargs: Unpack[PaCaViTImageProcessorKwargs],
     ) -> BatchFeature:
         r"""
-        Preprocess images (and optionally their segmentation maps).
-
-        Args:
-            images (`ImageInput`): An image or a list / batch of images.
-            segmentation_maps (`ImageInput`, *optional*): One single-channel integer label map per image, of the same
-                height and width as its image (see [`paca_hf.images.load_label_map`]). Returned as `labels` (int64).
-            kwargs: Per-call overrides of the constructor settings, plus `return_tensors` (`"pt"` / `"np"`) and
-                `input_data_format` (channel layout of array inputs when it cannot be inferred).
-
-        Returns:
-            [`BatchFeature`] with `pixel_values` (float32, `(batch, channels, height, width)`) and, if maps were given,
-            `labels` (int64, `(batch, height, width)`).
+        segmentation_maps (`ImageInput`, *optional*):
+            One single-channel integer label map per image, of its image's height and width (any input
+            [`paca_hf.images.load_label_map`] takes). Returned as `labels`, int64 `(batch, height, width)`.
         """
         return super().preprocess(images, segmentation_maps, **kwargs)
 
-    # ------------------------------------------------------------------ pipeline
+    def _prepare_images_structure(self, images: ImageInput, expected_ndims: int = 3) -> list:
+        return _flatten(images, "image" if expected_ndims == 3 else "segmentation map")
+
+    def _prepare_image_like_inputs(self, images: ImageInput, *args, expected_ndims: int = 3, **kwargs) -> list:
+        """The backends' loop over `process_image`, naming the image an error comes from."""
+        prepared = []
+        for index, image in enumerate(self._prepare_images_structure(images, expected_ndims=expected_ndims)):
+            try:
+                prepared.append(self.process_image(image, *args, **kwargs))
+            except ValueError as error:
+                raise ValueError(f"image {index}: {error}") from error
+        return prepared
+
+    def process_image(self, image, do_convert_rgb: bool | None = None, input_data_format=None, device=None, **kwargs):
+        """One input decoded by [`paca_hf.images.image_to_array`] (every PIL mode, 16-bit, EXIF orientation), then
+        handed to the backend as a channels-first uint8 (8-bit data) or float32 (in `[0, 1]`) array."""
+        array = image_to_array(image, num_channels=None if do_convert_rgb is False else 3,
+                               input_data_format=input_data_format)
+        # A copy: the steps may work in place, and arrays viewing a PIL image's buffer are read-only.
+        channels_first = np.moveaxis(array, -1, 0).copy()
+        return super().process_image(
+            channels_first, do_convert_rgb=False, input_data_format=ChannelDimension.FIRST, device=device
+        )
 
     def _preprocess_image_like_inputs(
         self,
         images: ImageInput,
         segmentation_maps: ImageInput | None = None,
         *,
-        do_resize: bool,
-        size: SizeDict | None,
-        resample,
-        crop_pct: float | None,
-        do_center_crop: bool,
-        crop_size: SizeDict | None,
-        do_rescale: bool,
-        rescale_factor: float,
-        do_normalize: bool,
-        image_mean,
-        image_std,
         do_convert_rgb: bool | None,
-        do_reduce_labels: bool,
-        antialias: bool | None = True,
-        input_data_format: str | ChannelDimension | None = None,
+        input_data_format: str | ChannelDimension | None,
         return_tensors=None,
         device=None,
         **kwargs,
     ) -> BatchFeature:
+        crop_pct, crop_size = kwargs["crop_pct"], kwargs["crop_size"]
         valid_crop_pct = isinstance(crop_pct, (int, float)) and math.isfinite(crop_pct) and crop_pct > 0
         if crop_pct is not None and not valid_crop_pct:
             raise ValueError(f"`crop_pct` must be a positive number, got {crop_pct!r}")
-        if do_center_crop and (crop_size is None or not (crop_size.height and crop_size.width)):
+        if kwargs["do_center_crop"] and (crop_size is None or not (crop_size.height and crop_size.width)):
             raise ValueError(f"`crop_size` must be {{'height': int, 'width': int}}, got {crop_size}")
         if input_data_format is not None:
             input_data_format = ChannelDimension(input_data_format)
-        num_channels = 3 if do_convert_rgb or do_convert_rgb is None else None
 
-        raw_images = self._flatten(images, "image")
-        arrays = []
-        for index, image in enumerate(raw_images):
-            try:
-                arrays.append(image_to_array(image, num_channels=num_channels, input_data_format=input_data_format))
-            except ValueError as error:
-                raise ValueError(f"image {index}: {error}") from error
-        if do_normalize:
-            mean = [self._per_channel(image_mean, "image_mean", array.shape[-1]) for array in arrays]
-            std = [self._per_channel(image_std, "image_std", array.shape[-1]) for array in arrays]
-            if any(np.any(values == 0) for values in std):
-                raise ValueError(f"`image_std` must not contain zeros, got {image_std}")
-
-        maps = None
-        if segmentation_maps is not None:
-            raw_maps = self._flatten(segmentation_maps, "segmentation map")
-            if len(raw_maps) != len(arrays):
+        raw_images = self._prepare_images_structure(images)
+        pixels = self._prepare_image_like_inputs(
+            raw_images, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, device=device
+        )
+        maps = []
+        if segmentation_maps is not None:  # decoded and checked before any pixel work
+            raw_maps = self._prepare_images_structure(segmentation_maps, expected_ndims=2)
+            if len(raw_maps) != len(raw_images):
                 raise ValueError(
-                    f"got {len(arrays)} images but {len(raw_maps)} segmentation maps; pass exactly one map per image"
+                    f"got {len(raw_images)} images but {len(raw_maps)} segmentation maps; pass exactly one map per "
+                    "image"
                 )
-            maps = []
-            for index, (seg, image, array) in enumerate(zip(raw_maps, raw_images, arrays)):
-                try:
+            for index, (seg, image, pixel) in enumerate(zip(raw_maps, raw_images, pixels)):
+                try:  # with its image, whose EXIF orientation a map without its own is turned by
                     seg = load_label_map(seg, image=image)
                 except ValueError as error:
                     raise ValueError(f"segmentation map {index}: {error}") from error
-                if seg.shape != array.shape[:2]:
+                if seg.shape != tuple(pixel.shape[-2:]):
                     raise ValueError(
                         f"segmentation map {index} has size {seg.shape} (height, width) but its image has size "
-                        f"{array.shape[:2]}; they must match"
+                        f"{tuple(pixel.shape[-2:])}; they must match"
                     )
-                maps.append(reduce_labels(seg) if do_reduce_labels else seg)
-
-        images = [self._from_channels_last(array, device) for array in arrays]
-        new_sizes = [
-            self._resize_output_size(image, size, crop_pct if do_center_crop else None) if do_resize else None
-            for image in images
-        ]
-        pixel_values = [None] * len(images)
-        groups = self._batches(images)
-        for indices in groups:
-            first = indices[0]  # a batch shares shape and dtype, hence channels, resize target and value range
-            batch = self._stack([images[index] for index in indices])
-            if do_resize and antialias is False:
-                batch = self._interpolate(batch, new_sizes[first], resample)
-            elif do_resize:
-                batch = self.resize(batch, new_sizes[first], resample=resample)
-            if do_center_crop:
-                batch = self.center_crop(batch, crop_size)
-            batch = self._to_float(batch)
-            if do_rescale and arrays[first].dtype == np.uint8:  # 16-bit and float data are in [0, 1] already
-                batch = self._rescale_owned(batch, rescale_factor)
-            if do_normalize:
-                batch = self._normalize_owned(batch, mean[first].tolist(), std[first].tolist())
-            if self._return_batch_as_is and return_tensors is not None and len(groups) == 1:
-                pixel_values = batch  # already the stacked output, in input order (one group is all of them)
-                break
-            for index, image in zip(indices, self._unstack(batch, len(indices))):
-                pixel_values[index] = image
-
-        labels = []
-        for seg, new_size in zip(maps or [], new_sizes):
-            seg = self._from_channels_last(seg[..., None], device)
-            if do_resize:
-                seg = self.resize_labels(seg, new_size)
-            if do_center_crop:
-                seg = self.center_crop(seg, crop_size, fill=LABEL_PAD_VALUE)
-            labels.append(self._labels_output(seg))
-
-        data = {"pixel_values": pixel_values}
-        if maps is not None:
-            data["labels"] = labels
+                seg = reduce_labels(seg) if kwargs["do_reduce_labels"] else seg
+                maps.append(super().process_image(seg[None], input_data_format=ChannelDimension.FIRST, device=device))
+        data = {"pixel_values": self._preprocess(pixels, **kwargs)}
+        if segmentation_maps is not None:
+            # int64 maps take the label path of `resize` and `center_crop` (nearest, padded with 255).
+            labels = self._preprocess(maps, **{**kwargs, "do_rescale": False, "do_normalize": False})
+            data["labels"] = [label[0] for label in labels]
         return BatchFeature(data=data, tensor_type=return_tensors)
-
-    # Whether a single group's batch is returned as the stacked `pixel_values` itself (no unstack and restack).
-    _return_batch_as_is = False
-
-    def _rescale_owned(self, batch, factor: float):
-        """`rescale` of a batch that this call made (stacked, hence not the caller's); a backend may do it in place."""
-        return self.rescale(batch, factor)
-
-    def _normalize_owned(self, batch, mean: list[float], std: list[float]):
-        """`normalize` of a batch that this call made; a backend may do it in place."""
-        return self.normalize(batch, mean, std)
 
     @staticmethod
     def reduce_label(label):
         """0 -> 255, every other label minus 1, 255 stays 255 (see [`paca_hf.images.reduce_labels`])."""
         return reduce_labels(label)
 
-    # ------------------------------------------------------------------ geometry
+    @staticmethod
+    def _mean_std(image_mean, image_std, channels: int) -> tuple[list[float], list[float]]:
+        """`image_mean` and `image_std` with one value per channel; `ValueError` for a wrong count or a zero std."""
+        values = []
+        for value, name in ((image_mean, "image_mean"), (image_std, "image_std")):
+            array = np.asarray(value, dtype=np.float64).reshape(-1)
+            array = np.repeat(array, channels) if array.size == 1 else array
+            if array.size != channels:
+                raise ValueError(
+                    f"`{name}` must be a number or have {channels} values (one per channel of the images), got {value}"
+                )
+            values.append(array.tolist())
+        if 0 in values[1]:
+            raise ValueError(f"`image_std` must not contain zeros, got {image_std}")
+        return values[0], values[1]
 
     @staticmethod
     def _interpolate(batch, size: SizeDict, resample):
@@ -296,7 +232,7 @@ class PaCaViTImageProcessingMixin:
 
     @staticmethod
     def _resize_output_size(image, size: SizeDict | None, crop_pct: float | None) -> SizeDict:
-        """Output size of the resize step for a channels-first `image`."""
+        """Output size of the resize step for a channels-first `image` (or batch): timm's `crop_pct` rule."""
         if size is None:
             raise ValueError("`size` must be given when `do_resize=True`")
         if size.shortest_edge:
@@ -326,72 +262,6 @@ class PaCaViTImageProcessingMixin:
         if crop <= length:
             return int(round((length - crop) / 2.0)), 0, 0
         return 0, (crop - length) // 2, (crop - length + 1) // 2
-
-    # ------------------------------------------------------------------ input handling
-
-    @staticmethod
-    def _per_channel(value, name: str, channels: int) -> np.ndarray:
-        array = np.asarray(value, dtype=np.float64).reshape(-1)
-        if array.size == 1:
-            array = np.repeat(array, channels)
-        if array.size != channels:
-            raise ValueError(
-                f"`{name}` must be a number or have {channels} values (one per channel of the images), got {value}"
-            )
-        return array
-
-    @staticmethod
-    def _flatten(inputs, what: str) -> list:
-        """Turn an image / a list (possibly nested once) / a batched array into a flat list of single items."""
-        single_ndims = (2, 3) if what == "image" else (2,)
-
-        def is_array(x) -> bool:
-            return isinstance(x, np.ndarray) or is_torch_tensor(x)
-
-        def load(x):
-            if isinstance(x, str):
-                return open_image(x)
-            if isinstance(x, PIL.Image.Image) or is_array(x):
-                return x
-            raise ValueError(
-                f"unsupported {what} type {type(x).__name__}; expected a PIL image, a numpy array, a torch tensor "
-                "or a path / URL"
-            )
-
-        if isinstance(inputs, (list, tuple)):
-            flat = []
-            for item in inputs:
-                flat.extend(item if isinstance(item, (list, tuple)) else [item])
-            if not flat:
-                raise ValueError(f"no {what}s were given (empty list)")
-            flat = [load(x) for x in flat]
-            if what != "image":
-                return flat
-            for x in flat:
-                if is_array(x) and x.ndim not in single_ndims:
-                    raise ValueError(
-                        f"each {what} in a list must have rank 2 (H, W) or 3 (C, H, W) / (H, W, C), got rank "
-                        f"{x.ndim} with shape {tuple(x.shape)}"
-                    )
-            return flat
-
-        item = load(inputs)
-        if isinstance(item, PIL.Image.Image):
-            return [item]
-        batch_ndim = single_ndims[-1] + 1
-        if item.ndim in single_ndims:
-            return [item]
-        if item.ndim == batch_ndim:
-            if item.shape[0] == 0:
-                raise ValueError(f"no {what}s were given (batch of size 0, shape {tuple(item.shape)})")
-            return list(item)
-        expected = " or ".join(str(n) for n in single_ndims)
-        raise ValueError(
-            f"expected a single {what} of rank {expected} or a batch of rank {batch_ndim}, got rank {item.ndim} "
-            f"with shape {tuple(item.shape)}"
-        )
-
-    # ------------------------------------------------------------------ post-processing
 
     def post_process_semantic_segmentation(
         self, outputs, target_sizes: Sequence | None = None, return_segmentation_scores: bool = False
@@ -445,6 +315,35 @@ class PaCaViTImageProcessingMixin:
         ]
 
 
+def _flatten(inputs, what: str) -> list:
+    """Turn an image / a list (possibly nested once) / a batched array into a flat list of single items (a path, URL
+    or PIL image is one item; its type is checked where it is decoded)."""
+    single_ndims = (2, 3) if what == "image" else (2,)
+    if isinstance(inputs, (list, tuple)):
+        flat = [x for item in inputs for x in (item if isinstance(item, (list, tuple)) else [item])]
+        if not flat:
+            raise ValueError(f"no {what}s were given (empty list)")
+        for x in flat:
+            if what == "image" and hasattr(x, "ndim") and x.ndim not in single_ndims:
+                raise ValueError(
+                    f"each {what} in a list must have rank 2 (H, W) or 3 (C, H, W) / (H, W, C), got rank "
+                    f"{x.ndim} with shape {tuple(x.shape)}"
+                )
+        return flat
+    if not hasattr(inputs, "ndim") or inputs.ndim in single_ndims:
+        return [inputs]
+    batch_ndim = single_ndims[-1] + 1
+    if inputs.ndim == batch_ndim:
+        if inputs.shape[0] == 0:
+            raise ValueError(f"no {what}s were given (batch of size 0, shape {tuple(inputs.shape)})")
+        return list(inputs)
+    expected = " or ".join(str(n) for n in single_ndims)
+    raise ValueError(
+        f"expected a single {what} of rank {expected} or a batch of rank {batch_ndim}, got rank {inputs.ndim} "
+        f"with shape {tuple(inputs.shape)}"
+    )
+
+
 def _target_size(target, index: int) -> tuple[int, int]:
     """`(height, width)` of `target_sizes[index]` as positive ints, or a `ValueError` naming the entry."""
     pair = target.tolist() if hasattr(target, "tolist") else target
@@ -462,47 +361,31 @@ def _target_size(target, index: int) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
-class PaCaViTImageProcessorPil(PaCaViTImageProcessingMixin, PilBackend):
-    r"""
-    Image processor for PaCa-ViT, PIL / NumPy backend. Needs no torchvision; on 8-bit RGB inputs it reproduces the
-    authors' timm evaluation transform bit for bit (PIL bicubic). Settings, inputs and outputs are those of
+@auto_docstring(
+    custom_intro="""
+    PaCa-ViT image processor, PIL / NumPy backend: needs no torchvision and reproduces the authors' timm evaluation
+    transform bit for bit on 8-bit RGB inputs (PIL bicubic). Settings, inputs and outputs are those of
     [`PaCaViTImageProcessingMixin`]; [`PaCaViTImageProcessor`] is the torchvision backend.
     """
+)
+class PaCaViTImageProcessorPil(PaCaViTImageProcessingMixin, PilBackend):
 
     valid_kwargs = PaCaViTImageProcessorKwargs
 
     def __init__(self, **kwargs: Unpack[PaCaViTImageProcessorKwargs]):
         super().__init__(**kwargs)
 
-    @staticmethod
-    def _from_channels_last(array: np.ndarray, device=None) -> np.ndarray:
-        return np.ascontiguousarray(np.moveaxis(array, -1, 0))
-
-    @staticmethod
-    def _batches(images: list) -> list[list[int]]:
-        """One image at a time: PIL works on single images."""
-        return [[index] for index in range(len(images))]
-
-    @staticmethod
-    def _stack(images: list[np.ndarray]) -> np.ndarray:
-        return images[0]
-
-    @staticmethod
-    def _unstack(batch: np.ndarray, count: int) -> list[np.ndarray]:
-        return [batch]
-
-    @staticmethod
-    def _to_float(image: np.ndarray) -> np.ndarray:
-        return image.astype(np.float32)
-
-    @staticmethod
-    def _labels_output(seg: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(seg[0], dtype=np.int64)
-
-    def resize(self, image: np.ndarray, size: SizeDict, resample=None, **kwargs) -> np.ndarray:
-        """Resize a channels-first image with PIL. 8-bit grey / RGB goes through the backend's resize (a PIL image of
-        the same mode, bit-exact with the authors' transform); other channel counts are resized one channel at a time
-        (PIL would premultiply a 4th channel as alpha), float data in PIL's 32-bit float mode, clipped to [0, 1]."""
+    def resize(self, image: np.ndarray, size: SizeDict, resample=None, crop_pct=None, antialias=True, **kwargs):
+        """Resize a channels-first image to the size `size` and `crop_pct` give (see `_resize_output_size`). 8-bit
+        grey / RGB goes through the backend's PIL resize (bit-exact with the authors' transform); other channel counts
+        one channel at a time (PIL would premultiply a 4th channel as alpha), float data in PIL's 32-bit float mode,
+        clipped to [0, 1]; int64 label maps with PIL's nearest neighbour (32-bit integer mode: labels kept);
+        `antialias=False` with `_interpolate`."""
+        size = self._resize_output_size(image, size, crop_pct)
+        if image.dtype == np.int64:
+            return self.resize_labels(image, size)
+        if antialias is False:
+            return self._interpolate(image, size, resample)
         resample = PILImageResampling.BICUBIC if resample is None else PILImageResampling(int(resample))
         if image.dtype == np.uint8 and image.shape[0] in (1, 3):
             return super().resize(image, size, resample=resample, **kwargs)
@@ -532,6 +415,28 @@ class PaCaViTImageProcessorPil(PaCaViTImageProcessingMixin, PilBackend):
         cropped = image[:, top : top + size.height, left : left + size.width]
         padding = ((0, 0), (pad_top, pad_bottom), (pad_left, pad_right))
         return np.pad(cropped, padding, mode="constant", constant_values=fill)
+
+    def _preprocess(self, images: list[np.ndarray], do_resize, size, resample, crop_pct, do_center_crop, crop_size,
+                    do_rescale, rescale_factor, do_normalize, image_mean, image_std, antialias, **kwargs) -> list:
+        """Resize, crop, rescale (8-bit data only) and normalize each channels-first image; int64 label maps get the
+        geometry only. Returns the list of processed arrays (float32, or int64 for maps)."""
+        processed = []
+        for image in images:
+            # 8-bit data is rescaled (decided before the resize: `antialias=False` returns float32 in [0, 255]).
+            is_labels, rescale = image.dtype == np.int64, do_rescale and image.dtype == np.uint8
+            if do_resize:
+                crop = crop_pct if do_center_crop else None
+                image = self.resize(image, size, resample, crop_pct=crop, antialias=antialias)
+            if do_center_crop:
+                image = self.center_crop(image, crop_size, fill=LABEL_PAD_VALUE if is_labels else 0)
+            if not is_labels:
+                image = image.astype(np.float32)
+                if rescale:
+                    image = self.rescale(image, rescale_factor)
+                if do_normalize:
+                    image = self.normalize(image, *self._mean_std(image_mean, image_std, image.shape[0]))
+            processed.append(image)
+        return processed
 
 
 __all__ = ["PaCaViTImageProcessorPil", "PaCaViTImageProcessorKwargs", "PaCaViTImageProcessingMixin"]
