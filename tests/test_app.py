@@ -134,6 +134,48 @@ def test_bad_and_unusual_files_get_a_message_or_the_right_pixels(classifier_dir,
         app.analyse(app_model, str(sixteen))  # 6400 pixels > 2 x 1000
 
 
+def test_huge_wide_and_odd_inputs(classifier_dir, tmp_path):
+    app_model = app.load_app_model(str(classifier_dir))
+    # 56 MP in a small file (a bilevel PNG): refused from its header, before gigabytes are decoded.
+    huge = tmp_path / "huge.png"
+    PIL.Image.new("1", (8000, 7000)).save(huge)
+    started = time.perf_counter()
+    with pytest.raises(app.AppInputError, match=r"huge.png is 8000 x 7000 pixels \(56 MP\): the app takes up to 50 MP"):
+        app.analyse(app_model, str(huge))
+    assert time.perf_counter() - started < 5
+    # A message names the file, not the server's temporary folder or Python objects.
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a photo")
+    with pytest.raises(app.AppInputError) as caught:
+        app.analyse(app_model, str(broken))
+    assert str(caught.value) == "broken.png is not an image the app can read (or it is damaged)."
+    # A very wide picture is drawn at least MIN_DISPLAY_SIDE high, so every patch row stays visible and clickable.
+    wide = app.Analysis(picture=np.zeros((25, 2048, 3), np.uint8), assignments={"stage1": np.ones((2, 7, 512)) / 3584})
+    assert app.display_picture(wide).shape == (app.MIN_DISPLAY_SIDE, app.DISPLAY_SIZE, 3)
+    assert app.cluster_at(wide, "stage1", x=0, y=app.MIN_DISPLAY_SIDE - 1) == 0
+    for cluster in (float("nan"), None, "two"):
+        with pytest.raises(app.AppInputError, match="whole number"):
+            app.cluster_views(wide, "stage1", cluster)
+
+
+def test_a_paca_model_without_clusters_is_refused_at_start(tmp_path):
+    folder = save_model(tmp_path / "no-clusters", PaCaViTForImageClassification, num_clusters=[0, 0, 0, 0])
+    with pytest.raises(ValueError, match="no clusters to draw"):
+        app.load_app_model(str(folder))
+
+
+def test_main_says_why_it_cannot_serve(classifier_dir, tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert app.main(["--model", str(classifier_dir), "--port", str(port), "--examples-dir",
+                         str(tmp_path / "examples")]) == 1
+    assert f"error: cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert app.main(["--model", str(tmp_path / "missing")]) == 1
+    assert "cannot load model" in capsys.readouterr().err
+
+
 def test_default_model_is_the_demos_when_it_exists_else_random(segmentor_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(app.MODEL_ENVIRONMENT_VARIABLE, raising=False)
@@ -247,6 +289,13 @@ def test_the_page_shows_classes_and_clusters_of_an_uploaded_photo(running_app, b
         assert toast.is_displayed() and "Traceback" not in browser.page_source
         browser.get(running_app)  # a fresh page
         upload = wait.until(when.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+
+    # A picked example is analysed at once (on a fresh page, so nothing was shown before).
+    example = app.analyse(app.load_app_model(str(classifier_dir)), str(tmp_path / "examples" / "scene-0.png"))
+    wait.until(when.element_to_be_clickable((By.XPATH, "//button[.//img[contains(@src, 'scene-0.png')]]"))).click()
+    wait.until(when.text_to_be_present_in_element((By.ID, "classes"), example.classes[0][0]))
+    browser.get(running_app)
+    upload = wait.until(when.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
 
     upload.send_keys(str(photo))
     top_label = expected.classes[0][0]

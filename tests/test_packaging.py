@@ -71,6 +71,12 @@ def test_wheel_installs_and_runs_without_the_source_tree(tmp_path):
     version = re.search(r'__version__ = "([^"]+)"', (ROOT / "src/paca_hf/__init__.py").read_text()).group(1)
     assert wheels[0].name == f"paca_hf-{version}-py3-none-any.whl"
     assert "PASSED" in run([sys.executable, "-m", "twine", "check", "--strict", *wheels, *sdists])
+    import tarfile
+
+    with tarfile.open(sdists[0]) as sdist:
+        members = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    # What make test reads beside the package (the app's test reads the Space folder).
+    assert {"Makefile", "constraints.txt", ".ci/run", "spaces/pacavit/README.md", "tests/conftest.py"} <= members
 
     # A fresh virtual environment whose only paca_hf is the wheel's; the dependencies come from this environment's
     # site-packages through a .pth file (its editable install of the source tree is a .pth there, which Python does

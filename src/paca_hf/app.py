@@ -32,6 +32,10 @@ TOP_K = 5
 NUM_EXAMPLES = 3
 EXAMPLE_SIZE = 224
 DISPLAY_SIZE = 384  # longer side, in pixels, of the cluster pictures on the page
+MIN_DISPLAY_SIDE = 96  # shorter side at least this (a very wide photo's maps are stretched, not drawn 1 px high)
+# Photos are decoded whole before the processor resizes them: a few-hundred-KB PNG can hold 144 MP (6 GB decoded as
+# 16-bit). PIL refuses only above 179 MP; the app takes up to a 48 MP phone photo.
+MAX_PIXELS = 50_000_000
 
 
 class AppInputError(ValueError):
@@ -107,7 +111,10 @@ def load_app_model(name_or_path: str | None = None) -> AppModel:
         model, image_processor = visualization.load_model_and_processor(name_or_path)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot load model {name_or_path!r}: {error}") from error
-    visualization._model_with_clusters(model)  # a model without PaCa-ViT clusters has nothing to show here
+    paca = visualization._model_with_clusters(model)  # a model without PaCa-ViT clusters has nothing to show here
+    if not any(paca.config.num_clusters) and getattr(paca, "decode_head", None) is None:
+        raise ValueError(f"{name_or_path!r}: num_clusters is 0 in every stage and there is no PaCa head: no clusters "
+                         "to draw")
     return AppModel(model, image_processor, _task_of(model), str(name_or_path), banner)
 
 
@@ -116,12 +123,21 @@ def read_photo(path) -> PIL.Image.Image:
     16-bit, CMYK, EXIF orientation); `AppInputError` naming the problem when it is not a (usable) image."""
     if path is None:
         raise AppInputError("Upload a photo or pick an example first.")
+    name = Path(path).name
+    try:
+        with PIL.Image.open(path) as header:  # reads the size only
+            width, height = header.size
+    except (OSError, ValueError, PIL.Image.DecompressionBombError):
+        width = height = 0  # the decoder below names the problem
+    if width * height > MAX_PIXELS:
+        raise AppInputError(f"{name} is {width} x {height} pixels ({width * height / 1e6:.0f} MP): the app takes up to "
+                            f"{MAX_PIXELS / 1e6:.0f} MP. Please upload a smaller version.")
     try:
         return open_image(path)
     except ValueError as error:
         if isinstance(error.__cause__, PIL.Image.DecompressionBombError):
-            raise AppInputError(f"This image is too large to decode safely: {error.__cause__}") from None
-        raise AppInputError(f"This file is not an image the app can read: {error}") from None
+            raise AppInputError(f"{name} is too large to decode safely (PIL's decompression-bomb limit).") from None
+        raise AppInputError(f"{name} is not an image the app can read (or it is damaged).") from None
 
 
 @torch.no_grad()
@@ -188,10 +204,12 @@ def cluster_name(analysis: Analysis, key: str, cluster: int) -> str:
 
 
 def display_picture(analysis: Analysis) -> np.ndarray:
-    """The picture the model saw, scaled (bilinear) to `DISPLAY_SIZE` on its longer side: what maps are drawn on."""
+    """The picture the model saw, scaled (bilinear) to `DISPLAY_SIZE` on its longer side and at least
+    `MIN_DISPLAY_SIDE` on its shorter one (stretched if need be, so every patch row stays visible and clickable):
+    what maps are drawn on. Returns `(H, W, 3)` uint8."""
     height, width = analysis.picture.shape[:2]
     scale = DISPLAY_SIZE / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    size = (max(MIN_DISPLAY_SIDE, round(width * scale)), max(MIN_DISPLAY_SIDE, round(height * scale)))
     return np.asarray(PIL.Image.fromarray(analysis.picture).resize(size, PIL.Image.BILINEAR))
 
 
@@ -211,7 +229,10 @@ def cluster_views(analysis: Analysis, key: str, cluster: int) -> tuple[np.ndarra
     """`(hard map, soft map of `cluster`, caption)` of one stage: both `(H, W, 3)` uint8 over [`display_picture`]. A
     cluster past the stage's last is an `AppInputError`."""
     soft = _assignment(analysis, key)
-    cluster = int(cluster)
+    try:
+        cluster = int(cluster)
+    except (TypeError, ValueError):
+        raise AppInputError(f"a cluster is a whole number, not {cluster!r}") from None
     if not 0 <= cluster < soft.shape[0]:
         raise AppInputError(f"{key} has clusters 0..{soft.shape[0] - 1}, not {cluster}")
     hard = visualization.hard_cluster_map(soft)
@@ -351,8 +372,7 @@ def build_demo(app_model: AppModel, examples: list[str] | None = None):
                 photo = undecoded_upload(gr.Image(label="Photo", type="filepath", sources=["upload", "clipboard"],
                                                   elem_id="photo"))
                 run = gr.Button("Analyse", variant="primary", elem_id="analyse")
-                if examples:
-                    gr.Examples(examples, inputs=photo, label="Examples")
+                examples_block = gr.Examples(examples, inputs=photo, label="Examples") if examples else None
                 timings = gr.Markdown(elem_id="timings")
             with gr.Column():
                 classes = gr.Label(num_top_classes=TOP_K, label="Top-5 classes", elem_id="classes",
@@ -373,8 +393,10 @@ def build_demo(app_model: AppModel, examples: list[str] | None = None):
         outputs = [analysis_state, classes, segmentation, gallery, stage, cluster, hard_map, soft_map, caption, timings]
         run.click(on_photo, inputs=photo, outputs=outputs)
         photo.upload(on_photo, inputs=photo, outputs=outputs)
+        if examples_block is not None:  # a picked example is analysed once loaded, as an upload is
+            examples_block.load_input_event.then(on_photo, inputs=photo, outputs=outputs)
         stage.input(on_stage, inputs=[analysis_state, stage], outputs=[cluster, hard_map, soft_map, caption])
-        cluster.release(on_cluster, inputs=[analysis_state, stage, cluster], outputs=[hard_map, soft_map, caption])
+        cluster.input(on_cluster, inputs=[analysis_state, stage, cluster], outputs=[hard_map, soft_map, caption])
         hard_map.select(on_click, inputs=[analysis_state, stage], outputs=cluster).then(
             on_cluster, inputs=[analysis_state, stage, cluster], outputs=[hard_map, soft_map, caption])
     return demo
@@ -385,8 +407,10 @@ def parse_args(argv=None):
     parser.add_argument("--model", default=None,
                         help=f"a converted folder or Hub id (default: ${MODEL_ENVIRONMENT_VARIABLE}, else "
                              f"{DEMO_MODEL_DIR} if make demo ran, else a random-weight model)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a Space)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1; 0.0.0.0 in a Space)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                        help="default: $GRADIO_SERVER_PORT, else 7860")
     parser.add_argument("--examples-dir", type=Path, default=Path("outputs") / "app-examples",
                         help="where the bundled example scenes are written")
     parser.add_argument("--concurrency", type=int, default=2, help="photos analysed at once; others wait in the queue")
@@ -400,9 +424,17 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    demo = build_demo(app_model, example_images(args.examples_dir))
+    try:
+        demo = build_demo(app_model, example_images(args.examples_dir))
+    except ModuleNotFoundError as error:
+        print(f"error: the app needs gradio ({error}): pip install \"paca-hf[app]\"", file=sys.stderr)
+        return 1
     demo.queue(default_concurrency_limit=max(1, args.concurrency))
-    demo.launch(server_name=args.host, server_port=args.port, show_error=True)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, show_error=True)
+    except OSError as error:
+        print(f"error: cannot serve on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -79,7 +79,8 @@ def evaluate_segmentation(
     sizes) predicted by [`predict_batch`] through `image_processor` (the one saved with the model), computed by the
     shipped `mean_iou` evaluate metric on the main process from predictions gathered with
     `accelerator.gather_for_metrics`. Returns `(metrics, pairs)`; `pairs` (prediction, reference) uint16 arrays
-    only with `keep_predictions`. Every process returns the same metrics."""
+    only with `keep_predictions`. Every process returns the same metrics. `ValueError` when the dataloader holds no
+    image."""
     from tqdm.auto import tqdm
 
     from ..metrics import load_metric
@@ -88,6 +89,7 @@ def evaluate_segmentation(
     model.eval()
     metric = load_metric("mean_iou", experiment_id=f"paca-{os.getpid()}-{time.time_ns()}", keep_in_memory=True)
     kept = [] if keep_predictions else None
+    evaluated = 0
     for batch in tqdm(dataloader, desc="eval", disable=disable_progress, leave=False):
         predictions = predict_batch(model, batch["images"], image_processor, accelerator.device)
         pairs = []
@@ -95,10 +97,13 @@ def evaluate_segmentation(
             reference = reduce_label_values(label, ignore_index) if reduce_labels else label.long()
             pairs.append((prediction.cpu().numpy().astype(np.uint16), reference.cpu().numpy().astype(np.uint16)))
         pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
+        evaluated += len(pairs)  # gathered: the same count on every process
         if accelerator.is_main_process:
             metric.add_batch(predictions=[p for p, _ in pairs], references=[r for _, r in pairs])
             if kept is not None:
                 kept.extend(pairs)
+    if evaluated == 0:
+        raise ValueError("no images to evaluate: the evaluation dataloader is empty")
     results = None
     if accelerator.is_main_process:
         results = metric.compute(num_labels=num_labels, ignore_index=ignore_index, reduce_labels=False)
