@@ -402,7 +402,7 @@ def test_publish_uploads_only_repos_that_passed_every_check(checkpoints_dir, tmp
     assert "error: pacavit_small_p2cconv_100_0: nothing uploaded to ivmcl/pacavit-small" in err
     assert "truncated or corrupt" in err
     assert "error: pacavit_convmixer_tiny_100: nothing uploaded to ivmcl/pacavit-tiny-teacher" in err
-    assert "missing from the checkpoint (1): pacavit.stages.0.layers.0.attention.query.weight" in err
+    assert "missing from the checkpoint (1): stage1.0.attn.q.weight" in err  # named as the checkpoint names it
     assert not (tmp_path / "repos" / "pacavit-small").exists()
     assert not (tmp_path / "repos" / "pacavit-tiny-teacher").exists()
 

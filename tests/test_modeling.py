@@ -80,10 +80,10 @@ def test_attention_weights_reproduce_the_attention_output(seed):
         hidden, height, width = captured["inputs"][:3]
         assignment = outputs.cluster_assignments[0].flatten(2)
         clusters = attention.cluster_norm(assignment @ hidden)
-        query = attention.query(hidden)
-        key = attention.key(clusters)
+        query = attention.q_proj(hidden)
+        key = attention.k_proj(clusters)
         weights = torch.softmax(query @ key.transpose(1, 2) / 16**0.5, dim=-1)  # one head of width 16
-        expected = attention.dense(weights @ attention.value(clusters))
+        expected = attention.o_proj(weights @ attention.v_proj(clusters))
     torch.testing.assert_close(outputs.attentions[0][:, 0], weights, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(captured["output"][0], expected, atol=1e-6, rtol=1e-5)
 
@@ -117,7 +117,7 @@ def test_mix_ffn_in_bands_computes_the_whole_map_result(height, width, seed):
     banded.load_state_dict(whole.state_dict())
     expanded_rows = []
     mlp = banded.pacavit.stages[0].layers[0].mlp
-    mlp.dense1.register_forward_hook(lambda module, args, output: expanded_rows.append(output.shape[1] // (width // 4)))
+    mlp.fc1.register_forward_hook(lambda module, args, output: expanded_rows.append(output.shape[1] // (width // 4)))
     pixel_values, labels = torch.randn(2, 3, height, width), torch.tensor([0, 4])
 
     def run(model):
@@ -213,7 +213,7 @@ def test_save_load_round_trip_and_auto_classes(tmp_path, seed):
 
 def test_weight_init_follows_the_authors(seed):
     model = PaCaViTForImageClassification(PaCaViTConfig.from_official_name("pacavit_tiny_p2cconv_100_0"))
-    linear = model.pacavit.stages[2].layers[0].attention.query.weight
+    linear = model.pacavit.stages[2].layers[0].attention.q_proj.weight
     # timm's trunc_normal_(std=0.02) truncates at +-2 (absolute), as transformers' does.
     assert linear.std().item() == pytest.approx(0.02, rel=0.05) and abs(linear.mean().item()) < 1e-3
     conv = model.pacavit.stages[0].layers[0].attention.clustering.depthwise
