@@ -308,11 +308,10 @@ class PaCaViTAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns the attention output `(batch, patches, hidden_size)`, the attention weights `(batch, heads, patches,
-        keys)` (None unless `output_attentions=True` is in `kwargs` or the eager implementation is set) and the
+        keys)` (from the eager implementation only: None with SDPA, as in transformers' models) and the
         cluster assignment map `(batch, clusters, height, width)` used (None without clusters). The map is the tensor
         the clusters are computed from, so it is on the autograd graph."""
         batch_size, num_patches, hidden_size = hidden_states.shape
-        output_attentions = kwargs.get("output_attentions", False)
         if self.num_clusters > 0:
             if self.clustering is not None:
                 logits = self.clustering(hidden_states, height, width)
@@ -329,11 +328,9 @@ class PaCaViTAttention(nn.Module):
         key = self.k_proj(key_value_states).view(head_shape).transpose(1, 2)
         value = self.v_proj(key_value_states).view(head_shape).transpose(1, 2)
 
-        attention_interface = eager_attention_forward
-        if not output_attentions and self.config._attn_implementation != "eager":
-            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-                self.config._attn_implementation, eager_attention_forward
-            )
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -343,6 +340,7 @@ class PaCaViTAttention(nn.Module):
             scaling=self.scaling,
             dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
             is_causal=False,
+            **kwargs,
         )
         attn_output = self.dropout(self.o_proj(attn_output.reshape(batch_size, num_patches, hidden_size)))
         return attn_output, attn_weights, cluster_assignment
@@ -736,8 +734,8 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): any height and width.
         output_hidden_states, output_attentions, output_cluster_assignments (`bool`, *optional*): return each stage's
-            feature map, every block's attention weights (computed by the eager path for this call), each stage's
-            cluster assignment (see [`PaCaViTModelOutput`]).
+            feature map, every block's attention weights (with `attn_implementation="eager"`; SDPA computes none and
+            warns, as in transformers' models), each stage's cluster assignment (see [`PaCaViTModelOutput`]).
         """
         check_pixel_values(pixel_values, self.config.num_channels)
         kwargs["output_attentions"] = kwargs.get("output_attentions") or self.config.output_attentions
