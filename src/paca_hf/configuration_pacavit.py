@@ -1,6 +1,5 @@
 """PaCa-ViT model configuration."""
 
-import copy
 import json
 from importlib import resources
 
@@ -9,35 +8,10 @@ from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneConfigMixin
 from transformers.configuration_utils import PreTrainedConfig
 
-from .releases import BACKBONE, CLASSIFIER, OFFICIAL_NAMES, RELEASES, SEGMENTOR
+from .releases import OFFICIAL_NAMES, RELEASES
 
 
 CLUSTERING_TYPES = ("conv", "mlp", "linear")
-
-# Architectures of the authors' released models (`_arch_settings` in their `models/paca_vit.py`).
-_ARCHITECTURES = {
-    "tiny": {"hidden_sizes": [96, 192, 320, 384], "depths": [2, 2, 4, 2], "drop_path_rate": 0.1},
-    "small": {"hidden_sizes": [96, 192, 320, 384], "depths": [3, 3, 10, 3], "drop_path_rate": 0.1},
-    "base": {"hidden_sizes": [96, 192, 384, 512], "depths": [3, 3, 18, 3], "drop_path_rate": 0.5},
-    "tiny_teacher": {
-        "hidden_sizes": [96, 192, 320, 384],
-        "depths": [2, 2, 2, 2],
-        "teacher_depths": [2, 2, 2, 2],
-        "drop_path_rate": 0.1,
-    },
-    "small_teacher": {
-        "hidden_sizes": [96, 192, 320, 384],
-        "depths": [3, 3, 7, 3],
-        "teacher_depths": [2, 2, 2, 2],
-        "drop_path_rate": 0.1,
-    },
-    "base_teacher": {
-        "hidden_sizes": [96, 192, 384, 512],
-        "depths": [3, 3, 16, 3],
-        "teacher_depths": [2, 2, 4, 2],
-        "drop_path_rate": 0.1,
-    },
-}
 
 # Every official name (the authors' released checkpoints) and its architecture: `releases.RELEASES`.
 _RELEASES_BY_NAME = {release.official_name: release for release in RELEASES}
@@ -247,27 +221,9 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
         release = _RELEASES_BY_NAME.get(name)
         if release is None:
             raise ValueError(f"Unknown official PaCa-ViT name {name!r}. Known names: {', '.join(OFFICIAL_NAMES)}.")
-        architecture = release.architecture
-        kwargs = copy.deepcopy(_ARCHITECTURES[architecture.size])
-        num_stages = len(kwargs["depths"])
-        kwargs.update(
-            num_attention_heads=[2, 4, 8, 16],
-            mlp_ratios=[4] * num_stages,
-            num_clusters=list(architecture.num_clusters),
-            clustering_type=architecture.clustering_type,
-            clustering_kernel_size=7,
-            clustering_interval=[architecture.clustering_interval] * num_stages,
-        )
-        if architecture.drop_path_rate is not None:
-            kwargs["drop_path_rate"] = architecture.drop_path_rate
-        if release.form == CLASSIFIER:
-            kwargs["id2label"] = load_id2label("imagenet-1k")
-        else:
-            kwargs["out_features"] = [f"stage{index}" for index in range(1, num_stages + 1)]
-            if release.form != BACKBONE:
-                kwargs["image_size"] = 512
-            if release.form == SEGMENTOR:
-                kwargs["id2label"] = load_id2label("ade20k")
+        kwargs = release.config_kwargs()
+        if release.label_set is not None:
+            kwargs["id2label"] = load_id2label(release.label_set)
         if "id2label" in kwargs:
             kwargs["label2id"] = {label: index for index, label in kwargs["id2label"].items()}
             if "num_labels" in overrides and "id2label" not in overrides:

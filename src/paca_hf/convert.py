@@ -15,7 +15,7 @@ from transformers.utils import logging
 
 from .checkpoint_reader import CheckpointError, load_state_dict_file
 from .configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
-from .releases import BACKBONE, RELEASES, UPERNET
+from .releases import BACKBONE, RELEASES, SIZES, UPERNET
 
 
 logger = logging.get_logger(__name__)
@@ -379,14 +379,12 @@ def _matching_official_name(source: dict[str, torch.Tensor], model) -> str | Non
     """'this looks like NAME' when the checkpoint's tensors fit an official model of the same kind exactly."""
     from transformers import UperNetForSemanticSegmentation
 
-    from .configuration_pacavit import _ARCHITECTURES
-
     kind = type(model)
     depths = _stage_depths(source)
     for release in RELEASES:
         if (release.form == UPERNET) != (kind is UperNetForSemanticSegmentation):
             continue
-        if depths != list(_ARCHITECTURES[release.architecture.size]["depths"]):
+        if depths != list(SIZES[release.architecture.size]["depths"]):
             continue  # cheap test before building the candidate
         try:
             with torch.device("meta"):
