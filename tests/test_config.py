@@ -1,5 +1,7 @@
 """PaCaViTConfig: field names, validation, official names, serialisation."""
 
+import re
+
 import pytest
 
 from paca_hf import PaCaViTConfig
@@ -137,3 +139,14 @@ def test_the_release_catalogue_gives_the_config_of_each_release():
     assert not hasattr(configuration_pacavit, "_ARCHITECTURES")
     config = PaCaViTConfig.from_official_name(release.official_name)
     assert (config.depths, config.num_clusters, config.image_size) == ([3, 3, 10, 3], [200, 200, 200, 0], 512)
+
+
+def test_config_docstring_documents_each_argument_once_in_transformers_format():
+    """transformers' `@auto_docstring` with a checkpoint: the common arguments from its table, PaCa-ViT's own below
+    the class, one entry per argument as `name (`type`, ...):`."""
+    doc = PaCaViTConfig.__doc__
+    assert "[ivmcl/pacavit-tiny](https://huggingface.co/ivmcl/pacavit-tiny)" in doc
+    for name in PaCaViTConfig.__annotations__:
+        if name.startswith("_"):  # `out_features` / `out_indices`: keyword arguments, in the introduction
+            continue
+        assert len(re.findall(rf"^ +{name} \(`", doc, flags=re.M)) == 1, name
