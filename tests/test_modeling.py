@@ -422,3 +422,18 @@ def test_flex_attention_gives_the_eager_outputs(seed):
         expected = eager(pixel_values).logits
     torch._dynamo.reset()
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_outputs_are_transformers_output_classes_with_the_cluster_field(seed):
+    """The base model's and the classifier's outputs are transformers' own classes, with `cluster_assignments` added
+    last (so the tuple of `return_dict=False` keeps its order)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
+    model = PaCaViTForImageClassification(tiny_config()).eval()
+    pixel_values = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        classified = model(pixel_values, output_hidden_states=True, output_cluster_assignments=True)
+        encoded = model.pacavit(pixel_values, output_cluster_assignments=True)
+    assert isinstance(classified, ImageClassifierOutput) and isinstance(encoded, BaseModelOutputWithPooling)
+    assert list(classified.keys()) == ["logits", "hidden_states", "cluster_assignments"]
+    assert list(encoded.keys()) == ["last_hidden_state", "pooler_output", "cluster_assignments"]

@@ -17,7 +17,7 @@ from transformers.backbone_utils import BackboneMixin, filter_output_hidden_stat
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BackboneOutput
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 from transformers.processing_utils import Unpack
@@ -35,7 +35,7 @@ from .configuration_pacavit import PaCaViTConfig
 
 
 @dataclass
-class PaCaViTModelOutput(ModelOutput):
+class PaCaViTModelOutput(BaseModelOutputWithPooling):
     """
     Output of [`PaCaViTModel`].
 
@@ -55,24 +55,16 @@ class PaCaViTModelOutput(ModelOutput):
             clusters.
     """
 
-    last_hidden_state: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
 
 
 @dataclass
-class PaCaViTImageClassifierOutput(ModelOutput):
+class PaCaViTImageClassifierOutput(ImageClassifierOutput):
     """
     Output of [`PaCaViTForImageClassification`]: `loss` (with `labels`), `logits` `(batch_size, num_labels)`, and
     `hidden_states`, `attentions`, `cluster_assignments` as in [`PaCaViTModelOutput`].
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
 
 
