@@ -1,5 +1,7 @@
 """PaCaViTConfig: field names, validation, official names, serialisation."""
 
+import re
+
 import pytest
 
 from paca_hf import PaCaViTConfig
@@ -119,3 +121,32 @@ def test_probabilities_at_the_ends_of_their_range_are_accepted():
     for name in ("drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"):
         for value in (0, 1, 0.0, 1.0):
             assert getattr(PaCaViTConfig(**{name: value}), name) == value
+
+
+def test_the_release_catalogue_gives_the_config_of_each_release():
+    """The catalogue (sizes and releases) lives in `paca_hf.releases`; `from_official_name` builds its config."""
+    from paca_hf import configuration_pacavit, releases
+
+    release = releases.get_release("upernet_pacavit_small_p2cconv_100_0_512x512_160k_ade20k")
+    assert release.label_set is None
+    assert release.config_kwargs() == {
+        "hidden_sizes": [96, 192, 320, 384], "depths": [3, 3, 10, 3], "drop_path_rate": 0.1,
+        "num_attention_heads": [2, 4, 8, 16], "mlp_ratios": [4, 4, 4, 4], "num_clusters": [200, 200, 200, 0],
+        "clustering_type": "conv", "clustering_kernel_size": 7, "clustering_interval": [0, 0, 0, 0],
+        "out_features": ["stage1", "stage2", "stage3", "stage4"], "image_size": 512,
+    }
+    assert releases.get_release("pacavit_tiny_p2cconv_100_0").label_set == "imagenet-1k"
+    assert not hasattr(configuration_pacavit, "_ARCHITECTURES")
+    config = PaCaViTConfig.from_official_name(release.official_name)
+    assert (config.depths, config.num_clusters, config.image_size) == ([3, 3, 10, 3], [200, 200, 200, 0], 512)
+
+
+def test_config_docstring_documents_each_argument_once_in_transformers_format():
+    """transformers' `@auto_docstring` with a checkpoint: the common arguments from its table, PaCa-ViT's own below
+    the class, one entry per argument as `name (`type`, ...):`."""
+    doc = PaCaViTConfig.__doc__
+    assert "[ivmcl/pacavit-tiny](https://huggingface.co/ivmcl/pacavit-tiny)" in doc
+    for name in PaCaViTConfig.__annotations__:
+        if name.startswith("_"):  # `out_features` / `out_indices`: keyword arguments, in the introduction
+            continue
+        assert len(re.findall(rf"^ +{name} \(`", doc, flags=re.M)) == 1, name

@@ -47,7 +47,7 @@ def test_cli_converts_reference_classifier_exactly(tmp_path):
     config = json.loads((output / "config.json").read_text())
     assert config["model_type"] == "pacavit" and len(config["id2label"]) == 10  # num_labels from the head
     assert config["auto_map"]["AutoModelForImageClassification"] == "modeling_pacavit.PaCaViTForImageClassification"
-    assert "pacavit.embeddings.projection.0.weight" in load_file(output / "model.safetensors")
+    assert "pacavit.embeddings.conv1.weight" in load_file(output / "model.safetensors")
     model = PaCaViTForImageClassification.from_pretrained(output).eval()
     io = case_io(name)
     with torch.no_grad():

@@ -184,7 +184,7 @@ def test_upernet_training_loss_falls():
     # The backbone is in the gradient path.
     model.train()
     step(model).backward()
-    assert model.backbone.embeddings.projection[0].weight.grad.abs().sum() > 0
+    assert model.backbone.embeddings.conv1.weight.grad.abs().sum() > 0
     assert model.backbone.stages[0].layers[0].attention.clustering.to_clusters.weight.grad.abs().sum() > 0
     model.zero_grad()
 
@@ -254,7 +254,7 @@ def test_mask2former_instance_segmentation_training_loss_falls():
 
     model.train()
     step(model).backward()
-    assert model.model.pixel_level_module.encoder.embeddings.projection[0].weight.grad.abs().sum() > 0
+    assert model.model.pixel_level_module.encoder.embeddings.conv1.weight.grad.abs().sum() > 0
     model.zero_grad()
 
     losses = train(model, step, num_steps=15, lr=5e-3)

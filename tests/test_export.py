@@ -135,7 +135,7 @@ def test_eager_mix_ffn_still_runs_in_bands(segmenter):
     """Tracing uses one band; eager mode keeps the bands (the memory and time behaviour of `chunk_size_feed_forward`)."""
     mlp = segmenter.pacavit.stages[0].layers[0].mlp
     widths = []
-    handle = mlp.dense1.register_forward_hook(lambda module, args, output: widths.append(output.shape[1]))
+    handle = mlp.fc1.register_forward_hook(lambda module, args, output: widths.append(output.shape[1]))
     try:
         with torch.no_grad():
             segmenter(inputs(1, 64, 64))  # 16 x 16 patches in stage 1: bands of 4 rows (+ the rows around them)
@@ -156,9 +156,9 @@ def compile_recording_graphs(model, **compile_options):
     return torch.compile(model, backend=record, **compile_options), graphs
 
 
-def dense1_band_heights(model, pixel_values, **compile_options):
+def fc1_band_heights(model, pixel_values, **compile_options):
     """Compiles `model` (dynamo with a graph-recording backend, no inductor), runs it on `pixel_values` and returns
-    the number of rows of each band the first Mix-FFN expands (its 1x1 convolutions with dense1's weight), with the
+    the number of rows of each band the first Mix-FFN expands (its 1x1 convolutions with fc1's weight), with the
     compiled output."""
     torch._dynamo.reset()
     compiled, graphs = compile_recording_graphs(model, **compile_options)
@@ -170,9 +170,9 @@ def dense1_band_heights(model, pixel_values, **compile_options):
     for node in graph.graph.nodes:
         if node.target is torch.conv2d:
             weight = node.args[1]
-            while weight.op != "placeholder":  # dense1.weight viewed as a 1x1 kernel
+            while weight.op != "placeholder":  # fc1.weight viewed as a 1x1 kernel
                 weight = weight.args[0]
-            if "stages_modules_0_modules_layers_modules_0_modules_mlp_modules_dense1" in weight.name:
+            if "stages_modules_0_modules_layers_modules_0_modules_mlp_modules_fc1" in weight.name:
                 heights.append(node.meta["example_value"].shape[-2])
     return heights, output
 
@@ -184,7 +184,7 @@ def test_compiled_graphs_keep_the_bands(segmenter):
     with torch.no_grad():
         expected = segmenter(pixel_values).logits
     for dynamic in (False, True):
-        heights, output = dense1_band_heights(segmenter, pixel_values, dynamic=dynamic)
+        heights, output = fc1_band_heights(segmenter, pixel_values, dynamic=dynamic)
         assert [int(height.node.hint) if isinstance(height, torch.SymInt) else height for height in heights] == [
             5, 6, 6, 5
         ], dynamic
@@ -207,9 +207,9 @@ def test_exported_graph_has_one_band_and_no_layout_change_of_the_expanded_map(se
             transposed_channels.append([size for size in node.meta["val"].shape if isinstance(size, int)])
         if node.target in (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default):
             weight = node.args[1]
-            while weight.op != "placeholder":  # dense1.weight viewed as a 1x1 kernel
+            while weight.op != "placeholder":  # fc1.weight viewed as a 1x1 kernel
                 weight = weight.args[0]
-            band_convolutions += weight.name.endswith("dense1_weight")
+            band_convolutions += weight.name.endswith("fc1_weight")
     assert band_convolutions == 1
     assert transposed_channels == [[hidden_size], [hidden_size]]  # tokens -> map, map -> tokens
     assert expanded_size != hidden_size
@@ -252,7 +252,7 @@ def test_compiled_training_step_gives_the_eager_loss_and_gradients():
     torch._dynamo.reset()
     torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-5, rtol=1e-5)
     assert compiled_gradients.keys() == eager_gradients.keys()
-    assert any("mlp.dense1" in name for name in compiled_gradients)
+    assert any("mlp.fc1" in name for name in compiled_gradients)
     for name, gradient in eager_gradients.items():
         torch.testing.assert_close(compiled_gradients[name], gradient, atol=1e-5, rtol=1e-4, msg=name)
 
@@ -380,8 +380,8 @@ def test_torchao_int8_dynamic_quantization_eager_and_compiled():
     with torch.no_grad():
         fp32 = model(pixel_values).logits
     quantize_(model, Int8DynamicActivationInt8WeightConfig())
-    dense1 = model.pacavit.stages[0].layers[0].mlp.dense1
-    assert type(dense1.weight) is not torch.nn.Parameter and dense1.weight.qdata.dtype == torch.int8
+    fc1 = model.pacavit.stages[0].layers[0].mlp.fc1
+    assert type(fc1.weight) is not torch.nn.Parameter and fc1.weight.qdata.dtype == torch.int8
     torch._dynamo.reset()
     compiled, graphs = compile_recording_graphs(model, fullgraph=True)
     with torch.no_grad():

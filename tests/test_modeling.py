@@ -25,7 +25,7 @@ def tiny_config(**overrides):
 
 
 def test_output_shapes_follow_hierarchical_models(seed):
-    model = PaCaViTModel(tiny_config()).eval()
+    model = PaCaViTModel._from_config(tiny_config(), attn_implementation="eager").eval()
     pixel_values = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         outputs = model(pixel_values, output_hidden_states=True, output_attentions=True, output_cluster_assignments=True)
@@ -61,16 +61,19 @@ def test_sdpa_and_eager_attention_agree(clustering_type, seed):
     pixel_values = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(sdpa(pixel_values).logits, eager(pixel_values).logits, atol=1e-5, rtol=1e-5)
-        # Asking for the attention weights switches to the path that materialises them, with the same result.
-        with_weights = sdpa(pixel_values, output_attentions=True)
-    torch.testing.assert_close(with_weights.logits, eager(pixel_values).logits, atol=1e-5, rtol=1e-5)
+        # As transformers' models: the attention weights come from the eager implementation; SDPA computes none (it
+        # stays SDPA for the call, with the same result).
+        with_weights = eager(pixel_values, output_attentions=True)
+        without_weights = sdpa(pixel_values, output_attentions=True)
+    assert len(with_weights.attentions) == sum(config.depths) and without_weights.attentions == ()
+    torch.testing.assert_close(without_weights.logits, with_weights.logits, atol=1e-5, rtol=1e-5)
     for weights in with_weights.attentions:
         torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
 
 
 def test_attention_weights_reproduce_the_attention_output(seed):
     """The returned weights are the softmax(q k^T / sqrt(d)) the block really used: recompute the block by hand."""
-    model = PaCaViTModel(tiny_config(depths=[1, 1, 1, 1])).eval()
+    model = PaCaViTModel._from_config(tiny_config(depths=[1, 1, 1, 1]), attn_implementation="eager").eval()
     pixel_values = torch.randn(1, 3, 32, 32)
     captured = {}
     attention = model.stages[0].layers[0].attention
@@ -80,10 +83,10 @@ def test_attention_weights_reproduce_the_attention_output(seed):
         hidden, height, width = captured["inputs"][:3]
         assignment = outputs.cluster_assignments[0].flatten(2)
         clusters = attention.cluster_norm(assignment @ hidden)
-        query = attention.query(hidden)
-        key = attention.key(clusters)
+        query = attention.q_proj(hidden)
+        key = attention.k_proj(clusters)
         weights = torch.softmax(query @ key.transpose(1, 2) / 16**0.5, dim=-1)  # one head of width 16
-        expected = attention.dense(weights @ attention.value(clusters))
+        expected = attention.o_proj(weights @ attention.v_proj(clusters))
     torch.testing.assert_close(outputs.attentions[0][:, 0], weights, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(captured["output"][0], expected, atol=1e-6, rtol=1e-5)
 
@@ -117,7 +120,7 @@ def test_mix_ffn_in_bands_computes_the_whole_map_result(height, width, seed):
     banded.load_state_dict(whole.state_dict())
     expanded_rows = []
     mlp = banded.pacavit.stages[0].layers[0].mlp
-    mlp.dense1.register_forward_hook(lambda module, args, output: expanded_rows.append(output.shape[1] // (width // 4)))
+    mlp.fc1.register_forward_hook(lambda module, args, output: expanded_rows.append(output.shape[1] // (width // 4)))
     pixel_values, labels = torch.randn(2, 3, height, width), torch.tensor([0, 4])
 
     def run(model):
@@ -213,7 +216,7 @@ def test_save_load_round_trip_and_auto_classes(tmp_path, seed):
 
 def test_weight_init_follows_the_authors(seed):
     model = PaCaViTForImageClassification(PaCaViTConfig.from_official_name("pacavit_tiny_p2cconv_100_0"))
-    linear = model.pacavit.stages[2].layers[0].attention.query.weight
+    linear = model.pacavit.stages[2].layers[0].attention.q_proj.weight
     # timm's trunc_normal_(std=0.02) truncates at +-2 (absolute), as transformers' does.
     assert linear.std().item() == pytest.approx(0.02, rel=0.05) and abs(linear.mean().item()) < 1e-3
     conv = model.pacavit.stages[0].layers[0].attention.clustering.depthwise
@@ -419,3 +422,18 @@ def test_flex_attention_gives_the_eager_outputs(seed):
         expected = eager(pixel_values).logits
     torch._dynamo.reset()
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_outputs_are_transformers_output_classes_with_the_cluster_field(seed):
+    """The base model's and the classifier's outputs are transformers' own classes, with `cluster_assignments` added
+    last (so the tuple of `return_dict=False` keeps its order)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
+    model = PaCaViTForImageClassification(tiny_config()).eval()
+    pixel_values = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        classified = model(pixel_values, output_hidden_states=True, output_cluster_assignments=True)
+        encoded = model.pacavit(pixel_values, output_cluster_assignments=True)
+    assert isinstance(classified, ImageClassifierOutput) and isinstance(encoded, BaseModelOutputWithPooling)
+    assert list(classified.keys()) == ["logits", "hidden_states", "cluster_assignments"]
+    assert list(encoded.keys()) == ["last_hidden_state", "pooler_output", "cluster_assignments"]

@@ -1,6 +1,5 @@
 """PaCa-ViT model configuration."""
 
-import copy
 import json
 from importlib import resources
 
@@ -8,36 +7,12 @@ from huggingface_hub.dataclasses import strict
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneConfigMixin
 from transformers.configuration_utils import PreTrainedConfig
+from transformers.utils import auto_docstring
 
-from .releases import BACKBONE, CLASSIFIER, OFFICIAL_NAMES, RELEASES, SEGMENTOR
+from .releases import OFFICIAL_NAMES, RELEASES
 
 
 CLUSTERING_TYPES = ("conv", "mlp", "linear")
-
-# Architectures of the authors' released models (`_arch_settings` in their `models/paca_vit.py`).
-_ARCHITECTURES = {
-    "tiny": {"hidden_sizes": [96, 192, 320, 384], "depths": [2, 2, 4, 2], "drop_path_rate": 0.1},
-    "small": {"hidden_sizes": [96, 192, 320, 384], "depths": [3, 3, 10, 3], "drop_path_rate": 0.1},
-    "base": {"hidden_sizes": [96, 192, 384, 512], "depths": [3, 3, 18, 3], "drop_path_rate": 0.5},
-    "tiny_teacher": {
-        "hidden_sizes": [96, 192, 320, 384],
-        "depths": [2, 2, 2, 2],
-        "teacher_depths": [2, 2, 2, 2],
-        "drop_path_rate": 0.1,
-    },
-    "small_teacher": {
-        "hidden_sizes": [96, 192, 320, 384],
-        "depths": [3, 3, 7, 3],
-        "teacher_depths": [2, 2, 2, 2],
-        "drop_path_rate": 0.1,
-    },
-    "base_teacher": {
-        "hidden_sizes": [96, 192, 384, 512],
-        "depths": [3, 3, 16, 3],
-        "teacher_depths": [2, 2, 4, 2],
-        "drop_path_rate": 0.1,
-    },
-}
 
 # Every official name (the authors' released checkpoints) and its architecture: `releases.RELEASES`.
 _RELEASES_BY_NAME = {release.official_name: release for release in RELEASES}
@@ -53,36 +28,45 @@ def _per_stage(value, num_stages):
     return list(value) if isinstance(value, (list, tuple)) else [value] * num_stages
 
 
+@auto_docstring(
+    custom_intro="""
+    Configuration of a PaCa-ViT model (Patch-to-Cluster Attention, Grainger et al., CVPR 2023). The defaults give
+    PaCa-Tiny (`pacavit_tiny_p2cconv_100_0`), as [ivmcl/pacavit-tiny](https://huggingface.co/ivmcl/pacavit-tiny);
+    `PaCaViTConfig.from_official_name` gives every released model of the authors. `out_features` (`"stage1"` ...)
+    or `out_indices` (0 for `"stage1"`) choose the stages `PaCaViTBackbone` returns (by default the last one).
+    """,
+    checkpoint="ivmcl/pacavit-tiny",
+)
 @strict
 class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
-    Configuration of a PaCa-ViT model (Patch-to-Cluster Attention, Grainger et al., CVPR 2023).
-
-    The defaults give PaCa-Tiny (`pacavit_tiny_p2cconv_100_0`); `PaCaViTConfig.from_official_name` gives every
-    released model of the authors.
-
-    Args:
-        num_channels (`int`, defaults to 3): channels of the input images.
-        hidden_sizes, depths, num_attention_heads, mlp_ratios (per stage): width, number of blocks, attention heads
-            and MLP expansion of each stage.
-        num_clusters (per stage): number of learned clusters that provide keys and values; 0 means plain
-            patch-to-patch attention in that stage.
-        clustering_type (`str`): "conv" (depthwise conv, GELU, 1x1 conv, GELU, 1x1 conv), "mlp" (Linear, GELU,
-            Linear) or "linear" (one Linear without bias).
-        clustering_kernel_size (`int` or per stage): kernel of the depthwise conv of "conv" clustering.
-        clustering_interval (`int` or per stage, defaults to 0 in every stage): 0 computes the cluster assignment in
-            the first block of a stage and reuses it in the others; 1 recomputes it in every block; k > 1 in blocks
-            0, k, 2k, ...
-        teacher_depths (per stage, optional): depths of the ConvMixer clustering teacher that supplies every
-            stage's cluster assignment; None for no teacher.
-        teacher_kernel_size (`int`): depthwise kernel of the teacher.
-        decode_head_hidden_size, classifier_dropout_prob, cluster_loss_weight, semantic_loss_ignore_index: the PaCa
-            segmentation head (channels, dropout before the classifier, weight of the clustering loss, ignored label).
-        chunk_size_feed_forward (`int`, *optional*): the Mix-FFN runs over bands of whole rows of at most
-            this many patches per image (at least one row); 0 runs it over the whole map at once. Outputs are the
-            same; smaller bands keep the expanded activations small (see `scripts/benchmark.py`). None (default)
-            chooses per device: 4096 on a CPU, where the bands were measured faster, and the whole map elsewhere.
-        out_features / out_indices: stages returned by `PaCaViTBackbone`.
+    mlp_ratios (`list[float]`, *optional*, defaults to `[4, 4, 4, 4]`):
+        Expansion of the Mix-FFN of each stage (its hidden width over the stage's width).
+    num_clusters (`list[int]`, *optional*, defaults to `[100, 100, 100, 0]`):
+        Number of learned clusters that provide the keys and values of each stage; 0 means plain patch-to-patch
+        attention in that stage.
+    clustering_type (`str`, *optional*, defaults to `"conv"`):
+        How patches are assigned to clusters: `"conv"` (depthwise conv, GELU, 1x1 conv, GELU, 1x1 conv), `"mlp"`
+        (Linear, GELU, Linear) or `"linear"` (one Linear without bias).
+    clustering_kernel_size (`int` or `list[int]`, *optional*, defaults to 7):
+        Kernel of the depthwise convolution of `"conv"` clustering, for all stages or per stage.
+    clustering_interval (`int` or `list[int]`, *optional*, defaults to 0):
+        Blocks that compute a cluster assignment, for all stages or per stage: 0 in the first block of a stage only
+        (the others reuse it), 1 in every block, k > 1 in blocks 0, k, 2k, ...
+    teacher_depths (`list[int]`, *optional*):
+        Depths of the ConvMixer clustering teacher that supplies every stage's cluster assignment; None for no
+        teacher.
+    teacher_kernel_size (`int`, *optional*, defaults to 7):
+        Depthwise kernel of the teacher.
+    decode_head_hidden_size (`int`, *optional*, defaults to 256):
+        Channels of the PaCa segmentation head.
+    cluster_loss_weight (`float`, *optional*, defaults to 0.4):
+        Weight of the segmentation head's clustering loss, added to the cross-entropy of its logits.
+    chunk_size_feed_forward (`int`, *optional*):
+        The Mix-FFN runs over bands of whole rows of at most this many patches per image (at least one row); 0 runs
+        it over the whole map at once. Outputs are the same; smaller bands keep the expanded activations small (see
+        `scripts/benchmark.py`). None (default) chooses per device: 4096 on a CPU, where the bands were measured
+        faster, and the whole map elsewhere.
     """
 
     model_type = "pacavit"
@@ -247,27 +231,9 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
         release = _RELEASES_BY_NAME.get(name)
         if release is None:
             raise ValueError(f"Unknown official PaCa-ViT name {name!r}. Known names: {', '.join(OFFICIAL_NAMES)}.")
-        architecture = release.architecture
-        kwargs = copy.deepcopy(_ARCHITECTURES[architecture.size])
-        num_stages = len(kwargs["depths"])
-        kwargs.update(
-            num_attention_heads=[2, 4, 8, 16],
-            mlp_ratios=[4] * num_stages,
-            num_clusters=list(architecture.num_clusters),
-            clustering_type=architecture.clustering_type,
-            clustering_kernel_size=7,
-            clustering_interval=[architecture.clustering_interval] * num_stages,
-        )
-        if architecture.drop_path_rate is not None:
-            kwargs["drop_path_rate"] = architecture.drop_path_rate
-        if release.form == CLASSIFIER:
-            kwargs["id2label"] = load_id2label("imagenet-1k")
-        else:
-            kwargs["out_features"] = [f"stage{index}" for index in range(1, num_stages + 1)]
-            if release.form != BACKBONE:
-                kwargs["image_size"] = 512
-            if release.form == SEGMENTOR:
-                kwargs["id2label"] = load_id2label("ade20k")
+        kwargs = release.config_kwargs()
+        if release.label_set is not None:
+            kwargs["id2label"] = load_id2label(release.label_set)
         if "id2label" in kwargs:
             kwargs["label2id"] = {label: index for index, label in kwargs["id2label"].items()}
             if "num_labels" in overrides and "id2label" not in overrides:

@@ -15,7 +15,7 @@ from transformers.utils import logging
 
 from .checkpoint_reader import CheckpointError, load_state_dict_file
 from .configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
-from .releases import BACKBONE, RELEASES, UPERNET
+from .releases import BACKBONE, RELEASES, SIZES, UPERNET
 
 
 logger = logging.get_logger(__name__)
@@ -30,7 +30,7 @@ class ConversionError(CheckpointError):
 # Authors' key -> our key, tried in order; the first pattern that matches the whole key wins. A replacement of None
 # marks a tensor that carries no weights of its own and is checked instead (see `_check_constant`).
 _BACKBONE_RULES = [
-    (r"patch_embed\.proj\.(\d)\.(weight|bias)", r"embeddings.projection.\1.\2"),
+    (r"patch_embed\.proj\.([01])\.(weight|bias)", lambda m: f"embeddings.conv{int(m[1]) + 1}.{m[2]}"),
     (r"patch_embed\.norm\.(weight|bias)", r"embeddings.layer_norm.\1"),
     (r"transition(\d+)\.proj\.(weight|bias)", lambda m: f"stages.{m[1]}.downsample.projection.{m[2]}"),
     (r"transition(\d+)\.norm\.(weight|bias)", lambda m: f"stages.{m[1]}.downsample.layer_norm.{m[2]}"),
@@ -49,14 +49,14 @@ _BACKBONE_RULES = [
 _BLOCK_RENAMES = [
     ("norm1_before.", "layernorm_before."),
     ("norm2_before.", "layernorm_after."),
-    ("attn.q.", "attention.query."),
-    ("attn.k.", "attention.key."),
-    ("attn.v.", "attention.value."),
-    ("attn.proj.", "attention.dense."),
+    ("attn.q.", "attention.q_proj."),
+    ("attn.k.", "attention.k_proj."),
+    ("attn.v.", "attention.v_proj."),
+    ("attn.proj.", "attention.o_proj."),
     ("attn.cluster_norm.", "attention.cluster_norm."),
-    ("mlp.fc1.", "mlp.dense1."),
-    ("mlp.fc2.", "mlp.dense2."),
-    ("mlp.dwconv.dwconv.", "mlp.depthwise_conv."),
+    ("mlp.fc1.", "mlp.fc1."),
+    ("mlp.fc2.", "mlp.fc2."),
+    ("mlp.dwconv.dwconv.", "mlp.dwconv."),
 ]
 
 # Positions inside the authors' clustering `nn.Sequential` for each clustering type.
@@ -174,7 +174,7 @@ def rename_key(key: str, clustering_type: str, upernet: bool = False) -> str | N
 # Our key -> the authors' key: the rules above read backwards, for naming a tensor the checkpoint lacks in the
 # checkpoint's own terms. `authors_key` checks each answer by renaming it forwards again.
 _BACKBONE_RULES_BACK = [
-    (r"embeddings\.projection\.(\d)\.(weight|bias)", r"patch_embed.proj.\1.\2"),
+    (r"embeddings\.conv([12])\.(weight|bias)", lambda m: f"patch_embed.proj.{int(m[1]) - 1}.{m[2]}"),
     (r"embeddings\.layer_norm\.(weight|bias)", r"patch_embed.norm.\1"),
     (r"stages\.(\d+)\.downsample\.projection\.(weight|bias)", r"transition\1.proj.\2"),
     (r"stages\.(\d+)\.downsample\.layer_norm\.(weight|bias)", r"transition\1.norm.\2"),
@@ -230,7 +230,7 @@ def _authors_backbone_key(key: str, clustering_type: str) -> str:
 
 def authors_key(key: str, clustering_type: str, upernet: bool = False, backbone_prefix: str = "") -> str:
     """The authors' name for one of our keys (without the model's base prefix; `backbone.` included for UperNet), as
-    `rename_key` reads it: `stages.1.layers.0.attention.query.weight` -> `stage2.0.attn.q.weight`, with
+    `rename_key` reads it: `stages.1.layers.0.attention.q_proj.weight` -> `stage2.0.attn.q.weight`, with
     `backbone_prefix` (`backbone.` for mmseg / mmdet checkpoints) before the backbone's keys. Raises KeyError for a
     key the authors' models have no name for."""
     try:
@@ -379,14 +379,12 @@ def _matching_official_name(source: dict[str, torch.Tensor], model) -> str | Non
     """'this looks like NAME' when the checkpoint's tensors fit an official model of the same kind exactly."""
     from transformers import UperNetForSemanticSegmentation
 
-    from .configuration_pacavit import _ARCHITECTURES
-
     kind = type(model)
     depths = _stage_depths(source)
     for release in RELEASES:
         if (release.form == UPERNET) != (kind is UperNetForSemanticSegmentation):
             continue
-        if depths != list(_ARCHITECTURES[release.architecture.size]["depths"]):
+        if depths != list(SIZES[release.architecture.size]["depths"]):
             continue  # cheap test before building the candidate
         try:
             with torch.device("meta"):

@@ -14,8 +14,10 @@ from torch._subclasses.fake_tensor import FakeTensor
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin, filter_output_hidden_states
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BackboneOutput
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 from transformers.processing_utils import Unpack
@@ -33,7 +35,7 @@ from .configuration_pacavit import PaCaViTConfig
 
 
 @dataclass
-class PaCaViTModelOutput(ModelOutput):
+class PaCaViTModelOutput(BaseModelOutputWithPooling):
     """
     Output of [`PaCaViTModel`].
 
@@ -53,24 +55,16 @@ class PaCaViTModelOutput(ModelOutput):
             clusters.
     """
 
-    last_hidden_state: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
 
 
 @dataclass
-class PaCaViTImageClassifierOutput(ModelOutput):
+class PaCaViTImageClassifierOutput(ImageClassifierOutput):
     """
     Output of [`PaCaViTForImageClassification`]: `loss` (with `labels`), `logits` `(batch_size, num_labels)`, and
     `hidden_states`, `attentions`, `cluster_assignments` as in [`PaCaViTModelOutput`].
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
 
 
@@ -165,19 +159,32 @@ class PaCaViTDropPath(nn.Module):
         return f"p={self.drop_prob}"
 
 
-class PaCaViTPatchEmbeddings(nn.Module):
-    """Strided 3x3 convolutions and a LayerNorm over channels: the stem (two convolutions, stride 4) or the
-    downsampling at the start of a later stage (one convolution, stride 2)."""
+class PaCaViTEmbeddings(nn.Module):
+    """The stem: two strided 3x3 convolutions (to half the first stage's channels, then to all of them; stride 4 in
+    all) and a LayerNorm over channels."""
 
-    def __init__(self, config: PaCaViTConfig, in_channels: int, out_channels: int, is_stem: bool):
+    def __init__(self, config: PaCaViTConfig):
         super().__init__()
-        if is_stem:
-            self.projection = nn.Sequential(
-                PaCaViTConv2d(in_channels, out_channels // 2, kernel_size=3, stride=2, padding=1),
-                PaCaViTConv2d(out_channels // 2, out_channels, kernel_size=3, stride=2, padding=1),
-            )
-        else:
-            self.projection = PaCaViTConv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
+        hidden_size = config.hidden_sizes[0]
+        self.conv1 = PaCaViTConv2d(config.num_channels, hidden_size // 2, kernel_size=3, stride=2, padding=1)
+        self.conv2 = PaCaViTConv2d(hidden_size // 2, hidden_size, kernel_size=3, stride=2, padding=1)
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """`(batch, num_channels, height, width)` pixels -> `(batch, patches, hidden_sizes[0])` tokens and the
+        patch grid's height and width (a quarter of the image's, rounded up)."""
+        feature_map = self.conv2(self.conv1(pixel_values))
+        height, width = feature_map.shape[-2:]
+        return self.layer_norm(map_to_tokens(feature_map)), height, width
+
+
+class PaCaViTPatchEmbeddings(nn.Module):
+    """The downsampling at the start of every stage but the first: a stride-2 3x3 convolution and a LayerNorm over
+    channels."""
+
+    def __init__(self, config: PaCaViTConfig, in_channels: int, out_channels: int):
+        super().__init__()
+        self.projection = PaCaViTConv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
         self.layer_norm = nn.LayerNorm(out_channels, eps=config.layer_norm_eps)
 
     def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -278,10 +285,10 @@ class PaCaViTAttention(nn.Module):
                     config.clustering_kernel_sizes[stage_index],
                     config.mlp_ratios[stage_index],
                 )
-        self.query = nn.Linear(hidden_size, hidden_size)
-        self.key = nn.Linear(hidden_size, hidden_size)
-        self.value = nn.Linear(hidden_size, hidden_size)
-        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.o_proj = nn.Linear(hidden_size, hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
@@ -293,11 +300,10 @@ class PaCaViTAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns the attention output `(batch, patches, hidden_size)`, the attention weights `(batch, heads, patches,
-        keys)` (None unless `output_attentions=True` is in `kwargs` or the eager implementation is set) and the
+        keys)` (from the eager implementation only: None with SDPA, as in transformers' models) and the
         cluster assignment map `(batch, clusters, height, width)` used (None without clusters). The map is the tensor
         the clusters are computed from, so it is on the autograd graph."""
         batch_size, num_patches, hidden_size = hidden_states.shape
-        output_attentions = kwargs.get("output_attentions", False)
         if self.num_clusters > 0:
             if self.clustering is not None:
                 logits = self.clustering(hidden_states, height, width)
@@ -310,15 +316,13 @@ class PaCaViTAttention(nn.Module):
             key_value_states = hidden_states
 
         head_shape = (batch_size, -1, self.num_heads, self.head_dim)
-        query = self.query(hidden_states).view(head_shape).transpose(1, 2)
-        key = self.key(key_value_states).view(head_shape).transpose(1, 2)
-        value = self.value(key_value_states).view(head_shape).transpose(1, 2)
+        query = self.q_proj(hidden_states).view(head_shape).transpose(1, 2)
+        key = self.k_proj(key_value_states).view(head_shape).transpose(1, 2)
+        value = self.v_proj(key_value_states).view(head_shape).transpose(1, 2)
 
-        attention_interface = eager_attention_forward
-        if not output_attentions and self.config._attn_implementation != "eager":
-            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-                self.config._attn_implementation, eager_attention_forward
-            )
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -328,8 +332,9 @@ class PaCaViTAttention(nn.Module):
             scaling=self.scaling,
             dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
             is_causal=False,
+            **kwargs,
         )
-        attn_output = self.dropout(self.dense(attn_output.reshape(batch_size, num_patches, hidden_size)))
+        attn_output = self.dropout(self.o_proj(attn_output.reshape(batch_size, num_patches, hidden_size)))
         return attn_output, attn_weights, cluster_assignment
 
 
@@ -377,12 +382,12 @@ class PaCaViTMixFFN(nn.Module):
     def __init__(self, config: PaCaViTConfig, hidden_size: int, intermediate_size: int):
         super().__init__()
         self.chunk_size = config.chunk_size_feed_forward
-        self.dense1 = nn.Linear(hidden_size, intermediate_size)
-        self.depthwise_conv = PaCaViTConv2d(
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.dwconv = PaCaViTConv2d(
             intermediate_size, intermediate_size, kernel_size=3, padding=1, groups=intermediate_size
         )
         self.activation = ACT2FN[config.hidden_act]
-        self.dense2 = nn.Linear(intermediate_size, hidden_size)
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def rows_per_band(self, hidden_states: torch.Tensor, height: int, width: int) -> int | None:
@@ -434,21 +439,21 @@ class PaCaViTMixFFN(nn.Module):
         # Dynamo graphs (torch.compile, torch.export, the ONNX exporter) in the map layout; TorchScript's ONNX exporter
         # needs parameters as convolution kernels, so it records the token layout. So do weights that are tensor
         # subclasses (torchao's quantized weights, DTensors): they implement `linear`, not a view as a conv kernel.
-        map_layout = torch.compiler.is_compiling() and is_plain_weight(self.dense1) and is_plain_weight(self.dense2)
+        map_layout = torch.compiler.is_compiling() and is_plain_weight(self.fc1) and is_plain_weight(self.fc2)
         if map_layout:
-            expanded = pointwise_conv(tokens_to_map(hidden_states, band_height, width), self.dense1)
+            expanded = pointwise_conv(tokens_to_map(hidden_states, band_height, width), self.fc1)
         else:
-            expanded = tokens_to_map(self.dense1(hidden_states), band_height, width)
+            expanded = tokens_to_map(self.fc1(hidden_states), band_height, width)
         # In place on the conv's fresh output, not on a view of it (autograd would then copy the whole map in
         # backward); its backward does not need it. One expanded map less at peak.
-        mixed = self.depthwise_conv(expanded).add_(expanded)
+        mixed = self.dwconv(expanded).add_(expanded)
         if rows is not None:
             mixed = mixed[:, :, start - first : stop - first]
         if map_layout:
             mixed = self.dropout(self.activation(mixed))
-            output = map_to_tokens(pointwise_conv(mixed, self.dense2))
+            output = map_to_tokens(pointwise_conv(mixed, self.fc2))
         else:
-            output = self.dense2(self.dropout(self.activation(map_to_tokens(mixed))))
+            output = self.fc2(self.dropout(self.activation(map_to_tokens(mixed))))
         return self.dropout(output)
 
 
@@ -583,9 +588,7 @@ class PaCaViTStage(nn.Module):
         hidden_size = config.hidden_sizes[stage_index]
         self.downsample = None
         if stage_index > 0:
-            self.downsample = PaCaViTPatchEmbeddings(
-                config, config.hidden_sizes[stage_index - 1], hidden_size, is_stem=False
-            )
+            self.downsample = PaCaViTPatchEmbeddings(config, config.hidden_sizes[stage_index - 1], hidden_size)
         taught = config.teacher_depths is not None
         interval = config.clustering_interval[stage_index]
         self.layers = nn.ModuleList(
@@ -700,7 +703,7 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
 
     def __init__(self, config: PaCaViTConfig):
         super().__init__(config)
-        self.embeddings = PaCaViTPatchEmbeddings(config, config.num_channels, config.hidden_sizes[0], is_stem=True)
+        self.embeddings = PaCaViTEmbeddings(config)
         self.clustering_teacher = PaCaViTClusteringTeacher(config) if config.teacher_depths is not None else None
         rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()
         starts = [sum(config.depths[:index]) for index in range(config.num_stages)]
@@ -723,8 +726,8 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): any height and width.
         output_hidden_states, output_attentions, output_cluster_assignments (`bool`, *optional*): return each stage's
-            feature map, every block's attention weights (computed by the eager path for this call), each stage's
-            cluster assignment (see [`PaCaViTModelOutput`]).
+            feature map, every block's attention weights (with `attn_implementation="eager"`; SDPA computes none and
+            warns, as in transformers' models), each stage's cluster assignment (see [`PaCaViTModelOutput`]).
         """
         check_pixel_values(pixel_values, self.config.num_channels)
         kwargs["output_attentions"] = kwargs.get("output_attentions") or self.config.output_attentions
@@ -950,6 +953,38 @@ class PaCaViTBackbone(BackboneMixin, PaCaViTModel):
         return BackboneOutput(
             feature_maps=feature_maps, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
+
+
+class PaCaViTWeightRenaming(WeightRenaming):
+    """A rename applied when loading only: `save_pretrained` writes today's names (transformers renames loaded keys
+    back on saving, to keep a checkpoint's layout for older library versions; no PaCa-ViT checkpoint was published
+    with the old names, so nothing needs them)."""
+
+    __slots__ = ()
+
+    def reverse_transform(self) -> WeightRenaming:
+        return self.copy(self._original_target_patterns, self._original_target_patterns)
+
+
+# Folders saved before the modules took transformers 5.25's names (`q_proj`, ..., `fc1`, `dwconv`, `fc2`, a stem
+# without `nn.Sequential`) load with transformers' mechanism for renamed checkpoints. Registered by model type, so
+# that it also applies to a PaCa-ViT backbone inside UperNet and to the remote code (this file) of a Hub repo.
+LEGACY_WEIGHT_NAMES = {
+    r"embeddings\.projection\.0\.": "embeddings.conv1.",
+    r"embeddings\.projection\.1\.": "embeddings.conv2.",
+    r"attention\.query\.": "attention.q_proj.",
+    r"attention\.key\.": "attention.k_proj.",
+    r"attention\.value\.": "attention.v_proj.",
+    r"attention\.dense\.": "attention.o_proj.",
+    r"mlp\.dense1\.": "mlp.fc1.",
+    r"mlp\.depthwise_conv\.": "mlp.dwconv.",
+    r"mlp\.dense2\.": "mlp.fc2.",
+}
+register_checkpoint_conversion_mapping(
+    PaCaViTConfig.model_type,
+    [PaCaViTWeightRenaming(old, new) for old, new in LEGACY_WEIGHT_NAMES.items()],
+    overwrite=True,
+)
 
 
 # The image-segmentation pipeline checks a model's class name against transformers' table of segmentation models,

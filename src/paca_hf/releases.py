@@ -8,6 +8,7 @@ and the README's release table).
 This module imports only the standard library: it ships as remote code next to `configuration_pacavit.py`.
 """
 
+import copy
 from dataclasses import dataclass
 
 
@@ -30,10 +31,35 @@ FORM_TASKS = {
 }
 
 
+# The sizes of the authors' released models (`_arch_settings` in their `models/paca_vit.py`): `Architecture.size`.
+SIZES = {
+    "tiny": {"hidden_sizes": [96, 192, 320, 384], "depths": [2, 2, 4, 2], "drop_path_rate": 0.1},
+    "small": {"hidden_sizes": [96, 192, 320, 384], "depths": [3, 3, 10, 3], "drop_path_rate": 0.1},
+    "base": {"hidden_sizes": [96, 192, 384, 512], "depths": [3, 3, 18, 3], "drop_path_rate": 0.5},
+    "tiny_teacher": {
+        "hidden_sizes": [96, 192, 320, 384],
+        "depths": [2, 2, 2, 2],
+        "teacher_depths": [2, 2, 2, 2],
+        "drop_path_rate": 0.1,
+    },
+    "small_teacher": {
+        "hidden_sizes": [96, 192, 320, 384],
+        "depths": [3, 3, 7, 3],
+        "teacher_depths": [2, 2, 2, 2],
+        "drop_path_rate": 0.1,
+    },
+    "base_teacher": {
+        "hidden_sizes": [96, 192, 384, 512],
+        "depths": [3, 3, 16, 3],
+        "teacher_depths": [2, 2, 4, 2],
+        "drop_path_rate": 0.1,
+    },
+}
+
 @dataclass(frozen=True)
 class Architecture:
-    """A PaCa-ViT in the terms of the authors' model names: `size` is a key of `configuration_pacavit`'s
-    architecture table ("tiny", "small_teacher", ...); `drop_path_rate` None keeps that size's default."""
+    """A PaCa-ViT in the terms of the authors' model names: `size` is a key of `SIZES` ("tiny", "small_teacher",
+    ...); `drop_path_rate` None keeps that size's default."""
 
     size: str
     clustering_type: str
@@ -78,6 +104,34 @@ class Release:
     def dataset(self) -> str:
         return {CLASSIFIER: "imagenet-1k", SEGMENTOR: "scene_parse_150", UPERNET: "scene_parse_150",
                 BACKBONE: "detection-datasets/coco"}[self.form]
+
+    @property
+    def label_set(self) -> str | None:
+        """The class names of the release's head (`"imagenet-1k"` or `"ade20k"`, files shipped in `paca_hf/data`);
+        None for a backbone, and for UperNet, whose labels are the UperNet config's."""
+        return {CLASSIFIER: "imagenet-1k", SEGMENTOR: "ade20k"}.get(self.form)
+
+    def config_kwargs(self) -> dict:
+        """`PaCaViTConfig` keyword arguments of the release's PaCa-ViT (for UperNet and Mask R-CNN, of the backbone
+        inside, with all four stages out); the class names are `label_set`'s."""
+        architecture = self.architecture
+        kwargs = copy.deepcopy(SIZES[architecture.size])
+        num_stages = len(kwargs["depths"])
+        kwargs.update(
+            num_attention_heads=[2, 4, 8, 16],
+            mlp_ratios=[4] * num_stages,
+            num_clusters=list(architecture.num_clusters),
+            clustering_type=architecture.clustering_type,
+            clustering_kernel_size=7,
+            clustering_interval=[architecture.clustering_interval] * num_stages,
+        )
+        if architecture.drop_path_rate is not None:
+            kwargs["drop_path_rate"] = architecture.drop_path_rate
+        if self.form != CLASSIFIER:
+            kwargs["out_features"] = [f"stage{index}" for index in range(1, num_stages + 1)]
+            if self.form != BACKBONE:
+                kwargs["image_size"] = 512
+        return kwargs
 
     @property
     def checkpoint_filenames(self) -> list[str]:
