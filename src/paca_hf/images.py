@@ -61,11 +61,15 @@ def _is_tensor(value) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-def _is_file_source(source) -> bool:
-    """A path, URL, base64 string, file bytes or `datasets`' undecoded image (`{"bytes": ..., "path": ...}`)."""
-    return isinstance(source, (str, os.PathLike, bytes)) or (
-        isinstance(source, Mapping) and set(source) == {"bytes", "path"}
-    )
+def _is_datasets_record(source) -> bool:
+    """`datasets`' undecoded image: `{"bytes": ..., "path": ...}` (`datasets.Image(decode=False)`)."""
+    return isinstance(source, Mapping) and set(source) == {"bytes", "path"}
+
+
+def is_file_source(source) -> bool:
+    """Whether `source` is an image file still to be opened: a path, URL, base64 string, file bytes or `datasets`'
+    undecoded image (`{"bytes": ..., "path": ...}`), as opposed to decoded pixels (PIL image, array, tensor)."""
+    return isinstance(source, (str, os.PathLike, bytes)) or _is_datasets_record(source)
 
 
 def open_image(source, timeout: float | None = None) -> PIL.Image.Image:
@@ -90,7 +94,7 @@ def open_stored_image(source, timeout: float | None = None) -> PIL.Image.Image:
     label map's image must be for [`load_label_map`] to turn the map the same way). A PIL image is returned as is."""
     if isinstance(source, PIL.Image.Image):
         return source
-    if isinstance(source, Mapping) and set(source) == {"bytes", "path"}:
+    if _is_datasets_record(source):
         if source["bytes"] is None and source["path"] is None:
             raise ValueError("an undecoded `datasets` image has neither 'bytes' nor 'path'")
         source = source["bytes"] if source["bytes"] is not None else source["path"]
@@ -216,7 +220,7 @@ def load_image(image, num_channels: int | None = 3, timeout: float | None = None
     (`round(value / 257)`, `round(value * 255)`). An upright 8-bit PIL image already in the target mode is returned as
     is.
     """
-    if _is_file_source(image):
+    if is_file_source(image):
         image = open_image(image, timeout)
     if isinstance(image, PIL.Image.Image) and exif_orientation(image) == 1 and _pil_target_mode(num_channels) == image.mode:
         return image
@@ -235,7 +239,7 @@ def _pil_target_mode(num_channels) -> str | None:
 
 def _native_pixels(image, input_data_format, timeout) -> np.ndarray:
     """The image's own channels as `(H, W, C)`: uint8, or float32 in [0, 1] (16-bit and float data)."""
-    if _is_file_source(image):
+    if is_file_source(image):
         image = open_image(image, timeout)
     if isinstance(image, PIL.Image.Image):
         return _pil_pixels(exif_transpose(image))
@@ -387,9 +391,9 @@ def load_label_map(annotation, image=None, timeout: float | None = None) -> np.n
     Raises:
         `ValueError`: multi-channel maps, non-integer values, values outside the int32 range, empty maps.
     """
-    if _is_file_source(annotation):
+    if is_file_source(annotation):
         annotation = open_stored_image(annotation, timeout)  # its own tag is applied below, once
-    if _is_file_source(image):
+    if is_file_source(image):
         image = open_stored_image(image, timeout)
     if isinstance(annotation, PIL.Image.Image):
         if len(annotation.getbands()) != 1:
@@ -467,6 +471,7 @@ __all__ = [
     "exif_orientation",
     "exif_transpose",
     "image_to_array",
+    "is_file_source",
     "load_image",
     "load_label_map",
     "open_image",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..images import load_label_map, open_stored_image
+from ..images import is_file_source, load_label_map, open_stored_image
 from .augment_segmentation import decode_image, decode_label_map
 from .errors import TrainingError
 
@@ -52,14 +52,10 @@ def collate_segmentation(examples: Sequence[dict]) -> dict:
     images, labels = [], []
     for example in examples:
         image = example["image"]
-        stored = open_stored_image(image) if _is_undecoded(image) else image  # opened once, its EXIF tag kept
+        stored = open_stored_image(image) if is_file_source(image) else image  # opened once, its EXIF tag kept
         images.append(decode_image(stored))
         labels.append(decode_label_map(example["annotation"], image=stored))
     return {"images": images, "labels": labels}
-
-
-def _is_undecoded(value) -> bool:
-    return isinstance(value, dict) and set(value) == {"bytes", "path"}
 
 
 def _undecoded_images(dataset):
