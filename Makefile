@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test app browser clean constraints
+.PHONY: install demo test app browser clean constraints style quality
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 tests
+
+# transformers' code style (ruff settings in pyproject.toml): `make style` rewrites, `make quality` checks (CI runs it).
+style: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+quality: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The app on http://127.0.0.1:7860 (MODEL=folder-or-hub-id; default: make demo's model, else random weights).
 app: $(STAMP)
