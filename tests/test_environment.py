@@ -41,3 +41,14 @@ def test_every_declared_dependency_is_pinned():
     pins = pinned_versions()
     missing = sorted({canonicalize_name(Requirement(d).name) for d in declared} - set(pins))
     assert not missing, f"declared in setup.cfg but not pinned in constraints.txt: {missing} (run make constraints)"
+
+
+def test_the_detection_extra_is_tested_and_pinned():
+    """`pip install paca-hf[detection]` installs what the suite tests COCO evaluation with."""
+    from setuptools.config.setupcfg import read_configuration
+
+    extras = read_configuration(CONSTRAINTS.parent / "setup.cfg")["options"]["extras_require"]
+    detection = {canonicalize_name(Requirement(d).name) for d in extras.get("detection", [])}
+    assert "pycocotools" in detection
+    assert detection <= {canonicalize_name(Requirement(d).name) for d in extras["test"]}
+    assert detection <= set(pinned_versions())
