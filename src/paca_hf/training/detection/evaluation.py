@@ -1,0 +1,385 @@
+"""COCO evaluation of instance predictions through pycocotools (`COCOeval`): box and mask AP, AP50, AP75 and AP of
+small / medium / large objects, as every COCO paper reports them.
+
+The scoring is independent of the model: predictions are one dict per image (boxes xyxy in the image's own pixels,
+scores, label ids of the model, optionally binary masks), turned into COCO's results format (`bbox` xywh, masks as
+compressed RLE from `pycocotools.mask.encode`, `category_id` found through the model's `id2label` BY NAME: COCO's 80
+category ids run from 1 to 90 with gaps, they are not the model's 0..79). pycocotools does the IoU, the matching
+(crowd annotations included) and the 101-point interpolated AP; nothing of that is computed here.
+
+    >>> coco = load_coco_annotations("instances_val2017.json")
+    >>> results = coco_results(predictions, coco, model.config.id2label)
+    >>> evaluate_coco_results(coco, results)["bbox"]["AP"]
+
+`scripts/evaluate_coco.py` (`main` below) runs a detector over an image folder and scores it. pycocotools comes with
+the `detection` extra (`pip install paca-hf[detection]`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+
+logger = logging.getLogger(__name__)
+
+IOU_TYPES = ("bbox", "segm")
+# The first six of `COCOeval.stats`, in that order (AP over IoU 0.5:0.95, at 0.5, at 0.75, small / medium / large).
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# How far (pixels) an annotated box may reach past the image's border before the annotation is refused: COCO's boxes
+# are computed from float polygons, which may end a rounding error outside.
+BOX_TOLERANCE = 1.0
+
+
+def _pycocotools():
+    try:
+        from pycocotools import coco, cocoeval, mask
+    except ImportError as error:
+        raise ImportError(
+            "COCO evaluation needs pycocotools: pip install 'paca-hf[detection]' (or pip install pycocotools)"
+        ) from error
+    return coco, cocoeval, mask
+
+
+@contextlib.contextmanager
+def _quiet():
+    """pycocotools prints its progress and its summary: keep them off standard output (the caller logs what counts)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield buffer
+
+
+# ------------------------------------------------------------------------------------------------ the annotations
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _annotation_problems(annotation: dict, position: int, images: dict, category_ids: set, ids: set) -> list[str]:
+    """What is wrong with one entry of `annotations` (an empty list when nothing is), each naming the annotation."""
+    annotation_id = annotation.get("id")
+    name = f"annotation {annotation_id}" if _is_id(annotation_id) else f"annotation at position {position}"
+    if not _is_id(annotation_id) or annotation_id < 1:
+        # COCOeval marks matched annotations by id and takes 0 for "unmatched".
+        return [f"{name}: 'id' must be a positive integer, got {annotation_id!r}"]
+    if annotation_id in ids:
+        return [f"{name}: the id is used twice"]
+    ids.add(annotation_id)
+    image = images.get(annotation.get("image_id"))
+    if image is None:
+        return [f"{name}: image_id {annotation.get('image_id')!r} is not in 'images'"]
+    if annotation.get("category_id") not in category_ids:
+        return [f"{name}: category_id {annotation.get('category_id')!r} is not in 'categories'"]
+    width, height = image["width"], image["height"]
+    box = annotation.get("bbox")
+    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(value) for value in box)):
+        return [f"{name}: 'bbox' must be 4 finite numbers [x, y, width, height], got {box!r}"]
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        return [f"{name}: the box {box} has no area (width and height must be positive)"]
+    if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE or y + h > height + BOX_TOLERANCE:
+        return [f"{name}: the box {box} (x, y, width, height) lies outside image {image['id']} ({width} x {height})"]
+    if "segmentation" not in annotation:
+        return []
+    return [f"{name}: {problem}" for problem in _segmentation_problems(annotation["segmentation"], height, width)]
+
+
+def _segmentation_problems(segmentation, height: int, width: int) -> list[str]:
+    _, _, mask_utils = _pycocotools()
+    if isinstance(segmentation, dict):
+        if list(segmentation.get("size", [])) != [height, width]:
+            return [f"the RLE mask's size {segmentation.get('size')!r} is not the image's [{height}, {width}]"]
+        if "counts" not in segmentation:
+            return ["the RLE mask has no 'counts'"]
+        return []
+    if not isinstance(segmentation, list) or not segmentation:
+        return [f"'segmentation' must be a list of polygons or an RLE dict, got {type(segmentation).__name__}"]
+    for polygon in segmentation:
+        # pycocotools reads a 4-number "polygon" as a box: a polygon needs 3 points.
+        if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2 or not all(map(_is_number, polygon)):
+            return ["a polygon must be a flat list of at least 3 (x, y) points"]
+    area = mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width)))
+    if area == 0:
+        return ["the polygons cover no pixel (zero area)"]
+    return []
+
+
+def check_coco_annotations(dataset: Mapping) -> None:
+    """
+    Check a COCO instances file (its parsed JSON) before pycocotools reads it, whose own checks are asserts or
+    crashes far from the cause.
+
+    Raises:
+        `ValueError`: naming each problem found (the first 5 and how many there are): a missing `images`,
+            `annotations` or `categories` list; an image without an integer `id` or positive `width` / `height`, or
+            an id used twice; a category without `id` / `name`, or an id or name used twice (categories are matched
+            to the model's labels by name); an annotation whose `id` is not a positive integer or is used twice
+            (COCOeval marks matches by annotation id), whose `image_id` or `category_id` is unknown, whose `bbox`
+            has no area or reaches more than `BOX_TOLERANCE` px past the image's border, whose polygons have fewer
+            than 3 points or cover no pixel, or whose RLE mask's `size` is not the image's.
+    """
+    missing = [key for key in ("images", "annotations", "categories") if not isinstance(dataset.get(key), list)]
+    if missing:
+        raise ValueError(f"the annotation file has no {' / '.join(map(repr, missing))} list (COCO instances format)")
+    problems = []
+    images = {}
+    for position, image in enumerate(dataset["images"]):
+        image_id = image.get("id")
+        if not _is_id(image_id):
+            problems.append(f"image at position {position}: 'id' must be an integer, got {image_id!r}")
+        elif image_id in images:
+            problems.append(f"image {image_id}: the id is used twice")
+        elif not all(_is_id(image.get(key)) and image[key] > 0 for key in ("width", "height")):
+            problems.append(f"image {image_id}: 'width' and 'height' must be positive integers")
+        else:
+            images[image_id] = image
+    category_ids, names = set(), set()
+    for position, category in enumerate(dataset["categories"]):
+        category_id, name = category.get("id"), category.get("name")
+        if not _is_id(category_id) or not isinstance(name, str):
+            problems.append(f"category at position {position}: needs an integer 'id' and a 'name'")
+        elif category_id in category_ids or name in names:
+            problems.append(f"category {category_id} ({name!r}): its id or name is used twice")
+        category_ids.add(category_id)
+        names.add(name)
+    annotation_ids = set()
+    for position, annotation in enumerate(dataset["annotations"]):
+        problems += _annotation_problems(annotation, position, images, category_ids, annotation_ids)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError("bad COCO annotations: " + "; ".join(problems[:5]) + more)
+
+
+def load_coco_annotations(source):
+    """
+    A `pycocotools.coco.COCO` index of a COCO instances file, checked by [`check_coco_annotations`] first.
+
+    Args:
+        source (`str`, `os.PathLike` or `dict`): the JSON file, or its parsed content.
+    Raises:
+        `ValueError`: the file is missing or not JSON, or the annotations are bad (each problem named).
+    """
+    coco_module, _, _ = _pycocotools()
+    if isinstance(source, Mapping):
+        dataset = copy.deepcopy(dict(source))
+    else:
+        try:
+            with open(source, encoding="utf-8") as handle:
+                dataset = json.load(handle)
+        except FileNotFoundError:
+            raise ValueError(f"the annotation file {os.fspath(source)} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"the annotation file {os.fspath(source)} is not JSON: {error}") from None
+        if not isinstance(dataset, dict):
+            raise ValueError(f"the annotation file {os.fspath(source)} holds no JSON object (COCO instances format)")
+    check_coco_annotations(dataset)
+    coco = coco_module.COCO()
+    coco.dataset = dataset
+    with _quiet():
+        coco.createIndex()
+    return coco
+
+
+def image_files(coco, images_dir) -> dict[int, Path]:
+    """`{image id: path}` of every image of the annotations (`file_name` under `images_dir`).
+
+    Raises:
+        `ValueError`: an image has no `file_name`, or files are missing (the first 5 named, and how many).
+    """
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise ValueError(f"the image folder {images_dir} does not exist")
+    paths, missing = {}, []
+    for image_id, image in sorted(coco.imgs.items()):
+        if not isinstance(image.get("file_name"), str):
+            raise ValueError(f"image {image_id} of the annotations has no 'file_name'")
+        path = images_dir / image["file_name"]
+        if not path.is_file():
+            missing.append(f"{image['file_name']} (image {image_id})")
+        paths[image_id] = path
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ValueError(f"images of the annotations are missing from {images_dir}: {', '.join(missing[:5])}{more}")
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- the predictions
+
+
+def category_ids_by_label(id2label: Mapping, coco) -> dict[int, int]:
+    """`{model label id: COCO category id}`, matching the model's label names (`config.id2label`) to the
+    annotations' category names.
+
+    Raises:
+        `ValueError`: naming the model's labels that are no category of the annotations.
+    """
+    by_name = {category["name"]: category["id"] for category in coco.dataset["categories"]}
+    unknown = [str(name) for name in id2label.values() if name not in by_name]
+    if unknown:
+        shown = ", ".join(map(repr, sorted(by_name)[:10])) + (", ..." if len(by_name) > 10 else "")
+        raise ValueError(
+            f"the model's labels {', '.join(map(repr, unknown[:5]))}{' and more' if len(unknown) > 5 else ''} "
+            f"(config.id2label) are not category names of the annotations ({shown})"
+        )
+    return {int(label): by_name[name] for label, name in id2label.items()}
+
+
+def _as_numpy(value, dtype, what: str, image_id) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        if value.dtype.is_floating_point:
+            value = value.float()
+        value = value.numpy()
+    array = np.asarray(value)
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        raise ValueError(f"the predicted {what} of image {image_id} are not all finite")
+    return array.astype(dtype, copy=False)
+
+
+def coco_results(predictions: Iterable[Mapping], coco, id2label: Mapping) -> list[dict]:
+    """
+    Predictions in COCO's results format (what `COCO.loadRes` reads and COCO's evaluation server takes).
+
+    Args:
+        predictions: one dict per image: `image_id` (the annotations' id), `boxes` `(n, 4)` xyxy in the image's own
+            pixels, `scores` `(n,)`, `labels` `(n,)` the model's label ids (rows labelled -1 are padding and are
+            dropped), and optionally `masks` `(n, height, width)` binary at the image's size. Tensors or arrays.
+        coco: the annotations ([`load_coco_annotations`]).
+        id2label: the model's `config.id2label`; categories are found by name ([`category_ids_by_label`]).
+    Returns:
+        one dict per detection: `image_id`, `category_id`, `bbox` `[x, y, width, height]`, `score` and, with masks,
+        `segmentation` (compressed RLE, `counts` as text).
+    Raises:
+        `ValueError`: an unknown image id, a label id the model does not have, shapes that do not fit (naming the
+            image), non-finite boxes or scores.
+    """
+    _, _, mask_utils = _pycocotools()
+    category_of = category_ids_by_label(id2label, coco)
+    results = []
+    for prediction in predictions:
+        image_id = prediction["image_id"]
+        image_id = int(image_id.item() if hasattr(image_id, "item") else image_id)
+        if image_id not in coco.imgs:
+            raise ValueError(f"predictions for image {image_id}, which is not in the annotations")
+        boxes = _as_numpy(prediction["boxes"], np.float64, "boxes", image_id).reshape(-1, 4)
+        scores = _as_numpy(prediction["scores"], np.float64, "scores", image_id).reshape(-1)
+        labels = _as_numpy(prediction["labels"], np.int64, "labels", image_id).reshape(-1)
+        if not len(boxes) == len(scores) == len(labels):
+            raise ValueError(
+                f"image {image_id}: {len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels; one each per "
+                "detection"
+            )
+        masks = prediction.get("masks")
+        if masks is not None:
+            height, width = coco.imgs[image_id]["height"], coco.imgs[image_id]["width"]
+            masks = _as_numpy(masks, bool, "masks", image_id)
+            if masks.shape != (len(boxes), height, width):
+                raise ValueError(
+                    f"image {image_id}: masks of shape {tuple(masks.shape)}, expected one {height} x {width} mask per "
+                    f"detection ({len(boxes)}, {height}, {width}) at the annotated image size"
+                )
+        keep = labels >= 0
+        unknown = sorted(set(labels[keep].tolist()) - set(category_of))
+        if unknown:
+            raise ValueError(f"image {image_id}: label ids {unknown} are not in the model's id2label")
+        for index in np.flatnonzero(keep):
+            x1, y1, x2, y2 = boxes[index].tolist()
+            result = {
+                "image_id": image_id,
+                "category_id": category_of[int(labels[index])],
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": float(scores[index]),
+            }
+            if masks is not None:
+                rle = mask_utils.encode(np.asfortranarray(masks[index], dtype=np.uint8))
+                result["segmentation"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}
+            results.append(result)
+    return results
+
+
+def write_coco_results(path, results: list[dict]) -> Path:
+    """Write results ([`coco_results`]) as COCO's results JSON, atomically (readers never see half a file)."""
+    from ...file_utils import write_json_atomically
+
+    return write_json_atomically(path, results, indent=None)
+
+
+# ------------------------------------------------------------------------------------------------------- scoring
+
+
+def _empty_results(coco):
+    """The results index `COCO.loadRes` would build for no detection (it fails on an empty list)."""
+    coco_module, _, _ = _pycocotools()
+    results = coco_module.COCO()
+    results.dataset = {
+        "images": list(coco.dataset["images"]),
+        "categories": copy.deepcopy(coco.dataset["categories"]),
+        "annotations": [],
+    }
+    with _quiet():
+        results.createIndex()
+    return results
+
+
+def evaluate_coco_results(coco, results: list[dict], iou_types: Iterable[str] = IOU_TYPES) -> dict[str, dict]:
+    """
+    Score results ([`coco_results`]) against the annotations with pycocotools' `COCOeval` (every image of the
+    annotations counts, also those without a detection; at most 100 detections per image, the highest scored).
+
+    Args:
+        coco: the annotations ([`load_coco_annotations`]).
+        results: COCO results; for `"segm"` each needs its `segmentation`.
+        iou_types: any of `"bbox"` (boxes) and `"segm"` (masks).
+    Returns:
+        `{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl"}}`, floats in [0, 1]; -1 where the annotations hold no
+        object of that size (pycocotools' convention). No detection at all scores 0.
+    Raises:
+        `ValueError`: an unknown IoU type, results without masks or annotations without `segmentation` for
+            `"segm"`, results for images that are not in the annotations.
+    """
+    _, cocoeval_module, _ = _pycocotools()
+    iou_types = tuple(iou_types)
+    unknown = [iou_type for iou_type in iou_types if iou_type not in IOU_TYPES]
+    if unknown:
+        raise ValueError(f"unknown IoU types {unknown}; choose from {list(IOU_TYPES)}")
+    stray = sorted({result["image_id"] for result in results} - set(coco.imgs))
+    if stray:
+        raise ValueError(f"results for images {stray[:5]} that are not in the annotations")
+    scores = {}
+    for iou_type in iou_types:
+        if iou_type == "segm":
+            unmasked = next((ann["id"] for ann in coco.dataset["annotations"] if "segmentation" not in ann), None)
+            if unmasked is not None:
+                raise ValueError(f"mask AP needs masks: annotation {unmasked} has no 'segmentation'")
+            if any("segmentation" not in result for result in results):
+                raise ValueError("mask AP needs masks: some results have no 'segmentation'")
+        # loadRes takes the area (small / medium / large) of a result from its box when it has one: mask AP must use
+        # the mask's own area, so each type gets its own copies holding only what it scores.
+        dropped = "segmentation" if iou_type == "bbox" else "bbox"
+        kept = [{key: value for key, value in result.items() if key != dropped} for result in results]
+        with _quiet() as printed:
+            detections = coco.loadRes(kept) if kept else _empty_results(coco)
+            evaluator = cocoeval_module.COCOeval(coco, detections, iou_type)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        summary = [line.strip() for line in printed.getvalue().splitlines() if line.strip().startswith("Average")]
+        logger.info("COCOeval %s:\n%s", iou_type, "\n".join(summary))
+        scores[iou_type] = {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats[:6])}
+    return scores
