@@ -36,8 +36,13 @@ def _box_mask(x, y, w, h, size=SIZE):
 def _annotation(annotation_id, image_id, category_id, box, iscrowd=0):
     x, y, w, h = box
     return {
-        "id": annotation_id, "image_id": image_id, "category_id": category_id, "bbox": [x, y, w, h],
-        "area": w * h, "iscrowd": iscrowd, "segmentation": _rle(_box_mask(x, y, w, h)),
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": [x, y, w, h],
+        "area": w * h,
+        "iscrowd": iscrowd,
+        "segmentation": _rle(_box_mask(x, y, w, h)),
     }
 
 
@@ -196,7 +201,9 @@ def test_results_file_is_what_pycocotools_reads(tmp_path):
     (tmp_path / "instances.json").write_text(json.dumps(dataset), encoding="utf-8")
     coco = load_coco_annotations(tmp_path / "instances.json")
     shifted = (12, 10, 10, 10)
-    results = coco_results([_prediction(1, [(shifted, 0.7, 1)]), _prediction(2, [(MEDIUM_DOG, 0.8, 0)])], coco, ID2LABEL)
+    results = coco_results(
+        [_prediction(1, [(shifted, 0.7, 1)]), _prediction(2, [(MEDIUM_DOG, 0.8, 0)])], coco, ID2LABEL
+    )
     path = write_coco_results(tmp_path / "results.json", results)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
     loaded = COCO(str(tmp_path / "instances.json")).loadRes(str(path))
@@ -214,7 +221,12 @@ def test_mask_ap_sizes_a_detection_by_its_mask_not_its_box():
     truth, stray = l_shape(10, 10), l_shape(20, 14, upside_down=True)  # the stray L lies beside the true one
     assert not (truth & stray).any() and truth.sum() == stray.sum() == 304
     annotation = {
-        "id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 40, 40], "area": 304, "iscrowd": 0,
+        "id": 1,
+        "image_id": 1,
+        "category_id": 3,
+        "bbox": [10, 10, 40, 40],
+        "area": 304,
+        "iscrowd": 0,
         "segmentation": _rle(truth),
     }
     coco = load_coco_annotations(_dataset([annotation]))

@@ -19,6 +19,7 @@ from .evaluation import (
     write_coco_results,
 )
 
+
 __all__ = [
     "IOU_TYPES",
     "METRIC_NAMES",
