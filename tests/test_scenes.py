@@ -9,7 +9,10 @@ from paca_hf.data.scenes import (
     id2label,
     label2id,
     make_scenes,
+    save_coco_scenes,
     save_scenes_to_disk,
+    scene_arrays,
+    scene_instances,
 )
 
 K = len(SCENE_CLASSES)
@@ -137,3 +140,83 @@ def test_save_to_disk_and_load_dataset_back(tmp_path, monkeypatch):
         np.testing.assert_array_equal(got, want)
     for got, want in zip(_arrays(loaded["validation"]), expected_val):
         np.testing.assert_array_equal(got, want)
+
+
+# Scenes 0-7 of the stream 3 at 48 x 64 as the code before the instance API drew them (commit 2c34591): pixels per
+# annotation value (0 = other, 1..5 the shapes) and the mean of the image. Counts get a pixel of slack and means 0.05,
+# for another CPU's last bit of sin / cos on a shape's edge; drawing anything else shifts whole shapes and colours.
+SCENES_BEFORE_INSTANCES = [
+    ([2628, 344, 0, 0, 30, 70], 130.92),
+    ([2767, 175, 0, 130, 0, 0], 119.18),
+    ([2682, 295, 0, 0, 95, 0], 111.04),
+    ([2548, 71, 336, 0, 0, 117], 120.91),
+    ([2460, 422, 0, 0, 124, 66], 119.90),
+    ([2508, 157, 174, 113, 120, 0], 144.42),
+    ([2722, 29, 0, 0, 245, 76], 162.63),
+    ([2752, 121, 0, 0, 0, 199], 119.64),
+]
+
+
+def test_scenes_are_drawn_as_before_the_instances():
+    for index, (counts, mean) in enumerate(SCENES_BEFORE_INSTANCES):
+        image, annotation = scene_arrays(index, (48, 64), seed=3)
+        np.testing.assert_allclose(np.bincount(annotation.ravel(), minlength=K + 1), counts, atol=1)
+        assert abs(image.mean() - mean) < 0.05
+
+
+def test_instances_partition_the_shapes_and_boxes_are_the_masks_extents():
+    from pycocotools import mask as mask_utils
+
+    overlapped = 0
+    for index in range(12):
+        image, annotation, instances = scene_instances(index, (48, 64), seed=3)
+        expected_image, expected_annotation = scene_arrays(index, (48, 64), seed=3)
+        np.testing.assert_array_equal(image, expected_image)
+        np.testing.assert_array_equal(annotation, expected_annotation)
+        masks = np.stack([instance["mask"] for instance in instances])
+        assert masks.dtype == bool and masks.shape[1:] == annotation.shape
+        assert (masks.sum(axis=0) <= 1).all()  # no pixel in two instances
+        np.testing.assert_array_equal(masks.any(axis=0), annotation > 0)  # together: every shape pixel
+        for instance in instances:
+            assert instance["mask"].any()
+            assert (annotation[instance["mask"]] == instance["label"] + 1).all()
+            # COCO's own box of the mask, [x, y, width, height]
+            x, y, w, h = mask_utils.toBbox(mask_utils.encode(np.asfortranarray(instance["mask"], dtype=np.uint8)))
+            assert instance["box"] == (x, y, x + w, y + h)
+        labels = [instance["label"] for instance in instances]
+        overlapped += len(labels) > len(set(labels)) or any(
+            (annotation == label + 1).sum() > instance["mask"].sum() for instance, label in zip(instances, labels)
+        )
+    assert overlapped > 0  # the scenes tested hold instances a label map alone does not separate
+
+
+def test_coco_folder_loads_with_pycocotools_and_the_truth_scores_one(tmp_path):
+    from PIL import Image
+    from pycocotools.coco import COCO
+
+    from paca_hf.training.detection import coco_results, evaluate_coco_results, load_coco_annotations
+
+    folder = tmp_path / "scenes"
+    assert save_coco_scenes(folder, num_images=6, image_size=(40, 56), seed=2, start_index=4) == str(folder)
+    coco = COCO(str(folder / "instances.json"))
+    assert sorted(coco.getImgIds()) == [4, 5, 6, 7, 8, 9]
+    assert {c["name"]: c["id"] for c in coco.loadCats(coco.getCatIds())} == {n: i + 1 for i, n in id2label().items()}
+    predictions = []
+    for image_id in coco.getImgIds():
+        info = coco.loadImgs(image_id)[0]
+        image, annotation, instances = scene_instances(image_id, (40, 56), seed=2)
+        np.testing.assert_array_equal(np.array(Image.open(folder / "images" / info["file_name"])), image)
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        assert len(annotations) == len(instances)
+        for annotation_entry, instance in zip(annotations, instances):
+            np.testing.assert_array_equal(coco.annToMask(annotation_entry).astype(bool), instance["mask"])
+        boxes = np.array([instance["box"] for instance in instances], dtype=float)
+        labels = np.array([instance["label"] for instance in instances])
+        masks = np.stack([instance["mask"] for instance in instances])
+        predictions.append(
+            {"image_id": image_id, "boxes": boxes, "scores": np.ones(len(labels)), "labels": labels, "masks": masks}
+        )
+    checked = load_coco_annotations(folder / "instances.json")  # passes the package's own checks too
+    scores = evaluate_coco_results(checked, coco_results(predictions, checked, id2label()))
+    for iou_type in ("bbox", "segm"):
+        assert scores[iou_type]["AP"] == pytest.approx(1.0, abs=1e-12)

@@ -5,6 +5,8 @@ textures, positions and sizes are drawn independently of it, so a model has to l
 
 * column `image`: PIL RGB image; column `annotation`: PIL 'L' map with 0 = background ("other", ignored
   once labels are reduced) and 1..K = the classes of `SCENE_CLASSES` (reduced id = annotation - 1).
+* `scene_instances` also gives each shape as an instance (class, box, mask) and `save_coco_scenes` writes scenes as
+  a COCO instances folder, for detection and instance segmentation offline.
 * Everything is a pure function of `(seed, image index)`: image i is the same whatever `num_images`
   is, and `start_index` picks a disjoint stretch (that is how the validation split is made).
 
@@ -16,6 +18,7 @@ textures, positions and sizes are drawn independently of it, so a model has to l
     'disc'
 """
 
+import json
 import math
 import os
 from typing import Dict, Optional, Tuple
@@ -107,6 +110,14 @@ def _shape_mask(cls: int, yy, xx, cy, cx, r, theta, rng: np.random.Generator) ->
 
 def render_scene(rng: np.random.Generator, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
     """One scene: (image uint8 (H, W, 3), annotation uint8 (H, W) with 0 = background, 1..K shapes)."""
+    image, annotation, _ = _draw_scene(rng, height, width)
+    return image, annotation
+
+
+def _draw_scene(rng: np.random.Generator, height: int, width: int):
+    """`render_scene`'s image and annotation, and the shapes drawn: `(class index, whole mask (H, W) bool)` in drawing
+    order (a later shape covers an earlier one)."""
+    shapes = []
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
     # background: smooth random colour field, a texture of random strength, pixel noise
     base = 255.0 * _smooth_field(rng, height, width, int(rng.integers(1, 5)), 3)
@@ -140,14 +151,101 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> Tuple[np.
         fill += rng.normal(0.0, rng.uniform(0, 10), size=fill.shape)
         image[mask] = fill
         annotation[mask] = cls + 1
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), annotation
+        shapes.append((cls, mask))
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), annotation, shapes
+
+
+def _scene(index: int, image_size, seed: int):
+    """`_draw_scene` of scene number `index` of the stream `seed`."""
+    height, width = (int(image_size), int(image_size)) if np.isscalar(image_size) else map(int, image_size)
+    rng = np.random.default_rng([int(seed), int(index)])
+    return _draw_scene(rng, height, width)
 
 
 def scene_arrays(index: int, image_size: Tuple[int, int] = (128, 128), seed: int = 0):
     """Arrays of scene number `index` of the stream `seed`: (image (H, W, 3) uint8, annotation (H, W) uint8)."""
-    height, width = (int(image_size), int(image_size)) if np.isscalar(image_size) else map(int, image_size)
-    rng = np.random.default_rng([int(seed), int(index)])
-    return render_scene(rng, height, width)
+    image, annotation, _ = _scene(index, image_size, seed)
+    return image, annotation
+
+
+def scene_instances(index: int, image_size: Tuple[int, int] = (128, 128), seed: int = 0):
+    """Scene number `index` of the stream `seed` with each shape as an instance: `(image, annotation, instances)`.
+
+    `image` and `annotation` are `scene_arrays`'s. `instances` lists the shapes that can be seen, in drawing order,
+    each a dict:
+
+    * `label`: reduced class id (index into `SCENE_CLASSES`, i.e. the annotation value - 1);
+    * `mask`: `(H, W)` bool, the pixels where the shape is seen. A later shape covers an earlier one, as in the
+      annotation; a shape covered entirely is no instance. The masks do not overlap and their union is
+      `annotation > 0`;
+    * `box`: `(x_min, y_min, x_max, y_max)` ints, the mask's extent in pixel edges (the last column / row + 1), so
+      that the box covers the mask's pixels as COCO's boxes do.
+    """
+    image, annotation, shapes = _scene(index, image_size, seed)
+    instances, covered = [], np.zeros(annotation.shape, dtype=bool)
+    for cls, mask in reversed(shapes):
+        seen = mask & ~covered
+        covered |= mask
+        if seen.any():
+            rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+            box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+            instances.append({"label": cls, "mask": seen, "box": box})
+    return image, annotation, instances[::-1]
+
+
+def coco_categories():
+    """COCO `categories` of the scenes: id = annotation value (1..K), name from `SCENE_CLASSES`."""
+    return [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SCENE_CLASSES)]
+
+
+def save_coco_scenes(
+    path, num_images: int, image_size: Tuple[int, int] = (128, 128), seed: int = 0, start_index: int = 0
+) -> str:
+    """Write scenes `start_index`, ... of the stream `seed` as a COCO instances folder, for detection offline.
+
+    Layout: `path/instances.json` (COCO's instances format) and `path/images/{index:06d}.png`. The image id is the
+    scene index; category ids are the annotation values (1..K, `coco_categories`); one annotation per instance of
+    `scene_instances` (ids from 1), its mask as compressed RLE (rings have holes, which polygons cannot hold), its
+    `bbox` the box as `[x, y, width, height]`, `area` the mask's pixel count, `iscrowd` 0. Needs pycocotools (the
+    `detection` extra). The folder is written beside `path` and moved into place complete. Returns `path`.
+    """
+    from pycocotools import mask as mask_utils
+
+    from ..file_utils import write_dir_atomically
+
+    def write(folder):
+        (folder / "images").mkdir()
+        images, annotations = [], []
+        for index in range(int(start_index), int(start_index) + int(num_images)):
+            image, _, instances = scene_instances(index, image_size, seed)
+            file_name = f"{index:06d}.png"
+            Image.fromarray(image, mode="RGB").save(folder / "images" / file_name)
+            height, width = image.shape[:2]
+            images.append({"id": index, "file_name": file_name, "height": height, "width": width})
+            for instance in instances:
+                rle = mask_utils.encode(np.asfortranarray(instance["mask"], dtype=np.uint8))
+                x1, y1, x2, y2 = instance["box"]
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": index,
+                        "category_id": instance["label"] + 1,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": int(instance["mask"].sum()),
+                        "iscrowd": 0,
+                        "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
+                    }
+                )
+        dataset = {
+            "info": {"description": f"paca-hf synthetic scenes (seed {seed}, {len(images)} from scene {start_index})"},
+            "images": images,
+            "annotations": annotations,
+            "categories": coco_categories(),
+        }
+        (folder / "instances.json").write_text(json.dumps(dataset), encoding="utf-8")
+
+    write_dir_atomically(path, write)
+    return os.fspath(path)
 
 
 def features():
@@ -258,12 +356,15 @@ The shape, not the colour, decides the class. `annotation` values:
 __all__ = [
     "SCENE_CLASSES",
     "BACKGROUND_NAME",
+    "coco_categories",
     "id2label",
     "label2id",
     "features",
     "make_scene_splits",
     "make_scenes",
     "render_scene",
+    "save_coco_scenes",
     "save_scenes_to_disk",
     "scene_arrays",
+    "scene_instances",
 ]
