@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -383,3 +383,218 @@ def evaluate_coco_results(coco, results: list[dict], iou_types: Iterable[str] = 
         logger.info("COCOeval %s:\n%s", iou_type, "\n".join(summary))
         scores[iou_type] = {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats[:6])}
     return scores
+
+
+# ----------------------------------------------------------------------------------------------------- inference
+
+
+def _masks_of_detections(detections: Mapping, instances: Mapping, size: tuple[int, int]):
+    """One bool mask `(height, width)` per detection of `post_process_object_detection`'s result, from
+    `post_process_instance_segmentation(..., return_binary_maps=True)`'s, which leaves out instances whose mask is
+    empty: both list the detections kept in the same order, so the masks are matched along it (label and score)
+    and a detection left out gets an empty mask, which mask AP counts as a miss as mmdetection does."""
+    import torch
+
+    labels, scores = detections["labels"].tolist(), detections["scores"].tolist()
+    masks = torch.zeros((len(labels), *size), dtype=torch.bool)
+    segments = instances["segments_info"]
+    binary = instances["segmentation"]
+    position = 0
+    for index, (label, score) in enumerate(zip(labels, scores)):
+        if position < len(segments):
+            segment = segments[position]
+            if int(segment["label_id"]) == int(label) and math.isclose(segment["score"], score, rel_tol=1e-6):
+                masks[index] = binary[segment["id"]].to(torch.bool).cpu()
+                position += 1
+    if position != len(segments):
+        raise RuntimeError(
+            "the image processor's instance masks do not follow its detections (labels and scores in the same "
+            "order); cannot tell which mask belongs to which box"
+        )
+    return masks
+
+
+def predict_coco_images(
+    model,
+    image_processor,
+    coco,
+    images_dir,
+    batch_size: int = 2,
+    device=None,
+    threshold: float = 0.0,
+    disable_progress: bool = False,
+) -> Iterator[dict]:
+    """
+    Run an instance-segmentation model over every image of the annotations, as it is deployed: `image_processor`
+    prepares the batch (`pixel_values`, `image_sizes`), its `post_process_object_detection` and
+    `post_process_instance_segmentation(..., return_binary_maps=True)` give the boxes, scores, labels and masks at
+    the image's annotated size.
+
+    Args:
+        model: a `PaCaViTMaskRCNNForInstanceSegmentation` (or a model with its eval output), in eval mode.
+        image_processor: its `PaCaViTMaskRCNNImageProcessor`.
+        coco: the annotations ([`load_coco_annotations`]); images are run in image id order.
+        images_dir: the folder the annotations' `file_name`s are in.
+        batch_size: images per forward pass.
+        threshold: keep detections scored above it (0: all the model gives, as COCO results are scored).
+    Yields:
+        one prediction per image for [`coco_results`], as each batch is done (full-size masks of a whole dataset
+        would not fit in memory: [`coco_results`] encodes them as they come): `image_id`, `boxes`, `scores`,
+        `labels`, `masks`.
+    Raises:
+        `ValueError`: missing image files (named, checked before the first batch), a file that is not an image,
+            or an image whose size is not the annotated `width` x `height` (EXIF orientation applied).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ...images import open_image
+
+    files = image_files(coco, images_dir)
+    image_ids = sorted(files)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    with tqdm(total=len(image_ids), desc="COCO evaluation", unit="image", disable=disable_progress) as progress:
+        for start in range(0, len(image_ids), batch_size):
+            batch_ids = image_ids[start : start + batch_size]
+            images, sizes = [], []
+            for image_id in batch_ids:
+                info = coco.imgs[image_id]
+                try:
+                    image = open_image(files[image_id])
+                except ValueError as error:
+                    raise ValueError(f"image {image_id} ({files[image_id]}): {error}") from None
+                if image.size != (info["width"], info["height"]):
+                    raise ValueError(
+                        f"image {image_id} ({files[image_id]}) is {image.size[0]} x {image.size[1]} px, the "
+                        f"annotations say {info['width']} x {info['height']}"
+                    )
+                images.append(image)
+                sizes.append((info["height"], info["width"]))
+            inputs = image_processor(images, return_tensors="pt")
+            with torch.inference_mode():
+                outputs = model(
+                    pixel_values=inputs["pixel_values"].to(device), image_sizes=inputs["image_sizes"].to(device)
+                )
+            detected = image_processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes)
+            segmented = image_processor.post_process_instance_segmentation(
+                outputs, threshold=threshold, target_sizes=sizes, return_binary_maps=True
+            )
+            for image_id, detections, instances, size in zip(batch_ids, detected, segmented, sizes):
+                yield {
+                    "image_id": image_id,
+                    "boxes": detections["boxes"].float().cpu(),
+                    "scores": detections["scores"].float().cpu(),
+                    "labels": detections["labels"].cpu(),
+                    "masks": _masks_of_detections(detections, instances, size),
+                }
+            progress.update(len(batch_ids))
+
+
+def evaluate_coco_model(
+    model_name_or_path: str,
+    annotations,
+    images_dir,
+    batch_size: int = 2,
+    device: str | None = None,
+    predictions_path=None,
+    disable_progress: bool = False,
+) -> dict[str, dict]:
+    """
+    Box and mask AP of an instance-segmentation model folder (or Hub id) on a COCO-format folder: the model with
+    `AutoModelForInstanceSegmentation`, its saved image processor, [`predict_coco_images`], [`coco_results`] and
+    [`evaluate_coco_results`]. With `predictions_path`, the COCO results are written there (atomically).
+
+    Raises:
+        `ValueError`: bad annotations or images (see [`load_coco_annotations`], [`predict_coco_images`]), labels of
+            the model that are no category of the annotations, a model folder without a detector image processor.
+    """
+    import torch
+    from transformers import AutoModelForInstanceSegmentation
+
+    import paca_hf  # noqa: F401  (registers the PaCa-ViT Auto classes)
+
+    from ...loading import load_image_processor
+
+    coco = load_coco_annotations(annotations)
+    image_files(coco, images_dir)  # fail on missing files before loading the model
+    model = AutoModelForInstanceSegmentation.from_pretrained(model_name_or_path)
+    category_ids_by_label(model.config.id2label, coco)  # fail on unknown label names before inference
+    processor = load_image_processor(model_name_or_path, task="instance-segmentation")
+    if not hasattr(processor, "post_process_instance_segmentation"):
+        raise ValueError(
+            f"{model_name_or_path} has no detector image processor ({type(processor).__name__} cannot post-process "
+            "instances); save the model's PaCaViTMaskRCNNImageProcessor with it"
+        )
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device).eval()
+    predictions = predict_coco_images(
+        model, processor, coco, images_dir, batch_size=batch_size, device=device, disable_progress=disable_progress
+    )
+    results = coco_results(predictions, coco, model.config.id2label)  # masks encoded batch by batch
+    if predictions_path is not None:
+        write_coco_results(predictions_path, results)
+    return evaluate_coco_results(coco, results)
+
+
+# The command line of scripts/evaluate_coco.py (kept here so that it is called and tested as a function).
+CLI_DESCRIPTION = """Box and mask AP of an instance-segmentation model on a COCO-format folder, through pycocotools.
+
+    python scripts/evaluate_coco.py --model pacavit-tiny-coco --annotations annotations/instances_val2017.json \\
+        --images val2017 --output results.json --predictions predictions.json
+
+`--model` is a folder or a Hub id holding the model and its image processor (the images get the model's own test
+transform and post-processing). The model's labels (`config.id2label`) are matched to the annotations' categories
+by NAME: COCO's 80 category ids (1..90 with gaps) are not the model's 0..79. Every image of the annotations is run;
+its file must exist under `--images` with the annotated size.
+
+Prints and, with `--output`, writes `{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}, "segm": {...}}`
+(pycocotools' COCOeval: AP over IoU 0.50:0.95, at 0.50 and 0.75, and of small / medium / large objects; -1 where the
+annotations hold no object of that size). `--predictions` writes the detections in COCO's results format (boxes
+[x, y, width, height], masks as compressed RLE), which COCO's evaluation server and `COCO.loadRes` read.
+Bad input (a missing or unreadable file, annotations that name unknown images or categories, boxes outside the
+image, polygons of zero area, labels that are no category) ends with one `error:` line and exit status 2.
+"""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=CLI_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model folder or Hub id (with its image processor)")
+    parser.add_argument("--annotations", required=True, help="COCO instances JSON file")
+    parser.add_argument("--images", required=True, help="folder of the annotations' file_name entries")
+    parser.add_argument("--output", default=None, help="write the scores to this JSON file")
+    parser.add_argument("--predictions", default=None, help="write the detections as COCO results to this JSON file")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--disable-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    for flag in ("output", "predictions"):
+        path = getattr(args, flag)
+        if path is not None and os.path.isdir(path):
+            parser.error(f"--{flag} {path} is a folder; pass the path of the JSON file to write")
+    return args
+
+
+def main(argv=None) -> int:
+    """Evaluate, print and write the scores; exit status 2 with one `error:` line for bad input."""
+    args = parse_args(argv)
+    try:
+        scores = evaluate_coco_model(
+            args.model,
+            args.annotations,
+            args.images,
+            batch_size=args.batch_size,
+            device=args.device,
+            predictions_path=args.predictions,
+            disable_progress=args.disable_progress,
+        )
+    except ValueError as error:
+        print(f"error: {str(error).strip()}", file=sys.stderr)
+        return 2
+    print(json.dumps(scores, indent=2))
+    if args.output:
+        from ...file_utils import write_json_atomically
+
+        write_json_atomically(args.output, scores)
+    return 0
