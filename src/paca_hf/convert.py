@@ -1,5 +1,5 @@
 """The authors' PaCa-ViT state dicts -> ours, strictly: timm classifiers, mmseg PaCa-head and UperNet segmentors,
-and the backbones of mmdet's Mask R-CNN detectors.
+and mmdet's Mask R-CNN detectors (their backbone alone, or whole with `convert_detector_state_dict`).
 
 Pure: nothing here writes files. Saving a converted model as a complete repo (weights, processor, remote code,
 model card), checking and uploading it is `paca_hf.hub`'s job.
@@ -359,6 +359,105 @@ def convert_state_dict(
             "The checkpoint does not match the model. " + " | ".join(problems) + (f" | {hint}" if hint else "")
         )
     return converted, unused
+
+
+# mmdet's Mask R-CNN heads (`neck.`, `rpn_head.`, `roi_head.`) -> `PaCaViTMaskRCNNForInstanceSegmentation`
+# (torchvision's module names). `_DETECTOR_HEAD_RULES_BACK` reads them backwards, to name a tensor the checkpoint
+# lacks in the checkpoint's own terms.
+_DETECTOR_HEAD_RULES = [
+    (r"neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)", r"fpn.inner_blocks.\1.0.\2"),
+    (r"neck\.fpn_convs\.(\d+)\.conv\.(weight|bias)", r"fpn.layer_blocks.\1.0.\2"),
+    (r"rpn_head\.rpn_conv\.(weight|bias)", r"rpn.head.conv.0.0.\1"),
+    (r"rpn_head\.rpn_cls\.(weight|bias)", r"rpn.head.cls_logits.\1"),
+    (r"rpn_head\.rpn_reg\.(weight|bias)", r"rpn.head.bbox_pred.\1"),
+    (r"roi_head\.bbox_head\.shared_fcs\.0\.(weight|bias)", r"roi_heads.box_head.fc6.\1"),
+    (r"roi_head\.bbox_head\.shared_fcs\.1\.(weight|bias)", r"roi_heads.box_head.fc7.\1"),
+    (r"roi_head\.bbox_head\.fc_cls\.(weight|bias)", r"roi_heads.box_predictor.cls_score.\1"),
+    (r"roi_head\.bbox_head\.fc_reg\.(weight|bias)", r"roi_heads.box_predictor.bbox_pred.\1"),
+    (r"roi_head\.mask_head\.convs\.(\d+)\.conv\.(weight|bias)", r"roi_heads.mask_head.\1.0.\2"),
+    (r"roi_head\.mask_head\.upsample\.(weight|bias)", r"roi_heads.mask_predictor.conv5_mask.\1"),
+    (r"roi_head\.mask_head\.conv_logits\.(weight|bias)", r"roi_heads.mask_predictor.mask_fcn_logits.\1"),
+]
+_DETECTOR_HEAD_RULES_BACK = [
+    (r"fpn\.inner_blocks\.(\d+)\.0\.(weight|bias)", r"neck.lateral_convs.\1.conv.\2"),
+    (r"fpn\.layer_blocks\.(\d+)\.0\.(weight|bias)", r"neck.fpn_convs.\1.conv.\2"),
+    (r"rpn\.head\.conv\.0\.0\.(weight|bias)", r"rpn_head.rpn_conv.\1"),
+    (r"rpn\.head\.cls_logits\.(weight|bias)", r"rpn_head.rpn_cls.\1"),
+    (r"rpn\.head\.bbox_pred\.(weight|bias)", r"rpn_head.rpn_reg.\1"),
+    (r"roi_heads\.box_head\.fc6\.(weight|bias)", r"roi_head.bbox_head.shared_fcs.0.\1"),
+    (r"roi_heads\.box_head\.fc7\.(weight|bias)", r"roi_head.bbox_head.shared_fcs.1.\1"),
+    (r"roi_heads\.box_predictor\.cls_score\.(weight|bias)", r"roi_head.bbox_head.fc_cls.\1"),
+    (r"roi_heads\.box_predictor\.bbox_pred\.(weight|bias)", r"roi_head.bbox_head.fc_reg.\1"),
+    (r"roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)", r"roi_head.mask_head.convs.\1.conv.\2"),
+    (r"roi_heads\.mask_predictor\.conv5_mask\.(weight|bias)", r"roi_head.mask_head.upsample.\1"),
+    (r"roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)", r"roi_head.mask_head.conv_logits.\1"),
+]
+
+
+def _detector_head_tensor(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """mmdet's box classifier, box regression and mask logits in torchvision's class order: background first (mmdet
+    puts it last in `fc_cls`), with zero deltas and a zero mask channel for it (mmdet has none)."""
+    if key.startswith("roi_head.bbox_head.fc_cls."):
+        return torch.cat([tensor[-1:], tensor[:-1]])
+    if key.startswith("roi_head.bbox_head.fc_reg."):
+        return torch.cat([tensor.new_zeros((4, *tensor.shape[1:])), tensor])
+    if key.startswith("roi_head.mask_head.conv_logits."):
+        return torch.cat([tensor.new_zeros((1, *tensor.shape[1:])), tensor])
+    return tensor
+
+
+def convert_detector_state_dict(
+    source: dict[str, torch.Tensor], model: torch.nn.Module, clustering_type: str
+) -> dict[str, torch.Tensor]:
+    """An mmdet Mask R-CNN checkpoint (`backbone.`, `neck.`, `rpn_head.`, `roi_head.` keys) as the state dict of
+    `PaCaViTMaskRCNNForInstanceSegmentation`, strictly: every source tensor used, every model tensor filled with the
+    same shape (after adding torchvision's background row / deltas / mask channel), else `ConversionError` naming the
+    offending keys in the checkpoint's own names (missing ones as the checkpoint would name them)."""
+    target = model.state_dict()
+    converted, unexpected, wrong_shape, problems = {}, [], [], []
+    backbone = {key: tensor for key, tensor in source.items() if key.startswith("backbone.")}
+    try:
+        weights, _ = convert_state_dict(backbone, model.backbone, clustering_type, suggest=False)
+        converted.update({"backbone." + key: tensor for key, tensor in weights.items()})
+    except ConversionError as error:
+        problems.append(str(error).removeprefix("The checkpoint does not match the model. "))
+    for key, tensor in source.items():
+        if key.startswith("backbone."):
+            continue
+        try:
+            renamed = _apply_rules(key, _DETECTOR_HEAD_RULES)
+        except KeyError:
+            unexpected.append(key)
+            continue
+        tensor = _detector_head_tensor(key, tensor)
+        if renamed not in target:
+            unexpected.append(key)
+        elif tuple(target[renamed].shape) != tuple(tensor.shape):
+            wrong_shape.append(
+                f"{key}: checkpoint {tuple(tensor.shape)} (in torchvision's layout) vs model "
+                f"{tuple(target[renamed].shape)}"
+            )
+            converted[renamed] = None  # reported as a wrong shape, not as missing
+        else:
+            converted[renamed] = tensor
+    missing = [_detector_head_name_in_checkpoint(key) for key in target
+               if key not in converted and not key.startswith("backbone.")]
+    if wrong_shape:
+        problems.append(f"shape mismatch ({len(wrong_shape)}): {summarize_keys(wrong_shape)}")
+    if unexpected:
+        problems.append(f"unexpected in the checkpoint ({len(unexpected)}): {summarize_keys(unexpected)}")
+    if missing:
+        problems.append(f"missing from the checkpoint ({len(missing)}): {summarize_keys(missing)}")
+    if problems:
+        raise ConversionError("The checkpoint does not match the detector. " + " | ".join(problems))
+    return converted
+
+
+def _detector_head_name_in_checkpoint(key: str) -> str:
+    try:
+        return _apply_rules(key, _DETECTOR_HEAD_RULES_BACK)
+    except KeyError:
+        return f"{key} (this model's name; mmdet's Mask R-CNN has no such tensor)"
 
 
 def _name_in_checkpoint(key: str, prefix: str, source, clustering_type: str, upernet: bool) -> str:
