@@ -11,12 +11,15 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForInstanceSegmentation,
+    AutoModelForObjectDetection,
     AutoModelForSemanticSegmentation,
     AutoVideoProcessor,
 )
 from transformers.utils import is_torchvision_available
 
 from .configuration_pacavit import PaCaViTConfig
+from .configuration_pacavit_mask_rcnn import PaCaViTMaskRCNNConfig
 from .image_processing_pacavit import PaCaViTImageProcessor
 from .image_processing_pil_pacavit import PaCaViTImageProcessorPil
 from .modeling_pacavit import (
@@ -33,6 +36,7 @@ AutoModel.register(PaCaViTConfig, PaCaViTModel, exist_ok=True)
 AutoModelForImageClassification.register(PaCaViTConfig, PaCaViTForImageClassification, exist_ok=True)
 AutoModelForSemanticSegmentation.register(PaCaViTConfig, PaCaViTForSemanticSegmentation, exist_ok=True)
 AutoBackbone.register(PaCaViTConfig, PaCaViTBackbone, exist_ok=True)
+AutoConfig.register(PaCaViTMaskRCNNConfig.model_type, PaCaViTMaskRCNNConfig, exist_ok=True)
 AutoImageProcessor.register(
     PaCaViTConfig,
     image_processor_classes={"torchvision": PaCaViTImageProcessor, "pil": PaCaViTImageProcessorPil},
@@ -52,6 +56,25 @@ __all__ = [
     "PaCaViTForSemanticSegmentation",
     "PaCaViTImageProcessor",
     "PaCaViTImageProcessorPil",
+    "PaCaViTMaskRCNNConfig",
     "PaCaViTModel",
     "PaCaViTPreTrainedModel",
 ]
+
+# The Mask R-CNN detector is built from torchvision's detection parts (the `vision` extra).
+if is_torchvision_available():
+    from .modeling_pacavit_mask_rcnn import (
+        PaCaViTMaskRCNNForInstanceSegmentation,
+        PaCaViTMaskRCNNOutput,
+        PaCaViTMaskRCNNPreTrainedModel,
+    )
+
+    AutoModelForInstanceSegmentation.register(
+        PaCaViTMaskRCNNConfig, PaCaViTMaskRCNNForInstanceSegmentation, exist_ok=True
+    )
+    AutoModelForObjectDetection.register(PaCaViTMaskRCNNConfig, PaCaViTMaskRCNNForInstanceSegmentation, exist_ok=True)
+    __all__ += [
+        "PaCaViTMaskRCNNForInstanceSegmentation",
+        "PaCaViTMaskRCNNOutput",
+        "PaCaViTMaskRCNNPreTrainedModel",
+    ]

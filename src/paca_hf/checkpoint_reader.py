@@ -154,9 +154,16 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     (timm's `CheckpointSaver`, mmseg / mmengine's `{"meta", "state_dict"}`, Lightning), with a `module.` or
     `model.` prefix shared by every key removed. What else the file holds is logged as ignored. Raises
     `CheckpointError` for missing, corrupt or code-running files and for files holding no state dict."""
+    return load_state_dict_and_meta(path)[0]
+
+
+def load_state_dict_and_meta(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], object]:
+    """[`load_state_dict_file`] and the checkpoint's `meta` entry (mmseg / mmdet / mmengine: dataset classes,
+    config, versions), None when it has none."""
     checkpoint, ignored = read_checkpoint(path)
-    other = []
+    other, meta = [], None
     if isinstance(checkpoint, dict):
+        meta = checkpoint.get("meta")
         for entry in STATE_DICT_ENTRIES:
             if isinstance(checkpoint.get(entry), dict):
                 other = [key for key in checkpoint if key != entry]
@@ -180,4 +187,4 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             + (f". It also holds the weights {', '.join(alternatives)} (e.g. timm's EMA), which were not converted: "
                f"save that entry alone as a state dict to convert it" if alternatives else "")
         )
-    return dict(checkpoint)
+    return dict(checkpoint), meta

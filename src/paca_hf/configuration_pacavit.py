@@ -19,7 +19,7 @@ _RELEASES_BY_NAME = {release.official_name: release for release in RELEASES}
 
 
 def load_id2label(dataset: str) -> dict[int, str]:
-    """Class names shipped with the package: `dataset` is "imagenet-1k" or "ade20k"."""
+    """Class names shipped with the package: `dataset` is "imagenet-1k", "ade20k" or "coco" (mmdetection's 80)."""
     text = resources.files("paca_hf").joinpath("data", f"{dataset}-id2label.json").read_text()
     return {int(index): name for index, name in json.loads(text).items()}
 

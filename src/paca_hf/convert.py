@@ -1,10 +1,11 @@
 """The authors' PaCa-ViT state dicts -> ours, strictly: timm classifiers, mmseg PaCa-head and UperNet segmentors,
-and the backbones of mmdet's Mask R-CNN detectors.
+and mmdet's Mask R-CNN detectors (their backbone alone, or whole with `convert_detector_state_dict`).
 
 Pure: nothing here writes files. Saving a converted model as a complete repo (weights, processor, remote code,
 model card), checking and uploading it is `paca_hf.hub`'s job.
 """
 
+import math
 import os
 import re
 from collections import Counter, defaultdict
@@ -13,14 +14,15 @@ from pathlib import Path
 import torch
 from transformers.utils import logging
 
-from .checkpoint_reader import CheckpointError, load_state_dict_file
+from .checkpoint_reader import CheckpointError, load_state_dict_and_meta, load_state_dict_file
 from .configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
-from .releases import BACKBONE, RELEASES, SIZES, UPERNET
+from .releases import BACKBONE, DETECTOR, FORM_TASKS, RELEASES, SIZES, UPERNET
 
 
 logger = logging.get_logger(__name__)
 
-TASKS = ("image-classification", "semantic-segmentation", "backbone")
+TASKS = ("image-classification", "semantic-segmentation", "instance-segmentation", "backbone")
+INSTANCE_SEGMENTATION = FORM_TASKS[DETECTOR]
 
 
 class ConversionError(CheckpointError):
@@ -251,10 +253,14 @@ def authors_key(key: str, clustering_type: str, upernet: bool = False, backbone_
     return authors
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_checkpoint(path: str | os.PathLike, with_class_names: bool = False):
     """The tensors of one of the authors' checkpoints (any usual wrapper), read without running code from the file
-    (see `paca_hf.checkpoint_reader`). Raises `ConversionError`."""
+    (see `paca_hf.checkpoint_reader`); with `with_class_names`, `(tensors, class names the checkpoint's meta records
+    or None)` (see [`class_names_in_meta`]). Raises `ConversionError`."""
     try:
+        if with_class_names:
+            source, meta = load_state_dict_and_meta(path)
+            return source, class_names_in_meta(meta)
         return load_state_dict_file(path)
     except ConversionError:
         raise
@@ -355,6 +361,105 @@ def convert_state_dict(
     return converted, unused
 
 
+# mmdet's Mask R-CNN heads (`neck.`, `rpn_head.`, `roi_head.`) -> `PaCaViTMaskRCNNForInstanceSegmentation`
+# (torchvision's module names). `_DETECTOR_HEAD_RULES_BACK` reads them backwards, to name a tensor the checkpoint
+# lacks in the checkpoint's own terms.
+_DETECTOR_HEAD_RULES = [
+    (r"neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)", r"fpn.inner_blocks.\1.0.\2"),
+    (r"neck\.fpn_convs\.(\d+)\.conv\.(weight|bias)", r"fpn.layer_blocks.\1.0.\2"),
+    (r"rpn_head\.rpn_conv\.(weight|bias)", r"rpn.head.conv.0.0.\1"),
+    (r"rpn_head\.rpn_cls\.(weight|bias)", r"rpn.head.cls_logits.\1"),
+    (r"rpn_head\.rpn_reg\.(weight|bias)", r"rpn.head.bbox_pred.\1"),
+    (r"roi_head\.bbox_head\.shared_fcs\.0\.(weight|bias)", r"roi_heads.box_head.fc6.\1"),
+    (r"roi_head\.bbox_head\.shared_fcs\.1\.(weight|bias)", r"roi_heads.box_head.fc7.\1"),
+    (r"roi_head\.bbox_head\.fc_cls\.(weight|bias)", r"roi_heads.box_predictor.cls_score.\1"),
+    (r"roi_head\.bbox_head\.fc_reg\.(weight|bias)", r"roi_heads.box_predictor.bbox_pred.\1"),
+    (r"roi_head\.mask_head\.convs\.(\d+)\.conv\.(weight|bias)", r"roi_heads.mask_head.\1.0.\2"),
+    (r"roi_head\.mask_head\.upsample\.(weight|bias)", r"roi_heads.mask_predictor.conv5_mask.\1"),
+    (r"roi_head\.mask_head\.conv_logits\.(weight|bias)", r"roi_heads.mask_predictor.mask_fcn_logits.\1"),
+]
+_DETECTOR_HEAD_RULES_BACK = [
+    (r"fpn\.inner_blocks\.(\d+)\.0\.(weight|bias)", r"neck.lateral_convs.\1.conv.\2"),
+    (r"fpn\.layer_blocks\.(\d+)\.0\.(weight|bias)", r"neck.fpn_convs.\1.conv.\2"),
+    (r"rpn\.head\.conv\.0\.0\.(weight|bias)", r"rpn_head.rpn_conv.\1"),
+    (r"rpn\.head\.cls_logits\.(weight|bias)", r"rpn_head.rpn_cls.\1"),
+    (r"rpn\.head\.bbox_pred\.(weight|bias)", r"rpn_head.rpn_reg.\1"),
+    (r"roi_heads\.box_head\.fc6\.(weight|bias)", r"roi_head.bbox_head.shared_fcs.0.\1"),
+    (r"roi_heads\.box_head\.fc7\.(weight|bias)", r"roi_head.bbox_head.shared_fcs.1.\1"),
+    (r"roi_heads\.box_predictor\.cls_score\.(weight|bias)", r"roi_head.bbox_head.fc_cls.\1"),
+    (r"roi_heads\.box_predictor\.bbox_pred\.(weight|bias)", r"roi_head.bbox_head.fc_reg.\1"),
+    (r"roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)", r"roi_head.mask_head.convs.\1.conv.\2"),
+    (r"roi_heads\.mask_predictor\.conv5_mask\.(weight|bias)", r"roi_head.mask_head.upsample.\1"),
+    (r"roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)", r"roi_head.mask_head.conv_logits.\1"),
+]
+
+
+def _detector_head_tensor(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """mmdet's box classifier, box regression and mask logits in torchvision's class order: background first (mmdet
+    puts it last in `fc_cls`), with zero deltas and a zero mask channel for it (mmdet has none)."""
+    if key.startswith("roi_head.bbox_head.fc_cls."):
+        return torch.cat([tensor[-1:], tensor[:-1]])
+    if key.startswith("roi_head.bbox_head.fc_reg."):
+        return torch.cat([tensor.new_zeros((4, *tensor.shape[1:])), tensor])
+    if key.startswith("roi_head.mask_head.conv_logits."):
+        return torch.cat([tensor.new_zeros((1, *tensor.shape[1:])), tensor])
+    return tensor
+
+
+def convert_detector_state_dict(
+    source: dict[str, torch.Tensor], model: torch.nn.Module, clustering_type: str
+) -> dict[str, torch.Tensor]:
+    """An mmdet Mask R-CNN checkpoint (`backbone.`, `neck.`, `rpn_head.`, `roi_head.` keys) as the state dict of
+    `PaCaViTMaskRCNNForInstanceSegmentation`, strictly: every source tensor used, every model tensor filled with the
+    same shape (after adding torchvision's background row / deltas / mask channel), else `ConversionError` naming the
+    offending keys in the checkpoint's own names (missing ones as the checkpoint would name them)."""
+    target = model.state_dict()
+    converted, unexpected, wrong_shape, problems = {}, [], [], []
+    backbone = {key: tensor for key, tensor in source.items() if key.startswith("backbone.")}
+    try:
+        weights, _ = convert_state_dict(backbone, model.backbone, clustering_type, suggest=False)
+        converted.update({"backbone." + key: tensor for key, tensor in weights.items()})
+    except ConversionError as error:
+        problems.append(str(error).removeprefix("The checkpoint does not match the model. "))
+    for key, tensor in source.items():
+        if key.startswith("backbone."):
+            continue
+        try:
+            renamed = _apply_rules(key, _DETECTOR_HEAD_RULES)
+        except KeyError:
+            unexpected.append(key)
+            continue
+        tensor = _detector_head_tensor(key, tensor)
+        if renamed not in target:
+            unexpected.append(key)
+        elif tuple(target[renamed].shape) != tuple(tensor.shape):
+            wrong_shape.append(
+                f"{key}: checkpoint {tuple(tensor.shape)} (in torchvision's layout) vs model "
+                f"{tuple(target[renamed].shape)}"
+            )
+            converted[renamed] = None  # reported as a wrong shape, not as missing
+        else:
+            converted[renamed] = tensor
+    missing = [_detector_head_name_in_checkpoint(key) for key in target
+               if key not in converted and not key.startswith("backbone.")]
+    if wrong_shape:
+        problems.append(f"shape mismatch ({len(wrong_shape)}): {summarize_keys(wrong_shape)}")
+    if unexpected:
+        problems.append(f"unexpected in the checkpoint ({len(unexpected)}): {summarize_keys(unexpected)}")
+    if missing:
+        problems.append(f"missing from the checkpoint ({len(missing)}): {summarize_keys(missing)}")
+    if problems:
+        raise ConversionError("The checkpoint does not match the detector. " + " | ".join(problems))
+    return converted
+
+
+def _detector_head_name_in_checkpoint(key: str) -> str:
+    try:
+        return _apply_rules(key, _DETECTOR_HEAD_RULES_BACK)
+    except KeyError:
+        return f"{key} (this model's name; mmdet's Mask R-CNN has no such tensor)"
+
+
 def _name_in_checkpoint(key: str, prefix: str, source, clustering_type: str, upernet: bool) -> str:
     """A tensor the checkpoint lacks, named as the checkpoint would name it (`backbone.` before the backbone's keys
     when its other keys have it); our own name, marked as such, where the authors' models have none."""
@@ -386,10 +491,12 @@ def _matching_official_name(source: dict[str, torch.Tensor], model) -> str | Non
             continue
         if depths != list(SIZES[release.architecture.size]["depths"]):
             continue  # cheap test before building the candidate
+        # a backbone extracted from a detector fits the detector releases' backbones
+        task = BACKBONE if release.form == DETECTOR and kind.__name__ == "PaCaViTBackbone" else release.task
         try:
             with torch.device("meta"):
-                config = build_config(release.official_name, source, task=release.task)
-                candidate = build_model(config, release.task) if kind is not UperNetForSemanticSegmentation \
+                config = build_config(release.official_name, source, task=task)
+                candidate = build_model(config, task) if kind is not UperNetForSemanticSegmentation \
                     else UperNetForSemanticSegmentation(config)
             if type(candidate) is not kind:
                 continue
@@ -467,22 +574,121 @@ def upernet_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tenso
     return UperNetConfig(**options)
 
 
+def detector_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tensor] | None = None,
+                    class_names=None, **kwargs):
+    """`PaCaViTMaskRCNNConfig` around a PaCa-ViT backbone (all stages out), with mmdetection's Mask R-CNN settings
+    as the authors configure them (FPN 256, box head 1024, mask head 4 x 256) and COCO's 80 classes. With `source`
+    (an mmdet Mask R-CNN state dict) the FPN, RPN, box and mask head sizes and the number of classes are read from
+    its tensors. Class names: `class_names` (e.g. the checkpoint's `meta.dataset_meta.classes`) when it names every
+    class, else COCO's (mmdetection's order) for 80 classes, else `LABEL_i`.
+
+    Raises:
+        `ConversionError`: a `source` without the tensors the sizes are read from (named), or a box classifier and
+            mask head that disagree on the number of classes.
+    """
+    from .configuration_pacavit import load_id2label
+    from .configuration_pacavit_mask_rcnn import PaCaViTMaskRCNNConfig
+
+    backbone = PaCaViTConfig.from_dict(backbone_config.to_dict())
+    backbone.out_features = list(backbone.stage_names)
+    settings = _detector_head_sizes(source) if source is not None else {"num_labels": 80}
+    num_labels = settings.pop("num_labels")
+    names = [str(name) for name in class_names] if class_names is not None else []
+    if len(names) == num_labels:
+        id2label = dict(enumerate(names))
+    elif num_labels == 80:
+        id2label = load_id2label("coco")
+    else:
+        id2label = {index: f"LABEL_{index}" for index in range(num_labels)}
+    options = dict(backbone_config=backbone, id2label=id2label,
+                   label2id={label: index for index, label in id2label.items()}, **settings)
+    options.update(kwargs)
+    return PaCaViTMaskRCNNConfig(**options)
+
+
+def _detector_head_sizes(source: dict[str, torch.Tensor]) -> dict:
+    """The head sizes of an mmdet Mask R-CNN state dict, as `PaCaViTMaskRCNNConfig` arguments (and `num_labels`)."""
+    needed = {
+        "fpn_hidden_size": ("neck.lateral_convs.0.conv.weight", 0),
+        "rpn_hidden_size": ("rpn_head.rpn_conv.weight", 0),
+        "box_head_hidden_size": ("roi_head.bbox_head.shared_fcs.0.weight", 0),
+        "mask_head_hidden_size": ("roi_head.mask_head.convs.0.conv.weight", 0),
+        "num_labels": ("roi_head.bbox_head.fc_cls.weight", 0),
+    }
+    missing = [key for key, _ in needed.values() if key not in source]
+    if missing:
+        raise ConversionError(
+            f"The checkpoint is not an mmdet Mask R-CNN with an FPN, an RPN and box / mask heads: it has no "
+            f"{', '.join(missing)}."
+        )
+    settings = {name: source[key].shape[dim] for name, (key, dim) in needed.items()}
+    settings["num_labels"] -= 1  # mmdet's box classifier has a background column (the last)
+    mask_classes = source.get("roi_head.mask_head.conv_logits.weight")
+    if mask_classes is not None and mask_classes.shape[0] != settings["num_labels"]:
+        raise ConversionError(
+            f"The checkpoint's box classifier has {settings['num_labels']} classes (+ background) but its mask head "
+            f"(roi_head.mask_head.conv_logits.weight) has {mask_classes.shape[0]}; mmdet's Mask R-CNN has one mask "
+            "per class."
+        )
+    settings["num_mask_head_convs"] = len(
+        {key.split(".")[3] for key in source if key.startswith("roi_head.mask_head.convs.")}
+    )
+    box_inputs = source["roi_head.bbox_head.shared_fcs.0.weight"].shape[1] // settings["fpn_hidden_size"]
+    side = math.isqrt(box_inputs)
+    if side * side == box_inputs:  # else the strict conversion names the mis-shaped tensor
+        settings["box_roi_output_size"] = side
+    return settings
+
+
+def class_names_in_meta(meta) -> list[str] | None:
+    """The class names an mmdet checkpoint's `meta` records (`dataset_meta.classes` in mmdet 3, `CLASSES` in mmdet 2),
+    or None."""
+    if not isinstance(meta, dict):
+        return None
+    dataset_meta = meta.get("dataset_meta")
+    names = dataset_meta.get("classes") if isinstance(dataset_meta, dict) else meta.get("CLASSES")
+    if isinstance(names, (list, tuple)) and names and all(isinstance(name, str) for name in names):
+        return list(names)
+    return None
+
+
 def official_config(name: str):
     """The full config of an official release: `PaCaViTConfig.from_official_name`, or for an UperNet segmentor
-    (`upernet_...`) the `UperNetConfig` around that PaCa-ViT backbone with the authors' head settings."""
+    (`upernet_...`) the `UperNetConfig` around that PaCa-ViT backbone with the authors' head settings, or for a COCO
+    Mask R-CNN (`mask_rcnn_...`) the `PaCaViTMaskRCNNConfig` around it (COCO's 80 classes)."""
     config = PaCaViTConfig.from_official_name(name)
-    if any(release.official_name == name and release.form == UPERNET for release in RELEASES):
+    form = next((release.form for release in RELEASES if release.official_name == name), None)
+    if form == UPERNET:
         return upernet_config(config)
+    if form == DETECTOR:
+        return detector_config(config)
     return config
 
 
-def build_config(config, source: dict[str, torch.Tensor], task: str = "image-classification"):
+def build_config(config, source: dict[str, torch.Tensor], task: str = "image-classification", class_names=None):
     """The config named by `config` (official name, config.json path or object) with `num_labels` from the
     checkpoint's head. For an UperNet checkpoint, the `UperNetConfig` around that PaCa-ViT backbone config (its heads'
-    sizes from the checkpoint); a config.json may also be an `UperNetConfig`'s."""
+    sizes from the checkpoint); a config.json may also be an `UperNetConfig`'s. For an mmdet Mask R-CNN checkpoint
+    with `task="instance-segmentation"`, the `PaCaViTMaskRCNNConfig` around the backbone config ([`detector_config`]:
+    head sizes and classes from the checkpoint, names from `class_names`); with `task="backbone"`, the backbone's."""
     from transformers import UperNetConfig
 
-    if isinstance(config, (PaCaViTConfig, UperNetConfig)):
+    from .configuration_pacavit_mask_rcnn import PaCaViTMaskRCNNConfig
+
+    detector = is_detector_checkpoint(source)
+    if detector and task not in (INSTANCE_SEGMENTATION, BACKBONE):
+        heads = summarize_prefixes(key for key in source if key.startswith(DETECTOR_PREFIXES))
+        raise ConversionError(
+            f"The checkpoint is an mmdet detector (besides its backbone: {heads}): convert it with --task "
+            f"{INSTANCE_SEGMENTATION} (the whole Mask R-CNN) or --task {BACKBONE} (its backbone alone), not --task "
+            f"{task}."
+        )
+    if task == INSTANCE_SEGMENTATION and not detector:
+        raise ConversionError(
+            f"--task {INSTANCE_SEGMENTATION} converts an mmdet Mask R-CNN checkpoint (keys under backbone., neck., "
+            "rpn_head. and roi_head.); this checkpoint has no detector heads."
+        )
+    if isinstance(config, (PaCaViTConfig, UperNetConfig, PaCaViTMaskRCNNConfig)):
         config = type(config).from_dict(config.to_dict())
     elif str(config) in OFFICIAL_NAMES:
         config = official_config(str(config))
@@ -496,12 +702,22 @@ def build_config(config, source: dict[str, torch.Tensor], task: str = "image-cla
                 f"--config {str(config)!r} is not a readable transformers config.json ({type(error).__name__}: "
                 f"{str(error)[:300]})."
             ) from error
-        if not isinstance(config, (PaCaViTConfig, UperNetConfig)):
-            raise ConversionError(f"--config holds a {type(config).__name__}, not a PaCa-ViT or UperNet config.")
+        if not isinstance(config, (PaCaViTConfig, UperNetConfig, PaCaViTMaskRCNNConfig)):
+            raise ConversionError(
+                f"--config holds a {type(config).__name__}, not a PaCa-ViT, UperNet or PaCa-ViT Mask R-CNN config."
+            )
     else:
         raise ConversionError(
             f"--config {str(config)!r} is neither an official name ({', '.join(OFFICIAL_NAMES)}) nor a config.json."
         )
+    if isinstance(config, PaCaViTMaskRCNNConfig):
+        config = config.backbone_config
+    if task == INSTANCE_SEGMENTATION:
+        if not isinstance(config, PaCaViTConfig):
+            raise ConversionError(
+                f"--config for a Mask R-CNN must be a PaCa-ViT config, not a {type(config).__name__}."
+            )
+        return detector_config(config, source, class_names)
     if isinstance(config, UperNetConfig) or is_upernet_checkpoint(source):
         if task != "semantic-segmentation":
             raise ConversionError(f"An UperNet segmentor converts with --task semantic-segmentation, not {task}.")
@@ -526,10 +742,14 @@ def build_model(config, task: str):
         "semantic-segmentation": "PaCaViTForSemanticSegmentation",
         "backbone": "PaCaViTBackbone",
     }
-    if task not in classes:
+    if task not in classes and task != INSTANCE_SEGMENTATION:
         raise ConversionError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
     if isinstance(config, UperNetConfig):
         return UperNetForSemanticSegmentation(config)
+    if task == INSTANCE_SEGMENTATION:
+        from .modeling_pacavit_mask_rcnn import PaCaViTMaskRCNNForInstanceSegmentation
+
+        return PaCaViTMaskRCNNForInstanceSegmentation(config)
     return getattr(modeling_pacavit, classes[task])(config)
 
 
@@ -537,13 +757,16 @@ def _clustering_type(config) -> str:
     return getattr(config, "backbone_config", config).clustering_type
 
 
-def convert_source(source: dict[str, torch.Tensor], config, task: str):
+def convert_source(source: dict[str, torch.Tensor], config, task: str, class_names=None):
     """Our model (eval mode) holding exactly the tensors of `source` (an authors' state dict) and the keys left out by
-    design (mmseg's auxiliary head for the PaCa segmentor; a detector's neck and heads), which are logged by prefix
-    and count."""
-    config = build_config(config, source, task)
+    design (mmseg's auxiliary head for the PaCa segmentor; a detector's neck and heads with `task="backbone"`), which
+    are logged by prefix and count. `class_names` names a detector's classes (see [`detector_config`])."""
+    config = build_config(config, source, task, class_names)
     model = build_model(config, task)
-    weights, unused = convert_state_dict(source, model, _clustering_type(config))
+    if task == INSTANCE_SEGMENTATION:
+        weights, unused = convert_detector_state_dict(source, model, _clustering_type(config)), []
+    else:
+        weights, unused = convert_state_dict(source, model, _clustering_type(config))
     if unused:
         logger.warning(f"Not converted ({len(unused)} tensors, no part of this model): {summarize_prefixes(unused)}")
     model.load_state_dict(weights, strict=True)
@@ -552,4 +775,5 @@ def convert_source(source: dict[str, torch.Tensor], config, task: str):
 
 def convert_model(checkpoint: str | os.PathLike, config, task: str):
     """Read one of the authors' checkpoints and return our model (eval mode) holding exactly its weights."""
-    return convert_source(load_checkpoint(checkpoint), config, task)[0]
+    source, class_names = load_checkpoint(checkpoint, with_class_names=True)
+    return convert_source(source, config, task, class_names)[0]

@@ -6,17 +6,24 @@ logger = logging.getLogger(__name__)
 
 
 def default_image_processor(task: str = "image-classification"):
-    """The authors' evaluation transform for `task` as a `PaCaViTImageProcessor`:
+    """The authors' evaluation transform for `task` as an image processor:
 
     * `"semantic-segmentation"`: mmseg's ADE20k evaluation (`Resize(scale=(2048, 512), keep_ratio=True)`), a
       bilinear resize of the shorter side to 512 with the longer side capped at 2048, without antialiasing (OpenCV's
       `INTER_LINEAR`, which mmcv uses), the whole image (no crop), labels reduced (0 = "other" becomes the ignored
       255);
+    * `"instance-segmentation"` (the Mask R-CNN detectors): mmdetection's COCO test transform,
+      [`PaCaViTMaskRCNNImageProcessor`]'s defaults;
     * any other task: the ImageNet evaluation transform (the processor's defaults).
     """
     from transformers.image_utils import PILImageResampling
 
     from .image_processing_pacavit import PaCaViTImageProcessor
+
+    if task == "instance-segmentation":
+        from .image_processing_pacavit_mask_rcnn import PaCaViTMaskRCNNImageProcessor
+
+        return PaCaViTMaskRCNNImageProcessor()
 
     if task == "semantic-segmentation":
         return PaCaViTImageProcessor(

@@ -19,14 +19,16 @@ RELEASE_URL_PREFIX = "https://github.com/iVMCL/PaCaViT/releases/download/pacavit
 CLASSIFIER = "classifier"  # PaCaViTForImageClassification
 SEGMENTOR = "segmentor"  # PaCaViTForSemanticSegmentation (the paper's PaCa head)
 UPERNET = "upernet"  # transformers' UperNetForSemanticSegmentation over a PaCaViTBackbone
-BACKBONE = "backbone"  # PaCaViTBackbone extracted from a detector transformers cannot run (Mask R-CNN)
-FORMS = (CLASSIFIER, SEGMENTOR, UPERNET, BACKBONE)
+DETECTOR = "detector"  # PaCaViTMaskRCNNForInstanceSegmentation (the authors' COCO Mask R-CNN, whole)
+BACKBONE = "backbone"  # PaCaViTBackbone extracted from a downstream model (`--task backbone`)
+FORMS = (CLASSIFIER, SEGMENTOR, UPERNET, DETECTOR, BACKBONE)
 
 # The converter's task for each form (`scripts/convert_official_checkpoint.py --task`).
 FORM_TASKS = {
     CLASSIFIER: "image-classification",
     SEGMENTOR: "semantic-segmentation",
     UPERNET: "semantic-segmentation",
+    DETECTOR: "instance-segmentation",
     BACKBONE: "backbone",
 }
 
@@ -103,12 +105,12 @@ class Release:
     @property
     def dataset(self) -> str:
         return {CLASSIFIER: "imagenet-1k", SEGMENTOR: "scene_parse_150", UPERNET: "scene_parse_150",
-                BACKBONE: "detection-datasets/coco"}[self.form]
+                DETECTOR: "detection-datasets/coco", BACKBONE: "detection-datasets/coco"}[self.form]
 
     @property
     def label_set(self) -> str | None:
         """The class names of the release's head (`"imagenet-1k"` or `"ade20k"`, files shipped in `paca_hf/data`);
-        None for a backbone, and for UperNet, whose labels are the UperNet config's."""
+        None for a backbone, and for UperNet and the detectors, whose labels are the UperNet / detector config's."""
         return {CLASSIFIER: "imagenet-1k", SEGMENTOR: "ade20k"}.get(self.form)
 
     def config_kwargs(self) -> dict:
@@ -129,7 +131,7 @@ class Release:
             kwargs["drop_path_rate"] = architecture.drop_path_rate
         if self.form != CLASSIFIER:
             kwargs["out_features"] = [f"stage{index}" for index in range(1, num_stages + 1)]
-            if self.form != BACKBONE:
+            if self.form not in (BACKBONE, DETECTOR):
                 kwargs["image_size"] = 512
         return kwargs
 
@@ -220,20 +222,21 @@ RELEASES: tuple[Release, ...] = (
     _downstream("upernet_pacavit_base_p2cconv_100_0_512x512_160k_ade20k", UPERNET, "pacavit_base_p2cconv_100_0",
                 Architecture("base", "conv", _DOWNSTREAM, drop_path_rate=0.1), "pacavit-base-upernet-ade20k",
                 "PaCa-Base (conv) + UperNet", 49.67, 77.2, 264.1),
-    # COCO Mask R-CNN 1x: transformers has no Mask R-CNN, so only the backbone (ImageNet cluster counts) is kept.
-    _downstream("mask_rcnn_pacavit_tiny_p2cconv_100_0_mstrain_480_800_1x_coco", BACKBONE, "pacavit_tiny_p2cconv_100_0",
-                Architecture("tiny", "conv", _CONV100[1], drop_path_rate=0.1), "pacavit-tiny-coco-backbone",
+    # COCO Mask R-CNN 1x, whole (PaCaViTMaskRCNNForInstanceSegmentation); the backbone keeps the ImageNet cluster
+    # counts.
+    _downstream("mask_rcnn_pacavit_tiny_p2cconv_100_0_mstrain_480_800_1x_coco", DETECTOR, "pacavit_tiny_p2cconv_100_0",
+                Architecture("tiny", "conv", _CONV100[1], drop_path_rate=0.1), "pacavit-tiny-coco",
                 "PaCa-Tiny (conv) + Mask R-CNN", None, 32.0, 252, result="43.3 box AP / 39.6 mask AP"),
-    _downstream("mask_rcnn_pacavit_small_p2cconv_100_0_mstrain_480_800_1x_coco", BACKBONE,
+    _downstream("mask_rcnn_pacavit_small_p2cconv_100_0_mstrain_480_800_1x_coco", DETECTOR,
                 "pacavit_small_p2cconv_100_0", Architecture("small", "conv", _CONV100[1], drop_path_rate=0.1),
-                "pacavit-small-coco-backbone", "PaCa-Small (conv) + Mask R-CNN", None, 41.8, 296,
+                "pacavit-small-coco", "PaCa-Small (conv) + Mask R-CNN", None, 41.8, 296,
                 result="46.4 box AP / 41.8 mask AP"),
-    _downstream("mask_rcnn_pacavit_small_p2cmlp_100_0_mstrain_480_800_1x_coco", BACKBONE,
+    _downstream("mask_rcnn_pacavit_small_p2cmlp_100_0_mstrain_480_800_1x_coco", DETECTOR,
                 "pacavit_small_p2cmlp_100_0", Architecture("small", "mlp", _CONV100[1], drop_path_rate=0.1),
-                "pacavit-small-mlp-coco-backbone", "PaCa-Small (mlp) + Mask R-CNN", None, 42.4, 303,
+                "pacavit-small-mlp-coco", "PaCa-Small (mlp) + Mask R-CNN", None, 42.4, 303,
                 result="46.6 box AP / 41.9 mask AP"),
-    _downstream("mask_rcnn_pacavit_base_p2cconv_100_0_mstrain_480_800_1x_coco", BACKBONE, "pacavit_base_p2cconv_100_0",
-                Architecture("base", "conv", _CONV100[1], drop_path_rate=0.1), "pacavit-base-coco-backbone",
+    _downstream("mask_rcnn_pacavit_base_p2cconv_100_0_mstrain_480_800_1x_coco", DETECTOR, "pacavit_base_p2cconv_100_0",
+                Architecture("base", "conv", _CONV100[1], drop_path_rate=0.1), "pacavit-base-coco",
                 "PaCa-Base (conv) + Mask R-CNN", None, 66.6, 373, result="48.0 box AP / 42.9 mask AP"),
 )
 
@@ -250,7 +253,8 @@ def get_release(name: str) -> Release:
 
 
 def releases_of(form: str) -> list[Release]:
-    """The releases that take this form (`CLASSIFIER`, `SEGMENTOR`, `UPERNET` or `BACKBONE`), in table order."""
+    """The releases that take this form (`CLASSIFIER`, `SEGMENTOR`, `UPERNET`, `DETECTOR` or `BACKBONE`), in table
+    order."""
     if form not in FORMS:
         raise ValueError(f"Unknown form {form!r}; choose one of {', '.join(FORMS)}.")
     return [release for release in RELEASES if release.form == form]

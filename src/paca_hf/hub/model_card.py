@@ -5,7 +5,9 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from ..releases import BACKBONE, CLASSIFIER, RELEASES, SEGMENTOR, UPERNET, Architecture, Release, get_release
+from ..releases import (
+    BACKBONE, CLASSIFIER, DETECTOR, RELEASES, SEGMENTOR, UPERNET, Architecture, Release, get_release
+)
 from .errors import PublishError
 
 
@@ -24,12 +26,14 @@ _FORM_TEXT = {
     CLASSIFIER: "classifier (ImageNet-1k)",
     SEGMENTOR: "segmentor, PaCa head (ADE20k)",
     UPERNET: "segmentor, UperNet (ADE20k)",
+    DETECTOR: "detector, Mask R-CNN (COCO)",
     BACKBONE: "backbone of a Mask R-CNN (COCO)",
 }
 _PIPELINE_TAGS = {
     CLASSIFIER: "image-classification",
     SEGMENTOR: "image-segmentation",
     UPERNET: "image-segmentation",
+    DETECTOR: "image-segmentation",
     BACKBONE: "image-feature-extraction",
 }
 
@@ -114,6 +118,21 @@ image = Image.open("image.jpg")  # any mode: the processor decodes 16-bit, palet
 for segment in segmenter(image):
     share = sum(1 for value in segment["mask"].getdata() if value) / (image.width * image.height)
     print(f"{{segment['label']}}: {{share:.1%}} of the pixels")
+""",
+    DETECTOR: """\
+from PIL import Image
+from transformers import pipeline
+
+repo_id = "{repo_id}"
+image = Image.open("image.jpg")  # any mode: the processor decodes 16-bit, palette, CMYK and EXIF orientation
+# Boxes, in the image's pixels.
+detector = pipeline("object-detection", model=repo_id, trust_remote_code=True)
+for detection in detector(image, threshold=0.5):
+    print(detection["label"], round(detection["score"], 3), detection["box"])
+# Instance masks (one PIL mask per instance; where masks overlap, the higher score keeps the pixel).
+segmenter = pipeline("image-segmentation", model=repo_id, subtask="instance", trust_remote_code=True)
+for instance in segmenter(image, threshold=0.5):
+    print(instance["label"], round(instance["score"], 3), instance["mask"].size)
 """,
     BACKBONE: """\
 import torch
@@ -230,11 +249,11 @@ def render_model_card(
     template = Path(template_path).read_text(encoding="utf-8") if template_path else model_card_template()
     official = is_official(release)
     if num_labels is None:
-        num_labels = {CLASSIFIER: 1000, SEGMENTOR: 150, UPERNET: 150}.get(release.form)
+        num_labels = {CLASSIFIER: 1000, SEGMENTOR: 150, UPERNET: 150, DETECTOR: 80}.get(release.form)
     if release.form == BACKBONE and not_converted is None:
         not_converted = "the `neck.`, `rpn_head.` and `roi_head.` tensors of the checkpoint"
     metric_label = {CLASSIFIER: "ImageNet-1k top-1 (224x224)", SEGMENTOR: "ADE20k mIoU (single-scale, 512x512)",
-                    UPERNET: "ADE20k mIoU (single-scale, 512x512)",
+                    UPERNET: "ADE20k mIoU (single-scale, 512x512)", DETECTOR: "COCO val2017, Mask R-CNN 1x",
                     BACKBONE: "COCO val2017, whole Mask R-CNN 1x detector"}[release.form]
     return ModelCard.from_template(
         model_card_data(release),
@@ -245,7 +264,7 @@ def render_model_card(
         metric_label=metric_label,
         result_text=result_text(release) if release.result else (
             f"{release.metric}%" if release.metric is not None else "not published"),
-        resolution={CLASSIFIER: "224x224", BACKBONE: "1280x800"}.get(release.form, "512x512"),
+        resolution={CLASSIFIER: "224x224", BACKBONE: "1280x800", DETECTOR: "1280x800"}.get(release.form, "512x512"),
         num_labels=f"{num_labels:,}" if num_labels else "",
         num_parameters=f"{num_parameters:,}",
         backbone_repo=_backbone_repo(release),

@@ -30,6 +30,13 @@ REMOTE_CODE_MODULES = (
     "configuration_pacavit", "modeling_pacavit", "image_processing_pacavit", "image_processing_pil_pacavit"
 )
 IMAGE_PROCESSOR_CLASS = "image_processing_pacavit.PaCaViTImageProcessor"
+# A detector's repo (task "instance-segmentation") ships these too; the detector is built from torchvision's
+# detection parts, so there torchvision is a requirement like transformers.
+INSTANCE_SEGMENTATION = "instance-segmentation"
+DETECTOR_REMOTE_CODE_MODULES = (
+    "configuration_pacavit_mask_rcnn", "modeling_pacavit_mask_rcnn", "image_processing_pacavit_mask_rcnn"
+)
+DETECTOR_IMAGE_PROCESSOR_CLASS = "image_processing_pacavit_mask_rcnn.PaCaViTMaskRCNNImageProcessor"
 # Top-level packages the copied files may import (besides the standard library): transformers and its own
 # dependencies, which every environment that can load the repo has.
 ALLOWED_IMPORTS = frozenset({"torch", "transformers", "huggingface_hub", "numpy", "PIL", "safetensors"})
@@ -50,14 +57,17 @@ def _optional_import_lines(tree: ast.AST) -> set[int]:
     return lines
 
 
-def remote_code_files(package_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The source files a repo needs for `trust_remote_code=True`: `REMOTE_CODE_MODULES` and, recursively, every
-    module they import relatively. Raises `PublishError` if any of them imports something that a machine without
-    `paca_hf` may lack (`paca_hf` itself included) or uses a relative import transformers' loader cannot follow."""
+def remote_code_files(package_dir: str | os.PathLike | None = None, task: str | None = None) -> list[Path]:
+    """The source files a repo needs for `trust_remote_code=True`: `REMOTE_CODE_MODULES` (and for `task`
+    "instance-segmentation" `DETECTOR_REMOTE_CODE_MODULES`) and, recursively, every module they import relatively.
+    Raises `PublishError` if any of them imports something that a machine without `paca_hf` may lack (`paca_hf`
+    itself included) or uses a relative import transformers' loader cannot follow."""
     package_dir = Path(package_dir) if package_dir else PACKAGE_DIR
-    pending = [module for module in REMOTE_CODE_MODULES if (package_dir / f"{module}.py").is_file()]
+    detector = task == INSTANCE_SEGMENTATION
+    modules = REMOTE_CODE_MODULES + (DETECTOR_REMOTE_CODE_MODULES if detector else ())
+    pending = [module for module in modules if (package_dir / f"{module}.py").is_file()]
     seen, problems = {}, []
-    allowed = ALLOWED_IMPORTS | set(sys.stdlib_module_names)
+    allowed = ALLOWED_IMPORTS | set(sys.stdlib_module_names) | (OPTIONAL_IMPORTS if detector else frozenset())
     while pending:
         module = pending.pop(0)
         if module in seen:
@@ -106,8 +116,16 @@ def auto_map(task: str) -> dict[str, str]:
         SEGMENTATION: {"AutoModelForSemanticSegmentation": "modeling_pacavit.PaCaViTForSemanticSegmentation"},
         "backbone": {},
     }
+    if task == INSTANCE_SEGMENTATION:
+        detector = "modeling_pacavit_mask_rcnn.PaCaViTMaskRCNNForInstanceSegmentation"
+        return {
+            "AutoConfig": "configuration_pacavit_mask_rcnn.PaCaViTMaskRCNNConfig",
+            "AutoModelForInstanceSegmentation": detector,
+            "AutoModelForObjectDetection": detector,
+            "AutoImageProcessor": DETECTOR_IMAGE_PROCESSOR_CLASS,
+        }
     if task not in heads:
-        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(heads)}.")
+        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join([*heads, INSTANCE_SEGMENTATION])}.")
     return {
         "AutoConfig": "configuration_pacavit.PaCaViTConfig",
         "AutoModel": "modeling_pacavit.PaCaViTModel",
@@ -128,13 +146,14 @@ def add_remote_code(folder: str | os.PathLike, task: str) -> list[Path]:
     `preprocessor_config.json` (what transformers' `register_for_auto_class` produces). Returns the copied files."""
     folder = Path(folder)
     copied = []
-    for source in remote_code_files():
+    for source in remote_code_files(task=task):
         shutil.copyfile(source, folder / source.name)
         copied.append(folder / source.name)
-    _update_json(folder / "config.json", auto_map=auto_map(task))
+    entries = auto_map(task)
+    _update_json(folder / "config.json", auto_map=entries)
     _update_json(
         folder / "preprocessor_config.json",
-        auto_map={"AutoImageProcessor": IMAGE_PROCESSOR_CLASS},
+        auto_map={"AutoImageProcessor": entries["AutoImageProcessor"]},
     )
     return copied
 
@@ -146,7 +165,10 @@ def check_inputs(config) -> torch.Tensor:
 
 
 def main_output(outputs) -> torch.Tensor:
-    """The output a check compares: logits, the last feature map of a backbone, or the last hidden state."""
+    """The output a check compares: logits, the last feature map of a backbone, a detector's FPN levels (flattened and
+    concatenated: dense, unlike its detections, which may be empty), or the last hidden state."""
+    if getattr(outputs, "fpn_hidden_states", None) is not None:
+        return torch.cat([level.flatten() for level in outputs.fpn_hidden_states])
     if getattr(outputs, "logits", None) is not None:
         return outputs.logits
     if getattr(outputs, "feature_maps", None) is not None:
@@ -198,7 +220,8 @@ _REMOTE_CHECK = textwrap.dedent(
     folder, task, inputs, outputs, threads = sys.argv[1:6]
     torch.set_num_threads(int(threads))
     auto = {"image-classification": "AutoModelForImageClassification", "backbone": "AutoBackbone",
-            "semantic-segmentation": "AutoModelForSemanticSegmentation"}[task]
+            "semantic-segmentation": "AutoModelForSemanticSegmentation",
+            "instance-segmentation": "AutoModelForInstanceSegmentation"}[task]
     if task == "backbone":
         # AutoBackbone.from_pretrained looks the id up on the Hub first (no local folders): load the class it names.
         from transformers.dynamic_module_utils import get_class_from_dynamic_module
@@ -215,7 +238,10 @@ _REMOTE_CHECK = textwrap.dedent(
     image = np.arange(48 * 40 * 3, dtype=np.uint8).reshape(48, 40, 3)
     with torch.no_grad():
         result = model(load_file(inputs)["pixel_values"])
-    logits = result.logits if task != "backbone" else result.feature_maps[-1]
+    if task == "instance-segmentation":
+        logits = torch.cat([level.flatten() for level in result.fpn_hidden_states])
+    else:
+        logits = result.logits if task != "backbone" else result.feature_maps[-1]
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
     save_file({"logits": logits.contiguous(), "processed": pixel_values.contiguous()}, outputs)
     """

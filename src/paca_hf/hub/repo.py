@@ -18,7 +18,9 @@ from ..convert import (
 )
 from ..file_utils import check_replaceable_dir, sha256sum, write_dir_atomically, write_text_atomically
 from ..loading import default_image_processor
-from ..releases import BACKBONE, CLASSIFIER, OFFICIAL_NAMES, SEGMENTOR, UPERNET, Release, get_release
+from ..releases import (
+    BACKBONE, CLASSIFIER, DETECTOR, FORM_TASKS, OFFICIAL_NAMES, SEGMENTOR, UPERNET, Release, get_release
+)
 from .errors import PublishError
 from .model_card import check_model_card, custom_release, is_official, render_model_card
 from .remote_code import (
@@ -41,7 +43,7 @@ def repo_files(form: str) -> tuple[str, ...]:
     the PaCa-ViT backbone inside is registered by `import paca_hf` (remote code cannot name a backbone's class)."""
     if form == UPERNET:
         return BASE_FILES
-    return BASE_FILES + tuple(path.name for path in remote_code_files())
+    return BASE_FILES + tuple(path.name for path in remote_code_files(task=FORM_TASKS[form]))
 
 
 REPO_FILES = repo_files(CLASSIFIER)
@@ -55,6 +57,8 @@ def form_of(model) -> str:
 
     if isinstance(model, UperNetForSemanticSegmentation):
         return UPERNET
+    if type(model).__name__ == "PaCaViTMaskRCNNForInstanceSegmentation":  # not imported: it needs torchvision
+        return DETECTOR
     if isinstance(model, PaCaViTBackbone):
         return BACKBONE
     return CLASSIFIER if isinstance(model, PaCaViTForImageClassification) else SEGMENTOR
@@ -149,7 +153,7 @@ def write_repo(model, release: Release, output_dir, checkpoint=None, not_convert
     return BuiltRepo(folder=folder, files=files, model=model, not_converted=list(not_converted))
 
 
-_EXPECTED_LABELS = {CLASSIFIER: 1000, SEGMENTOR: 150, UPERNET: 150}
+_EXPECTED_LABELS = {CLASSIFIER: 1000, SEGMENTOR: 150, UPERNET: 150, DETECTOR: 80}
 
 
 def build_repo(checkpoint, release: Release | str, output_dir, config=None, remote_code_check: bool = True):
@@ -157,8 +161,9 @@ def build_repo(checkpoint, release: Release | str, output_dir, config=None, remo
     `config` defaults to the release's official config."""
     release = get_release(release) if isinstance(release, str) else release
     check_output_dir(output_dir, checkpoint)
-    model, unused = convert_source(load_checkpoint(checkpoint), release.official_name if config is None else config,
-                                   release.task)
+    source, class_names = load_checkpoint(checkpoint, with_class_names=True)
+    model, unused = convert_source(source, release.official_name if config is None else config, release.task,
+                                   class_names)
     expected = _EXPECTED_LABELS.get(release.form)
     if config is None and expected is not None and model.config.num_labels != expected:
         raise ConversionError(
@@ -177,7 +182,8 @@ def convert_checkpoint(checkpoint, config, output_dir, task: str = "image-classi
     release's; otherwise it says the model is not an official release and carries no published numbers. Nothing is
     written unless the conversion is exact and the folder passed its checks; nothing is uploaded unless written."""
     check_output_dir(output_dir, checkpoint)
-    model, unused = convert_source(load_checkpoint(checkpoint), config, task)
+    source, class_names = load_checkpoint(checkpoint, with_class_names=True)
+    model, unused = convert_source(source, config, task, class_names)
     form = form_of(model)
     repo_id = push_to_hub or str(output_dir)
     if isinstance(config, (str, os.PathLike)) and str(config) in OFFICIAL_NAMES:
