@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
@@ -14,6 +16,7 @@ from paca_hf.training.detection import (
     evaluate_coco_results,
     image_files,
     load_coco_annotations,
+    predict_coco_images,
     write_coco_results,
 )
 
@@ -240,3 +243,93 @@ def test_mask_ap_sizes_a_detection_by_its_mask_not_its_box():
     # Among small objects the stray mask (304 px) is a false positive ranked above the true one: precision 1/2 at
     # recall 1, AP 0.5. Sized by its 40 x 40 box it would fall outside "small" and be ignored (APs 1).
     assert evaluate_coco_results(coco, results, ["segm"])["segm"]["APs"] == pytest.approx(0.5, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ inference loop
+
+
+class TruthAsDetections(torch.nn.Module):
+    """Stands in for the detector, with its eval output (`pred_boxes` xyxy in `pixel_values` pixels, `scores`,
+    `labels` -1 on padding rows, `mask_logits`, `image_sizes`): each image's annotated boxes, scaled to the size the
+    processor resized it to, a mask that fills the box, and one padding row."""
+
+    def __init__(self, coco, label_of_category):
+        super().__init__()
+        self.coco, self.label_of_category = coco, label_of_category
+        self.image_ids = iter(sorted(coco.imgs))  # the loop runs the images in id order
+
+    def forward(self, pixel_values, image_sizes):
+        batch = pixel_values.shape[0]
+        rows = max(len(self.coco.getAnnIds(imgIds=i)) for i in self.coco.imgs) + 1
+        boxes, scores = torch.zeros(batch, rows, 4), torch.zeros(batch, rows)
+        labels = torch.full((batch, rows), -1, dtype=torch.int64)
+        for index, (height, width) in enumerate(image_sizes.tolist()):
+            image_id = next(self.image_ids)
+            info = self.coco.imgs[image_id]
+            scale = torch.tensor([width / info["width"], height / info["height"]] * 2)
+            for row, annotation in enumerate(self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id))):
+                x, y, w, h = annotation["bbox"]
+                boxes[index, row] = torch.tensor([x, y, x + w, y + h], dtype=torch.float32) * scale
+                scores[index, row] = 0.9 - 0.1 * row
+                labels[index, row] = self.label_of_category[annotation["category_id"]]
+        mask_logits = torch.full((batch, rows, 28, 28), 20.0)
+        return {
+            "pred_boxes": boxes,
+            "scores": scores,
+            "labels": labels,
+            "mask_logits": mask_logits,
+            "image_sizes": image_sizes,
+        }
+
+
+def _rectangles_folder(folder):
+    """A COCO folder of two noise images of different sizes holding rectangles (whose masks are their boxes)."""
+    sizes = {1: (64, 64), 2: (48, 80)}  # (height, width)
+    objects = [(1, 3, (10, 10, 10, 10)), (1, 17, (20, 16, 40, 40)), (2, 17, (4, 6, 30, 20)), (2, 3, (50, 20, 24, 24))]
+    annotations = []
+    for number, (image_id, category_id, (x, y, w, h)) in enumerate(objects, start=1):
+        mask = np.zeros(sizes[image_id], dtype=bool)
+        mask[y : y + h, x : x + w] = True
+        annotations.append(
+            {
+                "id": number,
+                "image_id": image_id,
+                "category_id": category_id,
+                "bbox": [x, y, w, h],
+                "area": w * h,
+                "iscrowd": 0,
+                "segmentation": _rle(mask),
+            }
+        )
+    dataset = _dataset(annotations)
+    rng = np.random.default_rng(0)
+    for image in dataset["images"]:
+        image["height"], image["width"] = sizes[image["id"]]
+        pixels = rng.integers(0, 256, size=(*sizes[image["id"]], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / image["file_name"])
+    (folder / "instances.json").write_text(json.dumps(dataset), encoding="utf-8")
+    return folder / "instances.json"
+
+
+def test_the_loop_maps_detections_back_to_the_annotated_images(tmp_path):
+    from paca_hf.image_processing_pacavit_mask_rcnn import PaCaViTMaskRCNNImageProcessor
+
+    coco = load_coco_annotations(_rectangles_folder(tmp_path))
+    # images resized by 1.5 and 1.6 (different sizes, padded into one batch): boxes must be scaled back per image
+    processor = PaCaViTMaskRCNNImageProcessor(size={"shortest_edge": 96, "longest_edge": 128})
+    model = TruthAsDetections(coco, {3: 1, 17: 0})
+    predictions = list(
+        predict_coco_images(model, processor, coco, tmp_path, batch_size=2, device="cpu", disable_progress=True)
+    )
+    assert [p["image_id"] for p in predictions] == [1, 2]
+    assert [len(p["labels"]) for p in predictions] == [2, 2]  # padding rows dropped
+    np.testing.assert_allclose(predictions[1]["boxes"][0].numpy(), [4, 6, 34, 26], atol=1e-4)
+    assert predictions[1]["masks"].shape == (2, 48, 80)
+    scores = evaluate_coco_results(coco, coco_results(predictions, coco, ID2LABEL))
+    for iou_type in ("bbox", "segm"):
+        assert scores[iou_type]["AP"] == pytest.approx(1.0, abs=1e-12), iou_type
+
+    # an image that is not the size the annotations give is named, not scored
+    Image.new("RGB", (80, 64)).save(tmp_path / "2.png")
+    with pytest.raises(ValueError, match=r"image 2 \(.*2.png\) is 80 x 64 px, the annotations say 80 x 48"):
+        list(predict_coco_images(TruthAsDetections(coco, {3: 1, 17: 0}), processor, coco, tmp_path, device="cpu"))
