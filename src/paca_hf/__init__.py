@@ -63,6 +63,7 @@ __all__ = [
 
 # The Mask R-CNN detector is built from torchvision's detection parts (the `vision` extra).
 if is_torchvision_available():
+    from .image_processing_pacavit_mask_rcnn import PaCaViTMaskRCNNImageProcessor
     from .modeling_pacavit_mask_rcnn import (
         PaCaViTMaskRCNNForInstanceSegmentation,
         PaCaViTMaskRCNNOutput,
@@ -73,8 +74,14 @@ if is_torchvision_available():
         PaCaViTMaskRCNNConfig, PaCaViTMaskRCNNForInstanceSegmentation, exist_ok=True
     )
     AutoModelForObjectDetection.register(PaCaViTMaskRCNNConfig, PaCaViTMaskRCNNForInstanceSegmentation, exist_ok=True)
+    # The detector's processor has only the torchvision backend (the detector needs torchvision anyway).
+    AutoImageProcessor.register(
+        PaCaViTMaskRCNNConfig, image_processor_classes={"torchvision": PaCaViTMaskRCNNImageProcessor}, exist_ok=True
+    )
+    AutoVideoProcessor.register(PaCaViTMaskRCNNConfig, video_processor_classes={}, exist_ok=True)
     __all__ += [
         "PaCaViTMaskRCNNForInstanceSegmentation",
+        "PaCaViTMaskRCNNImageProcessor",
         "PaCaViTMaskRCNNOutput",
         "PaCaViTMaskRCNNPreTrainedModel",
     ]
