@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tiny_configs import tiny_config
@@ -79,6 +80,21 @@ def test_the_script_scores_a_detector_as_pycocotools_does(detector, scenes, tmp_
     for iou_type in ("bbox", "segm"):
         expected = _pycocotools_scores(scenes / "instances.json", predictions, iou_type)
         assert [scores[iou_type][k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")] == pytest.approx(expected)
+
+    # A random detector scores 0 on the scenes. Against annotations made of its own detections (the same images,
+    # categories matched by name again), every detection finds itself: AP 1, through the whole chain once more.
+    truth = json.loads((scenes / "instances.json").read_text())
+    truth["annotations"] = [
+        {**r, "id": n, "area": float(mask_utils.area(r["segmentation"])), "iscrowd": 0}
+        for n, r in enumerate(results, start=1)
+        if mask_utils.area(r["segmentation"]) > 0
+    ]
+    assert len(truth["annotations"]) == len(results)  # no empty mask: each is matched by its own
+    (tmp_path / "truth.json").write_text(json.dumps(truth))
+    argv[argv.index("--annotations") + 1] = str(tmp_path / "truth.json")
+    assert main(argv) == 0
+    for iou_type in ("bbox", "segm"):
+        assert json.loads(output.read_text())[iou_type]["AP"] == pytest.approx(1.0, abs=1e-12)
 
 
 def test_bad_input_is_one_error_line_and_exit_status_2(detector, scenes, tmp_path, capsys):
