@@ -185,6 +185,27 @@ def test_bad_annotations_are_refused_naming_the_annotation(change, message):
         load_coco_annotations(_dataset([annotation]))
 
 
+def test_invalid_annotations_can_be_left_out_and_are_counted(caplog):
+    # the shape of annotation 918 of COCO's instances_train2017.json: a flat polygon, a box 0 px high
+    flat = {
+        "id": 918, "image_id": 1, "category_id": 17, "bbox": [29.65, 38.33, 1.03, 0.0], "area": 0.0, "iscrowd": 0,
+        "segmentation": [[29.65, 38.33, 29.65, 38.33, 30.68, 38.33, 30.68, 38.33]],
+    }  # fmt: skip
+    dataset = _dataset([_annotation(1, 1, 3, SMALL_CAT), flat])
+    with pytest.raises(ValueError, match="annotation 918: the box .* has no area .*--skip-invalid-annotations"):
+        load_coco_annotations(dataset)
+    with caplog.at_level("WARNING", logger="paca_hf.training.detection.evaluation"):
+        coco = load_coco_annotations(dataset, skip_invalid_annotations=True)
+    assert "left out 1 invalid annotations: annotation 918: the box" in caplog.text
+    assert sorted(coco.anns) == [1] and len(dataset["annotations"]) == 2  # the caller's data is left as it was
+    scores = evaluate_coco_results(coco, coco_results([_prediction(1, [(SMALL_CAT, 0.9, 1)])], coco, ID2LABEL))
+    assert scores["bbox"]["AP"] == pytest.approx(1.0, abs=1e-12)
+    # problems of the images or categories are not skipped
+    dataset["images"][1]["width"] = 0
+    with pytest.raises(ValueError, match="image 2: 'width' and 'height' must be positive"):
+        load_coco_annotations(dataset, skip_invalid_annotations=True)
+
+
 def test_files_missing_not_json_and_missing_images_are_named(tmp_path):
     with pytest.raises(ValueError, match="absent.json does not exist"):
         load_coco_annotations(tmp_path / "absent.json")

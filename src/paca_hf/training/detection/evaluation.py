@@ -120,23 +120,11 @@ def _segmentation_problems(segmentation, height: int, width: int) -> list[str]:
     return []
 
 
-def check_coco_annotations(dataset: Mapping) -> None:
-    """
-    Check a COCO instances file (its parsed JSON) before pycocotools reads it, whose own checks are asserts or
-    crashes far from the cause.
-
-    Raises:
-        `ValueError`: naming each problem found (the first 5 and how many there are): a missing `images`,
-            `annotations` or `categories` list; an image without an integer `id` or positive `width` / `height`, or
-            an id used twice; a category without `id` / `name`, or an id or name used twice (categories are matched
-            to the model's labels by name); an annotation whose `id` is not a positive integer or is used twice
-            (COCOeval marks matches by annotation id), whose `image_id` or `category_id` is unknown, whose `bbox`
-            has no area or reaches more than `BOX_TOLERANCE` px past the image's border, whose polygons have fewer
-            than 3 points or cover no pixel, or whose RLE mask's `size` is not the image's.
-    """
+def _find_problems(dataset: Mapping) -> tuple[list[str], dict[int, str]]:
+    """`(problems of the file, its images and categories; {position of a bad annotation: its problem})`."""
     missing = [key for key in ("images", "annotations", "categories") if not isinstance(dataset.get(key), list)]
     if missing:
-        raise ValueError(f"the annotation file has no {' / '.join(map(repr, missing))} list (COCO instances format)")
+        return [f"the annotation file has no {' / '.join(map(repr, missing))} list (COCO instances format)"], {}
     problems = []
     images = {}
     for position, image in enumerate(dataset["images"]):
@@ -158,20 +146,48 @@ def check_coco_annotations(dataset: Mapping) -> None:
             problems.append(f"category {category_id} ({name!r}): its id or name is used twice")
         category_ids.add(category_id)
         names.add(name)
-    annotation_ids = set()
+    bad, annotation_ids = {}, set()
     for position, annotation in enumerate(dataset["annotations"]):
-        problems += _annotation_problems(annotation, position, images, category_ids, annotation_ids)
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise ValueError("bad COCO annotations: " + "; ".join(problems[:5]) + more)
+        found = _annotation_problems(annotation, position, images, category_ids, annotation_ids)
+        if found:
+            bad[position] = found[0]
+    return problems, bad
 
 
-def load_coco_annotations(source):
+def _listed(problems: list[str]) -> str:
+    return "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+
+
+def check_coco_annotations(dataset: Mapping) -> None:
+    """
+    Check a COCO instances file (its parsed JSON) before pycocotools reads it, whose own checks are asserts or
+    crashes far from the cause.
+
+    Raises:
+        `ValueError`: naming each problem found (the first 5 and how many there are): a missing `images`,
+            `annotations` or `categories` list; an image without an integer `id` or positive `width` / `height`, or
+            an id used twice; a category without `id` / `name`, or an id or name used twice (categories are matched
+            to the model's labels by name); an annotation whose `id` is not a positive integer or is used twice
+            (COCOeval marks matches by annotation id), whose `image_id` or `category_id` is unknown, whose `bbox`
+            has no area or reaches more than `BOX_TOLERANCE` px past the image's border, whose polygons have fewer
+            than 3 points or cover no pixel, or whose RLE mask's `size` is not the image's.
+    """
+    problems, bad = _find_problems(dataset)
+    if problems or bad:
+        raise ValueError("bad COCO annotations: " + _listed(problems + list(bad.values())))
+
+
+def load_coco_annotations(source, skip_invalid_annotations: bool = False):
     """
     A `pycocotools.coco.COCO` index of a COCO instances file, checked by [`check_coco_annotations`] first.
 
     Args:
         source (`str`, `os.PathLike` or `dict`): the JSON file, or its parsed content.
+        skip_invalid_annotations (`bool`, defaults to `False`): leave out the annotations that fail the checks
+            (a box without area, a zero-area polygon, ...: COCO's train2017 has a few) instead of refusing the file,
+            with a warning that counts them and names the first ones. The scores then differ from pycocotools' on
+            the file as it is, which would count such objects as never found. Problems of the images or categories
+            are always errors.
     Raises:
         `ValueError`: the file is missing or not JSON, or the annotations are bad (each problem named).
     """
@@ -188,7 +204,13 @@ def load_coco_annotations(source):
             raise ValueError(f"the annotation file {os.fspath(source)} is not JSON: {error}") from None
         if not isinstance(dataset, dict):
             raise ValueError(f"the annotation file {os.fspath(source)} holds no JSON object (COCO instances format)")
-    check_coco_annotations(dataset)
+    problems, bad = _find_problems(dataset)
+    if problems or (bad and not skip_invalid_annotations):
+        hint = "" if problems else " (skip_invalid_annotations=True / --skip-invalid-annotations leaves them out)"
+        raise ValueError("bad COCO annotations: " + _listed(problems + list(bad.values())) + hint)
+    if bad:
+        logger.warning(f"left out {len(bad)} invalid annotations: {_listed(list(bad.values()))}")
+        dataset["annotations"] = [a for position, a in enumerate(dataset["annotations"]) if position not in bad]
     coco = coco_module.COCO()
     coco.dataset = dataset
     with _quiet():
@@ -498,11 +520,13 @@ def evaluate_coco_model(
     device: str | None = None,
     predictions_path=None,
     disable_progress: bool = False,
+    skip_invalid_annotations: bool = False,
 ) -> dict[str, dict]:
     """
     Box and mask AP of an instance-segmentation model folder (or Hub id) on a COCO-format folder: the model with
     `AutoModelForInstanceSegmentation`, its saved image processor, [`predict_coco_images`], [`coco_results`] and
     [`evaluate_coco_results`]. With `predictions_path`, the COCO results are written there (atomically).
+    `skip_invalid_annotations`: see [`load_coco_annotations`].
 
     Raises:
         `ValueError`: bad annotations or images (see [`load_coco_annotations`], [`predict_coco_images`]), labels of
@@ -515,7 +539,7 @@ def evaluate_coco_model(
 
     from ...loading import load_image_processor
 
-    coco = load_coco_annotations(annotations)
+    coco = load_coco_annotations(annotations, skip_invalid_annotations=skip_invalid_annotations)
     image_files(coco, images_dir)  # fail on missing files before loading the model
     model = AutoModelForInstanceSegmentation.from_pretrained(model_name_or_path)
     category_ids_by_label(model.config.id2label, coco)  # fail on unknown label names before inference
@@ -553,6 +577,8 @@ annotations hold no object of that size). `--predictions` writes the detections 
 [x, y, width, height], masks as compressed RLE), which COCO's evaluation server and `COCO.loadRes` read.
 Bad input (a missing or unreadable file, annotations that name unknown images or categories, boxes outside the
 image, polygons of zero area, labels that are no category) ends with one `error:` line and exit status 2.
+`--skip-invalid-annotations` leaves out the annotations that fail the checks instead (a warning counts them and
+names the first): the scores then differ from pycocotools' on the file as it is.
 """
 
 
@@ -566,6 +592,11 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--disable-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--skip-invalid-annotations",
+        action="store_true",
+        help="leave out annotations that fail the checks (counted in a warning) instead of stopping",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -588,6 +619,7 @@ def main(argv=None) -> int:
             device=args.device,
             predictions_path=args.predictions,
             disable_progress=args.disable_progress,
+            skip_invalid_annotations=args.skip_invalid_annotations,
         )
     except ValueError as error:
         print(f"error: {str(error).strip()}", file=sys.stderr)
