@@ -153,6 +153,12 @@ def test_unknown_label_names_and_label_ids_are_named():
         coco_results([_prediction(1, [(SMALL_CAT, 0.9, 5)])], coco, ID2LABEL)
     with pytest.raises(ValueError, match="image 9"):
         coco_results([_prediction(9, [(SMALL_CAT, 0.9, 1)])], coco, ID2LABEL)
+    probabilities = _prediction(1, [(SMALL_CAT, 0.9, 1)])
+    probabilities["masks"] = probabilities["masks"] * 0.8
+    with pytest.raises(ValueError, match="image 1: the masks are not binary"):
+        coco_results([probabilities], coco, ID2LABEL)
+    probabilities["masks"] = torch.from_numpy(probabilities["masks"] / 0.8).float()  # 0.0 / 1.0 are binary
+    assert len(coco_results([probabilities], coco, ID2LABEL)) == 1
     wrong_size = _prediction(1, [(SMALL_CAT, 0.9, 1)])
     wrong_size["masks"] = wrong_size["masks"][:, :32]
     with pytest.raises(ValueError, match="image 1: masks of shape"):

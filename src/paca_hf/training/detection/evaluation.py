@@ -274,6 +274,13 @@ def _as_numpy(value, dtype, what: str, image_id) -> np.ndarray:
     return array.astype(dtype, copy=False)
 
 
+def _is_float(value) -> bool:
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and hasattr(dtype, "is_floating_point"):
+        return bool(dtype.is_floating_point)
+    return np.asarray(value).dtype.kind in "fc"
+
+
 def coco_results(predictions: Iterable[Mapping], coco, id2label: Mapping) -> list[dict]:
     """
     Predictions in COCO's results format (what `COCO.loadRes` reads and COCO's evaluation server takes).
@@ -310,7 +317,13 @@ def coco_results(predictions: Iterable[Mapping], coco, id2label: Mapping) -> lis
         masks = prediction.get("masks")
         if masks is not None:
             height, width = coco.imgs[image_id]["height"], coco.imgs[image_id]["width"]
-            masks = _as_numpy(masks, bool, "masks", image_id)
+            masks = _as_numpy(masks, np.float32 if _is_float(masks) else bool, "masks", image_id)
+            if masks.dtype != bool:
+                if not ((masks == 0) | (masks == 1)).all():
+                    raise ValueError(
+                        f"image {image_id}: the masks are not binary (0 / 1); threshold probabilities or logits first"
+                    )
+                masks = masks.astype(bool)
             if masks.shape != (len(boxes), height, width):
                 raise ValueError(
                     f"image {image_id}: masks of shape {tuple(masks.shape)}, expected one {height} x {width} mask per "
