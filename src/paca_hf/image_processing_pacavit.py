@@ -37,7 +37,6 @@ except ImportError:
     """
 )
 class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
-
     valid_kwargs = PaCaViTImageProcessorKwargs
 
     def __init__(self, **kwargs: Unpack[PaCaViTImageProcessorKwargs]):
@@ -62,29 +61,18 @@ class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
         `NEAREST` (the PIL backend's and the authors' rule), so both backends give identical labels. PIL steps through
         the source in float64 increments of `in / out` starting at half a step and truncates; torchvision's
         `NEAREST_EXACT` multiplies instead, which lands one pixel further on exact ties (about 1 column in 200)."""
-        rows = self._nearest_source_indices(labels.shape[-2], size.height).to(labels.device)
-        cols = self._nearest_source_indices(labels.shape[-1], size.width).to(labels.device)
-        return labels.index_select(-2, rows).index_select(-1, cols)
-
-    @staticmethod
-    def _nearest_source_indices(length: int, new_length: int) -> "torch.Tensor":
-        step = length / new_length
-        steps = torch.full((new_length,), step, dtype=torch.float64)
-        steps[0] = 0.5 * step
-        return torch.cumsum(steps, 0).to(torch.int64).clamp_(max=length - 1)
+        indices = []
+        for length, new_length in zip(labels.shape[-2:], (size.height, size.width)):
+            steps = torch.full((new_length,), length / new_length, dtype=torch.float64)
+            steps[0] *= 0.5
+            indices.append(torch.cumsum(steps, 0).to(torch.int64).clamp_(max=length - 1).to(labels.device))
+        return labels.index_select(-2, indices[0]).index_select(-1, indices[1])
 
     def center_crop(self, image: "torch.Tensor", size: SizeDict, fill=0, **kwargs) -> "torch.Tensor":
-        """torchvision's `center_crop` (offsets rounded as timm's eval transform does), padding with `fill` instead
-        of 0 where the image is smaller than the crop (255 for label maps)."""
-        if size.height is None or size.width is None:
-            raise ValueError(f"`crop_size` must be {{'height': int, 'width': int}}, got {size}")
-        (_, pad_top, pad_bottom), (_, pad_left, pad_right) = (
-            self._center_crop_box(image.shape[-2], size.height),
-            self._center_crop_box(image.shape[-1], size.width),
-        )
-        if pad_top or pad_bottom or pad_left or pad_right:
-            image = tvF.pad(image, [pad_left, pad_top, pad_right, pad_bottom], fill=fill)
-        return tvF.center_crop(image, [size.height, size.width])
+        """Center crop of channels-first images (see `_center_crop_box`), padded with `fill` where they are smaller."""
+        (top, *rows), (left, *cols) = self._center_crop_box(image, size)
+        cropped = image[..., top : top + size.height, left : left + size.width]
+        return tvF.pad(cropped, [cols[0], rows[0], cols[1], rows[1]], fill=fill) if any(rows + cols) else cropped
 
     def _preprocess(self, images: list["torch.Tensor"], do_resize, size, resample, crop_pct, do_center_crop,
                     crop_size, do_rescale, rescale_factor, do_normalize, image_mean, image_std, antialias,
@@ -104,11 +92,9 @@ class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
             if do_center_crop:
                 batch = self.center_crop(batch, crop_size, fill=LABEL_PAD_VALUE if is_labels else 0)
             if not is_labels:
-                # The batch is never the caller's tensor (`process_image` copies), so the arithmetic of `rescale`
-                # and `normalize` runs in place: one full-size tensor less per step.
+                # Never the caller's tensor (`process_image` copies): `rescale` and `normalize` work in place.
                 batch = batch.to(torch.float32)
-                if rescale:
-                    batch = batch.mul_(rescale_factor)
+                batch = batch.mul_(rescale_factor) if rescale else batch
                 if do_normalize:
                     mean, std = self._mean_std(image_mean, image_std, batch.shape[-3])
                     batch = self.normalize(batch, mean, std, inplace=True)

@@ -229,7 +229,7 @@ def _array_pixels(array: np.ndarray, input_data_format) -> np.ndarray:
     if array.dtype.kind not in "biuf":
         raise ValueError(f"the image has unsupported dtype {array.dtype}; expected bool, integer or float")
     if array.ndim not in (2, 3):
-        raise ValueError(f"the image must have rank 2 (H, W) or 3 (C, H, W) / (H, W, C), got shape {shape}")
+        raise ValueError(f"an image must have rank 2 (H, W) or 3 (C, H, W) / (H, W, C), got rank {array.ndim} {shape}")
     if array.size == 0:
         raise ValueError(f"the image is empty (shape {shape})")
     if array.ndim == 2:
