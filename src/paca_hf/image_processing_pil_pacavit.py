@@ -10,14 +10,7 @@ import PIL.Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_transforms import get_resize_output_image_size
-from transformers.image_utils import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    ChannelDimension,
-    ImageInput,
-    PILImageResampling,
-    SizeDict,
-)
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageInput, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import auto_docstring
 
@@ -51,17 +44,11 @@ class PaCaViTImageProcessingMixin:
     r"""
     What [`PaCaViTImageProcessor`] (torchvision) and [`PaCaViTImageProcessorPil`] share, on the backends' hooks: the
     defaults (the authors' timm ImageNet evaluation transform: shorter side to `floor(size["shortest_edge"] /
-    crop_pct)`, bicubic, center crop with torchvision's rounding and zero padding, `/ 255`, ImageNet mean / std), the
-    decoding in the per-image hook `process_image`, the segmentation maps (same geometry, nearest neighbour, padded
-    with 255, returned as int64 `labels`) and the post-processing. Each backend's `resize`, `center_crop` and
-    `_preprocess` do the pixel work.
-
-    Every input is decoded by [`paca_hf.images.image_to_array`]: PIL images of any mode (EXIF orientation applied),
-    arrays and tensors (`(H, W)`, `(H, W, C)` or `(C, H, W)`), paths and URLs. 8-bit data is rescaled by
-    `rescale_factor`; 16-bit data becomes `value / 65535` and float data is taken to be in `[0, 1]`, so neither is
-    rescaled again. `do_convert_rgb=True` repeats grey and drops alpha without compositing (PIL's `convert("RGB")`, as
-    the authors' loader); `False` keeps the channels (`image_mean` / `image_std` then need one value per channel).
-    Inputs that are no such image raise `ValueError` naming the image.
+    crop_pct)`, bicubic, center crop, `/ 255`, ImageNet mean / std), the decoding of images and segmentation maps by
+    [`paca_hf.images`] in the per-image hook `process_image` (any PIL mode, EXIF orientation, 16-bit data as
+    `value / 65535` and float data in `[0, 1]`, neither rescaled again; `do_convert_rgb=False` keeps the channels) and
+    the post-processing. Each backend's `resize`, `center_crop` and `_preprocess` do the pixel work; label maps take
+    the same geometry with nearest neighbour and 255 as padding.
     """
 
     valid_kwargs = PaCaViTImageProcessorKwargs
@@ -139,7 +126,7 @@ class PaCaViTImageProcessingMixin:
         else:  # a copy: the steps may work in place, and arrays viewing a PIL image's buffer are read-only
             channels = None if do_convert_rgb is False else 3
             array = np.moveaxis(image_to_array(image, channels, input_data_format), -1, 0).copy()
-        return super().process_image(array, input_data_format=ChannelDimension.FIRST, device=device)
+        return super().process_image(array, input_data_format="channels_first", device=device)
 
     def _preprocess_image_like_inputs(
         self, images, segmentation_maps=None, *, do_convert_rgb, input_data_format, return_tensors=None, device=None,

@@ -3,17 +3,13 @@
 
 Every entry point (the image processors' per-image hook, the ImageNet transforms, the fine-tuning collate, the
 segmentation augmentation, visualization, the app) decodes through these functions, so one input gives the same values
-everywhere. Conventions:
-
-- Sources: PIL images of any mode, numpy arrays and torch tensors (`(H, W)`, `(H, W, C)` or `(C, H, W)`), local paths,
-  `file://` and `http(s)://` URLs (downloaded with the `httpx` client transformers uses), base64 strings, file bytes
-  and `datasets`' undecoded images (`{"bytes", "path"}`). The EXIF orientation is applied (a photo stored 80 x 40 with
-  Orientation 6 is 40 x 80).
-- 8-bit data (PIL modes `1`, `L`, `P`, `RGB`, `CMYK`, ..., `uint8` / `bool` arrays, other integer arrays in
-  `[0, 255]`) stays uint8. 16-bit data (PIL modes `I`, `I;16*`, `uint16` arrays, values in `[0, 65535]`) becomes float32
-  `value / 65535` (16-bit white is 8-bit white). Float data must already be in `[0, 1]` (noise up to 1e-3 is clipped).
-- Channels: grey is repeated; alpha is dropped without compositing (the stored colour of a transparent pixel is kept,
-  as PIL's `convert("RGB")` does); palette, CMYK, YCbCr, LAB and HSV images are converted with PIL.
+everywhere. Sources: PIL images of any mode, numpy arrays and torch tensors, local paths, `file://` and `http(s)://`
+URLs (downloaded with the `httpx` client transformers uses), base64 strings, file bytes and `datasets`' undecoded
+images (`{"bytes", "path"}`), EXIF orientation applied. 8-bit data (PIL modes `1`, `L`, `P`, `RGB`, `CMYK`, ...,
+`uint8` / `bool` arrays, other integer arrays in `[0, 255]`) stays uint8; 16-bit data (PIL modes `I`, `I;16*`,
+`uint16` arrays) becomes float32 `value / 65535` (16-bit white is 8-bit white); float data must be in `[0, 1]` (noise
+up to 1e-3 is clipped). Grey is repeated; alpha is dropped without compositing (the stored colour of a transparent
+pixel is kept, as PIL's `convert("RGB")` does); palette, CMYK, YCbCr, LAB and HSV images are converted with PIL.
 """
 
 from __future__ import annotations
