@@ -37,8 +37,6 @@ except ImportError:
     """
 )
 class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
-    valid_kwargs = PaCaViTImageProcessorKwargs
-
     def __init__(self, **kwargs: Unpack[PaCaViTImageProcessorKwargs]):
         requires_backends(self, ["torch", "torchvision"])
         super().__init__(**kwargs)

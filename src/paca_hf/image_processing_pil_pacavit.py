@@ -52,8 +52,6 @@ class PaCaViTImageProcessingMixin:
     """
 
     valid_kwargs = PaCaViTImageProcessorKwargs
-    model_input_names = ["pixel_values"]
-
     resample = PILImageResampling.BICUBIC
     image_mean = IMAGENET_DEFAULT_MEAN
     image_std = IMAGENET_DEFAULT_STD
@@ -64,7 +62,6 @@ class PaCaViTImageProcessingMixin:
     do_resize = True
     do_center_crop = True
     do_rescale = True
-    rescale_factor = 1 / 255
     do_normalize = True
     do_convert_rgb = True
     do_reduce_labels = False
@@ -301,8 +298,6 @@ def _target_size(target, index: int) -> tuple[int, int]:
     """
 )
 class PaCaViTImageProcessorPil(PaCaViTImageProcessingMixin, PilBackend):
-    valid_kwargs = PaCaViTImageProcessorKwargs
-
     def __init__(self, **kwargs: Unpack[PaCaViTImageProcessorKwargs]):
         super().__init__(**kwargs)
 
