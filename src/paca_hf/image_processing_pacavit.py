@@ -1,19 +1,18 @@
 # Copyright 2026 The paca-hf authors. Licensed under the MIT License (see setup.cfg).
 """Image processor for PaCa-ViT, torchvision backend (the default one, as for every transformers model).
 
-Settings, decoding, label maps and post-processing are shared with the PIL backend (`image_processing_pil_pacavit.py`);
-this module adds torchvision's resize, crop, rescale and normalize. It imports without torchvision (the class then
-refuses to instantiate, as transformers' own torchvision processors do), so the package works with the PIL backend
-alone.
+Settings, decoding, label maps, the processing steps and post-processing are shared with the PIL backend
+(`image_processing_pil_pacavit.py`); this module adds torchvision's resize and crop. It imports without torchvision
+(the class then refuses to instantiate, as transformers' own torchvision processors do), so the package works with
+the PIL backend alone.
 """
 
 from transformers.image_processing_backends import TorchvisionBackend
-from transformers.image_transforms import group_images_by_shape, reorder_images
 from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack
 from transformers.utils import auto_docstring, is_torch_available, requires_backends
 
-from .image_processing_pil_pacavit import LABEL_PAD_VALUE, PaCaViTImageProcessingMixin, PaCaViTImageProcessorKwargs
+from .image_processing_pil_pacavit import PaCaViTImageProcessingMixin, PaCaViTImageProcessorKwargs
 
 
 if is_torch_available():
@@ -71,33 +70,6 @@ class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
         (top, *rows), (left, *cols) = self._center_crop_box(image, size)
         cropped = image[..., top : top + size.height, left : left + size.width]
         return tvF.pad(cropped, [cols[0], rows[0], cols[1], rows[1]], fill=fill) if any(rows + cols) else cropped
-
-    def _preprocess(self, images: list["torch.Tensor"], do_resize, size, resample, crop_pct, do_center_crop,
-                    crop_size, do_rescale, rescale_factor, do_normalize, image_mean, image_std, antialias,
-                    disable_grouping=None, **kwargs) -> list["torch.Tensor"]:
-        """Resize, crop, rescale (8-bit data only) and normalize channels-first images, those of one shape as one
-        batch (transformers' grouping); int64 label maps get the geometry only. Returns the processed tensors (float32,
-        or int64 for maps) in input order."""
-        if len({image.dtype for image in images}) > 1:
-            disable_grouping = True  # a batch shares one dtype: 8-bit data is rescaled, 16-bit and float data not
-        grouped, grouped_index = group_images_by_shape(images, disable_grouping=disable_grouping)
-        processed = {}
-        for shape, batch in grouped.items():
-            is_labels, rescale = batch.dtype == torch.int64, do_rescale and batch.dtype == torch.uint8
-            if do_resize:
-                crop = crop_pct if do_center_crop else None
-                batch = self.resize(batch, size, resample, crop_pct=crop, antialias=antialias)
-            if do_center_crop:
-                batch = self.center_crop(batch, crop_size, fill=LABEL_PAD_VALUE if is_labels else 0)
-            if not is_labels:
-                # Never the caller's tensor (`process_image` copies): `rescale` and `normalize` work in place.
-                batch = batch.to(torch.float32)
-                batch = batch.mul_(rescale_factor) if rescale else batch
-                if do_normalize:
-                    mean, std = self._mean_std(image_mean, image_std, batch.shape[-3])
-                    batch = self.normalize(batch, mean, std, inplace=True)
-            processed[shape] = batch
-        return reorder_images(processed, grouped_index)
 
 
 __all__ = ["PaCaViTImageProcessor", "PaCaViTImageProcessorKwargs"]

@@ -9,8 +9,14 @@ import numpy as np
 import PIL.Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_transforms import get_resize_output_image_size
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageInput, PILImageResampling, SizeDict
+from transformers.image_transforms import get_resize_output_image_size, group_images_by_shape, reorder_images
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ImageInput,
+    PILImageResampling,
+    SizeDict,
+)
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import auto_docstring
 
@@ -134,7 +140,9 @@ class PaCaViTImageProcessingMixin:
             images, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, device=device
         )
         if segmentation_maps is not None:  # decoded and checked before any pixel work
-            maps = self._prepare_image_like_inputs(segmentation_maps, expected_ndims=2, annotated=images, device=device)
+            maps = self._prepare_image_like_inputs(
+                segmentation_maps, expected_ndims=2, annotated=images, device=device
+            )
             for index, (labels, image) in enumerate(zip(maps, pixels)):
                 if labels.shape[-2:] != image.shape[-2:]:
                     raise ValueError(
@@ -147,6 +155,37 @@ class PaCaViTImageProcessingMixin:
             labels = self._preprocess(maps, **{**kwargs, "do_rescale": False, "do_normalize": False})
             data["labels"] = [label[0] for label in labels]
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _preprocess(self, images: list, do_resize, size, resample, crop_pct, do_center_crop, crop_size, do_rescale,
+                    rescale_factor, do_normalize, image_mean, image_std, antialias, disable_grouping=None, **kwargs):
+        """Resize, crop, rescale (8-bit data only) and normalize channels-first images; int64 label maps get the
+        geometry only. The torchvision backend takes the images of one shape and dtype as one batch (transformers'
+        grouping), the PIL backend one image at a time. Returns the processed images (float32, or int64 for maps), in
+        input order."""
+        if self.backend == "pil":
+            grouped, grouped_index = dict(enumerate(images)), None
+        else:
+            if len({image.dtype for image in images}) > 1:
+                disable_grouping = True  # a batch shares one dtype: 8-bit data is rescaled, 16-bit and float data not
+            grouped, grouped_index = group_images_by_shape(images, disable_grouping=disable_grouping)
+        processed = {}
+        for key, batch in grouped.items():
+            # Decided before the resize: `antialias=False` returns 8-bit data as float32 in [0, 255].
+            dtype = str(batch.dtype).removeprefix("torch.")
+            is_labels, rescale = dtype == "int64", do_rescale and dtype == "uint8"
+            if do_resize:
+                crop = crop_pct if do_center_crop else None
+                batch = self.resize(batch, size, resample, crop_pct=crop, antialias=antialias)
+            if do_center_crop:
+                batch = self.center_crop(batch, crop_size, fill=LABEL_PAD_VALUE if is_labels else 0)
+            if not is_labels:
+                batch = batch.astype(np.float32) if isinstance(batch, np.ndarray) else batch.float()
+                batch = self.rescale(batch, rescale_factor) if rescale else batch
+                if do_normalize:  # in place where the backend can: never the caller's data (`process_image` copies)
+                    mean, std = self._mean_std(image_mean, image_std, batch.shape[-3])
+                    batch = self.normalize(batch, mean, std, inplace=True)
+            processed[key] = batch
+        return list(processed.values()) if grouped_index is None else reorder_images(processed, grouped_index)
 
     @staticmethod
     def reduce_label(label):
@@ -177,8 +216,8 @@ class PaCaViTImageProcessingMixin:
             short = size.shortest_edge if crop_pct is None else math.floor(size.shortest_edge / crop_pct)
             if short < 1 or (size.longest_edge is not None and size.longest_edge <= short):
                 raise ValueError(
-                    f"`size` {dict(size)} with crop_pct={crop_pct} resizes the shorter side to {short} pixels: it must "
-                    "be at least 1 and below `longest_edge`"
+                    f"`size` {dict(size)} with crop_pct={crop_pct} resizes the shorter side to {short} pixels: it "
+                    "must be at least 1 and below `longest_edge`"
                 )
             height, width = get_resize_output_image_size(
                 image, short, default_to_square=False, max_size=size.longest_edge, input_data_format="channels_first"
@@ -330,27 +369,6 @@ class PaCaViTImageProcessorPil(PaCaViTImageProcessingMixin, PilBackend):
         (top, *rows), (left, *cols) = self._center_crop_box(image, size)
         cropped = image[:, top : top + size.height, left : left + size.width]
         return np.pad(cropped, ((0, 0), rows, cols), constant_values=fill)
-
-    def _preprocess(self, images: list[np.ndarray], do_resize, size, resample, crop_pct, do_center_crop, crop_size,
-                    do_rescale, rescale_factor, do_normalize, image_mean, image_std, antialias, **kwargs) -> list:
-        """Resize, crop, rescale (8-bit data only) and normalize each channels-first image; int64 label maps get the
-        geometry only. Returns the list of processed arrays (float32, or int64 for maps)."""
-        processed = []
-        for image in images:
-            # Decided before the resize: `antialias=False` returns 8-bit data as float32 in [0, 255].
-            is_labels, rescale = image.dtype == np.int64, do_rescale and image.dtype == np.uint8
-            if do_resize:
-                image = self.resize(image, size, resample, crop_pct=crop_pct if do_center_crop else None,
-                                    antialias=antialias)
-            if do_center_crop:
-                image = self.center_crop(image, crop_size, fill=LABEL_PAD_VALUE if is_labels else 0)
-            if not is_labels:
-                image = image.astype(np.float32)
-                image = self.rescale(image, rescale_factor) if rescale else image
-                if do_normalize:
-                    image = self.normalize(image, *self._mean_std(image_mean, image_std, image.shape[0]))
-            processed.append(image)
-        return processed
 
 
 __all__ = ["PaCaViTImageProcessorPil", "PaCaViTImageProcessorKwargs", "PaCaViTImageProcessingMixin"]

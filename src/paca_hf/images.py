@@ -292,7 +292,8 @@ def _to_channels(array: np.ndarray, num_channels: int | None) -> np.ndarray:
     colour = array[..., :3] if channels >= 3 else array[..., :1]
     if num_channels == 1 and colour.shape[-1] == 3:  # PIL's ITU-R 601-2 luma, in its fixed point for 8-bit data
         if colour.dtype == np.uint8:
-            return ((colour.astype(np.int64) @ np.array([19595, 38470, 7471]) + 0x8000) >> 16).astype(np.uint8)[..., None]
+            luma = (colour.astype(np.int64) @ np.array([19595, 38470, 7471]) + 0x8000) >> 16
+            return luma.astype(np.uint8)[..., None]
         return (colour @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
     if num_channels == 1:
         return np.ascontiguousarray(colour)
@@ -328,7 +329,7 @@ def load_label_map(annotation, image=None, timeout: float | None = None) -> np.n
     if isinstance(annotation, PIL.Image.Image):
         if len(annotation.getbands()) != 1:
             raise ValueError(
-                f"a segmentation map must be single-channel (PIL mode 'L', 'P', 'I', ...), got mode {annotation.mode!r}"
+                f"a segmentation map must be single-channel (PIL mode 'L', 'P', 'I', ...), got {annotation.mode!r}"
             )
         own = _orientation(annotation)
         return _check_labels(np.asarray(_upright(annotation, own if own != 1 else image_orientation)))
