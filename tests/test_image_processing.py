@@ -892,6 +892,31 @@ def test_decoding_enters_through_the_backend_per_image_hook(processor):
         np.testing.assert_allclose(channel, expected, rtol=0, atol=1e-7)
 
 
+def test_segmentation_maps_enter_through_the_per_image_hook(processor, monkeypatch):
+    """Segmentation maps take Segformer's route, `_prepare_image_like_inputs` and the per-image hook `process_image`,
+    as the images do: a 2 x 3 palette map comes out of the hook as int64 labels `(1, 2, 3)` holding its palette
+    indices, beside its image's `(3, 2, 3)` pixels, and a map the decoder refuses is named by its index."""
+    seen = []
+    hook = processor.process_image
+
+    def recording_hook(image, *args, **kwargs):
+        out = hook(image, *args, **kwargs)
+        seen.append(np.asarray(out))
+        return out
+
+    monkeypatch.setattr(processor, "process_image", recording_hook)
+    indices = np.array([[0, 1, 2], [3, 4, 5]], dtype=np.uint8)
+    palette_map = Image.fromarray(indices, mode="P")
+    palette_map.putpalette([200, 10, 10] * 256)  # one colour for every index: only the indices are labels
+    geometry = dict(do_resize=False, do_center_crop=False, return_tensors="np")
+    out = processor(noise_rgb(2, 3), segmentation_maps=palette_map, **geometry)
+    assert [(array.shape, array.dtype) for array in seen] == [((3, 2, 3), np.uint8), ((1, 2, 3), np.int64)]
+    np.testing.assert_array_equal(seen[1], indices[None])
+    np.testing.assert_array_equal(out["labels"], indices[None])
+    with pytest.raises(ValueError, match=r"segmentation map 1: .*integer labels"):
+        processor([noise_rgb(2, 3)] * 2, segmentation_maps=[indices, indices / 2], **geometry)
+
+
 def test_same_shape_8_and_16_bit_images_in_one_batch(processor):
     """With grouping on (one batch per shape, as on a GPU) an 8-bit and a 16-bit image of one shape still give what
     each gives alone: 8-bit white and 16-bit white are both 1.0."""

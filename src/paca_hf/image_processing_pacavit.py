@@ -1,19 +1,18 @@
 # Copyright 2026 The paca-hf authors. Licensed under the MIT License (see setup.cfg).
 """Image processor for PaCa-ViT, torchvision backend (the default one, as for every transformers model).
 
-Settings, decoding, label maps and post-processing are shared with the PIL backend (`image_processing_pil_pacavit.py`);
-this module adds torchvision's resize, crop, rescale and normalize. It imports without torchvision (the class then
-refuses to instantiate, as transformers' own torchvision processors do), so the package works with the PIL backend
-alone.
+Settings, decoding, label maps, the processing steps and post-processing are shared with the PIL backend
+(`image_processing_pil_pacavit.py`); this module adds torchvision's resize and crop. It imports without torchvision
+(the class then refuses to instantiate, as transformers' own torchvision processors do), so the package works with
+the PIL backend alone.
 """
 
 from transformers.image_processing_backends import TorchvisionBackend
-from transformers.image_transforms import group_images_by_shape, reorder_images
 from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack
 from transformers.utils import auto_docstring, is_torch_available, requires_backends
 
-from .image_processing_pil_pacavit import LABEL_PAD_VALUE, PaCaViTImageProcessingMixin, PaCaViTImageProcessorKwargs
+from .image_processing_pil_pacavit import PaCaViTImageProcessingMixin, PaCaViTImageProcessorKwargs
 
 
 if is_torch_available():
@@ -37,9 +36,6 @@ except ImportError:
     """
 )
 class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
-
-    valid_kwargs = PaCaViTImageProcessorKwargs
-
     def __init__(self, **kwargs: Unpack[PaCaViTImageProcessorKwargs]):
         requires_backends(self, ["torch", "torchvision"])
         super().__init__(**kwargs)
@@ -62,58 +58,18 @@ class PaCaViTImageProcessor(PaCaViTImageProcessingMixin, TorchvisionBackend):
         `NEAREST` (the PIL backend's and the authors' rule), so both backends give identical labels. PIL steps through
         the source in float64 increments of `in / out` starting at half a step and truncates; torchvision's
         `NEAREST_EXACT` multiplies instead, which lands one pixel further on exact ties (about 1 column in 200)."""
-        rows = self._nearest_source_indices(labels.shape[-2], size.height).to(labels.device)
-        cols = self._nearest_source_indices(labels.shape[-1], size.width).to(labels.device)
-        return labels.index_select(-2, rows).index_select(-1, cols)
-
-    @staticmethod
-    def _nearest_source_indices(length: int, new_length: int) -> "torch.Tensor":
-        step = length / new_length
-        steps = torch.full((new_length,), step, dtype=torch.float64)
-        steps[0] = 0.5 * step
-        return torch.cumsum(steps, 0).to(torch.int64).clamp_(max=length - 1)
+        indices = []
+        for length, new_length in zip(labels.shape[-2:], (size.height, size.width)):
+            steps = torch.full((new_length,), length / new_length, dtype=torch.float64)
+            steps[0] *= 0.5
+            indices.append(torch.cumsum(steps, 0).to(torch.int64).clamp_(max=length - 1).to(labels.device))
+        return labels.index_select(-2, indices[0]).index_select(-1, indices[1])
 
     def center_crop(self, image: "torch.Tensor", size: SizeDict, fill=0, **kwargs) -> "torch.Tensor":
-        """torchvision's `center_crop` (offsets rounded as timm's eval transform does), padding with `fill` instead
-        of 0 where the image is smaller than the crop (255 for label maps)."""
-        if size.height is None or size.width is None:
-            raise ValueError(f"`crop_size` must be {{'height': int, 'width': int}}, got {size}")
-        (_, pad_top, pad_bottom), (_, pad_left, pad_right) = (
-            self._center_crop_box(image.shape[-2], size.height),
-            self._center_crop_box(image.shape[-1], size.width),
-        )
-        if pad_top or pad_bottom or pad_left or pad_right:
-            image = tvF.pad(image, [pad_left, pad_top, pad_right, pad_bottom], fill=fill)
-        return tvF.center_crop(image, [size.height, size.width])
-
-    def _preprocess(self, images: list["torch.Tensor"], do_resize, size, resample, crop_pct, do_center_crop,
-                    crop_size, do_rescale, rescale_factor, do_normalize, image_mean, image_std, antialias,
-                    disable_grouping=None, **kwargs) -> list["torch.Tensor"]:
-        """Resize, crop, rescale (8-bit data only) and normalize channels-first images, those of one shape as one
-        batch (transformers' grouping); int64 label maps get the geometry only. Returns the processed tensors (float32,
-        or int64 for maps) in input order."""
-        if len({image.dtype for image in images}) > 1:
-            disable_grouping = True  # a batch shares one dtype: 8-bit data is rescaled, 16-bit and float data not
-        grouped, grouped_index = group_images_by_shape(images, disable_grouping=disable_grouping)
-        processed = {}
-        for shape, batch in grouped.items():
-            is_labels, rescale = batch.dtype == torch.int64, do_rescale and batch.dtype == torch.uint8
-            if do_resize:
-                crop = crop_pct if do_center_crop else None
-                batch = self.resize(batch, size, resample, crop_pct=crop, antialias=antialias)
-            if do_center_crop:
-                batch = self.center_crop(batch, crop_size, fill=LABEL_PAD_VALUE if is_labels else 0)
-            if not is_labels:
-                # The batch is never the caller's tensor (`process_image` copies), so the arithmetic of `rescale`
-                # and `normalize` runs in place: one full-size tensor less per step.
-                batch = batch.to(torch.float32)
-                if rescale:
-                    batch = batch.mul_(rescale_factor)
-                if do_normalize:
-                    mean, std = self._mean_std(image_mean, image_std, batch.shape[-3])
-                    batch = self.normalize(batch, mean, std, inplace=True)
-            processed[shape] = batch
-        return reorder_images(processed, grouped_index)
+        """Center crop of channels-first images (see `_center_crop_box`), padded with `fill` where they are smaller."""
+        (top, *rows), (left, *cols) = self._center_crop_box(image, size)
+        cropped = image[..., top : top + size.height, left : left + size.width]
+        return tvF.pad(cropped, [cols[0], rows[0], cols[1], rows[1]], fill=fill) if any(rows + cols) else cropped
 
 
 __all__ = ["PaCaViTImageProcessor", "PaCaViTImageProcessorKwargs"]
