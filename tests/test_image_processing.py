@@ -749,6 +749,8 @@ def test_label_resize_picks_the_same_pixels_in_both_backends(height, width, new_
     tv = PaCaViTImageProcessor().resize_labels(torch.from_numpy(labels), size).numpy()
     pil = PaCaViTImageProcessorPil().resize_labels(labels, size)
     np.testing.assert_array_equal(tv, pil)
+    by_pil = Image.fromarray(labels[0].astype(np.int32)).resize((new_width, new_height), Image.NEAREST)
+    np.testing.assert_array_equal(pil[0], np.asarray(by_pil))  # the authors' rule: PIL's own nearest neighbour
 
 
 def test_saved_configs_load_with_either_backend(tmp_path):
