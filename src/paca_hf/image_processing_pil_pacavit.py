@@ -27,11 +27,6 @@ from .images import image_to_array, load_label_map, reduce_labels
 
 
 LABEL_PAD_VALUE = 255  # written into the padded areas of label maps (the usual `ignore_index`)
-_INTERPOLATE_MODES = {
-    PILImageResampling.NEAREST: "nearest-exact",
-    PILImageResampling.BILINEAR: "bilinear",
-    PILImageResampling.BICUBIC: "bicubic",
-}
 
 
 class PaCaViTImageProcessorKwargs(ImagesKwargs, total=False):
@@ -56,10 +51,9 @@ class PaCaViTImageProcessorKwargs(ImagesKwargs, total=False):
 class PaCaViTImageProcessingMixin:
     r"""
     What [`PaCaViTImageProcessor`] (torchvision) and [`PaCaViTImageProcessorPil`] share: the defaults (the authors'
-    timm evaluation transform), the decoding by [`paca_hf.images`] in the per-image hook `process_image` (any PIL mode,
-    EXIF orientation, 16-bit data as `value / 65535` and float data in `[0, 1]`, neither rescaled again), the geometry
-    (label maps take the images' one, nearest neighbour, 255 as padding) and the post-processing. Each backend brings
-    its antialiased resize and its rescale and normalize.
+    timm evaluation transform), the decoding by [`paca_hf.images`] in the per-image hook `process_image` (16-bit and
+    float data come as float32 in `[0, 1]`, not rescaled again), the geometry (label maps: nearest neighbour, 255 as
+    padding) and the post-processing. Each backend brings its antialiased resize, rescale and normalize.
     """
 
     valid_kwargs = PaCaViTImageProcessorKwargs
@@ -109,13 +103,10 @@ class PaCaViTImageProcessingMixin:
         return images
 
     def _prepare_image_like_inputs(self, images, *args, expected_ndims=3, annotated=None, **kwargs) -> list:
-        """The backends' loop over `process_image`, naming the input an error comes from; segmentation maps
-        (`expected_ndims=2`) come with the raw images they annotate."""
+        """The backends' loop over `process_image`, naming the failing input; maps come with the images they annotate."""
         images = self._prepare_images_structure(images, expected_ndims=expected_ndims)
         if annotated is not None and len(images) != len(annotated):
-            raise ValueError(
-                f"got {len(annotated)} images but {len(images)} segmentation maps; pass one map per image"
-            )
+            raise ValueError(f"got {len(annotated)} images but {len(images)} segmentation maps: one per image")
         prepared = []
         for index, image in enumerate(images):
             extra = {} if annotated is None else {"annotates": annotated[index]}
@@ -126,9 +117,8 @@ class PaCaViTImageProcessingMixin:
         return prepared
 
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, device=None, annotates=None, **kwargs):
-        """One input decoded by [`paca_hf.images`], channels first: an image by `image_to_array` (uint8 for 8-bit
-        data, else float32 in `[0, 1]`), or a segmentation map of the raw image it `annotates` by `load_label_map`
-        (int64, `(1, H, W)`)."""
+        """One input decoded by [`paca_hf.images`], channels first: an image (uint8 for 8-bit data, else float32 in
+        `[0, 1]`) or, given the raw image it `annotates`, a segmentation map (int64, `(1, H, W)`)."""
         if annotates is not None:
             array = load_label_map(image, image=annotates)[None]
         else:  # a copy: the steps may work in place, and arrays viewing a PIL image's buffer are read-only
@@ -142,16 +132,12 @@ class PaCaViTImageProcessingMixin:
         if segmentation_maps is not None:  # decoded and checked before any pixel work
             maps = self._prepare_image_like_inputs(segmentation_maps, expected_ndims=2, annotated=images, **kwargs)
             for index, (labels, image) in enumerate(zip(maps, pixels)):
-                if labels.shape[-2:] != image.shape[-2:]:
-                    raise ValueError(
-                        f"segmentation map {index} has size {tuple(labels.shape[-2:])} (height, width) but its image "
-                        f"has size {tuple(image.shape[-2:])}; they must match"
-                    )
+                if (size := tuple(labels.shape[-2:])) != (image_size := tuple(image.shape[-2:])):
+                    raise ValueError(f"segmentation map {index} has size {size} but its image {image_size}")
             maps = [reduce_labels(labels) for labels in maps] if kwargs["do_reduce_labels"] else maps
         data = {"pixel_values": self._preprocess(pixels, **kwargs)}
-        if segmentation_maps is not None:  # int64 maps take the label path of `resize` and `center_crop`
-            labels = self._preprocess(maps, **{**kwargs, "do_rescale": False, "do_normalize": False})
-            data["labels"] = [label[0] for label in labels]
+        if segmentation_maps is not None:  # int64 maps take the label path of `resize`, `center_crop`, no rescale
+            data["labels"] = [labels[0] for labels in self._preprocess(maps, **kwargs)]
         return BatchFeature(data=data, tensor_type=kwargs["return_tensors"])
 
     def _preprocess(
@@ -200,33 +186,26 @@ class PaCaViTImageProcessingMixin:
     @staticmethod
     def _mean_std(image_mean, image_std, channels: int) -> list[list[float]]:
         """`image_mean` and `image_std` with one value per channel; `ValueError` for a wrong count or a zero std."""
-        values = []
-        for value, name in ((image_mean, "image_mean"), (image_std, "image_std")):
-            array = np.asarray(value, dtype=np.float64).reshape(-1)
-            if array.size not in (1, channels) or (name == "image_std" and not array.all()):
+        for name, value in (("image_mean", image_mean), ("image_std", image_std)):
+            if np.size(value) not in (1, channels) or (name == "image_std" and not np.all(value)):
                 raise ValueError(
-                    f"`{name}` must be a number or have {channels} values (one per channel of the images), a std "
-                    f"without zeros; got {value}"
+                    f"`{name}` must be a number or have {channels} values (one per channel), no zero std: {value}"
                 )
-            values.append(np.resize(array, channels).tolist())
-        return values
+        return [np.resize(np.asarray(value, dtype=np.float64), channels).tolist() for value in (image_mean, image_std)]
 
     def resize(self, image, size: SizeDict, resample=None, crop_pct=None, antialias=True, **kwargs):
-        """Resize channels-first images to the size `size` and `crop_pct` give (see `_resize_output_size`): int64
-        label maps with `resize_labels`, other images with the backend's `_antialiased_resize` or, with
-        `antialias=False`, torch's `interpolate` (half-pixel centres) in float32, bicubic clipped to the input's
-        range (255 for 8-bit data, else 1)."""
+        """Resize channels-first images to the size `size` and `crop_pct` give (see `_resize_output_size`): label maps
+        by `resize_labels`, images by the backend's `_antialiased_resize` or, with `antialias=False`, by torch's
+        `interpolate` (half-pixel centres) in float32, bicubic clipped to the input's range (255 for 8-bit data)."""
         size = self._resize_output_size(image, size, crop_pct)
         resample = PILImageResampling.BICUBIC if resample is None else resample
         if str(image.dtype).endswith("int64"):
             return self.resize_labels(image, size)
         if antialias is not False:
             return self._antialiased_resize(image, size, resample)
-        mode = _INTERPOLATE_MODES.get(int(resample))
+        mode = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}.get(int(resample))  # PIL's nearest, bilinear, bicubic
         if mode is None:
-            raise ValueError(
-                f"`resample` {resample!r} has no resize without antialiasing; use nearest, bilinear or bicubic"
-            )
+            raise ValueError(f"`resample` {resample!r} has no resize without antialiasing (`antialias=False`)")
         tensor = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
         resized = F.interpolate(tensor.reshape(-1, *tensor.shape[-3:]).float(), (size.height, size.width), mode=mode)
         resized = resized.reshape(*tensor.shape[:-2], size.height, size.width)
@@ -236,15 +215,13 @@ class PaCaViTImageProcessingMixin:
 
     @staticmethod
     def _resize_output_size(image, size: SizeDict, crop_pct: float | None) -> SizeDict:
-        """`size` if it has a height and width; else the shorter side to `shortest_edge`, or `floor(shortest_edge /
-        crop_pct)` when a crop follows (timm's rule), the longer one in proportion (truncated, as torchvision's
-        `Resize(int)`) and at most `longest_edge`."""
+        """`size`, or for a `shortest_edge` the shorter side to it (to `floor(shortest_edge / crop_pct)` before a crop,
+        as timm), the longer one in proportion (truncated, as torchvision's `Resize(int)`), at most `longest_edge`."""
         if size.shortest_edge:
             short = size.shortest_edge if crop_pct is None else math.floor(size.shortest_edge / crop_pct)
             if short < 1 or (size.longest_edge is not None and size.longest_edge <= short):
                 raise ValueError(
-                    f"`size` {dict(size)} with crop_pct={crop_pct} resizes the shorter side to {short} pixels: it "
-                    "must be at least 1 and below `longest_edge`"
+                    f"`size` {dict(size)}, crop_pct={crop_pct}: shorter side {short} not in [1, longest_edge)"
                 )
             height, width = get_resize_output_image_size(
                 image, short, default_to_square=False, max_size=size.longest_edge, input_data_format="channels_first"
@@ -252,15 +229,12 @@ class PaCaViTImageProcessingMixin:
             return SizeDict(height=height, width=width)
         if size.height and size.width:
             return size
-        raise ValueError(
-            f"`size` must be {{'shortest_edge': int[, 'longest_edge': int]}} or {{'height', 'width'}}: {size}"
-        )
+        raise ValueError(f"`size` needs 'shortest_edge' (and 'longest_edge') or 'height' and 'width', got {size}")
 
     @staticmethod
     def resize_labels(labels, size: SizeDict):
-        """Nearest-neighbour resize of `(..., H, W)` int64 label maps (numpy or torch) that picks the source pixels of
-        PIL's `NEAREST` (the authors' rule): steps of `in / out` in float64 from half a step on, added up and truncated
-        (torchvision's `NEAREST_EXACT` multiplies instead, which lands one pixel further on exact ties)."""
+        """Nearest-neighbour resize of `(..., H, W)` int64 label maps (numpy or torch) picking PIL's `NEAREST` pixels
+        (the authors'): float64 steps of `in / out` summed and truncated (torchvision multiplies: off by one on ties)."""
         for axis, new_length in ((-2, size.height), (-1, size.width)):
             steps = np.full(new_length, labels.shape[axis] / new_length)
             steps[0] /= 2
@@ -285,24 +259,22 @@ class PaCaViTImageProcessingMixin:
 
     def post_process_semantic_segmentation(self, outputs, target_sizes=None, return_segmentation_scores=False) -> list:
         """
-        Turn semantic segmentation logits into label maps.
+        Turn semantic segmentation logits into label maps, as transformers' Segformer does.
 
         Args:
             outputs: Model output (or dict) with `logits` of shape `(batch, num_labels, h, w)`.
             target_sizes (`list[tuple[int, int]]` or tensor of shape `(batch, 2)`, *optional*): `(height, width)` of
-                each prediction; logits are upsampled bilinearly (`align_corners=False`) before the argmax. If unset,
-                the argmax is taken at the logits' resolution.
+                each prediction, to which the logits are upsampled bilinearly before the argmax.
             return_segmentation_scores (`bool`, defaults to `False`): Also return the (upsampled) logits.
 
         Returns:
-            `list[torch.Tensor]`: one `(height, width)` int64 map of class ids per image; with
-            `return_segmentation_scores=True`, one [`SemanticSegmentationPostProcessorOutput`] per image instead, with
-            `segmentation` (that map) and `segmentation_scores` (its logits, `(num_labels, height, width)`), as
-            transformers' Segformer returns them.
+            `list[torch.Tensor]`: one `(height, width)` int64 map of class ids per image, or with
+            `return_segmentation_scores` one [`SemanticSegmentationPostProcessorOutput`] with `segmentation` (that map)
+            and `segmentation_scores` (its logits, `(num_labels, height, width)`).
 
         Raises:
-            `ValueError`: logits that are not 4-D, a number of target sizes different from the batch size, or a
-                target size that is not a `(height, width)` pair of positive integers.
+            `ValueError`: logits that are not 4-D, or target sizes that are not one `(height, width)` pair of positive
+                integers per image.
         """
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         if logits.ndim != 4:
@@ -324,23 +296,17 @@ def _target_sizes(target_sizes, batch_size: int) -> list[tuple[int, int]]:
     """`target_sizes` as one `(height, width)` pair of positive ints per image, or a `ValueError` naming the entry."""
     target_sizes = target_sizes.tolist() if hasattr(target_sizes, "tolist") else target_sizes
     if len(target_sizes) != batch_size:
-        raise ValueError(
-            f"got {len(target_sizes)} target sizes for a batch of {batch_size} logits; pass one per image"
-        )
-    pairs = []
+        raise ValueError(f"got {len(target_sizes)} target sizes for {batch_size} logits: one per image")
     for index, target in enumerate(target_sizes):
         pair = target.tolist() if hasattr(target, "tolist") else target
-        if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
-            raise ValueError(
-                f"target_sizes[{index}] is {target!r}; each entry must be one (height, width) pair per image, e.g. "
-                "target_sizes=[(32, 20)] for a batch of one"
-            )
-        if not all(
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2) or not all(
             isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 1 and float(v).is_integer() for v in pair
         ):
-            raise ValueError(f"target_sizes[{index}] is {target!r}; height and width must be positive integers")
-        pairs.append((int(pair[0]), int(pair[1])))
-    return pairs
+            raise ValueError(
+                f"target_sizes[{index}] is {target!r}; each entry must be one (height, width) pair of positive integers"
+                " per image, e.g. target_sizes=[(32, 20)] for a batch of one"
+            )
+    return [(int(height), int(width)) for height, width in target_sizes]
 
 
 @auto_docstring(
