@@ -1,7 +1,6 @@
 # Copyright 2026 The paca-hf authors. Licensed under the MIT License (see setup.cfg).
-"""Image processor for PaCa-ViT, torchvision backend (the default one, as for every transformers model). What it shares
-with the PIL backend lives in `image_processing_pil_pacavit.py`; it imports without torchvision (the class then refuses
-to instantiate, as transformers' own torchvision processors do)."""
+"""Image processor for PaCa-ViT, torchvision backend (the default one, as for every transformers model); the rest lives in
+`image_processing_pil_pacavit.py`. Imports without torchvision (the class then refuses to instantiate, as transformers')."""
 
 import torch
 from transformers.image_processing_backends import TorchvisionBackend

@@ -188,9 +188,7 @@ class PaCaViTImageProcessingMixin:
         """`image_mean` and `image_std` with one value per channel; `ValueError` for a wrong count or a zero std."""
         for name, value in (("image_mean", image_mean), ("image_std", image_std)):
             if np.size(value) not in (1, channels) or (name == "image_std" and not np.all(value)):
-                raise ValueError(
-                    f"`{name}` must be a number or have {channels} values (one per channel), no zero std: {value}"
-                )
+                raise ValueError(f"`{name}` needs 1 or {channels} values (one per channel), std no zeros: {value}")
         return [np.resize(np.asarray(value, dtype=np.float64), channels).tolist() for value in (image_mean, image_std)]
 
     def resize(self, image, size: SizeDict, resample=None, crop_pct=None, antialias=True, **kwargs):

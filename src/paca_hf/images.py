@@ -142,10 +142,7 @@ def image_to_array(image, num_channels: int | None = 3, input_data_format=None, 
     elif isinstance(image, np.ndarray) or is_torch_tensor(image):
         array = _array_pixels(_to_numpy(image), input_data_format)
     else:
-        raise ValueError(
-            f"unsupported image type {type(image).__name__}; expected a PIL image, a numpy array, a torch tensor, a "
-            "path or a URL"
-        )
+        raise ValueError(f"unsupported image type {type(image).__name__}: not a PIL image, array, tensor, path or URL")
     return _to_channels(array, num_channels)
 
 
@@ -284,10 +281,7 @@ def load_label_map(annotation, image=None, timeout: float | None = None) -> np.n
             )
         orientation = own if (own := _orientation(annotation)) != 1 else orientation
     elif not (isinstance(annotation, np.ndarray) or is_torch_tensor(annotation)):
-        raise ValueError(
-            f"unsupported segmentation map type {type(annotation).__name__}; expected a PIL image, a numpy array, a "
-            "torch tensor, a path or a URL"
-        )
+        raise ValueError(f"unsupported segmentation map type {type(annotation).__name__}: not an image, array or path")
     array = _to_numpy(annotation)
     if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
         array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
@@ -296,9 +290,7 @@ def load_label_map(annotation, image=None, timeout: float | None = None) -> np.n
     if array.size == 0:
         raise ValueError(f"the segmentation map is empty (shape {array.shape})")
     if array.dtype.kind not in "biuf" or (array.dtype.kind == "f" and not np.all(array == np.round(array))):
-        raise ValueError(
-            f"a segmentation map must contain integer labels, got dtype {array.dtype} or non-integer values"
-        )
+        raise ValueError(f"a segmentation map must contain integer labels (its dtype: {array.dtype})")
     if array.min() < -(2**31) or array.max() >= 2**31:
         raise ValueError("the segmentation map has labels outside the int32 range")
     if orientation != 1:  # turned by its own tag, else by its image's (a map annotates the stored pixel grid)
