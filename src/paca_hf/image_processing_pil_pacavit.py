@@ -237,6 +237,7 @@ class PaCaViTImageProcessingMixin:
             steps = np.full(new_length, labels.shape[axis] / new_length)
             steps[0] /= 2
             index = np.minimum(np.cumsum(steps).astype(np.int64), labels.shape[axis] - 1)
+            index = index if isinstance(labels, np.ndarray) else torch.from_numpy(index).to(labels.device)
             labels = labels[..., index, :] if axis == -2 else labels[..., index]
         return labels
 

@@ -240,10 +240,10 @@ def _to_channels(array: np.ndarray, num_channels: int | None) -> np.ndarray:
     """`(H, W, C)` pixels with `num_channels` channels (see [`image_to_array`])."""
     if num_channels not in (None, 1, 3, 4):
         raise ValueError(f"`num_channels` must be 1, 3, 4 or None, got {num_channels!r}")
-    channels = array.shape[-1]
-    colour = array[..., :3] if channels >= 3 else array[..., :1]
     if num_channels is None:
         return array
+    channels = array.shape[-1]
+    colour = array[..., :3] if channels >= 3 else array[..., :1]
     if num_channels == 1 and colour.shape[-1] == 3:  # PIL's ITU-R 601-2 luma, in its fixed point for 8-bit data
         if colour.dtype == np.uint8:
             luma = (colour.astype(np.int64) @ np.array([19595, 38470, 7471]) + 0x8000) >> 16
