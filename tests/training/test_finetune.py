@@ -1,5 +1,6 @@
-"""The ADE20k fine-tune (`paca_hf.training.segmentation.finetune`, scripts/finetune_ade20k.py) on the CPU with tiny models: from scratch, from a converted backbone, two processes,
-exact resume, the recipe's optimiser groups and schedule, and the reported mIoU against the saved predictions."""
+"""The ADE20k fine-tune (`paca_hf.training.segmentation.finetune`, scripts/finetune_ade20k.py) on the CPU with tiny
+models: from scratch, from a converted backbone, two processes, exact resume, the recipe's optimiser groups and
+schedule, and the reported mIoU against the saved predictions."""
 
 import json
 import os
