@@ -1,7 +1,10 @@
 """transformers' object-detection and image-segmentation pipelines on a converted Mask R-CNN (the reference detector,
 `det_maskrcnn_conv`), single images and batches, against the model and the processor run by hand."""
 
+import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from transformers.utils import logging as transformers_logging
 import paca_hf
 from paca_hf import PaCaViTMaskRCNNImageProcessor
 from paca_hf.data.scenes import scene_arrays
-from paca_hf.hub import convert_checkpoint
+from paca_hf.hub import convert_checkpoint, hidden_package_environment
 from reference import case_checkpoint, case_config
 
 
@@ -27,7 +30,8 @@ THRESHOLD = 0.1  # the random-weight detector's scores lie around 0.1-0.7
 def folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("detector") / "repo"
     convert_checkpoint(case_checkpoint(CASE), case_config(CASE), folder, task="instance-segmentation")
-    PaCaViTMaskRCNNImageProcessor(size=TEST_SIZE).save_pretrained(folder)
+    settings = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(json.dumps({**settings, "size": TEST_SIZE}))  # auto_map kept
     return folder
 
 
@@ -141,3 +145,57 @@ def test_pipelines_batch_images_of_different_sizes_with_a_fixed_pad_size(folder,
     expected = by_hand(model, images, padded, "post_process_object_detection")
     assert found == [expected_detections(result, model.config.id2label) for result in expected]
     assert all(len(detections) > 0 for detections in found)
+
+
+_REMOTE_PIPELINES = """
+import logging, sys
+try:
+    import paca_hf
+except ImportError:
+    pass
+else:
+    sys.exit("paca_hf must not be importable here")
+import numpy as np
+from PIL import Image
+from transformers import pipeline
+from transformers.utils import logging as transformers_logging
+
+class Errors(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+errors = Errors()
+transformers_logging.get_logger("transformers").addHandler(errors)
+logging.getLogger().addHandler(errors)
+image = Image.open(sys.argv[2])
+detector = pipeline("object-detection", model=sys.argv[1], trust_remote_code=True, device="cpu")
+segmenter = pipeline("image-segmentation", model=sys.argv[1], subtask="instance", trust_remote_code=True, device="cpu")
+for run in (detector, segmenter):
+    assert type(run.model).__module__.startswith("transformers_modules."), type(run.model)
+    assert type(run.image_processor).__module__.startswith("transformers_modules."), type(run.image_processor)
+print("DETECTIONS:", len(detector(image, threshold=0.1)))
+print("INSTANCES:", len(segmenter(image, threshold=0.1)))
+print("ERRORS:", errors.messages)
+"""
+
+
+def test_pipelines_run_the_repos_remote_code_without_paca_hf(folder, model, tmp_path):
+    """The converted repo loaded with `trust_remote_code=True` where paca_hf cannot be imported: both pipelines run
+    the repo's own classes, find what the installed classes find, and log no error."""
+    image = photo(6, 96, 128)
+    image.save(tmp_path / "photo.png")
+    env = hidden_package_environment(tmp_path / "sandbox")
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run([sys.executable, "-c", _REMOTE_PIPELINES, str(folder), str(tmp_path / "photo.png")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    processor = PaCaViTMaskRCNNImageProcessor(size=TEST_SIZE)
+    detections = by_hand(model, [image], processor, "post_process_object_detection")[0]
+    instances = by_hand(model, [image], processor, "post_process_instance_segmentation")[0]
+    assert f"DETECTIONS: {len(detections['scores'])}\n" in result.stdout
+    assert f"INSTANCES: {len(instances['segments_info'])}\n" in result.stdout
+    assert "ERRORS: []" in result.stdout, result.stdout[-2000:]
