@@ -22,6 +22,7 @@ from .errors import PublishError
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CLASSIFICATION = "image-classification"
 SEGMENTATION = "semantic-segmentation"
+INSTANCE_SEGMENTATION = "instance-segmentation"
 
 
 # The classes a repo's `auto_map` names, by module; every module they import relatively ships too (`images.py`,
@@ -30,6 +31,10 @@ REMOTE_CODE_MODULES = (
     "configuration_pacavit", "modeling_pacavit", "image_processing_pacavit", "image_processing_pil_pacavit"
 )
 IMAGE_PROCESSOR_CLASS = "image_processing_pacavit.PaCaViTImageProcessor"
+# The Mask R-CNN detector's modules, shipped besides those above by detector repos. They are built from torchvision's
+# detection parts, so torchvision is a requirement of those repos, not an optional import.
+DETECTOR_REMOTE_CODE_MODULES = ("configuration_pacavit_mask_rcnn", "modeling_pacavit_mask_rcnn")
+DETECTOR_CLASS = "modeling_pacavit_mask_rcnn.PaCaViTMaskRCNNForInstanceSegmentation"
 # Top-level packages the copied files may import (besides the standard library): transformers and its own
 # dependencies, which every environment that can load the repo has.
 ALLOWED_IMPORTS = frozenset({"torch", "transformers", "huggingface_hub", "numpy", "PIL", "safetensors"})
@@ -50,14 +55,19 @@ def _optional_import_lines(tree: ast.AST) -> set[int]:
     return lines
 
 
-def remote_code_files(package_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The source files a repo needs for `trust_remote_code=True`: `REMOTE_CODE_MODULES` and, recursively, every
-    module they import relatively. Raises `PublishError` if any of them imports something that a machine without
-    `paca_hf` may lack (`paca_hf` itself included) or uses a relative import transformers' loader cannot follow."""
+def remote_code_files(package_dir: str | os.PathLike | None = None, task: str | None = None) -> list[Path]:
+    """The source files a repo needs for `trust_remote_code=True`: `REMOTE_CODE_MODULES` (and for an
+    `"instance-segmentation"` detector `DETECTOR_REMOTE_CODE_MODULES`) and, recursively, every module they import
+    relatively. Raises `PublishError` if any of them imports something that a machine without `paca_hf` may lack
+    (`paca_hf` itself included; torchvision except for a detector) or uses a relative import transformers' loader
+    cannot follow."""
     package_dir = Path(package_dir) if package_dir else PACKAGE_DIR
-    pending = [module for module in REMOTE_CODE_MODULES if (package_dir / f"{module}.py").is_file()]
+    modules = REMOTE_CODE_MODULES + (DETECTOR_REMOTE_CODE_MODULES if task == INSTANCE_SEGMENTATION else ())
+    pending = [module for module in modules if (package_dir / f"{module}.py").is_file()]
     seen, problems = {}, []
-    allowed = ALLOWED_IMPORTS | set(sys.stdlib_module_names)
+    allowed = ALLOWED_IMPORTS | set(sys.stdlib_module_names) | (
+        OPTIONAL_IMPORTS if task == INSTANCE_SEGMENTATION else frozenset()
+    )
     while pending:
         module = pending.pop(0)
         if module in seen:
@@ -106,8 +116,15 @@ def auto_map(task: str) -> dict[str, str]:
         SEGMENTATION: {"AutoModelForSemanticSegmentation": "modeling_pacavit.PaCaViTForSemanticSegmentation"},
         "backbone": {},
     }
+    if task == INSTANCE_SEGMENTATION:
+        # The backbone's own classes stay loadable (its config is `backbone_config` inside the detector's).
+        return {
+            "AutoConfig": "configuration_pacavit_mask_rcnn.PaCaViTMaskRCNNConfig",
+            "AutoModelForInstanceSegmentation": DETECTOR_CLASS,
+            "AutoModelForObjectDetection": DETECTOR_CLASS,
+        }
     if task not in heads:
-        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(heads)}.")
+        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join([*heads, INSTANCE_SEGMENTATION])}.")
     return {
         "AutoConfig": "configuration_pacavit.PaCaViTConfig",
         "AutoModel": "modeling_pacavit.PaCaViTModel",
@@ -125,17 +142,20 @@ def _update_json(path: Path, **entries) -> None:
 
 def add_remote_code(folder: str | os.PathLike, task: str) -> list[Path]:
     """Copy the source files into a saved model folder and add the `auto_map` entries to its `config.json` and
-    `preprocessor_config.json` (what transformers' `register_for_auto_class` produces). Returns the copied files."""
+    `preprocessor_config.json` (what transformers' `register_for_auto_class` produces; the latter where the task's
+    `auto_map` names an image processor). Returns the copied files."""
     folder = Path(folder)
     copied = []
-    for source in remote_code_files():
+    for source in remote_code_files(task=task):
         shutil.copyfile(source, folder / source.name)
         copied.append(folder / source.name)
-    _update_json(folder / "config.json", auto_map=auto_map(task))
-    _update_json(
-        folder / "preprocessor_config.json",
-        auto_map={"AutoImageProcessor": IMAGE_PROCESSOR_CLASS},
-    )
+    entries = auto_map(task)
+    _update_json(folder / "config.json", auto_map=entries)
+    if "AutoImageProcessor" in entries:
+        _update_json(
+            folder / "preprocessor_config.json",
+            auto_map={"AutoImageProcessor": entries["AutoImageProcessor"]},
+        )
     return copied
 
 
