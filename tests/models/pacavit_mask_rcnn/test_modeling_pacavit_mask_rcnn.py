@@ -380,6 +380,32 @@ def test_detector_folder_loads_as_remote_code_without_paca_hf(tmp_path):
             torch.testing.assert_close(remote[f"{auto}.{name}"], getattr(expected, name), atol=1e-5, rtol=0)
 
 
+def test_no_detection_gives_empty_padded_outputs_and_tuples_on_request():
+    torch.manual_seed(0)
+    model = tiny_detector(box_score_threshold=1.0).eval()  # no probability is above 1
+    with torch.no_grad():
+        output = model(torch.randn(2, 3, 64, 96))
+        as_tuple = model(torch.randn(2, 3, 64, 96), return_dict=False)
+    assert output.pred_boxes.shape == (2, 0, 4) and output.scores.shape == (2, 0) and output.labels.shape == (2, 0)
+    assert output.mask_logits.shape == (2, 0, 28, 28) and output.image_sizes.tolist() == [[64, 96], [64, 96]]
+    assert isinstance(as_tuple, tuple) and [tuple(item.shape) for item in as_tuple[:5]] == [
+        (2, 0, 4), (2, 0), (2, 0), (2, 0, 28, 28), (2, 2)]  # the fields' order, None left out
+
+
+def test_heads_start_from_mmdetections_initialisation():
+    torch.manual_seed(0)
+    model = tiny_detector(box_head_hidden_size=256)
+    predictor = model.roi_heads.box_predictor
+    assert predictor.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert predictor.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.1)
+    assert model.rpn.head.cls_logits.weight.std().item() == pytest.approx(0.01, rel=0.3)
+    fc6 = model.roi_heads.box_head.fc6.weight  # Xavier uniform: bound sqrt(6 / (fan_in + fan_out))
+    assert fc6.abs().max().item() <= (6 / sum(fc6.shape)) ** 0.5
+    assert fc6.std().item() == pytest.approx((2 / sum(fc6.shape)) ** 0.5, rel=0.1)
+    for module in (model.fpn, model.rpn.head, model.roi_heads):
+        assert all(not bias.any() for name, bias in module.named_parameters() if name.endswith("bias"))
+
+
 def test_training_steps_reduce_the_loss():
     torch.manual_seed(0)
     model = tiny_detector().train()
