@@ -455,6 +455,9 @@ class PaCaViTMaskRCNNPreTrainedModel(PreTrainedModel):
     config_class = PaCaViTMaskRCNNConfig
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # The backbone's attention implementations (the heads have no attention): the choice reaches its sub-config.
+    _supports_sdpa = True
+    _supports_flex_attn = True
     _no_split_modules = ["PaCaViTLayer", "PaCaViTClusteringTeacher"]
 
     @torch.no_grad()

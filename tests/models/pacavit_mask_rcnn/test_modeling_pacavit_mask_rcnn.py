@@ -482,3 +482,12 @@ def test_bad_image_sizes_and_missing_fields_are_refused():
         model(pixel_values[:1], labels=[{"boxes": torch.zeros(0, 4)}])
     with pytest.raises(ValueError, match="`labels` must be a list of 2 dicts"):
         model(pixel_values, labels=tiny_labels())
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_attention_implementation_reaches_the_backbone(implementation):
+    torch.manual_seed(0)
+    config = tiny_detector().config
+    model = PaCaViTMaskRCNNForInstanceSegmentation._from_config(config, attn_implementation=implementation)
+    assert model.backbone.config._attn_implementation == implementation
+    assert model.config._attn_implementation == implementation
