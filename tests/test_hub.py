@@ -178,11 +178,23 @@ def test_model_card_metadata(release):
         assert "upernet" in data.tags and "custom_code" not in data.tags
     assert f"{num_parameters:,}" in card.text and str(release.gmacs) in card.text
     assert "PaCa-ViT: Learning Patch-to-Cluster Attention in Vision Transformers" in card.text
-    if release.metric is None:  # no model-index; the result in words where there is one (the whole detector's AP)
+    if release.metric is None and release.form != "detector":  # no model-index
         assert "model-index" not in data.to_dict()
         assert (release.result or "not published") in card.text
         return
     name, results = model_index_to_eval_results(data.to_dict()["model-index"])
+    if release.form == "detector":  # box and mask AP, as published
+        entry = next(entry for entry in json.loads((require_reference() / "paper_results.json").read_text())
+                     ["coco_mask_rcnn_1x"] if entry["name"] == release.official_name)
+        assert name == release.repo_name
+        assert [(result.metric_type, result.metric_value, result.task_type, result.dataset_type)
+                for result in results] == [
+            ("box_ap", entry["box_ap"], "object-detection", "detection-datasets/coco"),
+            ("mask_ap", entry["mask_ap"], "image-segmentation", "detection-datasets/coco"),
+        ]
+        with pytest.raises(hub.PublishError, match="model-index"):
+            hub.check_model_card(str(card).replace(f"value: {entry['mask_ap']}", "value: 50.0"), release)
+        return
     assert name == release.repo_name and len(results) == 1
     assert results[0].metric_value == release.metric and results[0].dataset_type == release.dataset
     assert results[0].task_type == data.pipeline_tag
