@@ -48,6 +48,15 @@ def _processor_pixels(processor_class) -> Callable[[object], np.ndarray]:
     return decode
 
 
+def _detector_processor_pixels(source):
+    """The detector's processor (mmdetection's transform works on the 0-255 scale) without resize, normalization or
+    padding."""
+    from paca_hf.image_processing_pacavit_mask_rcnn import PaCaViTMaskRCNNImageProcessor
+
+    processor = PaCaViTMaskRCNNImageProcessor(do_resize=False, do_normalize=False, do_pad=False)
+    return processor(source, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0) / 255
+
+
 def _imagenet_train_pixels(source):
     """The ImageNet training dataset's decoding, with timm's augmentation replaced by a plain to-tensor."""
     from torchvision.transforms import ToTensor
@@ -121,6 +130,7 @@ def _segmentation_augment(source) -> np.ndarray:
 ENTRY_POINTS = [
     EntryPoint("PaCaViTImageProcessor", _processor_pixels(PaCaViTImageProcessor)),
     EntryPoint("PaCaViTImageProcessorPil", _processor_pixels(PaCaViTImageProcessorPil)),
+    EntryPoint("PaCaViTMaskRCNNImageProcessor", _detector_processor_pixels),
     EntryPoint("imagenet_train", _imagenet_train_pixels, atol=EIGHT_BIT_ATOL),
     EntryPoint("imagenet_eval", _imagenet_eval_pixels),
     EntryPoint("visualization", _visualization_pixels(True)),

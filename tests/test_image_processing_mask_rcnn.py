@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from paca_hf.image_processing_pacavit_mask_rcnn import PaCaViTMaskRCNNImageProcessor
+from paca_hf.image_processing_pacavit_mask_rcnn import PaCaViTMaskRCNNImageProcessor, paste_masks
 from reference import case_io
 
 
@@ -230,3 +230,20 @@ def test_saved_processor_reloads_with_its_settings(tmp_path):
     image = np.full((96, 128, 3), 50, dtype=np.uint8)
     # 160 x 213 padded to multiples of 64
     assert reloaded(image, return_tensors="pt")["pixel_values"].shape == (1, 3, 192, 256)
+
+
+def test_paste_masks_by_hand():
+    # A mask that is certain everywhere (sigmoid(20) ~ 1) fills its box: mmdetection's paste samples at pixel centres,
+    # and inside the box the bilinear value is >= 0.5 (it falls to sigmoid(20) / 2 < 0.5 only at the box edge), so the
+    # mask is exactly the pixels whose centre lies inside: columns 2..5 (centres 2.5..5.5 in (2, 6)), rows 3..7.
+    logits = torch.full((3, 28, 28), 20.0)
+    boxes = torch.tensor([[2.0, 3.0, 6.0, 8.0], [4.0, 4.0, 4.0, 9.0], [12.0, 1.0, 15.0, 5.0]])
+    masks = paste_masks(logits, boxes, (10, 10))
+    assert masks.shape == (3, 10, 10) and masks.dtype == torch.bool
+    expected = torch.zeros(10, 10, dtype=torch.bool)
+    expected[3:8, 2:6] = True
+    assert torch.equal(masks[0], expected)
+    assert not masks[1].any()  # no width: no mask
+    assert not masks[2].any()  # right of the image
+    # A mask that is certain nowhere pastes nothing
+    assert not paste_masks(torch.full((1, 28, 28), -20.0), boxes[:1], (10, 10)).any()

@@ -135,3 +135,20 @@ def test_coco_releases_are_detectors():
     ]
     assert {release.official_name for release in detectors} == set(MASK_RCNN)
     assert all(release.task == "instance-segmentation" for release in detectors)
+
+
+def test_detector_conversion_is_strict(tmp_path, capsys):
+    """A detector checkpoint with a tensor missing and one too many: refused, both named in the checkpoint's own
+    terms, nothing written."""
+    checkpoint = torch.load(case_checkpoint(CASE), weights_only=True)
+    state_dict = dict(checkpoint["state_dict"])
+    del state_dict["roi_head.mask_head.convs.2.conv.bias"]
+    state_dict["roi_head.bbox_head.extra_fc.weight"] = torch.zeros(4, 4)
+    torch.save({"meta": checkpoint["meta"], "state_dict": state_dict}, tmp_path / "broken.pth")
+    case_config(CASE).save_pretrained(tmp_path / "backbone")
+    code = convert_cli.main(["--checkpoint", str(tmp_path / "broken.pth"), "--config",
+                             str(tmp_path / "backbone" / "config.json"), "--output-dir", str(tmp_path / "repo"),
+                             "--task", "instance-segmentation"])
+    assert code == 1 and not (tmp_path / "repo").exists()
+    error = capsys.readouterr().err
+    assert "roi_head.mask_head.convs.2.conv.bias" in error and "roi_head.bbox_head.extra_fc.weight" in error

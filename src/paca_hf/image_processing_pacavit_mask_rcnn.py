@@ -339,9 +339,9 @@ class PaCaViTMaskRCNNImageProcessor(TorchvisionBackend):
             masks = paste_masks(mask_logits[index][keep], boxes[index][keep] * scale, (height, width), mask_threshold)
             kept_scores, kept_labels = scores[index][keep].tolist(), labels[index][keep].tolist()
             if return_binary_maps:
-                present = masks.flatten(1).any(1).tolist()
-                masks = masks[torch.tensor(present, dtype=torch.bool)]
-                order = [n for n, is_present in enumerate(present) if is_present]
+                present = masks.flatten(1).any(1)
+                order = torch.nonzero(present).flatten().tolist()
+                masks = masks[present]
             else:
                 segmentation = torch.full((height, width), -1, dtype=torch.int64, device=masks.device)
                 for n in reversed(range(masks.shape[0])):  # the highest score painted last

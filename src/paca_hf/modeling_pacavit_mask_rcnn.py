@@ -37,6 +37,10 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, initLevelMapper
 from transformers import initialization as init
 from transformers.modeling_utils import PreTrainedModel
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_INSTANCE_SEGMENTATION_MAPPING_NAMES,
+    MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES,
+)
 from transformers.utils import ModelOutput
 
 from .configuration_pacavit_mask_rcnn import PaCaViTMaskRCNNConfig
@@ -455,6 +459,9 @@ class PaCaViTMaskRCNNPreTrainedModel(PreTrainedModel):
     config_class = PaCaViTMaskRCNNConfig
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # The backbone's attention implementations (the heads have no attention): the choice reaches its sub-config.
+    _supports_sdpa = True
+    _supports_flex_attn = True
     _no_split_modules = ["PaCaViTLayer", "PaCaViTClusteringTeacher"]
 
     @torch.no_grad()
@@ -537,19 +544,20 @@ class PaCaViTMaskRCNNForInstanceSegmentation(PaCaViTMaskRCNNPreTrainedModel):
         detect = not self.training or labels is None
         detections, roi_losses = self.roi_heads(fpn_levels, proposals, shapes, targets, detect=detect)
 
+        # Built at once: a tuple (`return_dict=False`) follows the order in which the fields were set.
+        fields = {}
+        if targets is not None:
+            losses = {**rpn_losses, **roi_losses}
+            fields = {"loss": sum(losses.values()), **losses}
+        if detections is not None:
+            fields.update(zip(("pred_boxes", "scores", "labels", "mask_logits"), self._pad_detections(detections)))
         output = PaCaViTMaskRCNNOutput(
+            **fields,
             image_sizes=image_sizes,
             proposals=tuple(proposals),
             proposal_scores=tuple(proposal_scores),
             fpn_hidden_states=tuple(fpn_levels.values()),
         )
-        if targets is not None:
-            losses = {**rpn_losses, **roi_losses}
-            output.loss = sum(losses.values())
-            for name, value in losses.items():
-                setattr(output, name, value)
-        if detections is not None:
-            output.pred_boxes, output.scores, output.labels, output.mask_logits = self._pad_detections(detections)
         if return_dict is None:
             return_dict = self.config.return_dict
         return output if return_dict else output.to_tuple()
@@ -650,6 +658,14 @@ class PaCaViTMaskRCNNForInstanceSegmentation(PaCaViTMaskRCNNPreTrainedModel):
             targets.append({"boxes": boxes.to(pixel_values.dtype), "labels": classes.long() + 1, "masks": masks})
         return targets
 
+
+
+# The object-detection and image-segmentation pipelines check a model's class name against transformers' tables
+# keyed by model type, where registered and remote-code classes are missing (they would log an error although they
+# work). The entries are made here, so that both `import paca_hf` and a repo's remote code make them (as
+# modeling_pacavit.py does for the segmentor); no built-in model uses this model type.
+for _table in (MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES, MODEL_FOR_INSTANCE_SEGMENTATION_MAPPING_NAMES):
+    _table.setdefault(PaCaViTMaskRCNNConfig.model_type, PaCaViTMaskRCNNForInstanceSegmentation.__name__)
 
 __all__ = [
     "PaCaViTMaskRCNNForInstanceSegmentation",

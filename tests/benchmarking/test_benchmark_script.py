@@ -370,3 +370,32 @@ def test_readme_benchmark_commands_parse():
     assert len(commands) >= 6
     for command in commands:
         cli.parse_args(command[2:])
+
+
+def test_detection_task_compares_the_mask_rcnns_at_cocos_test_size():
+    from tiny_configs import tiny_config
+
+    from paca_hf import PaCaViTMaskRCNNConfig, PaCaViTMaskRCNNForInstanceSegmentation
+
+    args = cli.parse_args(["--task", "detection"])
+    assert args.models == ["pacavit-tiny", "maskrcnn-r50"] and args.baseline == "maskrcnn-r50"
+    assert args.sizes == [800] and args.train_sizes == [800] and args.modes == ["inference", "train"]
+    assert models.detection_shape(800) == (800, 1216) and models.input_pixels(800, "detection") == 800 * 1216
+    config = models.build_config("pacavit-tiny", "detection")
+    assert config.backbone_config.num_clusters == [100, 100, 100, 0] and config.backbone_config.hidden_sizes[0] == 96
+    assert (config.num_labels, config.fpn_hidden_size, config.box_head_hidden_size) == (80, 256, 1024)
+    # The train step's labels are valid ground truth for our detector (which checks them) at the step's size.
+    labels = models.detection_labels(1, 64, torch.Generator().manual_seed(0))
+    assert labels[0]["masks"].shape == (models.NUM_DETECTION_BOXES, 64, 96)
+    tiny = PaCaViTMaskRCNNForInstanceSegmentation(PaCaViTMaskRCNNConfig(
+        backbone_config=tiny_config(), fpn_hidden_size=16, rpn_hidden_size=16, box_head_hidden_size=16,
+        mask_head_hidden_size=8, num_labels=80)).train()
+    assert torch.isfinite(tiny(torch.randn(1, 3, 64, 96), labels=labels).loss)
+    # torchvision's model behind the same call, seeing the input's pixels unresized.
+    torchvision_model = models.build_model("maskrcnn-r50", "sdpa", "detection").eval()
+    torchvision_model.model.rpn._post_nms_top_n["testing"] = 10  # 10 RoIs instead of 1000: seconds less
+    with torch.no_grad():
+        boxes = torchvision_model(torch.randn(1, 3, 32, 64)).pred_boxes
+    assert torchvision_model.model.transform.min_size == (32,) and torchvision_model.model.transform.max_size == 64
+    assert len(boxes) == 1 and boxes[0].shape[-1] == 4
+    assert (boxes[0][:, 2] <= 64).all() and (boxes[0][:, 3] <= 32).all()

@@ -10,6 +10,7 @@ All models are built from configs with random weights (no Hub download) and Imag
     python scripts/benchmark.py --models pacavit-tiny --backend eager,compile,onnxruntime --baseline pacavit-tiny
     python scripts/benchmark.py --task segmentation               # PaCa head vs Segformer-B1/B2, UperNet-Swin-T
     python scripts/benchmark.py --task data --threads 1           # image processor backends, ADE20k augmentation
+    python scripts/benchmark.py --task detection                  # PaCa-Tiny Mask R-CNN vs torchvision's R-50 one
     python scripts/benchmark.py --models pacavit-tiny,pacavit-tiny:chunk_size_feed_forward=0   # config A/B
 
 A PaCa-ViT model name may carry config overrides after colons, `name:field=value[:field=value...]` (values read as
@@ -79,7 +80,16 @@ from .memory import (
     restart_with_malloc_cache,
 )
 from .data import DATA_DEFAULTS, DATA_PIPELINES, DATA_QUICK, make_runner
-from .models import BACKENDS, MODEL_NAMES, SEGMENTATION_MODEL_NAMES, is_out_of_memory, split_model_name
+from .models import (
+    BACKENDS,
+    DETECTION_MODEL_NAMES,
+    MODEL_NAMES,
+    SEGMENTATION_MODEL_NAMES,
+    detection_shape,
+    input_pixels,
+    is_out_of_memory,
+    split_model_name,
+)
 from .results import (
     CSV_COLUMNS,
     SCALING_COLUMNS,
@@ -144,6 +154,22 @@ SEGMENTATION_DEFAULTS = {
     "memory": "auto",
     "threads": None,
 }
+# --task detection: the COCO Mask R-CNN detectors at COCO's test size (800 x 1216), inference and one train step
+DETECTION_QUICK = dict(QUICK, models=["pacavit-tiny", "maskrcnn-r50"], baseline="maskrcnn-r50", sizes=[64],
+                       train_sizes=[64], train_batch_sizes=[1])
+DETECTION_DEFAULTS = {
+    "models": ["pacavit-tiny", "maskrcnn-r50"],
+    "baseline": "maskrcnn-r50",
+    "sizes": [800],
+    "batch_sizes": [1],
+    "train_sizes": None,
+    "train_batch_sizes": [1],
+    "mode": "both",
+    "repeats": 5,
+    "warmup": 1,
+    "memory": "auto",
+    "threads": None,
+}
 DEFAULTS = {
     "models": ["pacavit-tiny", "swin-t", "pvtv2-b1"],
     "baseline": "swin-t",
@@ -163,16 +189,19 @@ def parse_args(argv=None, default_output_dir: Path = DEFAULT_OUTPUT_DIR):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--task",
-        choices=("classification", "segmentation", "data"),
+        choices=("classification", "segmentation", "detection", "data"),
         default="classification",
         help="classification: ImageNet classifiers; segmentation: ADE20k segmentors (PaCa head vs Segformer-B1/B2 "
-        "and UperNet-Swin-T); data: the image processor's backends and the ADE20k training augmentation",
+        "and UperNet-Swin-T); detection: COCO Mask R-CNN (PaCa-ViT vs torchvision's maskrcnn_resnet50_fpn), a size "
+        "being the image height (width x1.52, rounded to a multiple of 32: 800 -> 800 x 1216); data: the image "
+        "processor's backends and the ADE20k training augmentation",
     )
     parser.add_argument(
         "--models",
         type=name_list,
         help=f"comma-separated, from {', '.join(MODEL_NAMES)} (classification) or "
-        f"{', '.join(SEGMENTATION_MODEL_NAMES)} (segmentation) or {', '.join(DATA_PIPELINES)} (data); PaCa-ViT "
+        f"{', '.join(SEGMENTATION_MODEL_NAMES)} (segmentation) or {', '.join(DETECTION_MODEL_NAMES)} (detection) or "
+        f"{', '.join(DATA_PIPELINES)} (data); PaCa-ViT "
         "ones optionally with `:field=value` config overrides, any with `@backend` "
         f"(default {','.join(DEFAULTS['models'])}; segmentation {','.join(SEGMENTATION_DEFAULTS['models'])})",
     )
@@ -240,6 +269,8 @@ def parse_args(argv=None, default_output_dir: Path = DEFAULT_OUTPUT_DIR):
         defaults = DATA_QUICK if args.quick else DATA_DEFAULTS
     elif args.task == "segmentation":
         defaults = SEGMENTATION_QUICK if args.quick else SEGMENTATION_DEFAULTS
+    elif args.task == "detection":
+        defaults = DETECTION_QUICK if args.quick else DETECTION_DEFAULTS
     else:
         defaults = QUICK if args.quick else DEFAULTS
     for key, value in defaults.items():
@@ -350,7 +381,7 @@ def benchmark_mode(runners: dict, mode: str, configurations: list, args, report:
                 "mode": mode,
                 "size": size,
                 "batch_size": batch_size,
-                "pixels": size * size,
+                "pixels": input_pixels(size, args.task),
                 "device": args.device,
                 "dtype": args.dtype,
                 "attn_implementation": runner.attn_implementation,
@@ -474,6 +505,10 @@ def main(argv=None, default_output_dir: Path = DEFAULT_OUTPUT_DIR) -> int:
         f"transformers {transformers.__version__}"
     )
     report(f"models {', '.join(args.models)}; {args.warmup} warm-up + {args.repeats} interleaved timed runs each")
+    if args.task == "detection":
+        shapes = sorted({size for size in [*args.sizes, *args.train_sizes]})
+        report("detection inputs (height x width): " + ", ".join(
+            "x".join(map(str, detection_shape(size))) for size in shapes))
     environment = " ".join(f"{key}={value}" for key, value in meta["environment"].items())
     report(f"environment: {environment or 'no allocator or threading variables set (glibc malloc defaults)'}")
 

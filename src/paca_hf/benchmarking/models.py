@@ -4,7 +4,9 @@ step of one of them on one backend.
 * task "classification": PaCa-ViT (with `name:field=value` config overrides), transformers' Swin-T and PVTv2-b1/b2,
   ImageNet heads (1000 labels);
 * task "segmentation": the ADE20k segmentors (150 labels): PaCa-ViT with the PaCa head (the authors' ADE20k
-  configs), transformers' Segformer-B1/B2 and UperNet on Swin-T (with its auxiliary FCN head, as trained).
+  configs), transformers' Segformer-B1/B2 and UperNet on Swin-T (with its auxiliary FCN head, as trained);
+* task "detection": the COCO Mask R-CNN detectors (80 labels): PaCa-ViT's (the authors' configs, on torchvision's
+  parts) and torchvision's `maskrcnn_resnet50_fpn` (91 labels, its own), at `detection_shape(size)`.
 
 A name may end in `@backend` (`eager`, `compile`, `onnxruntime`) to run that model on that backend.
 """
@@ -25,10 +27,26 @@ import torch
 MODEL_NAMES = ("pacavit-tiny", "pacavit-small", "pacavit-base", "swin-t", "pvtv2-b1", "pvtv2-b2")
 SEGMENTATION_MODEL_NAMES = ("pacavit-tiny", "pacavit-small", "pacavit-base", "segformer-b1", "segformer-b2",
                             "upernet-swin-t")
-TASK_MODEL_NAMES = {"classification": MODEL_NAMES, "segmentation": SEGMENTATION_MODEL_NAMES}
+DETECTION_MODEL_NAMES = ("pacavit-tiny", "pacavit-small", "pacavit-base", "maskrcnn-r50")
+TASK_MODEL_NAMES = {"classification": MODEL_NAMES, "segmentation": SEGMENTATION_MODEL_NAMES,
+                    "detection": DETECTION_MODEL_NAMES}
 BACKENDS = ("eager", "compile", "onnxruntime")
 NUM_LABELS = 1000
 NUM_SEGMENTATION_LABELS = 150  # ADE20k
+NUM_DETECTION_LABELS = 80  # COCO
+DETECTION_ASPECT = 1.52  # width / height of the 800 x 1216 test size (a COCO photo at mmdet's 1333 x 800 scale)
+NUM_DETECTION_BOXES = 8  # ground truth boxes per image in the detection train step
+
+
+def detection_shape(size: int) -> tuple[int, int]:
+    """(height, width) of a detection input of height `size`: width `DETECTION_ASPECT` x size rounded to a multiple
+    of 32, as the image processor pads (800 -> 800 x 1216)."""
+    return size, 32 * max(1, round(size * DETECTION_ASPECT / 32))
+
+
+def input_pixels(size: int, task: str) -> int:
+    height, width = detection_shape(size) if task == "detection" else (size, size)
+    return height * width
 
 
 def split_backend(name: str) -> tuple[str, str | None]:
@@ -72,6 +90,8 @@ def build_config(name: str, task: str = "classification"):
     """Config of a benchmarked model, every hyper-parameter written out (no Hub download)."""
     if task == "segmentation":
         return build_segmentation_config(name)
+    if task == "detection":
+        return build_detection_config(name)
     name, overrides = split_model_name(name, task)
     if name.startswith("pacavit-"):
         from paca_hf import PaCaViTConfig
@@ -175,8 +195,70 @@ def build_segmentation_config(name: str):
     )
 
 
+def build_detection_config(name: str):
+    """Config of a benchmarked PaCa-ViT COCO detector: mmdet's Mask R-CNN 1x around the authors' backbone (None for
+    torchvision's model, built by `TorchvisionMaskRCNN`)."""
+    base, overrides = split_model_name(name, "detection")
+    if not base.startswith("pacavit-"):
+        return None
+    from paca_hf import PaCaViTConfig, PaCaViTMaskRCNNConfig
+
+    variant = base.split("-", 1)[1]
+    backbone = PaCaViTConfig.from_official_name(f"mask_rcnn_pacavit_{variant}_p2cconv_100_0_mstrain_480_800_1x_coco",
+                                                **overrides)
+    return PaCaViTMaskRCNNConfig(backbone_config=backbone, num_labels=NUM_DETECTION_LABELS)
+
+
+class TorchvisionMaskRCNN(torch.nn.Module):
+    """torchvision's `maskrcnn_resnet50_fpn` (random weights, no download) called as our detector is: `pixel_values`
+    and our `labels` in, an object with `loss` (training) or `pred_boxes` out. Its own transform still normalises
+    the images, and resizes them by a factor of 1 (min / max size set to the input's, so that both models see the
+    same pixels)."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+        self.model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+        self.config = SimpleNamespace(_attn_implementation="none")
+
+    def forward(self, pixel_values: torch.Tensor, labels=None):
+        height, width = pixel_values.shape[-2:]
+        self.model.transform.min_size, self.model.transform.max_size = (min(height, width),), max(height, width)
+        images = list(pixel_values)
+        if labels is None:
+            return SimpleNamespace(pred_boxes=[found["boxes"] for found in self.model(images)])
+        targets = [{"boxes": label["boxes"], "labels": label["class_labels"] + 1, "masks": label["masks"]}
+                   for label in labels]
+        return SimpleNamespace(loss=sum(self.model(images, targets).values()))
+
+
+def detection_labels(batch_size: int, size: int, generator: torch.Generator) -> list[dict]:
+    """`NUM_DETECTION_BOXES` random boxes per image (sides 1/8 to 1/2 of the image's) with their rectangles as
+    masks, in our detector's `labels` format."""
+    height, width = detection_shape(size)
+    labels = []
+    for _ in range(batch_size):
+        sides = torch.rand(NUM_DETECTION_BOXES, 2, generator=generator) * 3 / 8 + 1 / 8
+        sizes = sides * torch.tensor([width, height])
+        corners = torch.rand(NUM_DETECTION_BOXES, 2, generator=generator) * (torch.tensor([width, height]) - sizes)
+        boxes = torch.cat([corners, corners + sizes], dim=1).floor()
+        masks = torch.zeros(NUM_DETECTION_BOXES, height, width, dtype=torch.uint8)
+        for mask, (x1, y1, x2, y2) in zip(masks, boxes.long().tolist()):
+            mask[y1:y2, x1:x2] = 1
+        classes = torch.randint(0, NUM_DETECTION_LABELS, (NUM_DETECTION_BOXES,), generator=generator)
+        labels.append({"boxes": boxes, "class_labels": classes, "masks": masks})
+    return labels
+
+
 def model_class(name: str, task: str = "classification"):
     name, _ = split_model_name(name, task)
+    if task == "detection":
+        if name.startswith("pacavit-"):
+            from paca_hf import PaCaViTMaskRCNNForInstanceSegmentation
+
+            return PaCaViTMaskRCNNForInstanceSegmentation
+        return TorchvisionMaskRCNN
     if task == "segmentation":
         if name.startswith("pacavit-"):
             from paca_hf import PaCaViTForSemanticSegmentation
@@ -205,6 +287,8 @@ def model_class(name: str, task: str = "classification"):
 def build_model(name: str, attn_implementation: str, task: str = "classification") -> torch.nn.Module:
     """Random-weight model; models without SDPA support (PVTv2, Segformer) fall back to their eager attention."""
     cls, config = model_class(name, task), build_config(name, task)
+    if config is None:
+        return cls()
     try:
         return cls._from_config(config, attn_implementation=attn_implementation)
     except ValueError:
@@ -362,16 +446,20 @@ class Runner:
         cached per (size, batch)."""
         if (size, batch_size) not in self.input_cache:
             generator = torch.Generator().manual_seed(self.args.seed)
-            pixel_values = torch.randn(batch_size, 3, size, size, generator=generator)
+            height, width = detection_shape(size) if self.task == "detection" else (size, size)
+            pixel_values = torch.randn(batch_size, 3, height, width, generator=generator)
             input_dtype = self.dtype if self.mode == "inference" else torch.float32
-            if self.task == "segmentation":
+            if self.task == "detection":
+                labels = detection_labels(batch_size, size, generator)
+            elif self.task == "segmentation":
                 labels = torch.randint(0, NUM_SEGMENTATION_LABELS, (batch_size, size, size), generator=generator)
             else:
                 labels = torch.randint(0, NUM_LABELS, (batch_size,), generator=generator)
-            self.input_cache[(size, batch_size)] = (
-                pixel_values.to(device=self.device, dtype=input_dtype),
-                labels.to(self.device),
-            )
+            if self.task == "detection":
+                labels = [{key: value.to(self.device) for key, value in label.items()} for label in labels]
+            else:
+                labels = labels.to(self.device)
+            self.input_cache[(size, batch_size)] = (pixel_values.to(device=self.device, dtype=input_dtype), labels)
         self.pixel_values, self.labels = self.input_cache[(size, batch_size)]
 
     def clear_inputs(self):
@@ -381,7 +469,7 @@ class Runner:
         model = model if model is not None else self.forward_model
         if self.mode == "inference":
             with torch.inference_mode():
-                return model(pixel_values=self.pixel_values).logits
+                return main_output(model(pixel_values=self.pixel_values))
         with autocast_context(self.device.type, self.dtype, self.mode):
             loss = model(pixel_values=self.pixel_values, labels=self.labels).loss
         loss.backward()
@@ -397,7 +485,7 @@ class Runner:
         if self.backend == "eager":
             return 0.0
         with torch.inference_mode():
-            reference = self.model(pixel_values=self.pixel_values).logits
+            reference = main_output(self.model(pixel_values=self.pixel_values))
         outputs = self.step()
         return (outputs.to(reference.device, torch.float32) - reference.float()).abs().max().item()
 
@@ -430,6 +518,11 @@ class Runner:
         self.step()
         self.sync()
         return time.perf_counter() - start
+
+
+def main_output(outputs):
+    """What an inference step returns: the logits, or a detector's boxes."""
+    return outputs.pred_boxes if hasattr(outputs, "pred_boxes") else outputs.logits
 
 
 def is_out_of_memory(error: BaseException) -> bool:

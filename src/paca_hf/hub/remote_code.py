@@ -22,6 +22,7 @@ from .errors import PublishError
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CLASSIFICATION = "image-classification"
 SEGMENTATION = "semantic-segmentation"
+INSTANCE_SEGMENTATION = "instance-segmentation"
 
 
 # The classes a repo's `auto_map` names, by module; every module they import relatively ships too (`images.py`,
@@ -30,12 +31,12 @@ REMOTE_CODE_MODULES = (
     "configuration_pacavit", "modeling_pacavit", "image_processing_pacavit", "image_processing_pil_pacavit"
 )
 IMAGE_PROCESSOR_CLASS = "image_processing_pacavit.PaCaViTImageProcessor"
-# A detector's repo (task "instance-segmentation") ships these too; the detector is built from torchvision's
-# detection parts, so there torchvision is a requirement like transformers.
-INSTANCE_SEGMENTATION = "instance-segmentation"
+# The Mask R-CNN detector's modules, shipped besides those above by detector repos. They are built from torchvision's
+# detection parts, so torchvision is a requirement of those repos, not an optional import.
 DETECTOR_REMOTE_CODE_MODULES = (
     "configuration_pacavit_mask_rcnn", "modeling_pacavit_mask_rcnn", "image_processing_pacavit_mask_rcnn"
 )
+DETECTOR_CLASS = "modeling_pacavit_mask_rcnn.PaCaViTMaskRCNNForInstanceSegmentation"
 DETECTOR_IMAGE_PROCESSOR_CLASS = "image_processing_pacavit_mask_rcnn.PaCaViTMaskRCNNImageProcessor"
 # Top-level packages the copied files may import (besides the standard library): transformers and its own
 # dependencies, which every environment that can load the repo has.
@@ -58,16 +59,18 @@ def _optional_import_lines(tree: ast.AST) -> set[int]:
 
 
 def remote_code_files(package_dir: str | os.PathLike | None = None, task: str | None = None) -> list[Path]:
-    """The source files a repo needs for `trust_remote_code=True`: `REMOTE_CODE_MODULES` (and for `task`
-    "instance-segmentation" `DETECTOR_REMOTE_CODE_MODULES`) and, recursively, every module they import relatively.
-    Raises `PublishError` if any of them imports something that a machine without `paca_hf` may lack (`paca_hf`
-    itself included) or uses a relative import transformers' loader cannot follow."""
+    """The source files a repo needs for `trust_remote_code=True`: `REMOTE_CODE_MODULES` (and for an
+    `"instance-segmentation"` detector `DETECTOR_REMOTE_CODE_MODULES`) and, recursively, every module they import
+    relatively. Raises `PublishError` if any of them imports something that a machine without `paca_hf` may lack
+    (`paca_hf` itself included; torchvision except for a detector) or uses a relative import transformers' loader
+    cannot follow."""
     package_dir = Path(package_dir) if package_dir else PACKAGE_DIR
-    detector = task == INSTANCE_SEGMENTATION
-    modules = REMOTE_CODE_MODULES + (DETECTOR_REMOTE_CODE_MODULES if detector else ())
+    modules = REMOTE_CODE_MODULES + (DETECTOR_REMOTE_CODE_MODULES if task == INSTANCE_SEGMENTATION else ())
     pending = [module for module in modules if (package_dir / f"{module}.py").is_file()]
     seen, problems = {}, []
-    allowed = ALLOWED_IMPORTS | set(sys.stdlib_module_names) | (OPTIONAL_IMPORTS if detector else frozenset())
+    allowed = ALLOWED_IMPORTS | set(sys.stdlib_module_names) | (
+        OPTIONAL_IMPORTS if task == INSTANCE_SEGMENTATION else frozenset()
+    )
     while pending:
         module = pending.pop(0)
         if module in seen:
@@ -117,11 +120,12 @@ def auto_map(task: str) -> dict[str, str]:
         "backbone": {},
     }
     if task == INSTANCE_SEGMENTATION:
-        detector = "modeling_pacavit_mask_rcnn.PaCaViTMaskRCNNForInstanceSegmentation"
+        # The backbone's own classes stay loadable (its config is `backbone_config` inside the detector's).
         return {
             "AutoConfig": "configuration_pacavit_mask_rcnn.PaCaViTMaskRCNNConfig",
-            "AutoModelForInstanceSegmentation": detector,
-            "AutoModelForObjectDetection": detector,
+            "AutoModelForInstanceSegmentation": DETECTOR_CLASS,
+            "AutoModelForObjectDetection": DETECTOR_CLASS,
+            "AutoModelForImageSegmentation": DETECTOR_CLASS,  # the image-segmentation pipeline loads with it
             "AutoImageProcessor": DETECTOR_IMAGE_PROCESSOR_CLASS,
         }
     if task not in heads:
@@ -143,7 +147,8 @@ def _update_json(path: Path, **entries) -> None:
 
 def add_remote_code(folder: str | os.PathLike, task: str) -> list[Path]:
     """Copy the source files into a saved model folder and add the `auto_map` entries to its `config.json` and
-    `preprocessor_config.json` (what transformers' `register_for_auto_class` produces). Returns the copied files."""
+    `preprocessor_config.json` (what transformers' `register_for_auto_class` produces; the latter where the folder
+    has one and the task's `auto_map` names an image processor). Returns the copied files."""
     folder = Path(folder)
     copied = []
     for source in remote_code_files(task=task):
@@ -151,10 +156,11 @@ def add_remote_code(folder: str | os.PathLike, task: str) -> list[Path]:
         copied.append(folder / source.name)
     entries = auto_map(task)
     _update_json(folder / "config.json", auto_map=entries)
-    _update_json(
-        folder / "preprocessor_config.json",
-        auto_map={"AutoImageProcessor": entries["AutoImageProcessor"]},
-    )
+    if "AutoImageProcessor" in entries and (folder / "preprocessor_config.json").is_file():
+        _update_json(
+            folder / "preprocessor_config.json",
+            auto_map={"AutoImageProcessor": entries["AutoImageProcessor"]},
+        )
     return copied
 
 
