@@ -301,6 +301,14 @@ def test_training_losses_with_mmdetections_samples_match(detector, io):
             _, roi_losses = detector.roi_heads(
                 OrderedDict(zip(LEVELS, output.fpn_hidden_states)), [proposals], [(160, 213)], targets, detect=False
             )
+            # The whole forward, with mmdet's RoIs found among our own training proposals (within 1e-3 px).
+            distance = torch.cdist(io["train_rcnn_rois"], torch.cat([io["train_gt_bboxes"], output.proposals[0]]),
+                                   p=float("inf")).min(dim=1)
+            assert distance.values.max() <= 1e-3
+            detector.roi_heads.fg_bg_sampler = PresetSampler(
+                [distance.indices[:num_positive]], [distance.indices[num_positive:]]
+            )
+            whole = detector(io["input_0"], image_sizes=io["img_shape_0"][None], labels=training_labels(io))
     finally:
         detector.eval()
         detector.rpn.fg_bg_sampler, detector.roi_heads.fg_bg_sampler = samplers
@@ -308,6 +316,10 @@ def test_training_losses_with_mmdetections_samples_match(detector, io):
         torch.testing.assert_close(getattr(output, name), io[f"train_{name}"][0], atol=1e-5, rtol=0)
     for name in ("loss_cls", "loss_bbox", "loss_mask"):
         torch.testing.assert_close(roi_losses[name], io[f"train_{name}"][0], atol=1e-5, rtol=0)
+    names = ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask")
+    for name in names:
+        torch.testing.assert_close(getattr(whole, name), io[f"train_{name}"][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(whole.loss, sum(io[f"train_{name}"][0] for name in names), atol=5e-5, rtol=0)
     assert output.pred_boxes is None  # training mode with labels: losses only
 
 
