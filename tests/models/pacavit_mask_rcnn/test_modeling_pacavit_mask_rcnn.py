@@ -252,6 +252,26 @@ def test_detections_and_mask_logits_match_mmdetection(outputs, io, index):
     assert output.image_sizes.tolist() == [io[f"img_shape_{index}"].tolist()]
 
 
+def test_tiny_boxes_survive_as_in_mmdetection_and_deltas_clamp_on_both_sides():
+    # Parts of mmdet's recipe the reference's margins do not reach (README: differences 5, 6 and the clamp).
+    model = tiny_detector().eval()
+    # RPN: mmdet keeps every box with w > 0 and h > 0 (torchvision drops those under 1e-3 px).
+    proposals = torch.tensor([[[10.0, 10.0, 10.0005, 30.0], [40.0, 40.0, 50.0, 50.0], [5.0, 5.0, 5.0, 9.0]]])
+    boxes, _ = model.rpn.filter_proposals(proposals, torch.tensor([[3.0, 2.0, 1.0]]), [(64, 96)], [3])
+    assert boxes[0].tolist() == proposals[0, :2].tolist()
+    # Detections: no minimum size (torchvision drops boxes under 0.01 px).
+    class_logits = torch.tensor([[0.0, 5.0, 0.0, 0.0]])  # background first, then the 3 classes
+    found, scores, labels = model.roi_heads.postprocess_detections(
+        class_logits, torch.zeros(1, 16), [torch.tensor([[10.0, 10.0, 10.005, 12.0]])], [(64, 96)]
+    )
+    assert found[0].shape == (1, 4) and labels[0].tolist() == [1]
+    # Deltas: dw, dh clamped to +-log(1000 / 16) on both sides (torchvision clamps only above).
+    decoded = model.rpn.box_coder.decode_single(torch.tensor([[0.0, 0.0, -10.0, 10.0]]), torch.tensor([[0.0, 0.0,
+                                                                                                         16.0, 16.0]]))
+    width, height = (decoded[0, 2] - decoded[0, 0]).item(), (decoded[0, 3] - decoded[0, 1]).item()
+    assert width == pytest.approx(16 * 16 / 1000, rel=1e-5) and height == pytest.approx(16 * 1000 / 16, rel=1e-5)
+
+
 def test_batch_pads_detections_after_each_images_own(detector, outputs, io):
     pixel_values = io["input_0"].repeat(2, 1, 1, 1)
     with torch.no_grad():
