@@ -5,7 +5,6 @@ Pure: nothing here writes files. Saving a converted model as a complete repo (we
 model card), checking and uploading it is `paca_hf.hub`'s job.
 """
 
-import math
 import os
 import re
 from collections import Counter, defaultdict
@@ -565,48 +564,6 @@ def upernet_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tenso
     )
     options.update(kwargs)
     return UperNetConfig(**options)
-
-
-def mask_rcnn_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tensor] | None = None, **kwargs):
-    """`PaCaViTMaskRCNNConfig` for a PaCa-ViT backbone with mmdet's Mask R-CNN 1x heads (the authors' COCO configs).
-    With `source` (an mmdet Mask R-CNN checkpoint), the FPN, box head and mask head sizes and the number of classes
-    are read from its tensors; `ConversionError` names a tensor that is missing or whose shape no config fits.
-    `kwargs` override fields (`id2label`, ...)."""
-    from .configuration_pacavit_mask_rcnn import PaCaViTMaskRCNNConfig
-
-    settings = {}
-    if source is not None:
-        def shape(key: str) -> tuple[int, ...]:
-            if key not in source:
-                raise ConversionError(f"Not a Mask R-CNN checkpoint of mmdet's layout: {key} is missing.")
-            return tuple(source[key].shape)
-
-        fpn_hidden_size = shape("neck.fpn_convs.0.conv.weight")[0]
-        box_hidden_size, box_inputs = shape("roi_head.bbox_head.shared_fcs.0.weight")
-        roi_size = math.isqrt(box_inputs // fpn_hidden_size)
-        if roi_size * roi_size * fpn_hidden_size != box_inputs:
-            raise ConversionError(
-                f"roi_head.bbox_head.shared_fcs.0.weight reads {box_inputs} inputs, not FPN channels "
-                f"({fpn_hidden_size}) x a square RoI."
-            )
-        anchors = shape("rpn_head.rpn_cls.weight")[0]
-        if anchors != 3:
-            raise ConversionError(
-                f"rpn_head.rpn_cls.weight has {anchors} anchors per position; mmdet's Mask R-CNN (scale 8, ratios "
-                f"0.5 / 1 / 2) has 3."
-            )
-        settings = dict(
-            fpn_hidden_size=fpn_hidden_size,
-            rpn_hidden_size=shape("rpn_head.rpn_conv.weight")[0],
-            box_head_hidden_size=box_hidden_size,
-            box_roi_output_size=roi_size,
-            mask_head_hidden_size=shape("roi_head.mask_head.convs.0.conv.weight")[0],
-            num_mask_head_convs=len({key.split(".")[3] for key in source
-                                     if key.startswith("roi_head.mask_head.convs.")}),
-            num_labels=shape("roi_head.bbox_head.fc_cls.weight")[0] - 1,
-        )
-    settings.update(kwargs)
-    return PaCaViTMaskRCNNConfig(backbone_config=backbone_config, **settings)
 
 
 def official_config(name: str):
