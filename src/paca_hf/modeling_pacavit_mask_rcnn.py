@@ -47,7 +47,8 @@ from .configuration_pacavit_mask_rcnn import PaCaViTMaskRCNNConfig
 from .modeling_pacavit import PaCaViTBackbone, check_pixel_values
 
 
-# Boxes whose mask may lie outside the image by this much (pixels) are still accepted as ground truth.
+# How far (pixels) a ground truth box may reach outside its image (before padding) and still be accepted: float
+# noise of boxes scaled with the image.
 BOX_TOLERANCE = 0.01
 
 

@@ -239,6 +239,26 @@ def test_detections_and_mask_logits_match_mmdetection(outputs, io, index):
     assert output.image_sizes.tolist() == [io[f"img_shape_{index}"].tolist()]
 
 
+def test_tiny_boxes_survive_as_in_mmdetection_and_deltas_clamp_on_both_sides():
+    # Parts of mmdet's recipe the reference's margins do not reach (README: differences 5, 6 and the clamp).
+    model = tiny_detector().eval()
+    # RPN: mmdet keeps every box with w > 0 and h > 0 (torchvision drops those under 1e-3 px).
+    proposals = torch.tensor([[[10.0, 10.0, 10.0005, 30.0], [40.0, 40.0, 50.0, 50.0], [5.0, 5.0, 5.0, 9.0]]])
+    boxes, _ = model.rpn.filter_proposals(proposals, torch.tensor([[3.0, 2.0, 1.0]]), [(64, 96)], [3])
+    assert boxes[0].tolist() == proposals[0, :2].tolist()
+    # Detections: no minimum size (torchvision drops boxes under 0.01 px).
+    class_logits = torch.tensor([[0.0, 5.0, 0.0, 0.0]])  # background first, then the 3 classes
+    found, scores, labels = model.roi_heads.postprocess_detections(
+        class_logits, torch.zeros(1, 16), [torch.tensor([[10.0, 10.0, 10.005, 12.0]])], [(64, 96)]
+    )
+    assert found[0].shape == (1, 4) and labels[0].tolist() == [1]
+    # Deltas: dw, dh clamped to +-log(1000 / 16) on both sides (torchvision clamps only above).
+    decoded = model.rpn.box_coder.decode_single(torch.tensor([[0.0, 0.0, -10.0, 10.0]]), torch.tensor([[0.0, 0.0,
+                                                                                                         16.0, 16.0]]))
+    width, height = (decoded[0, 2] - decoded[0, 0]).item(), (decoded[0, 3] - decoded[0, 1]).item()
+    assert width == pytest.approx(16 * 16 / 1000, rel=1e-5) and height == pytest.approx(16 * 1000 / 16, rel=1e-5)
+
+
 def test_batch_pads_detections_after_each_images_own(detector, outputs, io):
     pixel_values = io["input_0"].repeat(2, 1, 1, 1)
     with torch.no_grad():
@@ -288,6 +308,14 @@ def test_training_losses_with_mmdetections_samples_match(detector, io):
             _, roi_losses = detector.roi_heads(
                 OrderedDict(zip(LEVELS, output.fpn_hidden_states)), [proposals], [(160, 213)], targets, detect=False
             )
+            # The whole forward, with mmdet's RoIs found among our own training proposals (within 1e-3 px).
+            distance = torch.cdist(io["train_rcnn_rois"], torch.cat([io["train_gt_bboxes"], output.proposals[0]]),
+                                   p=float("inf")).min(dim=1)
+            assert distance.values.max() <= 1e-3
+            detector.roi_heads.fg_bg_sampler = PresetSampler(
+                [distance.indices[:num_positive]], [distance.indices[num_positive:]]
+            )
+            whole = detector(io["input_0"], image_sizes=io["img_shape_0"][None], labels=training_labels(io))
     finally:
         detector.eval()
         detector.rpn.fg_bg_sampler, detector.roi_heads.fg_bg_sampler = samplers
@@ -295,6 +323,10 @@ def test_training_losses_with_mmdetections_samples_match(detector, io):
         torch.testing.assert_close(getattr(output, name), io[f"train_{name}"][0], atol=1e-5, rtol=0)
     for name in ("loss_cls", "loss_bbox", "loss_mask"):
         torch.testing.assert_close(roi_losses[name], io[f"train_{name}"][0], atol=1e-5, rtol=0)
+    names = ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask")
+    for name in names:
+        torch.testing.assert_close(getattr(whole, name), io[f"train_{name}"][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(whole.loss, sum(io[f"train_{name}"][0] for name in names), atol=5e-5, rtol=0)
     assert output.pred_boxes is None  # training mode with labels: losses only
 
 
