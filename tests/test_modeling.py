@@ -437,3 +437,29 @@ def test_outputs_are_transformers_output_classes_with_the_cluster_field(seed):
     assert isinstance(classified, ImageClassifierOutput) and isinstance(encoded, BaseModelOutputWithPooling)
     assert list(classified.keys()) == ["logits", "hidden_states", "cluster_assignments"]
     assert list(encoded.keys()) == ["last_hidden_state", "pooler_output", "cluster_assignments"]
+
+
+def test_the_segmentation_output_is_transformers_class_with_the_cluster_fields_last(seed):
+    """`PaCaViTSemanticSegmenterOutput` is transformers' `SemanticSegmenterOutput` with `cluster_logits` and
+    `cluster_assignments` added after its fields, so that `return_dict=False` gives the library's order (loss, logits,
+    hidden_states, attentions, as Segformer's) and the cluster fields after them."""
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    model = PaCaViTForSemanticSegmentation(tiny_config(attn_implementation="eager")).eval()
+    pixel_values, labels = torch.randn(1, 3, 32, 32), torch.randint(0, 5, (1, 32, 32))
+    kwargs = dict(output_hidden_states=True, output_attentions=True, output_cluster_assignments=True)
+    with torch.no_grad():
+        outputs = model(pixel_values, labels=labels, **kwargs)
+        as_tuple = model(pixel_values, labels=labels, return_dict=False, **kwargs)
+        plain = model(pixel_values, return_dict=False)
+    assert isinstance(outputs, SemanticSegmenterOutput)
+    assert list(outputs.keys()) == [
+        "loss", "logits", "hidden_states", "attentions", "cluster_logits", "cluster_assignments"
+    ]
+    loss, logits, hidden_states, attentions, cluster_logits, cluster_assignments = as_tuple
+    assert logits.shape == cluster_logits.shape == (1, 5, 8, 8)
+    assert [tuple(h.shape) for h in hidden_states] == [(1, 16, 8, 8), (1, 32, 4, 4), (1, 48, 2, 2), (1, 64, 1, 1)]
+    assert len(attentions) == 6 and len(cluster_assignments) == 4
+    torch.testing.assert_close(as_tuple, outputs.to_tuple(), atol=0, rtol=0)
+    # Without the optional outputs the tuple is (logits, cluster_logits), as before.
+    torch.testing.assert_close(plain, (outputs.logits, outputs.cluster_logits), atol=0, rtol=0)

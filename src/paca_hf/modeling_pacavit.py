@@ -17,11 +17,16 @@ from transformers.backbone_utils import BackboneMixin, filter_output_hidden_stat
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import (
+    BackboneOutput,
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+    SemanticSegmenterOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 from transformers.processing_utils import Unpack
-from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import (
     OutputRecorder,
@@ -69,28 +74,24 @@ class PaCaViTImageClassifierOutput(ImageClassifierOutput):
 
 
 @dataclass
-class PaCaViTSemanticSegmenterOutput(ModelOutput):
+class PaCaViTSemanticSegmenterOutput(SemanticSegmenterOutput):
     """
-    Output of [`PaCaViTForSemanticSegmentation`].
+    Output of [`PaCaViTForSemanticSegmentation`]: `loss` (with `labels`: cross-entropy of the upsampled logits plus
+    `config.cluster_loss_weight` times that of the upsampled clustering logits), `logits` `(batch_size, num_labels,
+    height / 4, width / 4)` (upsample them to the image size: the image processor's
+    `post_process_semantic_segmentation` does), `hidden_states` and `attentions` as in [`PaCaViTModelOutput`], and:
 
     Args:
-        loss (`torch.FloatTensor`, *optional*, returned with `labels`):
-            Cross-entropy of the upsampled logits plus `config.cluster_loss_weight` times the cross-entropy of the
-            upsampled clustering logits.
-        logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height / 4, width / 4)`):
-            Class scores at a quarter of the input resolution; upsample them to the image size (the image
-            processor's `post_process_semantic_segmentation` does).
         cluster_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height / 4, width / 4)`):
             The head's clustering logits, one cluster per class; their softmax over pixels is the cluster
             assignment of the head's patch-to-cluster attention.
-        hidden_states, attentions, cluster_assignments: as in [`PaCaViTModelOutput`], on request.
+        cluster_assignments (`tuple(torch.FloatTensor)`, *optional*, returned with `output_cluster_assignments=True`):
+            As in [`PaCaViTModelOutput`].
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
+    # After transformers' fields, so that `return_dict=False` keeps the library's order (loss, logits, hidden_states,
+    # attentions); without the optional outputs the tuple is `(logits, cluster_logits)`.
     cluster_logits: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
 
 
