@@ -463,3 +463,20 @@ def test_the_segmentation_output_is_transformers_class_with_the_cluster_fields_l
     torch.testing.assert_close(as_tuple, outputs.to_tuple(), atol=0, rtol=0)
     # Without the optional outputs the tuple is (logits, cluster_logits), as before.
     torch.testing.assert_close(plain, (outputs.logits, outputs.cluster_logits), atol=0, rtol=0)
+
+
+def test_no_forward_declares_output_hidden_states(seed):
+    """transformers 5.x: the recorded outputs are switched by keyword arguments that `@capture_outputs` reads, and
+    the heads that always need every stage (the PaCa head, the backbone) use `@filter_output_hidden_states`, which
+    returns the maps only when asked for (all, or those selected by index); no forward declares the switch."""
+    import inspect
+
+    for model_class in ALL_CLASSES:
+        assert "output_hidden_states" not in inspect.signature(model_class.forward).parameters, model_class.__name__
+    model = PaCaViTForSemanticSegmentation(tiny_config(output_hidden_states=True)).eval()
+    pixel_values = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        from_config = model(pixel_values)
+        switched_off = model(pixel_values, output_hidden_states=False)
+    assert len(from_config.hidden_states) == 4 and switched_off.hidden_states is None
+    torch.testing.assert_close(from_config.logits, switched_off.logits, atol=0, rtol=0)

@@ -32,8 +32,6 @@ from transformers.utils.output_capturing import (
     OutputRecorder,
     capture_outputs,
     maybe_install_capturing_hooks,
-    resolve_hidden_states_indices,
-    selected_hidden_states,
 )
 
 from .configuration_pacavit import PaCaViTConfig
@@ -892,11 +890,11 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
         return cross_entropy(logits) + self.config.cluster_loss_weight * cross_entropy(cluster_logits)
 
     @can_return_tuple
+    @filter_output_hidden_states
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> PaCaViTSemanticSegmenterOutput:
         r"""
@@ -904,22 +902,16 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
             `config.semantic_loss_ignore_index` (255) for pixels to ignore.
         output_hidden_states, output_attentions, output_cluster_assignments: as in [`PaCaViTModel`].
         """
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        # The head reads every stage's feature map; the caller gets those that `output_hidden_states` selects.
-        outputs = self.pacavit(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
+        # The head reads every stage's feature map (`@filter_output_hidden_states` asks for them all and returns
+        # those the caller selected).
+        outputs = self.pacavit(pixel_values, return_dict=True, **kwargs)
         logits, cluster_logits = self.decode_head(outputs.hidden_states)
         loss = None if labels is None else self.compute_loss(logits, cluster_logits, labels)
-        hidden_states = outputs.hidden_states if output_hidden_states is not False else None
-        selected = selected_hidden_states(output_hidden_states)
-        if selected is not None:
-            kept = resolve_hidden_states_indices(self, selected, num_hidden_states=len(hidden_states))
-            hidden_states = tuple(state if index in kept else None for index, state in enumerate(hidden_states))
         return PaCaViTSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
             cluster_logits=cluster_logits,
-            hidden_states=hidden_states,
+            hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             cluster_assignments=outputs.cluster_assignments,
         )
@@ -935,17 +927,12 @@ class PaCaViTBackbone(BackboneMixin, PaCaViTModel):
 
     @can_return_tuple
     @filter_output_hidden_states
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> BackboneOutput:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput:
         r"""
         output_hidden_states (`bool`, *optional*): also return every stage's feature map.
         output_attentions (`bool`, *optional*): also return every block's attention weights.
         """
-        outputs = PaCaViTModel.forward(self, pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
+        outputs = PaCaViTModel.forward(self, pixel_values, return_dict=True, **kwargs)
         feature_maps = tuple(
             hidden_state
             for stage, hidden_state in zip(self.stage_names, outputs.hidden_states)
