@@ -480,3 +480,34 @@ def test_no_forward_declares_output_hidden_states(seed):
         switched_off = model(pixel_values, output_hidden_states=False)
     assert len(from_config.hidden_states) == 4 and switched_off.hidden_states is None
     torch.testing.assert_close(from_config.logits, switched_off.logits, atol=0, rtol=0)
+
+
+def test_mix_ffn_row_bands_cover_the_map_with_the_rows_their_convolution_reads():
+    """`row_bands`: bands of `rows_per_band` rows (the last one shorter), each with the row above and below it that
+    its 3x3 convolution reads, clipped to the map."""
+    from paca_hf.modeling_pacavit import row_bands
+
+    assert row_bands(10, 4) == [((0, 4), (0, 5)), ((4, 8), (3, 9)), ((8, 10), (7, 10))]
+    assert row_bands(8, 4) == [((0, 4), (0, 5)), ((4, 8), (3, 8))]
+    assert row_bands(3, 1) == [((0, 1), (0, 2)), ((1, 2), (0, 3)), ((2, 3), (1, 3))]
+    assert row_bands(5, 5) == [((0, 5), (0, 5))]
+
+
+def test_no_nn_sequential_in_the_models(seed):
+    """Every block is a named module with its own forward (the teacher's, the PaCa head's), none an `nn.Sequential`;
+    the state-dict keys are those of the authors' layout as converted (`conv`, `norm`, per-layer indices)."""
+    config = tiny_config(teacher_depths=[1, 2, 1, 1], num_clusters=[4, 4, 4, 4])
+    model = PaCaViTForSemanticSegmentation(config).eval()
+    assert not [name for name, module in model.named_modules() if isinstance(module, torch.nn.Sequential)]
+    names = set(model.state_dict())
+    assert {
+        "pacavit.clustering_teacher.stages.1.1.depthwise.conv.weight",
+        "pacavit.clustering_teacher.stages.1.1.pointwise.norm.running_mean",
+        "pacavit.clustering_teacher.downsamples.0.projection.norm.weight",
+        "decode_head.stage_projections.0.conv.weight",
+        "decode_head.query_projection.norm.running_var",
+    } <= names
+    with torch.no_grad():
+        outputs = model(torch.randn(1, 3, 64, 64))
+    assert outputs.logits.shape == (1, 5, 16, 16)
+

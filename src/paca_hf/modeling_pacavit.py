@@ -357,25 +357,67 @@ def pointwise_conv(feature_map: torch.Tensor, linear: nn.Linear) -> torch.Tensor
     return F.conv2d(feature_map, weight, linear.bias)
 
 
+def linear_to_map(
+    linear: nn.Linear, tokens: torch.Tensor, height: int, width: int, map_layout: bool
+) -> torch.Tensor:
+    """`linear` on `(batch, height * width, in_features)` tokens, returned as a `(batch, out_features, height, width)`
+    map. Token layout: the layer reads the tokens and its output is viewed as a channels-last map (no copy). Map
+    layout (a dynamo graph, which has no memory format): the narrow input becomes the map and the layer runs as a
+    1x1 convolution, so that the wide output is never transposed."""
+    if map_layout:
+        return pointwise_conv(tokens_to_map(tokens, height, width), linear)
+    return tokens_to_map(linear(tokens), height, width)
+
+
+def linear_to_tokens(linear: nn.Linear, hidden_states: torch.Tensor, map_layout: bool) -> torch.Tensor:
+    """`linear` on the activations of `layout_for_linear`, returned as `(batch, height * width, out_features)` tokens
+    (the map layout transposes the narrow output only)."""
+    if map_layout:
+        return map_to_tokens(pointwise_conv(hidden_states, linear))
+    return linear(hidden_states)
+
+
+def layout_for_linear(feature_map: torch.Tensor, map_layout: bool) -> torch.Tensor:
+    """A `(batch, channels, height, width)` map as the layout's activations: the map itself, or its tokens (a view
+    of a channels-last map). In the token layout the elementwise activation runs on the tokens, as the linear layer
+    after it reads them: on the map it took 1.05-1.25x the time of the Mix-FFN on this project's CPU."""
+    return feature_map if map_layout else map_to_tokens(feature_map)
+
+
+def row_bands(height: int, rows_per_band: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The Mix-FFN's bands of a map `height` rows high: for each band its rows `(start, stop)` (stop exclusive) and
+    the rows its 3x3 depthwise convolution reads, `(start - 1, stop + 1)` clipped to the map, so that the bands give
+    the whole map's outputs. The boundaries are arithmetic on the sizes, decided by the band's index only: with
+    symbolic sizes (torch.compile) the one guard is then on the number of bands, so one graph serves every size with
+    as many bands, instead of one graph per height."""
+    num_bands = (height + rows_per_band - 1) // rows_per_band
+    bands = []
+    for index in range(num_bands):
+        start = index * rows_per_band
+        stop = start + rows_per_band if index < num_bands - 1 else height
+        first = start - 1 if index > 0 else 0
+        last = stop + 1 if index < num_bands - 1 else height
+        bands.append(((start, stop), (first, last)))
+    return bands
+
+
 class PaCaViTMixFFN(nn.Module):
-    """MLP with a residual 3x3 depthwise convolution after the expansion.
+    """Segformer's Mix-FFN (`fc1`, a 3x3 depthwise convolution `dwconv`, activation, `fc2`) with a residual
+    connection around the convolution, as the authors'.
 
-    Computed in horizontal bands of whole rows, each of at most `config.chunk_size_feed_forward` patches per image (0:
-    the whole map at once; None: `default_chunk_size_feed_forward` of the input's device). The expanded activations
-    are `mlp_ratio` times larger than the input, and on a CPU a freshly allocated block of tens of MiB is faulted in
-    page by page; small bands reuse warm memory, so time stays linear in the number of pixels and the peak memory of
-    inference drops. Each band also expands the row above and below it, which its 3x3 convolution reads, so the
-    results are those of the whole map (up to float rounding).
-
-    Eager mode works on the `(batch, patches, channels)` tokens: the linear layers read them as they are and the
-    convolution reads them as a channels-last map, without copies. A dynamo graph (torch.compile, torch.export, the
-    ONNX exporter) has no memory format: there the band runs on the `(batch, channels, height, width)` map, the linear
-    layers as 1x1 convolutions with the same weights, so that only the narrow input and output change layout, never
-    the expanded activations (ONNX Runtime at 512: about 0.8x the time of the token layout). `torch.compile` keeps the
-    bands (a Python loop: with symbolic sizes dynamo guards on the number of bands of each stage, so sizes with as
-    many bands share a graph and another number compiles again; `chunk_size_feed_forward=0` compiles once for all
-    sizes); a graph exported for any size (`torch.export`, ONNX, whose runtimes have their own allocators) computes
-    the whole map in one band.
+    Two speed paths beside it, with the same outputs (up to float rounding):
+    - bands of rows (`row_bands`): the map is computed in horizontal bands of whole rows, each of at most
+      `config.chunk_size_feed_forward` patches per image (0: the whole map at once; None:
+      `default_chunk_size_feed_forward` of the input's device). The expanded activations are `mlp_ratio` times larger
+      than the input, and on a CPU a freshly allocated block of tens of MiB is faulted in page by page; small bands
+      reuse warm memory, so time stays linear in the number of pixels and the peak memory of inference drops.
+      `torch.compile` keeps the bands (with symbolic sizes dynamo guards on their number, so sizes with as many bands
+      share a graph; `chunk_size_feed_forward=0` compiles once for all sizes); a graph exported for any size
+      (`torch.export`, ONNX, whose runtimes have their own allocators) computes the whole map in one band.
+    - layouts (`linear_to_map`, `layout_for_linear`, `linear_to_tokens`): eager mode works on the `(batch, patches, channels)` tokens,
+      which the convolution reads as a channels-last map without a copy; a dynamo graph (torch.compile, torch.export,
+      the ONNX exporter) runs `fc1` and `fc2` as 1x1 convolutions on the `(batch, channels, height, width)` map (ONNX
+      Runtime at 512: about 0.8x the time of the token layout).
     """
 
     def __init__(self, config: PaCaViTConfig, hidden_size: int, intermediate_size: int):
@@ -389,33 +431,13 @@ class PaCaViTMixFFN(nn.Module):
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def rows_per_band(self, hidden_states: torch.Tensor, height: int, width: int) -> int | None:
-        """Rows of patches per band; None for the whole map in one band."""
-        if torch.compiler.is_exporting() or torch.jit.is_tracing():
-            return None
-        chunk_size = self.chunk_size
-        if chunk_size is None:
-            chunk_size = default_chunk_size_feed_forward(hidden_states.device)
-        # `sym_max`, not `max`: with symbolic sizes (torch.compile) `max` would specialise the width.
-        return None if chunk_size == 0 else torch.sym_max(1, chunk_size // width)
-
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        rows_per_band = self.rows_per_band(hidden_states, height, width)
+        """`(batch, height * width, hidden_size)` tokens -> tokens of the same shape."""
+        rows_per_band = self.rows_per_band(hidden_states, width)
         if rows_per_band is None or rows_per_band >= height:
             return self.forward_band(hidden_states, height, width)
-        # Band boundaries as arithmetic on the sizes, decided by the band's index only: with symbolic sizes
-        # (torch.compile) the one guard is then on the number of bands, so one graph serves every size with as
-        # many bands, instead of one graph per height.
-        num_bands = (height + rows_per_band - 1) // rows_per_band
-        bands = []
-        for index in range(num_bands):
-            start = index * rows_per_band
-            stop = start + rows_per_band if index < num_bands - 1 else height
-            # The rows read by the band's 3x3 convolution: one above and one below, inside the map.
-            first = start - 1 if index > 0 else 0
-            last = stop + 1 if index < num_bands - 1 else height
-            bands.append(self.forward_band(hidden_states, height, width, (start, stop), (first, last)))
-        return torch.cat(bands, dim=1)
+        bands = row_bands(height, rows_per_band)
+        return torch.cat([self.forward_band(hidden_states, height, width, *band) for band in bands], dim=1)
 
     def forward_band(
         self,
@@ -425,35 +447,39 @@ class PaCaViTMixFFN(nn.Module):
         rows: tuple[int, int] | None = None,
         context_rows: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """Output tokens `(batch, patches of the band, hidden_size)` for the rows `rows = (start, stop)` (stop
-        exclusive) of the `height x width` map, expanding the rows `context_rows = (first, last)` around them (the
-        rows the depthwise convolution reads: `(start - 1, stop + 1)` clipped to the map); `rows=None`: the whole
-        map."""
-        band_height = height
+        """Output tokens `(batch, patches of the band, hidden_size)` for the band `rows` of the `height x width` map,
+        expanding its `context_rows` (see `row_bands`); `rows=None`: the whole map."""
         if rows is not None:
-            start, stop = rows
-            first, last = context_rows
-            hidden_states = hidden_states[:, first * width : last * width]
-            band_height = last - first
-        # Dynamo graphs (torch.compile, torch.export, the ONNX exporter) in the map layout; TorchScript's ONNX exporter
-        # needs parameters as convolution kernels, so it records the token layout. So do weights that are tensor
-        # subclasses (torchao's quantized weights, DTensors): they implement `linear`, not a view as a conv kernel.
-        map_layout = torch.compiler.is_compiling() and is_plain_weight(self.fc1) and is_plain_weight(self.fc2)
-        if map_layout:
-            expanded = pointwise_conv(tokens_to_map(hidden_states, band_height, width), self.fc1)
-        else:
-            expanded = tokens_to_map(self.fc1(hidden_states), band_height, width)
+            (start, stop), (first, last) = rows, context_rows
+            hidden_states, height = hidden_states[:, first * width : last * width], last - first
+        map_layout = self.uses_map_layout()
+        hidden_states = linear_to_map(self.fc1, hidden_states, height, width, map_layout)
         # In place on the conv's fresh output, not on a view of it (autograd would then copy the whole map in
         # backward); its backward does not need it. One expanded map less at peak.
-        mixed = self.dwconv(expanded).add_(expanded)
+        hidden_states = self.dwconv(hidden_states).add_(hidden_states)
         if rows is not None:
-            mixed = mixed[:, :, start - first : stop - first]
-        if map_layout:
-            mixed = self.dropout(self.activation(mixed))
-            output = map_to_tokens(pointwise_conv(mixed, self.fc2))
-        else:
-            output = self.fc2(self.dropout(self.activation(map_to_tokens(mixed))))
-        return self.dropout(output)
+            hidden_states = hidden_states[:, :, start - first : stop - first]
+        hidden_states = layout_for_linear(hidden_states, map_layout)
+        hidden_states = self.activation(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        hidden_states = linear_to_tokens(self.fc2, hidden_states, map_layout)
+        return self.dropout(hidden_states)
+
+    def rows_per_band(self, hidden_states: torch.Tensor, width: int) -> int | None:
+        """Rows of patches per band; None for the whole map in one band (always in an exported graph)."""
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():
+            return None
+        chunk_size = self.chunk_size
+        if chunk_size is None:
+            chunk_size = default_chunk_size_feed_forward(hidden_states.device)
+        # `sym_max`, not `max`: with symbolic sizes (torch.compile) `max` would specialise the width.
+        return None if chunk_size == 0 else torch.sym_max(1, chunk_size // width)
+
+    def uses_map_layout(self) -> bool:
+        """Dynamo graphs (torch.compile, torch.export, the ONNX exporter) use the map layout; TorchScript's ONNX
+        exporter needs parameters as convolution kernels, so it records the token layout. So do weights that are
+        tensor subclasses (torchao's quantized weights, DTensors): they implement `linear`, not a view as a kernel."""
+        return torch.compiler.is_compiling() and is_plain_weight(self.fc1) and is_plain_weight(self.fc2)
 
 
 class PaCaViTLayer(GradientCheckpointingLayer):
@@ -485,7 +511,7 @@ class PaCaViTLayer(GradientCheckpointingLayer):
         return hidden_states, cluster_assignment
 
 
-class PaCaViTConvActNorm(nn.Sequential):
+class PaCaViTConvActNorm(nn.Module):
     """Convolution, activation, BatchNorm: the building block of the ConvMixer clustering teacher."""
 
     def __init__(self, config: PaCaViTConfig, in_channels, out_channels, kernel_size=1, stride=1, groups=1):
@@ -495,6 +521,9 @@ class PaCaViTConvActNorm(nn.Sequential):
         )
         self.activation = ACT2FN[config.hidden_act]
         self.norm = nn.BatchNorm2d(out_channels)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.activation(self.conv(feature_map)))
 
 
 class PaCaViTConvMixerLayer(nn.Module):
@@ -532,7 +561,7 @@ class PaCaViTClusteringTeacher(nn.Module):
         super().__init__()
         sizes = config.hidden_sizes
         self.stages = nn.ModuleList(
-            nn.Sequential(*(PaCaViTConvMixerLayer(config, size) for _ in range(depth)))
+            nn.ModuleList(PaCaViTConvMixerLayer(config, size) for _ in range(depth))
             for size, depth in zip(sizes, config.teacher_depths)
         )
         self.downsamples = nn.ModuleList(
@@ -552,7 +581,8 @@ class PaCaViTClusteringTeacher(nn.Module):
         for index, stage in enumerate(self.stages):
             if index > 0:
                 feature_map = self.downsamples[index - 1](feature_map)
-            feature_map = stage(feature_map)
+            for layer in stage:
+                feature_map = layer(feature_map)
             stage_outputs.append(feature_map)
 
         fused = list(stage_outputs)
@@ -780,7 +810,7 @@ class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
         )
 
 
-class PaCaViTConvNormAct(nn.Sequential):
+class PaCaViTConvNormAct(nn.Module):
     """1x1 convolution (no bias), BatchNorm, ReLU: mmseg's `ConvModule` as the PaCa head uses it."""
 
     def __init__(self, in_channels: int, out_channels: int):
@@ -788,6 +818,9 @@ class PaCaViTConvNormAct(nn.Sequential):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
         self.norm = nn.BatchNorm2d(out_channels)
         self.activation = nn.ReLU()
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.norm(self.conv(feature_map)))
 
 
 class PaCaViTClusterProjection(nn.Module):
