@@ -511,3 +511,46 @@ def test_no_nn_sequential_in_the_models(seed):
         outputs = model(torch.randn(1, 3, 64, 64))
     assert outputs.logits.shape == (1, 5, 16, 16)
 
+
+def test_models_and_outputs_are_documented_by_transformers_auto_docstring():
+    """`@auto_docstring` on the models, their forwards and the output classes: transformers writes the common parts
+    (the config parameter, the arguments of its table, the returned fields); each PaCa-ViT argument or field is one
+    entry in its format. Importing the model prints none of the library's `[ERROR]` findings (undocumented arguments,
+    missing types) and both files carry the license header."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import paca_hf.configuration_pacavit as configuration
+    import paca_hf.modeling_pacavit as modeling
+
+    def entries(doc, name):
+        return len(re.findall(rf"^ +{name} \(`", doc, flags=re.M))
+
+    for model_class in (PaCaViTModel, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation, PaCaViTBackbone):
+        assert "config ([`PaCaViTConfig`])" in model_class.__doc__, model_class.__name__
+        doc = model_class.forward.__doc__
+        assert "output_cluster_assignments=True" in doc and "Returns:" in doc, model_class.__name__
+        assert entries(doc, "pixel_values") == 1 and "any height and width" in doc, model_class.__name__
+    assert entries(PaCaViTForImageClassification.forward.__doc__, "labels") == 1
+    segmentation_doc = PaCaViTForSemanticSegmentation.forward.__doc__
+    assert entries(segmentation_doc, "labels") == 1 and "semantic_loss_ignore_index" in segmentation_doc
+    for output_class, fields in (
+        (modeling.PaCaViTModelOutput, ["last_hidden_state", "pooler_output", "cluster_assignments"]),
+        (modeling.PaCaViTImageClassifierOutput, ["loss", "logits", "cluster_assignments"]),
+        (modeling.PaCaViTSemanticSegmenterOutput, ["loss", "logits", "cluster_logits", "cluster_assignments"]),
+    ):
+        doc = output_class.__doc__
+        assert "Args:" in doc, output_class.__name__
+        for name in [*fields, "hidden_states", "attentions"]:
+            assert entries(doc, name) == 1, (output_class.__name__, name)
+
+    result = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import paca_hf.modeling_pacavit"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert "[ERROR]" not in result.stdout + result.stderr
+    for module in (configuration, modeling):
+        first_line = Path(module.__file__).read_text().splitlines()[0]
+        assert re.fullmatch(r"# Copyright 20\d\d The paca-hf authors\. Licensed under the MIT License.*", first_line)

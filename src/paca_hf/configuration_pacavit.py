@@ -1,3 +1,4 @@
+# Copyright 2026 The paca-hf authors. Licensed under the MIT License (see setup.cfg).
 """PaCa-ViT model configuration."""
 
 import json

@@ -1,3 +1,4 @@
+# Copyright 2026 The paca-hf authors. Licensed under the MIT License (see setup.cfg).
 """PyTorch PaCa-ViT model (Patch-to-Cluster Attention, Grainger et al., CVPR 2023).
 
 One file for the whole model, as transformers' own models are (`models/segformer/modeling_segformer.py`): it also
@@ -26,7 +27,7 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import TransformersKwargs, auto_docstring, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import (
     OutputRecorder,
@@ -37,54 +38,96 @@ from transformers.utils.output_capturing import (
 from .configuration_pacavit import PaCaViTConfig
 
 
+# For `@auto_docstring` on the forwards: PaCa-ViT's own arguments (transformers' table documents the others).
+PIXEL_VALUES_DOC = r"""
+pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+    The images, normalised as the image processor does ([`PaCaViTImageProcessor`]); any height and width (the first
+    stage's feature map is a quarter of them, rounded up).
+"""
+SEGMENTATION_LABELS_DOC = r"""
+labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+    Class index of every pixel, `config.semantic_loss_ignore_index` (255) for pixels to ignore. The loss is the
+    cross-entropy of the logits upsampled to the labels' size plus `config.cluster_loss_weight` times that of the
+    clustering logits.
+"""
+FORWARD_INTRO = r"""
+Besides transformers' `output_hidden_states` (`True`, or the indices of the stages to return) and `output_attentions`
+(with `attn_implementation="eager"`), the keyword argument `output_cluster_assignments=True` returns each stage's
+cluster assignment.
+"""
+
+
+@auto_docstring(
+    custom_intro="""
+    Output of [`PaCaViTModel`]: transformers' `BaseModelOutputWithPooling` on NCHW feature maps, with the stages'
+    cluster assignments.
+    """
+)
 @dataclass
 class PaCaViTModelOutput(BaseModelOutputWithPooling):
-    """
-    Output of [`PaCaViTModel`].
-
-    Args:
-        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, hidden_size, height, width)`):
-            Feature map of the last stage, after its LayerNorm.
-        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
-            Mean of the last feature map over all positions (what the classifier reads).
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
-            Feature map of each stage, `(batch_size, hidden_size, height, width)`.
-        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
-            Attention weights of every block, `(batch_size, num_heads, num_patches, num_keys)` where `num_keys` is
-            the stage's number of clusters (or of patches in a stage without clusters).
-        cluster_assignments (`tuple(torch.FloatTensor)`, *optional*, returned with `output_cluster_assignments=True`):
-            For each stage, the soft assignment of patches to clusters used by its last block,
-            `(batch_size, num_clusters, height, width)`, summing to 1 over the patches; `None` for stages without
-            clusters.
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, hidden_size, height, width)`):
+        Feature map of the last stage, after its LayerNorm.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        Mean of the last feature map over all positions (what the classifier reads).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Feature map of each stage, `(batch_size, hidden_size, height, width)`, after its LayerNorm.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Attention weights of every block, `(batch_size, num_heads, num_patches, num_keys)` where `num_keys` is the
+        stage's number of clusters (or of patches in a stage without clusters); from `attn_implementation="eager"`
+        only (SDPA computes none and warns, as for transformers' models).
+    cluster_assignments (`tuple(torch.FloatTensor)`, *optional*, with `output_cluster_assignments=True`):
+        For each stage, the soft assignment of patches to clusters used by its last block, `(batch_size,
+        num_clusters, height, width)`, summing to 1 over the patches; `None` for stages without clusters.
     """
 
     cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
 
 
+@auto_docstring(
+    custom_intro="""
+    Output of [`PaCaViTForImageClassification`]: transformers' `ImageClassifierOutput` with the stages' cluster
+    assignments.
+    """
+)
 @dataclass
 class PaCaViTImageClassifierOutput(ImageClassifierOutput):
-    """
-    Output of [`PaCaViTForImageClassification`]: `loss` (with `labels`), `logits` `(batch_size, num_labels)`, and
-    `hidden_states`, `attentions`, `cluster_assignments` as in [`PaCaViTModelOutput`].
+    r"""
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Feature map of each stage, as in [`PaCaViTModelOutput`].
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Attention weights of every block, as in [`PaCaViTModelOutput`].
+    cluster_assignments (`tuple(torch.FloatTensor)`, *optional*, with `output_cluster_assignments=True`):
+        Each stage's cluster assignment, as in [`PaCaViTModelOutput`].
     """
 
     cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
 
 
+@auto_docstring(
+    custom_intro="""
+    Output of [`PaCaViTForSemanticSegmentation`]: transformers' `SemanticSegmenterOutput` with the PaCa head's
+    clustering logits and the stages' cluster assignments.
+    """
+)
 @dataclass
 class PaCaViTSemanticSegmenterOutput(SemanticSegmenterOutput):
-    """
-    Output of [`PaCaViTForSemanticSegmentation`]: `loss` (with `labels`: cross-entropy of the upsampled logits plus
-    `config.cluster_loss_weight` times that of the upsampled clustering logits), `logits` `(batch_size, num_labels,
-    height / 4, width / 4)` (upsample them to the image size: the image processor's
-    `post_process_semantic_segmentation` does), `hidden_states` and `attentions` as in [`PaCaViTModelOutput`], and:
-
-    Args:
-        cluster_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height / 4, width / 4)`):
-            The head's clustering logits, one cluster per class; their softmax over pixels is the cluster
-            assignment of the head's patch-to-cluster attention.
-        cluster_assignments (`tuple(torch.FloatTensor)`, *optional*, returned with `output_cluster_assignments=True`):
-            As in [`PaCaViTModelOutput`].
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is provided):
+        Cross-entropy of the upsampled logits plus `config.cluster_loss_weight` times that of the upsampled
+        clustering logits.
+    logits (`torch.FloatTensor` of shape `(batch_size, config.num_labels, height / 4, width / 4)`):
+        Class scores at a quarter of the input resolution; upsample them to the image size (the image processor's
+        `post_process_semantic_segmentation` does).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Feature map of each stage, as in [`PaCaViTModelOutput`].
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Attention weights of every block, as in [`PaCaViTModelOutput`].
+    cluster_logits (`torch.FloatTensor` of shape `(batch_size, config.num_labels, height / 4, width / 4)`):
+        The head's clustering logits, one cluster per class; their softmax over pixels is the cluster assignment of
+        the head's patch-to-cluster attention.
+    cluster_assignments (`tuple(torch.FloatTensor)`, *optional*, with `output_cluster_assignments=True`):
+        Each stage's cluster assignment, as in [`PaCaViTModelOutput`].
     """
 
     # After transformers' fields, so that `return_dict=False` keeps the library's order (loss, logits, hidden_states,
@@ -654,6 +697,12 @@ class PaCaViTStage(nn.Module):
         return feature_map, self.cluster_assignment_output(cluster_assignment)
 
 
+@auto_docstring(
+    custom_intro="""
+    The base class of the PaCa-ViT models: their config class, weight initialisation (the authors') and the outputs
+    they record (`hidden_states`, `attentions`, `cluster_assignments`).
+    """
+)
 class PaCaViTPreTrainedModel(PreTrainedModel):
     config: PaCaViTConfig
     config_class = PaCaViTConfig
@@ -727,8 +776,13 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
         raise ValueError(f"`pixel_values` has an empty spatial size: shape {tuple(pixel_values.shape)}.")
 
 
+@auto_docstring(
+    custom_intro="""
+    The bare PaCa-ViT encoder (a convolutional stem, an optional clustering teacher and the stages of
+    patch-to-cluster attention), returning the last stage's feature map and its mean.
+    """
+)
 class PaCaViTModel(PaCaViTPreTrainedModel):
-    """The bare PaCa-ViT encoder: the stem, an optional clustering teacher and the stages."""
 
     def __init__(self, config: PaCaViTConfig):
         super().__init__(config)
@@ -749,15 +803,10 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
         super().post_init()
         maybe_install_capturing_hooks(self)
 
+    @auto_docstring(custom_intro=FORWARD_INTRO, custom_args=PIXEL_VALUES_DOC)
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> PaCaViTModelOutput:
-        r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): any height and width.
-        output_hidden_states, output_attentions, output_cluster_assignments (`bool`, *optional*): return each stage's
-            feature map, every block's attention weights (with `attn_implementation="eager"`; SDPA computes none and
-            warns, as in transformers' models), each stage's cluster assignment (see [`PaCaViTModelOutput`]).
-        """
         check_pixel_values(pixel_values, self.config.num_channels)
         kwargs["output_attentions"] = kwargs.get("output_attentions") or self.config.output_attentions
 
@@ -771,8 +820,12 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
         return PaCaViTModelOutput(last_hidden_state=hidden_states, pooler_output=hidden_states.mean(dim=(2, 3)))
 
 
+@auto_docstring(
+    custom_intro="""
+    PaCa-ViT with a linear classifier on the mean of the last feature map (the authors' ImageNet-1k models).
+    """
+)
 class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
-    """PaCa-ViT with a linear classifier on the mean-pooled last feature map (ImageNet)."""
 
     def __init__(self, config: PaCaViTConfig):
         super().__init__(config)
@@ -783,6 +836,7 @@ class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
         )
         self.post_init()
 
+    @auto_docstring(custom_intro=FORWARD_INTRO, custom_args=PIXEL_VALUES_DOC)
     @can_return_tuple
     def forward(
         self,
@@ -790,11 +844,6 @@ class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> PaCaViTImageClassifierOutput:
-        r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices for the cross-entropy loss
-            (or float targets for regression / multi-label, following `config.problem_type`).
-        output_hidden_states, output_attentions, output_cluster_assignments: as in [`PaCaViTModel`].
-        """
         # `return_dict=True`: the heads read fields of the encoder's output even when `config.return_dict` is False.
         outputs = self.pacavit(pixel_values, return_dict=True, **kwargs)
         logits = self.classifier(outputs.pooler_output)
@@ -880,8 +929,13 @@ class PaCaViTDecodeHead(nn.Module):
         return logits, cluster_logits
 
 
+@auto_docstring(
+    custom_intro="""
+    PaCa-ViT with the paper's PaCa segmentation head (the authors' ADE20k models): the stages' feature maps at a
+    quarter of the input resolution attend to one learned cluster per class.
+    """
+)
 class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
-    """PaCa-ViT with the paper's PaCa segmentation head (ADE20k)."""
 
     def __init__(self, config: PaCaViTConfig):
         super().__init__(config)
@@ -922,6 +976,7 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
 
         return cross_entropy(logits) + self.config.cluster_loss_weight * cross_entropy(cluster_logits)
 
+    @auto_docstring(custom_intro=FORWARD_INTRO, custom_args=PIXEL_VALUES_DOC + SEGMENTATION_LABELS_DOC)
     @can_return_tuple
     @filter_output_hidden_states
     def forward(
@@ -930,11 +985,6 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> PaCaViTSemanticSegmenterOutput:
-        r"""
-        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*): class index of every pixel,
-            `config.semantic_loss_ignore_index` (255) for pixels to ignore.
-        output_hidden_states, output_attentions, output_cluster_assignments: as in [`PaCaViTModel`].
-        """
         # The head reads every stage's feature map (`@filter_output_hidden_states` asks for them all and returns
         # those the caller selected).
         outputs = self.pacavit(pixel_values, return_dict=True, **kwargs)
@@ -950,21 +1000,22 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
         )
 
 
+@auto_docstring(
+    custom_intro="""
+    PaCa-ViT as a backbone for dense heads (UperNet, Mask2Former, ...): the NCHW feature maps of the stages named in
+    `config.out_features`, each after its stage's LayerNorm.
+    """
+)
 class PaCaViTBackbone(BackboneMixin, PaCaViTModel):
-    """PaCa-ViT as a backbone for dense heads (UperNet, Mask2Former, ...): NCHW feature maps of the stages named in
-    `config.out_features`, each after its stage's LayerNorm."""
 
     def __init__(self, config: PaCaViTConfig):
         super().__init__(config)
         self.num_features = list(config.hidden_sizes)
 
+    @auto_docstring(custom_intro=FORWARD_INTRO, custom_args=PIXEL_VALUES_DOC)
     @can_return_tuple
     @filter_output_hidden_states
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput:
-        r"""
-        output_hidden_states (`bool`, *optional*): also return every stage's feature map.
-        output_attentions (`bool`, *optional*): also return every block's attention weights.
-        """
         outputs = PaCaViTModel.forward(self, pixel_values, return_dict=True, **kwargs)
         feature_maps = tuple(
             hidden_state
