@@ -722,6 +722,9 @@ class PaCaViTPreTrainedModel(PreTrainedModel):
             PaCaViTStage, capture_initial_hidden_state=False, num_hidden_layers_key="num_stages"
         ),
         "attentions": PaCaViTAttention,
+        # On a pass-through module inside each stage, not `OutputRecorder(PaCaViTStage, index=1)` on the stage's
+        # `(feature_map, cluster_assignment)`: transformers skips a None found at an index of a tuple output, which
+        # would misalign the entries of stages without clusters (a module's whole output is recorded, None too).
         "cluster_assignments": PaCaViTClusterAssignmentOutput,
     }
 
