@@ -150,3 +150,36 @@ def test_config_docstring_documents_each_argument_once_in_transformers_format():
         if name.startswith("_"):  # `out_features` / `out_indices`: keyword arguments, in the introduction
             continue
         assert len(re.findall(rf"^ +{name} \(`", doc, flags=re.M)) == 1, name
+
+
+def test_the_config_validates_once_per_construction(tmp_path):
+    """`__post_init__` checks the architecture (plain `ValueError`s) and `@strict` runs its validators right after:
+    the checks run once per construction, by any route; `save_pretrained` still checks a config changed since."""
+    import sys
+
+    code = PaCaViTConfig._check_architecture.__code__
+    calls = []
+
+    def count(frame, event, arg):
+        if event == "call" and frame.f_code is code:
+            calls.append(frame)
+
+    def validations(build):
+        calls.clear()
+        sys.setprofile(count)
+        try:
+            built = build()
+        finally:
+            sys.setprofile(None)
+        return built, len(calls)
+
+    config, count_init = validations(PaCaViTConfig)
+    config.save_pretrained(tmp_path)
+    _, count_dict = validations(lambda: PaCaViTConfig.from_dict(config.to_dict()))
+    _, count_folder = validations(lambda: PaCaViTConfig.from_pretrained(tmp_path))
+    _, count_official = validations(lambda: PaCaViTConfig.from_official_name("pacavit_tiny_p2cconv_100_0"))
+    assert (count_init, count_dict, count_folder, count_official) == (1, 1, 1, 1)
+
+    config.hidden_sizes = [96, 190, 320, 384]  # not divisible by 4 heads in stage 2
+    with pytest.raises(Exception, match=r"`hidden_sizes\[1\]` = 190 is not divisible"):
+        config.save_pretrained(tmp_path / "changed")

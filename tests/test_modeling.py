@@ -437,3 +437,120 @@ def test_outputs_are_transformers_output_classes_with_the_cluster_field(seed):
     assert isinstance(classified, ImageClassifierOutput) and isinstance(encoded, BaseModelOutputWithPooling)
     assert list(classified.keys()) == ["logits", "hidden_states", "cluster_assignments"]
     assert list(encoded.keys()) == ["last_hidden_state", "pooler_output", "cluster_assignments"]
+
+
+def test_the_segmentation_output_is_transformers_class_with_the_cluster_fields_last(seed):
+    """`PaCaViTSemanticSegmenterOutput` is transformers' `SemanticSegmenterOutput` with `cluster_logits` and
+    `cluster_assignments` added after its fields, so that `return_dict=False` gives the library's order (loss, logits,
+    hidden_states, attentions, as Segformer's) and the cluster fields after them."""
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    model = PaCaViTForSemanticSegmentation(tiny_config(attn_implementation="eager")).eval()
+    pixel_values, labels = torch.randn(1, 3, 32, 32), torch.randint(0, 5, (1, 32, 32))
+    kwargs = dict(output_hidden_states=True, output_attentions=True, output_cluster_assignments=True)
+    with torch.no_grad():
+        outputs = model(pixel_values, labels=labels, **kwargs)
+        as_tuple = model(pixel_values, labels=labels, return_dict=False, **kwargs)
+        plain = model(pixel_values, return_dict=False)
+    assert isinstance(outputs, SemanticSegmenterOutput)
+    assert list(outputs.keys()) == [
+        "loss", "logits", "hidden_states", "attentions", "cluster_logits", "cluster_assignments"
+    ]
+    loss, logits, hidden_states, attentions, cluster_logits, cluster_assignments = as_tuple
+    assert logits.shape == cluster_logits.shape == (1, 5, 8, 8)
+    assert [tuple(h.shape) for h in hidden_states] == [(1, 16, 8, 8), (1, 32, 4, 4), (1, 48, 2, 2), (1, 64, 1, 1)]
+    assert len(attentions) == 6 and len(cluster_assignments) == 4
+    torch.testing.assert_close(as_tuple, outputs.to_tuple(), atol=0, rtol=0)
+    # Without the optional outputs the tuple is (logits, cluster_logits), as before.
+    torch.testing.assert_close(plain, (outputs.logits, outputs.cluster_logits), atol=0, rtol=0)
+
+
+def test_no_forward_declares_output_hidden_states(seed):
+    """transformers 5.x: the recorded outputs are switched by keyword arguments that `@capture_outputs` reads, and
+    the heads that always need every stage (the PaCa head, the backbone) use `@filter_output_hidden_states`, which
+    returns the maps only when asked for (all, or those selected by index); no forward declares the switch."""
+    import inspect
+
+    for model_class in ALL_CLASSES:
+        assert "output_hidden_states" not in inspect.signature(model_class.forward).parameters, model_class.__name__
+    model = PaCaViTForSemanticSegmentation(tiny_config(output_hidden_states=True)).eval()
+    pixel_values = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        from_config = model(pixel_values)
+        switched_off = model(pixel_values, output_hidden_states=False)
+    assert len(from_config.hidden_states) == 4 and switched_off.hidden_states is None
+    torch.testing.assert_close(from_config.logits, switched_off.logits, atol=0, rtol=0)
+
+
+def test_mix_ffn_row_bands_cover_the_map_with_the_rows_their_convolution_reads():
+    """`row_bands`: bands of `rows_per_band` rows (the last one shorter), each with the row above and below it that
+    its 3x3 convolution reads, clipped to the map."""
+    from paca_hf.modeling_pacavit import row_bands
+
+    assert row_bands(10, 4) == [((0, 4), (0, 5)), ((4, 8), (3, 9)), ((8, 10), (7, 10))]
+    assert row_bands(8, 4) == [((0, 4), (0, 5)), ((4, 8), (3, 8))]
+    assert row_bands(3, 1) == [((0, 1), (0, 2)), ((1, 2), (0, 3)), ((2, 3), (1, 3))]
+    assert row_bands(5, 5) == [((0, 5), (0, 5))]
+
+
+def test_no_nn_sequential_in_the_models(seed):
+    """Every block is a named module with its own forward (the teacher's, the PaCa head's), none an `nn.Sequential`;
+    the state-dict keys are those of the authors' layout as converted (`conv`, `norm`, per-layer indices)."""
+    config = tiny_config(teacher_depths=[1, 2, 1, 1], num_clusters=[4, 4, 4, 4])
+    model = PaCaViTForSemanticSegmentation(config).eval()
+    assert not [name for name, module in model.named_modules() if isinstance(module, torch.nn.Sequential)]
+    names = set(model.state_dict())
+    assert {
+        "pacavit.clustering_teacher.stages.1.1.depthwise.conv.weight",
+        "pacavit.clustering_teacher.stages.1.1.pointwise.norm.running_mean",
+        "pacavit.clustering_teacher.downsamples.0.projection.norm.weight",
+        "decode_head.stage_projections.0.conv.weight",
+        "decode_head.query_projection.norm.running_var",
+    } <= names
+    with torch.no_grad():
+        outputs = model(torch.randn(1, 3, 64, 64))
+    assert outputs.logits.shape == (1, 5, 16, 16)
+
+
+def test_models_and_outputs_are_documented_by_transformers_auto_docstring():
+    """`@auto_docstring` on the models, their forwards and the output classes: transformers writes the common parts
+    (the config parameter, the arguments of its table, the returned fields); each PaCa-ViT argument or field is one
+    entry in its format. Importing the model prints none of the library's `[ERROR]` findings (undocumented arguments,
+    missing types) and both files carry the license header."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import paca_hf.configuration_pacavit as configuration
+    import paca_hf.modeling_pacavit as modeling
+
+    def entries(doc, name):
+        return len(re.findall(rf"^ +{name} \(`", doc, flags=re.M))
+
+    for model_class in (PaCaViTModel, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation, PaCaViTBackbone):
+        assert "config ([`PaCaViTConfig`])" in model_class.__doc__, model_class.__name__
+        doc = model_class.forward.__doc__
+        assert "output_cluster_assignments=True" in doc and "Returns:" in doc, model_class.__name__
+        assert entries(doc, "pixel_values") == 1 and "any height and width" in doc, model_class.__name__
+    assert entries(PaCaViTForImageClassification.forward.__doc__, "labels") == 1
+    segmentation_doc = PaCaViTForSemanticSegmentation.forward.__doc__
+    assert entries(segmentation_doc, "labels") == 1 and "semantic_loss_ignore_index" in segmentation_doc
+    for output_class, fields in (
+        (modeling.PaCaViTModelOutput, ["last_hidden_state", "pooler_output", "cluster_assignments"]),
+        (modeling.PaCaViTImageClassifierOutput, ["loss", "logits", "cluster_assignments"]),
+        (modeling.PaCaViTSemanticSegmenterOutput, ["loss", "logits", "cluster_logits", "cluster_assignments"]),
+    ):
+        doc = output_class.__doc__
+        assert "Args:" in doc, output_class.__name__
+        for name in [*fields, "hidden_states", "attentions"]:
+            assert entries(doc, name) == 1, (output_class.__name__, name)
+
+    result = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import paca_hf.modeling_pacavit"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert "[ERROR]" not in result.stdout + result.stderr
+    for module in (configuration, modeling):
+        first_line = Path(module.__file__).read_text().splitlines()[0]
+        assert re.fullmatch(r"# Copyright 20\d\d The paca-hf authors\. Licensed under the MIT License.*", first_line)

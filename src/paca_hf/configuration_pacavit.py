@@ -1,3 +1,4 @@
+# Copyright 2026 The paca-hf authors. Licensed under the MIT License (see setup.cfg).
 """PaCa-ViT model configuration."""
 
 import json
@@ -109,8 +110,10 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
             self.clustering_kernel_size = list(self.clustering_kernel_size)
         if self.teacher_depths is not None:
             self.teacher_depths = list(self.teacher_depths)
-        # Checked here rather than only in the strict validators so that users get a plain `ValueError`.
-        self.validate_architecture()
+        # Checked here, before the backbone fields are derived from the stages, so that users get a plain
+        # `ValueError` (`@strict`'s validators, which run right after, wrap it in their own error).
+        self._check_architecture()
+        self._architecture_checked_in_init = True
         self.stage_names = [f"stage{index}" for index in range(1, len(self.depths) + 1)]
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
@@ -126,6 +129,13 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
         return _per_stage(self.clustering_kernel_size, self.num_stages)
 
     def validate_architecture(self):
+        """`@strict`'s validator: `_check_architecture`, except right after `__init__`, whose `__post_init__` has just
+        run it (so a config is checked once per construction). It also runs in `save_pretrained`, on a config that
+        may have changed since."""
+        if not self.__dict__.pop("_architecture_checked_in_init", False):
+            self._check_architecture()
+
+    def _check_architecture(self):
         """Raise `ValueError` naming the field when the architecture is inconsistent."""
         num_stages = len(self.depths)
         if num_stages == 0:

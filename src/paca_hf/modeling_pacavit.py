@@ -1,3 +1,4 @@
+# Copyright 2026 The paca-hf authors. Licensed under the MIT License (see setup.cfg).
 """PyTorch PaCa-ViT model (Patch-to-Cluster Attention, Grainger et al., CVPR 2023).
 
 One file for the whole model, as transformers' own models are (`models/segformer/modeling_segformer.py`): it also
@@ -17,80 +18,121 @@ from transformers.backbone_utils import BackboneMixin, filter_output_hidden_stat
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import (
+    BackboneOutput,
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+    SemanticSegmenterOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 from transformers.processing_utils import Unpack
-from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils import TransformersKwargs, auto_docstring, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import (
     OutputRecorder,
     capture_outputs,
     maybe_install_capturing_hooks,
-    resolve_hidden_states_indices,
-    selected_hidden_states,
 )
 
 from .configuration_pacavit import PaCaViTConfig
 
 
+# For `@auto_docstring` on the forwards: PaCa-ViT's own arguments (transformers' table documents the others).
+PIXEL_VALUES_DOC = r"""
+pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+    The images, normalised as the image processor does ([`PaCaViTImageProcessor`]); any height and width (the first
+    stage's feature map is a quarter of them, rounded up).
+"""
+SEGMENTATION_LABELS_DOC = r"""
+labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+    Class index of every pixel, `config.semantic_loss_ignore_index` (255) for pixels to ignore. The loss is the
+    cross-entropy of the logits upsampled to the labels' size plus `config.cluster_loss_weight` times that of the
+    clustering logits.
+"""
+FORWARD_INTRO = r"""
+Besides transformers' `output_hidden_states` (`True`, or the indices of the stages to return) and `output_attentions`
+(with `attn_implementation="eager"`), the keyword argument `output_cluster_assignments=True` returns each stage's
+cluster assignment.
+"""
+
+
+@auto_docstring(
+    custom_intro="""
+    Output of [`PaCaViTModel`]: transformers' `BaseModelOutputWithPooling` on NCHW feature maps, with the stages'
+    cluster assignments.
+    """
+)
 @dataclass
 class PaCaViTModelOutput(BaseModelOutputWithPooling):
-    """
-    Output of [`PaCaViTModel`].
-
-    Args:
-        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, hidden_size, height, width)`):
-            Feature map of the last stage, after its LayerNorm.
-        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
-            Mean of the last feature map over all positions (what the classifier reads).
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
-            Feature map of each stage, `(batch_size, hidden_size, height, width)`.
-        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
-            Attention weights of every block, `(batch_size, num_heads, num_patches, num_keys)` where `num_keys` is
-            the stage's number of clusters (or of patches in a stage without clusters).
-        cluster_assignments (`tuple(torch.FloatTensor)`, *optional*, returned with `output_cluster_assignments=True`):
-            For each stage, the soft assignment of patches to clusters used by its last block,
-            `(batch_size, num_clusters, height, width)`, summing to 1 over the patches; `None` for stages without
-            clusters.
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, hidden_size, height, width)`):
+        Feature map of the last stage, after its LayerNorm.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        Mean of the last feature map over all positions (what the classifier reads).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Feature map of each stage, `(batch_size, hidden_size, height, width)`, after its LayerNorm.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Attention weights of every block, `(batch_size, num_heads, num_patches, num_keys)` where `num_keys` is the
+        stage's number of clusters (or of patches in a stage without clusters); from `attn_implementation="eager"`
+        only (SDPA computes none and warns, as for transformers' models).
+    cluster_assignments (`tuple(torch.FloatTensor)`, *optional*, with `output_cluster_assignments=True`):
+        For each stage, the soft assignment of patches to clusters used by its last block, `(batch_size,
+        num_clusters, height, width)`, summing to 1 over the patches; `None` for stages without clusters.
     """
 
     cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
 
 
+@auto_docstring(
+    custom_intro="""
+    Output of [`PaCaViTForImageClassification`]: transformers' `ImageClassifierOutput` with the stages' cluster
+    assignments.
+    """
+)
 @dataclass
 class PaCaViTImageClassifierOutput(ImageClassifierOutput):
-    """
-    Output of [`PaCaViTForImageClassification`]: `loss` (with `labels`), `logits` `(batch_size, num_labels)`, and
-    `hidden_states`, `attentions`, `cluster_assignments` as in [`PaCaViTModelOutput`].
+    r"""
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Feature map of each stage, as in [`PaCaViTModelOutput`].
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Attention weights of every block, as in [`PaCaViTModelOutput`].
+    cluster_assignments (`tuple(torch.FloatTensor)`, *optional*, with `output_cluster_assignments=True`):
+        Each stage's cluster assignment, as in [`PaCaViTModelOutput`].
     """
 
     cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
 
 
+@auto_docstring(
+    custom_intro="""
+    Output of [`PaCaViTForSemanticSegmentation`]: transformers' `SemanticSegmenterOutput` with the PaCa head's
+    clustering logits and the stages' cluster assignments.
+    """
+)
 @dataclass
-class PaCaViTSemanticSegmenterOutput(ModelOutput):
+class PaCaViTSemanticSegmenterOutput(SemanticSegmenterOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is provided):
+        Cross-entropy of the upsampled logits plus `config.cluster_loss_weight` times that of the upsampled
+        clustering logits.
+    logits (`torch.FloatTensor` of shape `(batch_size, config.num_labels, height / 4, width / 4)`):
+        Class scores at a quarter of the input resolution; upsample them to the image size (the image processor's
+        `post_process_semantic_segmentation` does).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Feature map of each stage, as in [`PaCaViTModelOutput`].
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Attention weights of every block, as in [`PaCaViTModelOutput`].
+    cluster_logits (`torch.FloatTensor` of shape `(batch_size, config.num_labels, height / 4, width / 4)`):
+        The head's clustering logits, one cluster per class; their softmax over pixels is the cluster assignment of
+        the head's patch-to-cluster attention.
+    cluster_assignments (`tuple(torch.FloatTensor)`, *optional*, with `output_cluster_assignments=True`):
+        Each stage's cluster assignment, as in [`PaCaViTModelOutput`].
     """
-    Output of [`PaCaViTForSemanticSegmentation`].
 
-    Args:
-        loss (`torch.FloatTensor`, *optional*, returned with `labels`):
-            Cross-entropy of the upsampled logits plus `config.cluster_loss_weight` times the cross-entropy of the
-            upsampled clustering logits.
-        logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height / 4, width / 4)`):
-            Class scores at a quarter of the input resolution; upsample them to the image size (the image
-            processor's `post_process_semantic_segmentation` does).
-        cluster_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height / 4, width / 4)`):
-            The head's clustering logits, one cluster per class; their softmax over pixels is the cluster
-            assignment of the head's patch-to-cluster attention.
-        hidden_states, attentions, cluster_assignments: as in [`PaCaViTModelOutput`], on request.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
+    # After transformers' fields, so that `return_dict=False` keeps the library's order (loss, logits, hidden_states,
+    # attentions); without the optional outputs the tuple is `(logits, cluster_logits)`.
     cluster_logits: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
 
 
@@ -358,25 +400,67 @@ def pointwise_conv(feature_map: torch.Tensor, linear: nn.Linear) -> torch.Tensor
     return F.conv2d(feature_map, weight, linear.bias)
 
 
+def linear_to_map(
+    linear: nn.Linear, tokens: torch.Tensor, height: int, width: int, map_layout: bool
+) -> torch.Tensor:
+    """`linear` on `(batch, height * width, in_features)` tokens, returned as a `(batch, out_features, height, width)`
+    map. Token layout: the layer reads the tokens and its output is viewed as a channels-last map (no copy). Map
+    layout (a dynamo graph, which has no memory format): the narrow input becomes the map and the layer runs as a
+    1x1 convolution, so that the wide output is never transposed."""
+    if map_layout:
+        return pointwise_conv(tokens_to_map(tokens, height, width), linear)
+    return tokens_to_map(linear(tokens), height, width)
+
+
+def linear_to_tokens(linear: nn.Linear, hidden_states: torch.Tensor, map_layout: bool) -> torch.Tensor:
+    """`linear` on the activations of `layout_for_linear`, returned as `(batch, height * width, out_features)` tokens
+    (the map layout transposes the narrow output only)."""
+    if map_layout:
+        return map_to_tokens(pointwise_conv(hidden_states, linear))
+    return linear(hidden_states)
+
+
+def layout_for_linear(feature_map: torch.Tensor, map_layout: bool) -> torch.Tensor:
+    """A `(batch, channels, height, width)` map as the layout's activations: the map itself, or its tokens (a view
+    of a channels-last map). In the token layout the elementwise activation runs on the tokens, as the linear layer
+    after it reads them: on the map it took 1.05-1.25x the time of the Mix-FFN on this project's CPU."""
+    return feature_map if map_layout else map_to_tokens(feature_map)
+
+
+def row_bands(height: int, rows_per_band: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The Mix-FFN's bands of a map `height` rows high: for each band its rows `(start, stop)` (stop exclusive) and
+    the rows its 3x3 depthwise convolution reads, `(start - 1, stop + 1)` clipped to the map, so that the bands give
+    the whole map's outputs. The boundaries are arithmetic on the sizes, decided by the band's index only: with
+    symbolic sizes (torch.compile) the one guard is then on the number of bands, so one graph serves every size with
+    as many bands, instead of one graph per height."""
+    num_bands = (height + rows_per_band - 1) // rows_per_band
+    bands = []
+    for index in range(num_bands):
+        start = index * rows_per_band
+        stop = start + rows_per_band if index < num_bands - 1 else height
+        first = start - 1 if index > 0 else 0
+        last = stop + 1 if index < num_bands - 1 else height
+        bands.append(((start, stop), (first, last)))
+    return bands
+
+
 class PaCaViTMixFFN(nn.Module):
-    """MLP with a residual 3x3 depthwise convolution after the expansion.
+    """Segformer's Mix-FFN (`fc1`, a 3x3 depthwise convolution `dwconv`, activation, `fc2`) with a residual
+    connection around the convolution, as the authors'.
 
-    Computed in horizontal bands of whole rows, each of at most `config.chunk_size_feed_forward` patches per image (0:
-    the whole map at once; None: `default_chunk_size_feed_forward` of the input's device). The expanded activations
-    are `mlp_ratio` times larger than the input, and on a CPU a freshly allocated block of tens of MiB is faulted in
-    page by page; small bands reuse warm memory, so time stays linear in the number of pixels and the peak memory of
-    inference drops. Each band also expands the row above and below it, which its 3x3 convolution reads, so the
-    results are those of the whole map (up to float rounding).
-
-    Eager mode works on the `(batch, patches, channels)` tokens: the linear layers read them as they are and the
-    convolution reads them as a channels-last map, without copies. A dynamo graph (torch.compile, torch.export, the
-    ONNX exporter) has no memory format: there the band runs on the `(batch, channels, height, width)` map, the linear
-    layers as 1x1 convolutions with the same weights, so that only the narrow input and output change layout, never
-    the expanded activations (ONNX Runtime at 512: about 0.8x the time of the token layout). `torch.compile` keeps the
-    bands (a Python loop: with symbolic sizes dynamo guards on the number of bands of each stage, so sizes with as
-    many bands share a graph and another number compiles again; `chunk_size_feed_forward=0` compiles once for all
-    sizes); a graph exported for any size (`torch.export`, ONNX, whose runtimes have their own allocators) computes
-    the whole map in one band.
+    Two speed paths beside it, with the same outputs (up to float rounding):
+    - bands of rows (`row_bands`): the map is computed in horizontal bands of whole rows, each of at most
+      `config.chunk_size_feed_forward` patches per image (0: the whole map at once; None:
+      `default_chunk_size_feed_forward` of the input's device). The expanded activations are `mlp_ratio` times larger
+      than the input, and on a CPU a freshly allocated block of tens of MiB is faulted in page by page; small bands
+      reuse warm memory, so time stays linear in the number of pixels and the peak memory of inference drops.
+      `torch.compile` keeps the bands (with symbolic sizes dynamo guards on their number, so sizes with as many bands
+      share a graph; `chunk_size_feed_forward=0` compiles once for all sizes); a graph exported for any size
+      (`torch.export`, ONNX, whose runtimes have their own allocators) computes the whole map in one band.
+    - layouts (`linear_to_map`, `layout_for_linear`, `linear_to_tokens`): eager mode works on the `(batch, patches, channels)` tokens,
+      which the convolution reads as a channels-last map without a copy; a dynamo graph (torch.compile, torch.export,
+      the ONNX exporter) runs `fc1` and `fc2` as 1x1 convolutions on the `(batch, channels, height, width)` map (ONNX
+      Runtime at 512: about 0.8x the time of the token layout).
     """
 
     def __init__(self, config: PaCaViTConfig, hidden_size: int, intermediate_size: int):
@@ -390,33 +474,13 @@ class PaCaViTMixFFN(nn.Module):
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def rows_per_band(self, hidden_states: torch.Tensor, height: int, width: int) -> int | None:
-        """Rows of patches per band; None for the whole map in one band."""
-        if torch.compiler.is_exporting() or torch.jit.is_tracing():
-            return None
-        chunk_size = self.chunk_size
-        if chunk_size is None:
-            chunk_size = default_chunk_size_feed_forward(hidden_states.device)
-        # `sym_max`, not `max`: with symbolic sizes (torch.compile) `max` would specialise the width.
-        return None if chunk_size == 0 else torch.sym_max(1, chunk_size // width)
-
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        rows_per_band = self.rows_per_band(hidden_states, height, width)
+        """`(batch, height * width, hidden_size)` tokens -> tokens of the same shape."""
+        rows_per_band = self.rows_per_band(hidden_states, width)
         if rows_per_band is None or rows_per_band >= height:
             return self.forward_band(hidden_states, height, width)
-        # Band boundaries as arithmetic on the sizes, decided by the band's index only: with symbolic sizes
-        # (torch.compile) the one guard is then on the number of bands, so one graph serves every size with as
-        # many bands, instead of one graph per height.
-        num_bands = (height + rows_per_band - 1) // rows_per_band
-        bands = []
-        for index in range(num_bands):
-            start = index * rows_per_band
-            stop = start + rows_per_band if index < num_bands - 1 else height
-            # The rows read by the band's 3x3 convolution: one above and one below, inside the map.
-            first = start - 1 if index > 0 else 0
-            last = stop + 1 if index < num_bands - 1 else height
-            bands.append(self.forward_band(hidden_states, height, width, (start, stop), (first, last)))
-        return torch.cat(bands, dim=1)
+        bands = row_bands(height, rows_per_band)
+        return torch.cat([self.forward_band(hidden_states, height, width, *band) for band in bands], dim=1)
 
     def forward_band(
         self,
@@ -426,35 +490,39 @@ class PaCaViTMixFFN(nn.Module):
         rows: tuple[int, int] | None = None,
         context_rows: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """Output tokens `(batch, patches of the band, hidden_size)` for the rows `rows = (start, stop)` (stop
-        exclusive) of the `height x width` map, expanding the rows `context_rows = (first, last)` around them (the
-        rows the depthwise convolution reads: `(start - 1, stop + 1)` clipped to the map); `rows=None`: the whole
-        map."""
-        band_height = height
+        """Output tokens `(batch, patches of the band, hidden_size)` for the band `rows` of the `height x width` map,
+        expanding its `context_rows` (see `row_bands`); `rows=None`: the whole map."""
         if rows is not None:
-            start, stop = rows
-            first, last = context_rows
-            hidden_states = hidden_states[:, first * width : last * width]
-            band_height = last - first
-        # Dynamo graphs (torch.compile, torch.export, the ONNX exporter) in the map layout; TorchScript's ONNX exporter
-        # needs parameters as convolution kernels, so it records the token layout. So do weights that are tensor
-        # subclasses (torchao's quantized weights, DTensors): they implement `linear`, not a view as a conv kernel.
-        map_layout = torch.compiler.is_compiling() and is_plain_weight(self.fc1) and is_plain_weight(self.fc2)
-        if map_layout:
-            expanded = pointwise_conv(tokens_to_map(hidden_states, band_height, width), self.fc1)
-        else:
-            expanded = tokens_to_map(self.fc1(hidden_states), band_height, width)
+            (start, stop), (first, last) = rows, context_rows
+            hidden_states, height = hidden_states[:, first * width : last * width], last - first
+        map_layout = self.uses_map_layout()
+        hidden_states = linear_to_map(self.fc1, hidden_states, height, width, map_layout)
         # In place on the conv's fresh output, not on a view of it (autograd would then copy the whole map in
         # backward); its backward does not need it. One expanded map less at peak.
-        mixed = self.dwconv(expanded).add_(expanded)
+        hidden_states = self.dwconv(hidden_states).add_(hidden_states)
         if rows is not None:
-            mixed = mixed[:, :, start - first : stop - first]
-        if map_layout:
-            mixed = self.dropout(self.activation(mixed))
-            output = map_to_tokens(pointwise_conv(mixed, self.fc2))
-        else:
-            output = self.fc2(self.dropout(self.activation(map_to_tokens(mixed))))
-        return self.dropout(output)
+            hidden_states = hidden_states[:, :, start - first : stop - first]
+        hidden_states = layout_for_linear(hidden_states, map_layout)
+        hidden_states = self.activation(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        hidden_states = linear_to_tokens(self.fc2, hidden_states, map_layout)
+        return self.dropout(hidden_states)
+
+    def rows_per_band(self, hidden_states: torch.Tensor, width: int) -> int | None:
+        """Rows of patches per band; None for the whole map in one band (always in an exported graph)."""
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():
+            return None
+        chunk_size = self.chunk_size
+        if chunk_size is None:
+            chunk_size = default_chunk_size_feed_forward(hidden_states.device)
+        # `sym_max`, not `max`: with symbolic sizes (torch.compile) `max` would specialise the width.
+        return None if chunk_size == 0 else torch.sym_max(1, chunk_size // width)
+
+    def uses_map_layout(self) -> bool:
+        """Dynamo graphs (torch.compile, torch.export, the ONNX exporter) use the map layout; TorchScript's ONNX
+        exporter needs parameters as convolution kernels, so it records the token layout. So do weights that are
+        tensor subclasses (torchao's quantized weights, DTensors): they implement `linear`, not a view as a kernel."""
+        return torch.compiler.is_compiling() and is_plain_weight(self.fc1) and is_plain_weight(self.fc2)
 
 
 class PaCaViTLayer(GradientCheckpointingLayer):
@@ -486,7 +554,7 @@ class PaCaViTLayer(GradientCheckpointingLayer):
         return hidden_states, cluster_assignment
 
 
-class PaCaViTConvActNorm(nn.Sequential):
+class PaCaViTConvActNorm(nn.Module):
     """Convolution, activation, BatchNorm: the building block of the ConvMixer clustering teacher."""
 
     def __init__(self, config: PaCaViTConfig, in_channels, out_channels, kernel_size=1, stride=1, groups=1):
@@ -496,6 +564,9 @@ class PaCaViTConvActNorm(nn.Sequential):
         )
         self.activation = ACT2FN[config.hidden_act]
         self.norm = nn.BatchNorm2d(out_channels)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.activation(self.conv(feature_map)))
 
 
 class PaCaViTConvMixerLayer(nn.Module):
@@ -533,7 +604,7 @@ class PaCaViTClusteringTeacher(nn.Module):
         super().__init__()
         sizes = config.hidden_sizes
         self.stages = nn.ModuleList(
-            nn.Sequential(*(PaCaViTConvMixerLayer(config, size) for _ in range(depth)))
+            nn.ModuleList(PaCaViTConvMixerLayer(config, size) for _ in range(depth))
             for size, depth in zip(sizes, config.teacher_depths)
         )
         self.downsamples = nn.ModuleList(
@@ -553,7 +624,8 @@ class PaCaViTClusteringTeacher(nn.Module):
         for index, stage in enumerate(self.stages):
             if index > 0:
                 feature_map = self.downsamples[index - 1](feature_map)
-            feature_map = stage(feature_map)
+            for layer in stage:
+                feature_map = layer(feature_map)
             stage_outputs.append(feature_map)
 
         fused = list(stage_outputs)
@@ -625,6 +697,12 @@ class PaCaViTStage(nn.Module):
         return feature_map, self.cluster_assignment_output(cluster_assignment)
 
 
+@auto_docstring(
+    custom_intro="""
+    The base class of the PaCa-ViT models: their config class, weight initialisation (the authors') and the outputs
+    they record (`hidden_states`, `attentions`, `cluster_assignments`).
+    """
+)
 class PaCaViTPreTrainedModel(PreTrainedModel):
     config: PaCaViTConfig
     config_class = PaCaViTConfig
@@ -644,6 +722,9 @@ class PaCaViTPreTrainedModel(PreTrainedModel):
             PaCaViTStage, capture_initial_hidden_state=False, num_hidden_layers_key="num_stages"
         ),
         "attentions": PaCaViTAttention,
+        # On a pass-through module inside each stage, not `OutputRecorder(PaCaViTStage, index=1)` on the stage's
+        # `(feature_map, cluster_assignment)`: transformers skips a None found at an index of a tuple output, which
+        # would misalign the entries of stages without clusters (a module's whole output is recorded, None too).
         "cluster_assignments": PaCaViTClusterAssignmentOutput,
     }
 
@@ -698,8 +779,13 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
         raise ValueError(f"`pixel_values` has an empty spatial size: shape {tuple(pixel_values.shape)}.")
 
 
+@auto_docstring(
+    custom_intro="""
+    The bare PaCa-ViT encoder (a convolutional stem, an optional clustering teacher and the stages of
+    patch-to-cluster attention), returning the last stage's feature map and its mean.
+    """
+)
 class PaCaViTModel(PaCaViTPreTrainedModel):
-    """The bare PaCa-ViT encoder: the stem, an optional clustering teacher and the stages."""
 
     def __init__(self, config: PaCaViTConfig):
         super().__init__(config)
@@ -720,15 +806,10 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
         super().post_init()
         maybe_install_capturing_hooks(self)
 
+    @auto_docstring(custom_intro=FORWARD_INTRO, custom_args=PIXEL_VALUES_DOC)
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> PaCaViTModelOutput:
-        r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): any height and width.
-        output_hidden_states, output_attentions, output_cluster_assignments (`bool`, *optional*): return each stage's
-            feature map, every block's attention weights (with `attn_implementation="eager"`; SDPA computes none and
-            warns, as in transformers' models), each stage's cluster assignment (see [`PaCaViTModelOutput`]).
-        """
         check_pixel_values(pixel_values, self.config.num_channels)
         kwargs["output_attentions"] = kwargs.get("output_attentions") or self.config.output_attentions
 
@@ -742,8 +823,12 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
         return PaCaViTModelOutput(last_hidden_state=hidden_states, pooler_output=hidden_states.mean(dim=(2, 3)))
 
 
+@auto_docstring(
+    custom_intro="""
+    PaCa-ViT with a linear classifier on the mean of the last feature map (the authors' ImageNet-1k models).
+    """
+)
 class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
-    """PaCa-ViT with a linear classifier on the mean-pooled last feature map (ImageNet)."""
 
     def __init__(self, config: PaCaViTConfig):
         super().__init__(config)
@@ -754,6 +839,7 @@ class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
         )
         self.post_init()
 
+    @auto_docstring(custom_intro=FORWARD_INTRO, custom_args=PIXEL_VALUES_DOC)
     @can_return_tuple
     def forward(
         self,
@@ -761,11 +847,6 @@ class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> PaCaViTImageClassifierOutput:
-        r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices for the cross-entropy loss
-            (or float targets for regression / multi-label, following `config.problem_type`).
-        output_hidden_states, output_attentions, output_cluster_assignments: as in [`PaCaViTModel`].
-        """
         # `return_dict=True`: the heads read fields of the encoder's output even when `config.return_dict` is False.
         outputs = self.pacavit(pixel_values, return_dict=True, **kwargs)
         logits = self.classifier(outputs.pooler_output)
@@ -781,7 +862,7 @@ class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
         )
 
 
-class PaCaViTConvNormAct(nn.Sequential):
+class PaCaViTConvNormAct(nn.Module):
     """1x1 convolution (no bias), BatchNorm, ReLU: mmseg's `ConvModule` as the PaCa head uses it."""
 
     def __init__(self, in_channels: int, out_channels: int):
@@ -789,6 +870,9 @@ class PaCaViTConvNormAct(nn.Sequential):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
         self.norm = nn.BatchNorm2d(out_channels)
         self.activation = nn.ReLU()
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.norm(self.conv(feature_map)))
 
 
 class PaCaViTClusterProjection(nn.Module):
@@ -848,8 +932,13 @@ class PaCaViTDecodeHead(nn.Module):
         return logits, cluster_logits
 
 
+@auto_docstring(
+    custom_intro="""
+    PaCa-ViT with the paper's PaCa segmentation head (the authors' ADE20k models): the stages' feature maps at a
+    quarter of the input resolution attend to one learned cluster per class.
+    """
+)
 class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
-    """PaCa-ViT with the paper's PaCa segmentation head (ADE20k)."""
 
     def __init__(self, config: PaCaViTConfig):
         super().__init__(config)
@@ -890,61 +979,47 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
 
         return cross_entropy(logits) + self.config.cluster_loss_weight * cross_entropy(cluster_logits)
 
-    @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> PaCaViTSemanticSegmenterOutput:
-        r"""
-        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*): class index of every pixel,
-            `config.semantic_loss_ignore_index` (255) for pixels to ignore.
-        output_hidden_states, output_attentions, output_cluster_assignments: as in [`PaCaViTModel`].
-        """
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        # The head reads every stage's feature map; the caller gets those that `output_hidden_states` selects.
-        outputs = self.pacavit(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
-        logits, cluster_logits = self.decode_head(outputs.hidden_states)
-        loss = None if labels is None else self.compute_loss(logits, cluster_logits, labels)
-        hidden_states = outputs.hidden_states if output_hidden_states is not False else None
-        selected = selected_hidden_states(output_hidden_states)
-        if selected is not None:
-            kept = resolve_hidden_states_indices(self, selected, num_hidden_states=len(hidden_states))
-            hidden_states = tuple(state if index in kept else None for index, state in enumerate(hidden_states))
-        return PaCaViTSemanticSegmenterOutput(
-            loss=loss,
-            logits=logits,
-            cluster_logits=cluster_logits,
-            hidden_states=hidden_states,
-            attentions=outputs.attentions,
-            cluster_assignments=outputs.cluster_assignments,
-        )
-
-
-class PaCaViTBackbone(BackboneMixin, PaCaViTModel):
-    """PaCa-ViT as a backbone for dense heads (UperNet, Mask2Former, ...): NCHW feature maps of the stages named in
-    `config.out_features`, each after its stage's LayerNorm."""
-
-    def __init__(self, config: PaCaViTConfig):
-        super().__init__(config)
-        self.num_features = list(config.hidden_sizes)
-
+    @auto_docstring(custom_intro=FORWARD_INTRO, custom_args=PIXEL_VALUES_DOC + SEGMENTATION_LABELS_DOC)
     @can_return_tuple
     @filter_output_hidden_states
     def forward(
         self,
         pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
+        labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> BackboneOutput:
-        r"""
-        output_hidden_states (`bool`, *optional*): also return every stage's feature map.
-        output_attentions (`bool`, *optional*): also return every block's attention weights.
-        """
-        outputs = PaCaViTModel.forward(self, pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
+    ) -> PaCaViTSemanticSegmenterOutput:
+        # The head reads every stage's feature map (`@filter_output_hidden_states` asks for them all and returns
+        # those the caller selected).
+        outputs = self.pacavit(pixel_values, return_dict=True, **kwargs)
+        logits, cluster_logits = self.decode_head(outputs.hidden_states)
+        loss = None if labels is None else self.compute_loss(logits, cluster_logits, labels)
+        return PaCaViTSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            cluster_logits=cluster_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cluster_assignments=outputs.cluster_assignments,
+        )
+
+
+@auto_docstring(
+    custom_intro="""
+    PaCa-ViT as a backbone for dense heads (UperNet, Mask2Former, ...): the NCHW feature maps of the stages named in
+    `config.out_features`, each after its stage's LayerNorm.
+    """
+)
+class PaCaViTBackbone(BackboneMixin, PaCaViTModel):
+
+    def __init__(self, config: PaCaViTConfig):
+        super().__init__(config)
+        self.num_features = list(config.hidden_sizes)
+
+    @auto_docstring(custom_intro=FORWARD_INTRO, custom_args=PIXEL_VALUES_DOC)
+    @can_return_tuple
+    @filter_output_hidden_states
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput:
+        outputs = PaCaViTModel.forward(self, pixel_values, return_dict=True, **kwargs)
         feature_maps = tuple(
             hidden_state
             for stage, hidden_state in zip(self.stage_names, outputs.hidden_states)
