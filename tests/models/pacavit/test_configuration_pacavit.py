@@ -22,40 +22,43 @@ def test_defaults_are_paca_tiny():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(depths=[2, 2]), r"`hidden_sizes` has 4 entries but `depths` has 2"),
-        (dict(num_clusters=[8, 8, 0]), r"`num_clusters` has 3 entries"),
-        (dict(mlp_ratios=[4, 4, 4, 4, 4]), r"`mlp_ratios` has 5 entries"),
-        (dict(clustering_interval=[0]), r"`clustering_interval` has 1 entries"),
-        (dict(clustering_kernel_size=[7, 7]), r"`clustering_kernel_size` has 2 entries"),
-        (dict(hidden_sizes=[96, 190, 320, 384]), r"`hidden_sizes\[1\]` = 190 is not divisible by `num_attention_heads\[1\]` = 4"),
-        (dict(clustering_type="kmeans"), r"`clustering_type` must be one of 'conv', 'mlp', 'linear', got 'kmeans'"),
-        (dict(num_clusters=[100, -1, 100, 0]), r"`num_clusters` must be >= 0"),
-        (dict(teacher_depths=[2, 2, 2]), r"`teacher_depths` has 3 stages but the model has 4"),
-        (dict(teacher_depths=[2, 0, 2, 2]), r"`teacher_depths` must be positive"),
-        (dict(clustering_interval=[0, -1, 0, 0]), r"`clustering_interval` must be >= 0"),
-        (dict(clustering_kernel_size=4), r"`clustering_kernel_size` must be a positive odd number"),
-        (dict(depths=[]), r"`depths` must name at least one stage"),
-        (dict(depths=[2, 0, 4, 2]), r"`depths` must be positive"),
-        (dict(chunk_size_feed_forward=-1), r"`chunk_size_feed_forward` must be >= 0"),
-        (dict(drop_path_rate=1.01), r"`drop_path_rate` is a probability and must be in \[0, 1\], got 1.01"),
-        (dict(drop_path_rate=-0.1), r"`drop_path_rate` is a probability"),
-        (dict(drop_path_rate=float("nan")), r"`drop_path_rate` is a probability"),
-        (dict(hidden_dropout_prob=1.5), r"`hidden_dropout_prob` is a probability"),
-        (dict(attention_probs_dropout_prob=2), r"`attention_probs_dropout_prob` is a probability"),
-        (dict(classifier_dropout_prob=-0.5), r"`classifier_dropout_prob` is a probability"),
-        (dict(layer_norm_eps=0.0), r"`layer_norm_eps` must be > 0"),
-        (dict(layer_norm_eps=-1e-6), r"`layer_norm_eps` must be > 0"),
-        (dict(mlp_ratios=[4, 4, 0.001, 4]), r"`mlp_ratios\[2\]` = 0.001 gives"),
-        (dict(mlp_ratios=[4, 4, 4, -1]), r"`mlp_ratios` must be positive"),
-        (dict(hidden_sizes=[96, 192, 0, 384]), r"`hidden_sizes` must be positive"),
-        (dict(num_attention_heads=[2, 4, 8, -16]), r"`num_attention_heads` must be positive"),
-        (dict(decode_head_hidden_size=0), r"`decode_head_hidden_size` must be positive"),
-        (dict(image_size=0), r"`image_size` must be a positive"),
-        (dict(image_size=[224, -1]), r"`image_size` must be a positive"),
-        (dict(num_channels=0), r"`num_channels` must be positive"),
-        (dict(initializer_range=-0.02), r"`initializer_range` is a standard deviation"),
-        (dict(cluster_loss_weight=-0.4), r"`cluster_loss_weight` must be >= 0"),
-        (dict(hidden_act="swishy"), r"`hidden_act` 'swishy'"),
+        ({"depths": [2, 2]}, r"`hidden_sizes` has 4 entries but `depths` has 2"),
+        ({"num_clusters": [8, 8, 0]}, r"`num_clusters` has 3 entries"),
+        ({"mlp_ratios": [4, 4, 4, 4, 4]}, r"`mlp_ratios` has 5 entries"),
+        ({"clustering_interval": [0]}, r"`clustering_interval` has 1 entries"),
+        ({"clustering_kernel_size": [7, 7]}, r"`clustering_kernel_size` has 2 entries"),
+        (
+            {"hidden_sizes": [96, 190, 320, 384]},
+            r"`hidden_sizes\[1\]` = 190 is not divisible by `num_attention_heads\[1\]` = 4",
+        ),
+        ({"clustering_type": "kmeans"}, r"`clustering_type` must be one of 'conv', 'mlp', 'linear', got 'kmeans'"),
+        ({"num_clusters": [100, -1, 100, 0]}, r"`num_clusters` must be >= 0"),
+        ({"teacher_depths": [2, 2, 2]}, r"`teacher_depths` has 3 stages but the model has 4"),
+        ({"teacher_depths": [2, 0, 2, 2]}, r"`teacher_depths` must be positive"),
+        ({"clustering_interval": [0, -1, 0, 0]}, r"`clustering_interval` must be >= 0"),
+        ({"clustering_kernel_size": 4}, r"`clustering_kernel_size` must be a positive odd number"),
+        ({"depths": []}, r"`depths` must name at least one stage"),
+        ({"depths": [2, 0, 4, 2]}, r"`depths` must be positive"),
+        ({"chunk_size_feed_forward": -1}, r"`chunk_size_feed_forward` must be >= 0"),
+        ({"drop_path_rate": 1.01}, r"`drop_path_rate` is a probability and must be in \[0, 1\], got 1.01"),
+        ({"drop_path_rate": -0.1}, r"`drop_path_rate` is a probability"),
+        ({"drop_path_rate": float("nan")}, r"`drop_path_rate` is a probability"),
+        ({"hidden_dropout_prob": 1.5}, r"`hidden_dropout_prob` is a probability"),
+        ({"attention_probs_dropout_prob": 2}, r"`attention_probs_dropout_prob` is a probability"),
+        ({"classifier_dropout_prob": -0.5}, r"`classifier_dropout_prob` is a probability"),
+        ({"layer_norm_eps": 0.0}, r"`layer_norm_eps` must be > 0"),
+        ({"layer_norm_eps": -1e-6}, r"`layer_norm_eps` must be > 0"),
+        ({"mlp_ratios": [4, 4, 0.001, 4]}, r"`mlp_ratios\[2\]` = 0.001 gives"),
+        ({"mlp_ratios": [4, 4, 4, -1]}, r"`mlp_ratios` must be positive"),
+        ({"hidden_sizes": [96, 192, 0, 384]}, r"`hidden_sizes` must be positive"),
+        ({"num_attention_heads": [2, 4, 8, -16]}, r"`num_attention_heads` must be positive"),
+        ({"decode_head_hidden_size": 0}, r"`decode_head_hidden_size` must be positive"),
+        ({"image_size": 0}, r"`image_size` must be a positive"),
+        ({"image_size": [224, -1]}, r"`image_size` must be a positive"),
+        ({"num_channels": 0}, r"`num_channels` must be positive"),
+        ({"initializer_range": -0.02}, r"`initializer_range` is a standard deviation"),
+        ({"cluster_loss_weight": -0.4}, r"`cluster_loss_weight` must be >= 0"),
+        ({"hidden_act": "swishy"}, r"`hidden_act` 'swishy'"),
     ],
 )
 def test_invalid_configs_raise_value_error_naming_the_field(kwargs, message):
@@ -65,8 +68,12 @@ def test_invalid_configs_raise_value_error_naming_the_field(kwargs, message):
 
 def test_any_number_of_stages():
     config = PaCaViTConfig(
-        hidden_sizes=[16, 32], depths=[1, 1], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
-        num_clusters=[4, 0], clustering_interval=[0, 0],
+        hidden_sizes=[16, 32],
+        depths=[1, 1],
+        num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2],
+        num_clusters=[4, 0],
+        clustering_interval=[0, 0],
     )
     assert config.stage_names == ["stage1", "stage2"]
     assert config.out_features == ["stage2"]
@@ -106,8 +113,13 @@ def test_backbone_out_features():
 
 def test_clustering_interval_follows_the_number_of_stages():
     """Left out, it is 0 (stage-wise) in every stage, however many there are; an int applies to every stage."""
-    two_stages = dict(hidden_sizes=[16, 32], depths=[1, 1], num_attention_heads=[1, 2], mlp_ratios=[4, 4],
-                      num_clusters=[8, 0])
+    two_stages = {
+        "hidden_sizes": [16, 32],
+        "depths": [1, 1],
+        "num_attention_heads": [1, 2],
+        "mlp_ratios": [4, 4],
+        "num_clusters": [8, 0],
+    }
     assert PaCaViTConfig(**two_stages).clustering_interval == [0, 0]
     assert PaCaViTConfig(**two_stages, clustering_interval=1).clustering_interval == [1, 1]
     assert PaCaViTConfig().clustering_interval == [0, 0, 0, 0]
@@ -130,10 +142,17 @@ def test_the_release_catalogue_gives_the_config_of_each_release():
     release = releases.get_release("upernet_pacavit_small_p2cconv_100_0_512x512_160k_ade20k")
     assert release.label_set is None
     assert release.config_kwargs() == {
-        "hidden_sizes": [96, 192, 320, 384], "depths": [3, 3, 10, 3], "drop_path_rate": 0.1,
-        "num_attention_heads": [2, 4, 8, 16], "mlp_ratios": [4, 4, 4, 4], "num_clusters": [200, 200, 200, 0],
-        "clustering_type": "conv", "clustering_kernel_size": 7, "clustering_interval": [0, 0, 0, 0],
-        "out_features": ["stage1", "stage2", "stage3", "stage4"], "image_size": 512,
+        "hidden_sizes": [96, 192, 320, 384],
+        "depths": [3, 3, 10, 3],
+        "drop_path_rate": 0.1,
+        "num_attention_heads": [2, 4, 8, 16],
+        "mlp_ratios": [4, 4, 4, 4],
+        "num_clusters": [200, 200, 200, 0],
+        "clustering_type": "conv",
+        "clustering_kernel_size": 7,
+        "clustering_interval": [0, 0, 0, 0],
+        "out_features": ["stage1", "stage2", "stage3", "stage4"],
+        "image_size": 512,
     }
     assert releases.get_release("pacavit_tiny_p2cconv_100_0").label_set == "imagenet-1k"
     assert not hasattr(configuration_pacavit, "_ARCHITECTURES")
@@ -149,7 +168,7 @@ def test_config_docstring_documents_each_argument_once_in_transformers_format():
     for name in PaCaViTConfig.__annotations__:
         if name.startswith("_"):  # `out_features` / `out_indices`: keyword arguments, in the introduction
             continue
-        assert len(re.findall(rf"^ +{name} \(`", doc, flags=re.M)) == 1, name
+        assert len(re.findall(rf"^ +{name} \(`", doc, flags=re.MULTILINE)) == 1, name
 
 
 def test_the_config_validates_once_per_construction(tmp_path):
