@@ -129,7 +129,7 @@ def test_clustering_interval_follows_the_number_of_stages():
 
 def test_probabilities_at_the_ends_of_their_range_are_accepted():
     """0 and 1 are valid probabilities (1: dropout gives zeros, the deepest block's drop path always drops); the
-    model's behaviour there is tested in test_modeling.py."""
+    model's behaviour there is tested in test_modeling_pacavit.py."""
     for name in ("drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"):
         for value in (0, 1, 0.0, 1.0):
             assert getattr(PaCaViTConfig(**{name: value}), name) == value

@@ -324,7 +324,7 @@ class PaCaViTModelTest(ModelTesterMixin, PipelineTesterMixin, unittest.TestCase)
         # Overridden: the common test expects `save_pretrained` to write the names of before a rename (transformers
         # keeps the layout of checkpoints published with them). No PaCa-ViT checkpoint was published with the old
         # names, so its renames apply on loading only and folders are saved with today's names (the old names load:
-        # tests/test_weight_names.py).
+        # the weight-name tests below).
         config, _ = self.model_tester.prepare_config_and_inputs_for_common()
         for model_class in self.all_model_classes:
             with self.subTest(model_class.__name__):
