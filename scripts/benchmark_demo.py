@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from paca_hf.file_utils import write_json_atomically
-from paca_hf.training import demo
+from paca_hf.training.segmentation import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,9 +4,9 @@
 What it does, in order:
 
 1. (cheap) converts one of the authors' reference checkpoints and checks its outputs against theirs, one line;
-2. runs the ADE20k fine-tune (`paca_hf.training.finetune.main`, what scripts/finetune_ade20k.py runs) from scratch on
-   synthetic scenes in the ADE20k schema (`paca_hf.data.scenes`: 5 shape classes, label 0 "other" ignored as
-   in ADE20k), with a narrow PaCa-Tiny-shaped model;
+2. runs the ADE20k fine-tune (`paca_hf.training.segmentation.finetune.main`, what scripts/finetune_ade20k.py runs)
+   from scratch on synthetic scenes in the ADE20k schema (`paca_hf.data.scenes`: 5 shape classes, label 0 "other"
+   ignored as in ADE20k), with a narrow PaCa-Tiny-shaped model;
 3. evaluates on held-out validation scenes (mIoU), saves the model and image processor;
 4. runs `pipeline("image-segmentation", model=OUTPUT_DIR)` on the same validation scenes (its mIoU is the
    evaluation's: the evaluation runs the saved image processor) and writes a grid of the first few (image / truth /
@@ -18,7 +18,7 @@ What it does not show: ADE20k results. The model is small, trained from scratch 
 with a shortened schedule and a learning rate suited to that (the recipe's 6e-5 is for fine-tuning an ImageNet
 backbone for 160k steps); the numbers say that the training / evaluation / saving / pipeline path works end to
 end and learns, nothing about PaCa-ViT on real images. `python scripts/benchmark_demo.py` repeats step 2 over
-seeds and prints the mIoU and minutes. The recipe (model, settings, picture) is `paca_hf.training.demo`.
+seeds and prints the mIoU and minutes. The recipe (model, settings, picture) is `paca_hf.training.segmentation.demo`.
 """
 
 import argparse
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from paca_hf.file_utils import atomic_file
-from paca_hf.training.demo import (
+from paca_hf.training.segmentation.demo import (
     DEMO_MODEL,
     DEMO_SETTINGS,
     default_threads,

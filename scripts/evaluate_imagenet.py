@@ -3,12 +3,13 @@
 
     python scripts/evaluate_imagenet.py --model pacavit-small --validation_dir imagenet/val --output val.json
 
-The command line lives in `paca_hf.training.imagenet_evaluation` (`--help` describes every flag and the label mapping).
+The command line lives in `paca_hf.training.classification.evaluation` (`--help` describes every flag and the label
+mapping).
 """
 
 import sys
 
-from paca_hf.training.imagenet_evaluation import main
+from paca_hf.training.classification.evaluation import main
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ defaults are the authors' recipe (timm `train.py`, see `../shared/reference/pape
     precision       `--amp auto`: bf16 on GPUs that support it, else fp16; none on CPU
     drop path       the model config's (official names: tiny / small 0.1, base 0.5); `--drop_path_rate` overrides
 
-The recipe lives in `paca_hf.training.imagenet` (arguments in `imagenet_args`; needs timm: `pip install -e ".[train]"`): the augmentation is timm's
-own (`create_transform`, `Mixup`, `SoftTargetCrossEntropy`), as in the authors' timm `train.py`. Mixup runs inside
+The recipe lives in `paca_hf.training.classification.train` (arguments in `classification.arguments`; needs timm:
+`pip install -e ".[train]"`): the augmentation is timm's own (`create_transform`, `Mixup`, `SoftTargetCrossEntropy`),
+as in the authors' timm `train.py`. Mixup runs inside
 `PaCaTrainer.compute_loss` (in training mode only, on the device), so evaluation sees clean batches with integer
 labels. `--resume_from_checkpoint` continues exactly: each sample's augmentation is seeded from (seed, epoch, index),
 and the Mixup and stochastic-depth generators are saved with every checkpoint; `--resume_from_checkpoint true` takes
@@ -43,9 +44,9 @@ and `all_results.json` (`trainer.save_metrics`).
 
 import sys
 
+from paca_hf.training.classification.arguments import parse_args
+from paca_hf.training.classification.train import setup_logging, train_and_evaluate
 from paca_hf.training.errors import TrainingError
-from paca_hf.training.imagenet import setup_logging, train_and_evaluate
-from paca_hf.training.imagenet_args import parse_args
 
 
 def main(argv=None):

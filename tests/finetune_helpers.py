@@ -5,8 +5,8 @@ import socket
 
 
 def finetune_argv(config, output_dir, *extra, image_size, num_train_images, num_eval_images, steps):
-    """Arguments of the fine-tune (`paca_hf.training.finetune.main`) for a few steps of a tiny model on the built-in
-    scenes; `extra` come last, so they override these."""
+    """Arguments of the fine-tune (`paca_hf.training.segmentation.finetune.main`) for a few steps of a tiny model on
+    the built-in scenes; `extra` come last, so they override these."""
     return [
         "--config_name", str(config), "--num_clusters", "keep",
         "--dataset_name", "builtin-scenes", "--builtin_image_size", str(image_size), "--crop_size", str(image_size),

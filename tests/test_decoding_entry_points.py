@@ -52,7 +52,7 @@ def _imagenet_train_pixels(source):
     """The ImageNet training dataset's decoding, with timm's augmentation replaced by a plain to-tensor."""
     from torchvision.transforms import ToTensor
 
-    from paca_hf.training.imagenet import ImageNetTrainDataset
+    from paca_hf.training.classification.train import ImageNetTrainDataset
 
     dataset = ImageNetTrainDataset([{"image": source, "label": 0}], ToTensor(), seed=0)
     return dataset[0]["pixel_values"].numpy().transpose(1, 2, 0)
@@ -60,7 +60,7 @@ def _imagenet_train_pixels(source):
 
 def _imagenet_eval_pixels(source):
     """The ImageNet evaluation transform (train_imagenet's evaluation, evaluate_imagenet) with geometry off."""
-    from paca_hf.training.imagenet_evaluation import EvalTransform
+    from paca_hf.training.classification.evaluation import EvalTransform
 
     processor = PaCaViTImageProcessor(do_resize=False, do_center_crop=False, do_normalize=False)
     return EvalTransform(processor)({"image": [source], "label": [0]})["pixel_values"][0].numpy().transpose(1, 2, 0)
@@ -91,7 +91,7 @@ def _displayed_size(source) -> tuple[int, int]:
 def _finetune_collate(source) -> np.ndarray:
     """The fine-tune's collate; its label map (an unrotated blank map of the stored size) must come out aligned
     with the image when the image is a PIL image carrying an EXIF orientation."""
-    from paca_hf.training.data import collate_segmentation
+    from paca_hf.training.segmentation.data import collate_segmentation
 
     stored = Image.open(source).size if isinstance(source, str) else (source.size if isinstance(source, Image.Image)
                                                                       else source.shape[1::-1])
@@ -107,7 +107,7 @@ def _segmentation_augment(source) -> np.ndarray:
     own size, ratio 1, full-size crop, no flip)."""
     import torch
 
-    from paca_hf.training.augment_segmentation import SegmentationTrainAugment
+    from paca_hf.training.segmentation.augmentation import SegmentationTrainAugment
 
     height, width = _displayed_size(source)
     augment = SegmentationTrainAugment(

@@ -83,7 +83,7 @@ def random_model(seed: int = 0) -> AppModel:
     from .configuration_pacavit import PaCaViTConfig, load_id2label
     from .image_processing_pil_pacavit import PaCaViTImageProcessorPil
     from .modeling_pacavit import PaCaViTForImageClassification
-    from .training.demo import DEMO_MODEL
+    from .training.segmentation.demo import DEMO_MODEL
 
     layout = {key: value for key, value in DEMO_MODEL.items() if key not in ("model_type", "decode_head_hidden_size")}
     config = PaCaViTConfig(**layout, id2label=load_id2label("imagenet-1k"))

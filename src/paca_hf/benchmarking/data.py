@@ -99,7 +99,7 @@ class DataRunner:
 
             self.processor = PaCaViTImageProcessorPil()
         else:
-            from paca_hf.training.augment_segmentation import SegmentationTrainAugment
+            from paca_hf.training.segmentation.augmentation import SegmentationTrainAugment
 
             self.processor = None
             self.augment_class = SegmentationTrainAugment

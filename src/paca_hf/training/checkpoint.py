@@ -7,8 +7,8 @@ progress and every file's size and sha256, written last), then a rename to `OUTP
 RNG travels with it in [`TrainingState`]. Writing, hashing and removing go through `paca_hf.file_utils`.
 
 transformers' `Trainer` (the ImageNet recipe) writes its own checkpoints straight into `OUTPUT_DIR/checkpoint-N`;
-`paca_hf.training.imagenet.PaCaTrainer` adds the same marker once every file is written, and the functions that list,
-resume and prune take `name_pattern=TRAINER_CHECKPOINT_NAME` for those folders.
+`paca_hf.training.classification.train.PaCaTrainer` adds the same marker once every file is written, and the
+functions that list, resume and prune take `name_pattern=TRAINER_CHECKPOINT_NAME` for those folders.
 """
 
 import hashlib

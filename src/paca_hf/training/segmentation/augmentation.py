@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..images import image_to_array, load_label_map, reduce_labels
+from ...images import image_to_array, load_label_map, reduce_labels
 
 # ImageNet mean / std on the 0..255 scale (mmseg's ADE20k data_preprocessor; = HF's rescale 1/255 + normalise).
 IMAGENET_MEAN_255 = tuple(255 * value for value in IMAGENET_DEFAULT_MEAN)

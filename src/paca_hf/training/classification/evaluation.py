@@ -1,5 +1,5 @@
 """Top-1 / top-5 accuracy of a classifier on an image folder (scripts/evaluate_imagenet.py), and the evaluation
-transform and collate the ImageNet recipe (`paca_hf.training.imagenet`) shares. Importing this module needs no timm."""
+transform and collate the ImageNet recipe (`.train`) shares. Importing this module needs no timm."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import torch
 
-from ..metrics.accuracy_topk.accuracy_topk import true_class_rank
+from ...metrics.accuracy_topk.accuracy_topk import true_class_rank
 
 
 class EvalTransform:
@@ -36,7 +36,7 @@ def _decode_file(image):
     `ValueError` naming the file when it is not an image); anything else is returned as it is."""
     if not isinstance(image, dict):
         return image
-    from ..images import open_image
+    from ...images import open_image
 
     path = image.get("path")
     try:
@@ -92,7 +92,7 @@ def evaluate_image_folder(
     from datasets import ClassLabel, Image, load_dataset
     from transformers import AutoModelForImageClassification
 
-    from ..loading import load_image_processor
+    from ...loading import load_image_processor
 
     if not os.path.isdir(validation_dir):
         what = "is not a folder" if os.path.exists(validation_dir) else "does not exist"
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
         f"{results['label_mapping']})"
     )
     if args.output:
-        from ..file_utils import write_json_atomically
+        from ...file_utils import write_json_atomically
 
         write_json_atomically(args.output, results, indent=2)
     return 0

@@ -1,4 +1,4 @@
-"""Command-line arguments of the ImageNet recipe (scripts/train_imagenet.py, `paca_hf.training.imagenet`): those of
+"""Command-line arguments of the ImageNet recipe (scripts/train_imagenet.py, `.train`): those of
 transformers' `run_image_classification.py` example, the augmentation's, and `TrainingArguments` with the authors'
 recipe as defaults. Importing this module needs no timm."""
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from .distributed import check_fsdp_device, check_launch, distributed_on_cpu
+from ..distributed import check_fsdp_device, check_launch, distributed_on_cpu
 
 
 @dataclass

@@ -26,9 +26,8 @@ from pathlib import Path
 
 import torch
 
-from ..file_utils import fsync_dir, fsync_file, give_normal_permissions, write_json_atomically
-from .augment_segmentation import SegmentationTrainAugment
-from .checkpoint import (
+from ...file_utils import fsync_dir, fsync_file, give_normal_permissions, write_json_atomically
+from ..checkpoint import (
     TrainingState,
     find_latest_checkpoint,
     load_checkpoint,
@@ -37,15 +36,16 @@ from .checkpoint import (
     verify_checkpoint,
     weight_checksums,
 )
+from ..distributed import check_fsdp_device, check_launch, distributed_on_cpu
+from ..errors import TrainingError, check_finite_loss, check_finite_parameters
+from ..optim import describe_param_groups, param_groups
+from ..scheduler import PolyWithWarmup, make_scheduler, warmup_warning
+from ..throughput import DataWaitMeter
+from .arguments import parse_args
+from .augmentation import SegmentationTrainAugment
 from .data import EpochSampler, batch_stream, collate_segmentation, load_segmentation_splits, resolve_id2label
-from .distributed import check_fsdp_device, check_launch, distributed_on_cpu
-from .errors import TrainingError, check_finite_loss, check_finite_parameters
 from .evaluation import evaluate_segmentation, metrics_to_json
-from .finetune_args import parse_args
-from .optim import describe_param_groups, param_groups
-from .scheduler import PolyWithWarmup, make_scheduler, warmup_warning
-from .segmentation import build_model, maybe_sync_batchnorm, recipe_image_processor, segmentation_loss
-from .throughput import DataWaitMeter
+from .model import build_model, maybe_sync_batchnorm, recipe_image_processor, segmentation_loss
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ import pytest
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
 from paca_hf import training as T
-from paca_hf.training import distributed, finetune
+from paca_hf.training import distributed
 from paca_hf.training.errors import TrainingError
-from paca_hf.training.imagenet_args import parse_args as imagenet_parse_args
+from paca_hf.training.classification.arguments import parse_args as imagenet_parse_args
+from paca_hf.training.segmentation import finetune
 
 from finetune_helpers import finetune_argv, free_port
 from tiny_configs import tiny_config

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import TrainingError
+from ..errors import TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ def build_model(
     tensor loads."""
     from transformers.utils import logging as hf_logging
 
-    from ..configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
-    from ..modeling_pacavit import PaCaViTForSemanticSegmentation
+    from ...configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
+    from ...modeling_pacavit import PaCaViTForSemanticSegmentation
 
     overrides = dict(config_overrides or {})
     labels = _label_kwargs(id2label)
@@ -181,7 +181,7 @@ def recipe_image_processor(resize_scale: tuple[int, int], reduce_labels: bool):
     whole-image evaluation resize (`Resize(scale=resize_scale, keep_ratio=True)`: shorter side to `resize_scale[1]`,
     longer side capped at `resize_scale[0]`, bilinear without antialiasing, no crop), ImageNet normalisation;
     `do_reduce_labels` as in training."""
-    from ..loading import default_image_processor
+    from ...loading import default_image_processor
 
     longest, shortest = (int(side) for side in resize_scale)
     processor = default_image_processor("semantic-segmentation")

@@ -274,7 +274,7 @@ def test_finetune_evaluation_scores_a_diverged_segmentor_zero():
     from accelerate import Accelerator
     from transformers.modeling_outputs import SemanticSegmenterOutput
 
-    from paca_hf.training.evaluation import evaluate_segmentation, predict_batch
+    from paca_hf.training.segmentation.evaluation import evaluate_segmentation, predict_batch
     from paca_hf.training.segmentation import recipe_image_processor
 
     class Diverged(torch.nn.Module):

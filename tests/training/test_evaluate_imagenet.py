@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTImageProcessor
-from paca_hf.training.imagenet_evaluation import evaluate_image_folder, main
+from paca_hf.training.classification.evaluation import evaluate_image_folder, main
 
 from tiny_configs import tiny_config
 

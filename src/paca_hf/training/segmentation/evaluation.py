@@ -9,8 +9,8 @@ import time
 import numpy as np
 import torch
 
-from ..images import reduce_labels as reduce_label_values
-from ..images import same_size_groups
+from ...images import reduce_labels as reduce_label_values
+from ...images import same_size_groups
 
 
 def _processor_input(image):
@@ -37,7 +37,7 @@ def predict_batch(model, images: list, image_processor, device) -> list[torch.Te
     Returns:
         one `(H, W)` int64 map of class ids per image, at the image's own size, on `device`.
     """
-    from ..metrics import class_predictions
+    from ...metrics import class_predictions
 
     images = [_processor_input(image) for image in images]
     prepared = image_processor(images, return_tensors=None)["pixel_values"]
@@ -59,7 +59,7 @@ def _image_size(image) -> tuple[int, int]:
     """`(height, width)` of a collated `(C, H, W)` image, or of any other input as the package decodes it."""
     if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] in (1, 3):
         return tuple(image.shape[-2:])
-    from ..images import image_to_array
+    from ...images import image_to_array
 
     return tuple(image_to_array(image).shape[:2])
 
@@ -83,7 +83,7 @@ def evaluate_segmentation(
     image."""
     from tqdm.auto import tqdm
 
-    from ..metrics import load_metric
+    from ...metrics import load_metric
 
     was_training = model.training
     model.eval()

@@ -6,8 +6,8 @@ soft-target loss (`timm.loss.SoftTargetCrossEntropy`). `import paca_hf` and the 
 does, at import time.
 
 The command-line arguments (`ModelArguments`, `DataTrainingArguments`, `AugmentationArguments`,
-`PaCaTrainingArguments`, `parse_args`) are in `imagenet_args`; the evaluation transform, collate and the image-folder
-evaluation of scripts/evaluate_imagenet.py in `imagenet_evaluation` (neither needs timm).
+`PaCaTrainingArguments`, `parse_args`) are in `arguments`; the evaluation transform, collate and the image-folder
+evaluation of scripts/evaluate_imagenet.py in `evaluation` (neither needs timm).
 
 Randomness and exact resume. Every random draw of the recipe comes from one of two places:
 
@@ -44,19 +44,19 @@ from timm.loss import SoftTargetCrossEntropy
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
-from ..file_utils import give_normal_permissions
-from ..images import load_image
-from .checkpoint import (
+from ...configuration_pacavit import OFFICIAL_NAMES, PaCaViTConfig
+from ...file_utils import give_normal_permissions
+from ...images import load_image
+from ..checkpoint import (
     COMPLETE_MARKER,
     TRAINER_CHECKPOINT_NAME,
     prune_checkpoints,
     resolve_resume_checkpoint,
     write_complete_marker,
 )
-from .imagenet_args import AugmentationArguments, DataTrainingArguments, ModelArguments, PaCaTrainingArguments
-from .imagenet_evaluation import EvalTransform, collate_fn
-from .scheduler import whole_run_warmup_warning
+from ..scheduler import whole_run_warmup_warning
+from .arguments import AugmentationArguments, DataTrainingArguments, ModelArguments, PaCaTrainingArguments
+from .evaluation import EvalTransform, collate_fn
 
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def build_image_processor(model_args: ModelArguments, aug_args: AugmentationArgu
     the authors' transform (`paca_hf.loading`), with `--image_size` (resize and crop) and `--crop_pct` applied."""
     from transformers import AutoImageProcessor
 
-    from ..loading import default_image_processor, load_image_processor
+    from ...loading import default_image_processor, load_image_processor
 
     hub_kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
     if model_args.image_processor_name is not None:
@@ -495,8 +495,8 @@ def train_and_evaluate(model_args, data_args, aug_args, training_args) -> dict |
     from transformers import AutoModelForImageClassification, set_seed
     from transformers.trainer_utils import IntervalStrategy
 
-    from ..metrics import load_metric
-    from ..modeling_pacavit import PaCaViTForImageClassification
+    from ...metrics import load_metric
+    from ...modeling_pacavit import PaCaViTForImageClassification
 
     if (model_args.model_name_or_path is None) == (model_args.config_name is None):
         raise ValueError("give exactly one of --model_name_or_path (a checkpoint) and --config_name (from scratch)")

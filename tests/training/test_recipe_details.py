@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from paca_hf import PaCaViTForSemanticSegmentation
 from paca_hf.data.scenes import make_scene_splits
 from paca_hf.metrics.cluster_nmi import load_examples
-from paca_hf.training import finetune
 from paca_hf.training.scheduler import warmup_warning
-from paca_hf.training.segmentation import segmentation_loss
+from paca_hf.training.segmentation import finetune
+from paca_hf.training.segmentation.model import segmentation_loss
 
 from finetune_helpers import finetune_argv
 from tiny_configs import tiny_config
@@ -87,7 +87,7 @@ def test_a_run_shorter_than_its_warmup_says_so(tiny_config_file, tmp_path, caplo
 
     argv = finetune_argv(tiny_config_file, tmp_path / "short", "--num_warmup_steps", "10", image_size=32,
                          num_train_images=2, num_eval_images=1, steps=1)
-    with caplog.at_level(logging.WARNING, logger="paca_hf.training.finetune"):
+    with caplog.at_level(logging.WARNING, logger="paca_hf.training.segmentation.finetune"):
         default = finetune.main(argv)
     expected = warmup_warning(10, 1, 1e-3)
     assert [r.getMessage() for r in caplog.records if "warm-up" in r.getMessage()] == [expected]

@@ -1,4 +1,4 @@
-"""The command line of the ADE20k fine-tune (`scripts/finetune_ade20k.py`, `paca_hf.training.finetune.main`): every
+"""The command line of the ADE20k fine-tune (`scripts/finetune_ade20k.py`, `.finetune.main`): every
 flag, with the authors' recipe as defaults. The names follow transformers' `run_semantic_segmentation_no_trainer.py`;
 they are a public contract."""
 

@@ -1,6 +1,6 @@
-"""ImageNet training recipe (paca_hf.training.imagenet): timm's transform and Mixup in the Trainer, the soft-target
-loss, the recipe's defaults, exact resume, and a few Trainer steps followed by the image-folder evaluation of
-scripts/evaluate_imagenet.py on a tiny image folder."""
+"""ImageNet training recipe (paca_hf.training.classification.train): timm's transform and Mixup in the Trainer, the
+soft-target loss, the recipe's defaults, exact resume, and a few Trainer steps followed by the image-folder evaluation
+of scripts/evaluate_imagenet.py on a tiny image folder."""
 
 import json
 import logging
@@ -21,7 +21,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTImageProcessor
-from paca_hf.training import imagenet, imagenet_args, imagenet_evaluation
+from paca_hf.training.classification import arguments as imagenet_args
+from paca_hf.training.classification import evaluation as imagenet_evaluation
+from paca_hf.training.classification import train as imagenet
 from finetune_helpers import assert_normal_permissions
 from tiny_configs import tiny_config
 
@@ -456,7 +458,7 @@ def test_the_package_and_the_model_do_not_import_timm():
     evaluation (scripts/evaluate_imagenet.py) work without it."""
     code = (
         "import sys; import paca_hf, paca_hf.training; from paca_hf import PaCaViTForImageClassification; "
-        "import paca_hf.training.imagenet_args, paca_hf.training.imagenet_evaluation; "
+        "import paca_hf.training.classification.arguments, paca_hf.training.classification.evaluation; "
         "from tiny_configs import tiny_config; PaCaViTForImageClassification(tiny_config()); "
         "print(sorted(name for name in sys.modules if name.split('.')[0] == 'timm'))"
     )

@@ -1,5 +1,5 @@
 """The `make demo` recipe: a narrow PaCa-Tiny-shaped model fine-tuned from scratch on the built-in synthetic scenes
-(`paca_hf.data.scenes`) with the ADE20k fine-tune (`paca_hf.training.finetune`), and a picture of its predictions.
+(`paca_hf.data.scenes`) with the ADE20k fine-tune (`.finetune`), and a picture of its predictions.
 `scripts/demo.py` and `scripts/benchmark_demo.py` are its command lines.
 
 The model, data and schedule are chosen so that the whole path (training, evaluation, saving, the pipeline) runs
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..file_utils import write_json_atomically
-from ..images import image_to_array
+from ...file_utils import write_json_atomically
+from ...images import image_to_array
 from . import finetune
 
 # A PaCa-Tiny-shaped model (4 stages, clusters in stages 1-3, none in the last), much narrower and shallower:
@@ -240,8 +240,8 @@ def shown_scenes(num_shown: int) -> tuple[list, list[np.ndarray]]:
     """`(images, truths)`: the first `num_shown` validation scenes of the demo's data (its evaluation set, never
     trained on, is the first `DEMO_SETTINGS["num_eval_images"]`) as PIL images, and their label maps reduced like
     training (0 "other" -> 255)."""
-    from ..data.scenes import make_scene_splits
-    from ..images import load_label_map, reduce_labels
+    from ...data.scenes import make_scene_splits
+    from ...images import load_label_map, reduce_labels
 
     size = DEMO_SETTINGS["image_size"]
     validation = make_scene_splits(

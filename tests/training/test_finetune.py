@@ -1,4 +1,4 @@
-"""The ADE20k fine-tune (`paca_hf.training.finetune`, scripts/finetune_ade20k.py) on the CPU with tiny models: from scratch, from a converted backbone, two processes,
+"""The ADE20k fine-tune (`paca_hf.training.segmentation.finetune`, scripts/finetune_ade20k.py) on the CPU with tiny models: from scratch, from a converted backbone, two processes,
 exact resume, the recipe's optimiser groups and schedule, and the reported mIoU against the saved predictions."""
 
 import json
@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from paca_hf import PaCaViTForSemanticSegmentation
 from paca_hf import training as T
 from paca_hf.data.scenes import make_scene_splits, save_scenes_to_disk
-from paca_hf.training import demo, finetune
+from paca_hf.training import segmentation as S
+from paca_hf.training.segmentation import demo, finetune
 from paca_hf.images import load_label_map, reduce_labels
 from paca_hf.training.optim import NORM_MODULE_TYPES
 
@@ -98,11 +99,11 @@ def test_warmup_then_poly_schedule():
 
 
 def test_parse_num_clusters():
-    assert T.parse_num_clusters("200", [100, 100, 100, 0]) == [200, 200, 200, 0]
-    assert T.parse_num_clusters("keep", [100, 100, 100, 0]) == [100, 100, 100, 0]
-    assert T.parse_num_clusters("8,8,8,8", [100, 100, 100, 0]) == [8, 8, 8, 8]
+    assert S.parse_num_clusters("200", [100, 100, 100, 0]) == [200, 200, 200, 0]
+    assert S.parse_num_clusters("keep", [100, 100, 100, 0]) == [100, 100, 100, 0]
+    assert S.parse_num_clusters("8,8,8,8", [100, 100, 100, 0]) == [8, 8, 8, 8]
     with pytest.raises(T.TrainingError, match="4 stages"):
-        T.parse_num_clusters("8,8", [100, 100, 100, 0])
+        S.parse_num_clusters("8,8", [100, 100, 100, 0])
 
 
 def test_exactly_one_model_source_is_required(tmp_path):
@@ -118,10 +119,10 @@ def test_zero_or_negative_image_counts_are_refused_not_taken_as_the_default(flag
             finetune.parse_args(["--config_name", "x", "--output_dir", str(tmp_path), flag, value])
         assert stopped.value.code == 2 and flag in capsys.readouterr().err
     with pytest.raises(T.TrainingError, match=f"{flag} must be >= 1"):
-        T.load_segmentation_splits("builtin-scenes", **{flag[2:]: 0})
+        S.load_segmentation_splits("builtin-scenes", **{flag[2:]: 0})
     # `None` is the default (every image); 1 is one image, not the default.
     kwargs = {"num_train_images": 1, "num_eval_images": 1, "builtin_image_size": 16}
-    train, validation = T.load_segmentation_splits("builtin-scenes", **kwargs)
+    train, validation = S.load_segmentation_splits("builtin-scenes", **kwargs)
     assert (len(train), len(validation)) == (1, 1)
 
 
@@ -156,7 +157,7 @@ def test_an_output_dir_that_is_a_file_is_a_usage_error(tmp_path, capsys):
 def test_parse_num_clusters_refuses_what_is_not_a_count():
     for value in ("abc", "8,x", "-1", ""):
         with pytest.raises(T.TrainingError, match="--num_clusters"):
-            T.parse_num_clusters(value, [100, 100, 100, 0])
+            S.parse_num_clusters(value, [100, 100, 100, 0])
 
 # ------------------------------------------------------------------------------------------------ runs
 
@@ -208,8 +209,8 @@ def test_scratch_run_from_a_local_dataset_folder(tiny_config_file, tmp_path):
     model = PaCaViTForSemanticSegmentation.from_pretrained(out).eval()
     saved_processor = AutoImageProcessor.from_pretrained(out)
     for index, (prediction, reference) in enumerate(pairs):  # one image per batch, as the script evaluates
-        batch = T.collate_segmentation([validation[index]])
-        mine = T.predict_batch(model, batch["images"], saved_processor, "cpu")[0]
+        batch = S.collate_segmentation([validation[index]])
+        mine = S.predict_batch(model, batch["images"], saved_processor, "cpu")[0]
         np.testing.assert_array_equal(prediction, mine.numpy())
         np.testing.assert_array_equal(reference, reduce_labels(batch["labels"][0]).numpy())
 
@@ -292,7 +293,7 @@ def test_a_folder_of_another_architecture_is_refused(tmp_path):
     folder = tmp_path / "upernet"
     UperNetConfig(backbone_config=tiny_config(), num_labels=5).save_pretrained(folder)
     with pytest.raises(T.TrainingError, match=r"model_type 'upernet'.*PaCaViTForSemanticSegmentation.*--config_name"):
-        T.build_model({0: "a", 1: "b"}, model_name_or_path=str(folder))
+        S.build_model({0: "a", 1: "b"}, model_name_or_path=str(folder))
 
 
 def test_a_checkpoint_without_any_backbone_tensor_is_refused(tmp_path):
@@ -305,14 +306,14 @@ def test_a_checkpoint_without_any_backbone_tensor_is_refused(tmp_path):
     save_file({f"backbone.{name}": tensor for name, tensor in weights.items()}, str(folder / "model.safetensors"),
               metadata={"format": "pt"})
     with pytest.raises(T.TrainingError, match=r"0 loaded.*random weights"):
-        T.build_model({0: "a", 1: "b"}, model_name_or_path=str(folder), num_clusters="keep")
+        S.build_model({0: "a", 1: "b"}, model_name_or_path=str(folder), num_clusters="keep")
 
 def test_finetune_from_a_converted_backbone(converted_classifier, tmp_path):
     """8 clusters in the ImageNet-style checkpoint, 16 downstream: the to_clusters convs are re-initialised and
     reported, every other backbone tensor is the checkpoint's, the classifier is unused, the head is new."""
     source = load_file(str(converted_classifier / "model.safetensors"))
     id2label = {0: "a", 1: "b", 2: "c", 3: "d", 4: "e"}
-    model, report = T.build_model(id2label, model_name_or_path=str(converted_classifier), num_clusters="16")
+    model, report = S.build_model(id2label, model_name_or_path=str(converted_classifier), num_clusters="16")
     state = model.state_dict()
     reinitialized = {name for name, _, _ in report.reinitialized}
     assert reinitialized == {f"pacavit.stages.{i}.layers.0.attention.clustering.to_clusters.weight" for i in range(3)}
@@ -452,8 +453,8 @@ def test_exif_rotated_photo_and_its_label_map_stay_aligned_through_datasets(tmp_
     split = datasets.Dataset.from_dict({key: [value] * 2 for key, value in example.items()}, features=features)
     datasets.DatasetDict({"train": split, "validation": split}).save_to_disk(tmp_path / "data")
 
-    train, _ = T.data.load_segmentation_splits(str(tmp_path / "data"))
-    batch = T.data.collate_segmentation([train[0]])
+    train, _ = S.data.load_segmentation_splits(str(tmp_path / "data"))
+    batch = S.data.collate_segmentation([train[0]])
     image, labels = batch["images"][0], batch["labels"][0]
     # Upright: Orientation 6 shows the stored grid turned 90 degrees clockwise (numpy: rot90 three times).
     upright_labels = np.rot90(stored_labels, k=-1)

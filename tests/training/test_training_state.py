@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from paca_hf import PaCaViTForSemanticSegmentation
 from paca_hf import training as T
-from paca_hf.training import finetune
+from paca_hf.training.segmentation import finetune
 
 from finetune_helpers import finetune_argv
 from tiny_configs import tiny_config

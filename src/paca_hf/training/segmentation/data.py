@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..images import is_file_source, load_label_map, open_stored_image
-from .augment_segmentation import decode_image, decode_label_map
-from .errors import TrainingError
+from ...images import is_file_source, load_label_map, open_stored_image
+from ..errors import TrainingError
+from .augmentation import decode_image, decode_label_map
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def load_segmentation_splits(
         if count is not None and count < 1:
             raise TrainingError(f"{flag} must be >= 1 (leave it out to use every image), got {count}.")
     if dataset_name == BUILTIN_SCENES:
-        from ..data.scenes import make_scene_splits
+        from ...data.scenes import make_scene_splits
 
         splits = make_scene_splits(
             num_train=200 if num_train_images is None else num_train_images,
@@ -189,7 +189,7 @@ def resolve_id2label(
     `--id2label_file`; else the built-in scenes' names; else `id2label.json` in a local dataset folder; else
     ADE20k's 150 names for `scene_parse_150` / ADE20k; else `LABEL_i` up to the largest annotation value found
     in (up to `max_scan` images of) the training set."""
-    from ..configuration_pacavit import load_id2label
+    from ...configuration_pacavit import load_id2label
 
     def finish(names: dict[int, str], includes_background: bool) -> dict[int, str]:
         names = {int(k): str(v) for k, v in names.items()}
@@ -203,7 +203,7 @@ def resolve_id2label(
         # A file is taken to be indexed like the model's labels (after reduction).
         return _sorted_id2label(json.loads(Path(id2label_file).read_text()))
     if dataset_name == BUILTIN_SCENES:
-        from ..data.scenes import id2label
+        from ...data.scenes import id2label
 
         return finish(id2label(include_background=True), includes_background=True)
     local = Path(dataset_name) / "id2label.json"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from paca_hf.images import reduce_labels
-from paca_hf.training.augment_segmentation import (
+from paca_hf.training.segmentation.augmentation import (
     SegmentationTrainAugment,
     hsv_to_rgb,
     photometric_distortion,
