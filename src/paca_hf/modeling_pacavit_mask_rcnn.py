@@ -455,6 +455,9 @@ class PaCaViTMaskRCNNPreTrainedModel(PreTrainedModel):
     config_class = PaCaViTMaskRCNNConfig
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # The backbone's attention implementations (the heads have no attention): the choice reaches its sub-config.
+    _supports_sdpa = True
+    _supports_flex_attn = True
     _no_split_modules = ["PaCaViTLayer", "PaCaViTClusteringTeacher"]
 
     @torch.no_grad()
@@ -537,19 +540,20 @@ class PaCaViTMaskRCNNForInstanceSegmentation(PaCaViTMaskRCNNPreTrainedModel):
         detect = not self.training or labels is None
         detections, roi_losses = self.roi_heads(fpn_levels, proposals, shapes, targets, detect=detect)
 
+        # Built at once: a tuple (`return_dict=False`) follows the order in which the fields were set.
+        fields = {}
+        if targets is not None:
+            losses = {**rpn_losses, **roi_losses}
+            fields = {"loss": sum(losses.values()), **losses}
+        if detections is not None:
+            fields.update(zip(("pred_boxes", "scores", "labels", "mask_logits"), self._pad_detections(detections)))
         output = PaCaViTMaskRCNNOutput(
+            **fields,
             image_sizes=image_sizes,
             proposals=tuple(proposals),
             proposal_scores=tuple(proposal_scores),
             fpn_hidden_states=tuple(fpn_levels.values()),
         )
-        if targets is not None:
-            losses = {**rpn_losses, **roi_losses}
-            output.loss = sum(losses.values())
-            for name, value in losses.items():
-                setattr(output, name, value)
-        if detections is not None:
-            output.pred_boxes, output.scores, output.labels, output.mask_logits = self._pad_detections(detections)
         if return_dict is None:
             return_dict = self.config.return_dict
         return output if return_dict else output.to_tuple()

@@ -2,15 +2,19 @@
 (../shared/reference/det_maskrcnn_conv.*, README "Mask R-CNN reference"), its losses with mmdetection's samples,
 the Auto classes, training and bad input."""
 
+import subprocess
+import sys
 from collections import OrderedDict
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from paca_hf import PaCaViTMaskRCNNConfig, PaCaViTMaskRCNNForInstanceSegmentation
 from paca_hf.convert import ConversionError, convert_detector_state_dict
 from paca_hf.modeling_pacavit_mask_rcnn import PresetSampler
-from reference import case_checkpoint, case_config, case_io, cases
+from paca_hf import PaCaViTConfig
+from reference import case_checkpoint, case_config, case_io, cases, upernet_maskrcnn_manifest
 from tiny_configs import tiny_config
 
 
@@ -146,6 +150,30 @@ def test_conversion_names_missing_unexpected_and_misshapen_tensors_in_the_checkp
     for name in ("roi_head.mask_head.upsample.weight", "backbone.norm2.weight", "roi_head.bbox_head.extra.weight",
                  "rpn_head.rpn_cls.weight"):
         assert name in message
+
+
+COCO_DETECTORS = {name: entry for name, entry in upernet_maskrcnn_manifest().items()
+                  if entry["kind"] == "instance-segmentation"}
+
+
+@pytest.mark.parametrize("name", sorted(COCO_DETECTORS))
+def test_released_coco_layouts_convert_whole_with_the_authors_parameter_counts(name):
+    # The default config (mmdet's Mask R-CNN 1x) around the release's backbone, COCO's 80 classes: every tensor of
+    # the checkpoint's layout is used (meta device: shapes only).
+    entry = COCO_DETECTORS[name]
+    source = {key: torch.empty(shape, device="meta") for key, shape in entry["state_dict"].items()}
+    backbone = PaCaViTConfig.from_official_name(name)
+    with torch.device("meta"):
+        model = PaCaViTMaskRCNNForInstanceSegmentation(
+            PaCaViTMaskRCNNConfig(backbone_config=backbone, num_labels=entry["num_classes"])
+        )
+    weights = convert_detector_state_dict(source, model, backbone.clustering_type)
+    assert set(weights) == set(model.state_dict())
+    added = 4 * (1024 + 1) + (256 + 1)  # torchvision's background deltas and mask channel
+    assert model.num_parameters() - added == entry["num_parameters"]
+    assert sum(p.numel() for p in model.backbone.parameters()) == entry["num_parameters_backbone"]
+    assert sum(p.numel() for p in model.fpn.parameters()) == entry["num_parameters_neck"]
+    assert sum(p.numel() for p in model.rpn.parameters()) == entry["num_parameters_rpn_head"]
 
 
 # Parity with mmdetection (eval).
@@ -295,6 +323,89 @@ def test_auto_class_loads_a_saved_detector_with_identical_outputs(tmp_path, auto
     assert expected.pred_boxes.shape[1] > 0
 
 
+_REMOTE_DETECTOR = r"""
+import sys
+try:
+    import paca_hf  # noqa: F401
+except ImportError:
+    pass
+else:
+    sys.exit("paca_hf is importable; this check needs it hidden")
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+torch.set_num_threads(1)
+folder, inputs, outputs = sys.argv[1:4]
+pixel_values = load_file(inputs)["pixel_values"]
+results = {}
+for auto in ("AutoModelForInstanceSegmentation", "AutoModelForObjectDetection"):
+    model = getattr(transformers, auto).from_pretrained(folder, trust_remote_code=True).eval()
+    for loaded in (model, model.config, model.config.backbone_config):
+        assert type(loaded).__module__.startswith("transformers_modules."), type(loaded)
+    with torch.no_grad():
+        output = model(pixel_values)
+    for name in ("pred_boxes", "scores", "labels", "mask_logits"):
+        results[f"{auto}.{name}"] = getattr(output, name).contiguous()
+save_file(results, outputs)
+"""
+
+
+def test_detector_folder_loads_as_remote_code_without_paca_hf(tmp_path):
+    from paca_hf import hub
+    from paca_hf.hub.remote_code import INSTANCE_SEGMENTATION
+
+    torch.manual_seed(0)
+    model = tiny_detector().eval()
+    folder = tmp_path / "detector"
+    model.save_pretrained(folder)
+    copied = hub.add_remote_code(folder, INSTANCE_SEGMENTATION)
+    assert {"modeling_pacavit_mask_rcnn.py", "configuration_pacavit_mask_rcnn.py", "modeling_pacavit.py"} <= {
+        path.name for path in copied}
+    pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    save_file({"pixel_values": pixel_values}, tmp_path / "inputs.safetensors")
+    result = subprocess.run(
+        [sys.executable, "-c", _REMOTE_DETECTOR, str(folder), str(tmp_path / "inputs.safetensors"),
+         str(tmp_path / "outputs.safetensors")],
+        cwd=tmp_path, env=hub.hidden_package_environment(tmp_path / "sandbox"), capture_output=True, text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = load_file(tmp_path / "outputs.safetensors")
+    with torch.no_grad():
+        expected = model(pixel_values)
+    assert expected.pred_boxes.shape[1] > 0
+    for auto in ("AutoModelForInstanceSegmentation", "AutoModelForObjectDetection"):
+        for name in ("pred_boxes", "scores", "labels", "mask_logits"):
+            torch.testing.assert_close(remote[f"{auto}.{name}"], getattr(expected, name), atol=1e-5, rtol=0)
+
+
+def test_no_detection_gives_empty_padded_outputs_and_tuples_on_request():
+    torch.manual_seed(0)
+    model = tiny_detector(box_score_threshold=1.0).eval()  # no probability is above 1
+    with torch.no_grad():
+        output = model(torch.randn(2, 3, 64, 96))
+        as_tuple = model(torch.randn(2, 3, 64, 96), return_dict=False)
+    assert output.pred_boxes.shape == (2, 0, 4) and output.scores.shape == (2, 0) and output.labels.shape == (2, 0)
+    assert output.mask_logits.shape == (2, 0, 28, 28) and output.image_sizes.tolist() == [[64, 96], [64, 96]]
+    assert isinstance(as_tuple, tuple) and [tuple(item.shape) for item in as_tuple[:5]] == [
+        (2, 0, 4), (2, 0), (2, 0), (2, 0, 28, 28), (2, 2)]  # the fields' order, None left out
+
+
+def test_heads_start_from_mmdetections_initialisation():
+    torch.manual_seed(0)
+    model = tiny_detector(box_head_hidden_size=256)
+    predictor = model.roi_heads.box_predictor
+    assert predictor.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert predictor.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.1)
+    assert model.rpn.head.cls_logits.weight.std().item() == pytest.approx(0.01, rel=0.3)
+    fc6 = model.roi_heads.box_head.fc6.weight  # Xavier uniform: bound sqrt(6 / (fan_in + fan_out))
+    assert fc6.abs().max().item() <= (6 / sum(fc6.shape)) ** 0.5
+    assert fc6.std().item() == pytest.approx((2 / sum(fc6.shape)) ** 0.5, rel=0.1)
+    for module in (model.fpn, model.rpn.head, model.roi_heads):
+        assert all(not bias.any() for name, bias in module.named_parameters() if name.endswith("bias"))
+
+
 def test_training_steps_reduce_the_loss():
     torch.manual_seed(0)
     model = tiny_detector().train()
@@ -371,3 +482,12 @@ def test_bad_image_sizes_and_missing_fields_are_refused():
         model(pixel_values[:1], labels=[{"boxes": torch.zeros(0, 4)}])
     with pytest.raises(ValueError, match="`labels` must be a list of 2 dicts"):
         model(pixel_values, labels=tiny_labels())
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_attention_implementation_reaches_the_backbone(implementation):
+    torch.manual_seed(0)
+    config = tiny_detector().config
+    model = PaCaViTMaskRCNNForInstanceSegmentation._from_config(config, attn_implementation=implementation)
+    assert model.backbone.config._attn_implementation == implementation
+    assert model.config._attn_implementation == implementation
