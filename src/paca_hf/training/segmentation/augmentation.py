@@ -127,15 +127,16 @@ def resize_image(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 
 def resize_label(label: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Nearest resize of a (H, W) label map: source index floor(dst * in / out), as OpenCV's INTER_NEAREST."""
+    """Nearest resize of a (..., H, W) label map or stack of masks: source index floor(dst * in / out), as OpenCV's
+    INTER_NEAREST."""
     if tuple(label.shape[-2:]) == tuple(size):
         return label
-    h, w = label.shape
+    h, w = label.shape[-2:]
     rows = torch.clamp((torch.arange(size[0], device=label.device, dtype=torch.float64) * (h / size[0])).floor(),
                        max=h - 1).long()
     cols = torch.clamp((torch.arange(size[1], device=label.device, dtype=torch.float64) * (w / size[1])).floor(),
                        max=w - 1).long()
-    return label[rows][:, cols]
+    return label[..., rows, :][..., cols]
 
 
 def _crop_box(height: int, width: int, crop_size: Tuple[int, int], generator) -> Tuple[int, int, int, int]:

@@ -1,0 +1,251 @@
+"""The COCO fine-tune (`scripts/finetune_coco.py`, `paca_hf.training.detection.finetune`) on tiny detectors and the
+built-in instance scenes as COCO folders: its results are pycocotools' scores of the saved model (through
+`scripts/evaluate_coco.py`'s evaluation), an interrupted and resumed run equals an uninterrupted one, the
+augmentation moves boxes and masks with their image, the recipe's defaults and schedule, bad data named."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from paca_hf import PaCaViTForImageClassification
+from paca_hf import training as T
+from paca_hf.data.scenes import save_coco_scenes
+from paca_hf.training.detection import finetune
+from paca_hf.training.detection.arguments import parse_args
+from paca_hf.training.detection.augmentation import DetectionTrainAugment, flip_instances, resize_instances
+from paca_hf.training.detection.evaluation import evaluate_coco_model
+from paca_hf.training.detection.model import build_detector
+from paca_hf.training.scheduler import MultiStepWithWarmup
+
+from tiny_configs import tiny_config, tiny_detector_config
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def detector_config_file(tmp_path_factory):
+    """config.json of a tiny detector with drop path on (a resumed run must restore the dropout RNG)."""
+    path = tmp_path_factory.mktemp("detector") / "config.json"
+    tiny_detector_config({"drop_path_rate": 0.1}).to_json_file(path)
+    return path
+
+
+def coco_args(config, output_dir, *extra, steps=3, train=4, evaluate=2):
+    """A few steps of a tiny detector on 64 px built-in scenes, trained at short edges 48 or 64 and evaluated at 64;
+    `extra` come last, so they override these."""
+    return [
+        "--config_name", str(config), "--dataset_name", "builtin-scenes", "--builtin_image_size", "64",
+        "--num_train_images", str(train), "--num_eval_images", str(evaluate), "--train_short_edges", "48,64",
+        "--resize_scale", "96,64", "--max_train_steps", str(steps), "--num_warmup_steps", "1",
+        "--learning_rate", "1e-3", "--output_dir", str(output_dir), "--disable_tqdm", *extra,
+    ]
+
+
+def test_a_few_steps_on_scene_folders_report_the_saved_models_coco_scores(detector_config_file, tmp_path):
+    """all_results.json holds box and mask AP, and they are what `scripts/evaluate_coco.py`'s evaluation
+    (pycocotools, the saved model with its saved processor) gives for the saved folder."""
+    out = tmp_path / "run"
+    results = finetune.main(coco_args(detector_config_file, out, steps=3))
+    written = json.loads((out / "all_results.json").read_text())
+    assert written["train_steps"] == 3 and math.isfinite(written["train_loss"])
+    assert set(written["train_losses"]) == {"loss", *finetune.LOSS_NAMES}
+    validation = next((out / "builtin-scenes-coco").glob("validation-*"))
+    scores = evaluate_coco_model(str(out), validation / "instances.json", validation / "images",
+                                 disable_progress=True)
+    for iou_type in ("bbox", "segm"):
+        assert written[iou_type] == pytest.approx(scores[iou_type], abs=1e-12)
+        assert written[f"eval_{iou_type}_AP"] == written[iou_type]["AP"]
+    assert results["num_eval_images"] == 2 and results["num_train_images"] == 4
+    report = json.loads((out / "init_report.json").read_text())
+    assert report["source"].startswith("config ") and not report["loaded"]
+
+
+def read_weights(folder):
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(detector_config_file, tmp_path):
+    """Drop path, the RPN / RoI samplers' draws, flips and scales, accumulation over an epoch boundary: a run
+    stopped after step 2 and resumed from its checkpoint ends with the same weights, bit for bit, and the same
+    scores as one that ran through."""
+    extra = ("--checkpointing_steps", "2", "--gradient_accumulation_steps", "2", "--per_device_train_batch_size", "1")
+    straight = finetune.main(coco_args(detector_config_file, tmp_path / "straight", *extra, steps=4, train=3))
+    stopped = finetune.main(coco_args(detector_config_file, tmp_path / "resumed", *extra, "--stop_after_step", "2",
+                                      steps=4, train=3))
+    assert stopped["stopped_at_step"] == 2 and stopped["latest_checkpoint_step"] == 2
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    resumed = finetune.main(coco_args(detector_config_file, tmp_path / "resumed", *extra, "--resume_from_checkpoint",
+                                      "latest", steps=4, train=3))
+    assert resumed["resumed_from"].endswith("step_2")
+    expected, actual = read_weights(tmp_path / "straight"), read_weights(tmp_path / "resumed")
+    assert expected.keys() == actual.keys()
+    different = [name for name in expected if not torch.equal(expected[name], actual[name])]
+    assert not different, different[:5]
+    assert resumed["bbox"] == straight["bbox"] and resumed["segm"] == straight["segm"]
+    # 3 images, 1 per batch, 2 batches per step: step 2 ends inside epoch 1, so the resume skipped a batch.
+    marker = json.loads((tmp_path / "resumed" / "step_4" / T.COMPLETE_MARKER).read_text())
+    assert marker["step"] == 4 and marker["epoch"] == 2 and marker["batches_in_epoch"] == 2
+
+
+def test_flip_and_resize_move_boxes_and_masks_with_the_image():
+    """Hand-checked: a 4 x 6 image with one object covering rows 1-2 and columns 1-2 (box x1, y1, x2, y2 = 1, 1, 3,
+    3 in pixel edges). Flipped: columns 3-4, box 3, 1, 5, 3. Then doubled to 8 x 12: rows 2-5, columns 6-9, box 6,
+    2, 10, 6; the image's marked pixels follow."""
+    image = torch.zeros(3, 4, 6)
+    image[:, 1:3, 1:3] = 255.0
+    masks = torch.zeros(1, 4, 6, dtype=torch.bool)
+    masks[0, 1:3, 1:3] = True
+    boxes = torch.tensor([[1.0, 1.0, 3.0, 3.0]])
+    image, boxes, masks = flip_instances(image, boxes, masks)
+    assert boxes.tolist() == [[3.0, 1.0, 5.0, 3.0]]
+    assert masks[0].nonzero().tolist() == [[1, 3], [1, 4], [2, 3], [2, 4]]
+    image, boxes, masks = resize_instances(image, boxes, masks, (8, 12))
+    assert boxes.tolist() == [[6.0, 2.0, 10.0, 6.0]]
+    expected = torch.zeros(8, 12, dtype=torch.bool)
+    expected[2:6, 6:10] = True
+    assert torch.equal(masks[0], expected)
+    assert (image[0, 3:5, 7:9] == 255).all() and (image[0, :, :5] == 0).all()
+
+    # The whole augmentation: a flip always, short edge 8 of a 4 x 6 image (long edge capped at 100): x2; the batch
+    # padded to 32, normalised with the detector processor's mean / std (0 in the padding).
+    augment = DetectionTrainAugment(short_edges=[8], long_edge=100, flip_prob=1.0, image_mean=(0, 0, 0),
+                                    image_std=(1, 1, 1))
+    batch = {"images": [torch.full((3, 4, 6), 7, dtype=torch.uint8)], "boxes": [torch.tensor([[1.0, 1.0, 3.0, 3.0]])],
+             "class_labels": [torch.tensor([2])], "masks": [torch.zeros(1, 4, 6, dtype=torch.bool)]}
+    pixel_values, sizes, labels = augment(batch, generator=torch.Generator().manual_seed(0))
+    assert pixel_values.shape == (1, 3, 32, 32) and sizes.tolist() == [[8, 12]]
+    assert (pixel_values[0, :, :8, :12] == 7).all() and (pixel_values[0, :, 8:] == 0).all()
+    assert labels[0]["boxes"].tolist() == [[6.0, 2.0, 10.0, 6.0]] and labels[0]["class_labels"].tolist() == [2]
+
+
+def test_the_defaults_are_the_authors_1x_recipe_and_schedule(tmp_path):
+    """mmdetection's schedule_1x (12 epochs, x0.1 at epochs 8 and 11, 500 warm-up iterations from 0.001) with the
+    authors' AdamW 1e-4 / 0.05 and multi-scale 480-800 (every 32) at most 1333, flip 0.5, test scale (1333, 800)."""
+    args = parse_args(["--config_name", "pacavit_tiny_p2cconv_100_0", "--dataset_name", "builtin-scenes",
+                       "--output_dir", str(tmp_path)])
+    assert (args.learning_rate, args.weight_decay, args.norm_decay_mult) == (1e-4, 0.05, 0.0)
+    assert (args.num_train_epochs, args.lr_decay_epochs, args.lr_decay_factor) == (12, [8, 11], 0.1)
+    assert (args.num_warmup_steps, args.warmup_start_factor) == (500, 0.001)
+    assert args.train_short_edges == [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
+    assert (args.resize_scale, args.flip_prob, args.per_device_train_batch_size) == ((1333, 800), 0.5, 2)
+    schedule = MultiStepWithWarmup(500, [800, 1100], 0.001, 0.1)  # 100 steps per epoch
+    assert schedule(0) == pytest.approx(0.001)
+    assert schedule(250) == pytest.approx(0.001 + 0.999 * 0.5)
+    assert schedule(500) == schedule(799) == 1.0
+    assert schedule(800) == pytest.approx(0.1) and schedule(1099) == pytest.approx(0.1)
+    assert schedule(1100) == pytest.approx(0.01)
+    # Warm-up and steps multiply (mmengine composes its schedulers): a milestone inside the warm-up.
+    assert MultiStepWithWarmup(10, [5], 0.5, 0.1)(5) == pytest.approx((0.5 + 0.5 * 5 / 10) * 0.1)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--dataset_name", "builtin-scenes", "--train_images", "x"], "exclude each other"),
+        (["--train_annotations", "a.json"], "missing --train_images, --validation_annotations, --validation_images"),
+        (["--dataset_name", "coco"], "--dataset_name takes only 'builtin-scenes'"),
+        (["--dataset_name", "builtin-scenes", "--flip_prob", "2"], "--flip_prob must be in [0, 1]"),
+    ],
+)
+def test_bad_flags_are_usage_errors(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as error:
+        parse_args(["--config_name", "x", "--output_dir", str(tmp_path), *flags])
+    assert error.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return Path(save_coco_scenes(tmp_path_factory.mktemp("coco") / "scenes", num_images=3, image_size=(64, 64)))
+
+
+def _edited_copy(scenes, tmp_path, edit):
+    folder = tmp_path / "edited"
+    shutil.copytree(scenes, folder)
+    dataset = json.loads((folder / "instances.json").read_text())
+    edit(dataset, folder)
+    (folder / "instances.json").write_text(json.dumps(dataset))
+    return folder
+
+
+def _coco_run(config, folder, out, *extra):
+    return finetune.cli([
+        "--config_name", str(config), "--train_annotations", str(folder / "instances.json"),
+        "--train_images", str(folder / "images"), "--validation_annotations", str(folder / "instances.json"),
+        "--validation_images", str(folder / "images"), "--train_short_edges", "64", "--resize_scale", "96,64",
+        "--max_train_steps", "1", "--num_warmup_steps", "0", "--per_device_train_batch_size", "1",
+        "--output_dir", str(out), "--disable_tqdm", *extra,
+    ])
+
+
+def _unknown_category(dataset, folder):
+    dataset["annotations"][1]["category_id"] = 99
+
+
+def _box_outside(dataset, folder):
+    dataset["annotations"][0]["bbox"] = [50, 10, 30, 10]
+
+
+def _flat_polygon(dataset, folder):
+    dataset["annotations"][2]["segmentation"] = [[1, 1, 5, 1, 9, 1]]
+
+
+def _missing_image(dataset, folder):
+    (folder / "images" / dataset["images"][1]["file_name"]).unlink()
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (_unknown_category, "annotation 2: category_id 99"),
+        (_box_outside, "annotation 1"),
+        (_flat_polygon, "annotation 3"),
+        (_missing_image, "000001.png (image 1)"),
+    ],
+)
+def test_bad_annotations_and_missing_images_are_one_error_naming_them(detector_config_file, scenes, tmp_path, edit,
+                                                                      named, caplog):
+    folder = _edited_copy(scenes, tmp_path, edit)
+    with caplog.at_level("ERROR"):
+        assert _coco_run(detector_config_file, folder, tmp_path / "out") == 1
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and named in errors[0], errors
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_crowd_annotations_are_left_out_and_empty_images_skipped_and_counted(detector_config_file, scenes, tmp_path,
+                                                                            caplog):
+    """Image 1 loses its annotations (skipped, as mmdetection's filter_empty_gt), image 2's are all crowd (left out of
+    the targets, so that image is skipped too): one training image is left, and the log counts both."""
+    def edit(dataset, folder):
+        dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] != 1]
+        for annotation in dataset["annotations"]:
+            annotation["iscrowd"] = int(annotation["image_id"] == 2)
+
+    folder = _edited_copy(scenes, tmp_path, edit)
+    crowd = sum(a["image_id"] == 2 for a in json.loads((folder / "instances.json").read_text())["annotations"])
+    with caplog.at_level("INFO"):
+        assert _coco_run(detector_config_file, folder, tmp_path / "out") == 0
+    results = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert results["num_train_images"] == 1 and results["num_skipped_train_images"] == 2
+    assert f"skipped 2 image(s) without annotations (ids 1, 2); {crowd} crowd annotation(s) left out" in caplog.text
+
+
+def test_a_classifier_gives_the_backbone_and_the_heads_start_new(tmp_path):
+    """From a converted ImageNet classifier: every backbone tensor is the classifier's, the rest is new (reported)."""
+    torch.manual_seed(0)
+    classifier = PaCaViTForImageClassification(tiny_config(num_labels=7))
+    classifier.save_pretrained(tmp_path / "classifier")
+    model, report = build_detector({0: "a", 1: "b"}, model_name_or_path=str(tmp_path / "classifier"))
+    source = classifier.pacavit.state_dict()
+    backbone = model.backbone.state_dict()
+    assert source.keys() == backbone.keys()
+    assert all(torch.equal(source[name], backbone[name]) for name in source)
+    assert sorted(report.loaded) == sorted(f"backbone.{name}" for name in source)
+    assert report.newly_initialized and all(not name.startswith("backbone.") for name in report.newly_initialized)
+    assert model.config.id2label == {0: "a", 1: "b"}
