@@ -10,7 +10,8 @@ runs reuse it. Nothing of it is committed. A failed download raises (the tests f
 
 The sdist ships `tests/test_*_common.py` and `tests/test_pipeline_mixin.py` but not the modules those import from
 the rest of transformers' repository; this helper writes these stand-ins beside them:
-- `tests/exporters/test_export.py`: an empty `ExportTesterMixin` (PaCa-ViT's export is tested in tests/test_export.py);
+- `tests/exporters/test_export.py`: an empty `ExportTesterMixin` (PaCa-ViT's export is tested in our
+  tests/export/test_export.py);
 - `tests/generation/test_utils.py`: an empty `GenerationTesterMixin` (only used in an `issubclass` check; PaCa-ViT
   does not generate);
 - `tests/utils/test_configuration_utils.py`: `config_common_kwargs`, the common `PreTrainedConfig` arguments that

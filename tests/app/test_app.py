@@ -21,7 +21,7 @@ from paca_hf.visualization import hard_cluster_map
 from tiny_configs import tiny_config
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "outputs" / "test-artifacts"
 CLASS_NAMES = {0: "apple", 1: "bicycle", 2: "cathedral", 3: "dolphin", 4: "espresso"}
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from paca_hf.benchmarking import cli, models, results
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
 
 
 
@@ -360,7 +360,7 @@ def test_readme_benchmark_commands_parse():
     import shlex
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     commands = [
         shlex.split(command.replace("\\\n", " "))
         for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)

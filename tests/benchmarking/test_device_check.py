@@ -13,7 +13,7 @@ import pytest
 from paca_hf.benchmarking import device_check
 
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "device_check.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "device_check.sh"
 
 
 def test_dry_mode_runs_every_step_and_prints_the_table(tmp_path):

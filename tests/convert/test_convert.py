@@ -16,7 +16,7 @@ from paca_hf.hub import REPO_FILES, check_model_card, convert_checkpoint
 from paca_hf.hub.model_card import custom_release
 from reference import case_checkpoint, case_config, case_io
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_official_checkpoint.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "convert_official_checkpoint.py"
 
 
 def run_cli(*args):
@@ -165,10 +165,10 @@ def test_convert_is_pure_and_below_the_hub():
     """`paca_hf.convert` turns state dicts into state dicts; saving, cards, checks and uploads live above it."""
     code = "import sys, paca_hf.convert; print(sorted(name for name in sys.modules if name.startswith('paca_hf.hub')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src")))
+                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src")))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
-    source = (Path(__file__).resolve().parents[1] / "src" / "paca_hf" / "convert.py").read_text()
+    source = (Path(__file__).resolve().parents[2] / "src" / "paca_hf" / "convert.py").read_text()
     assert "from .hub" not in source and "save_pretrained" not in source and "open(" not in source
 
 

@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from paca_hf import PaCaViTConfig, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
 from paca_hf.configuration_pacavit import OFFICIAL_NAMES
 from paca_hf.convert import ConversionError, build_config, build_model, convert_state_dict, official_config
-from reference import manifest, upernet_maskrcnn_manifest
+from reference import manifest, random_state_dict, upernet_maskrcnn_manifest
 
 MANIFEST = manifest()
 IMAGENET = [name for name, entry in MANIFEST.items() if entry["kind"] == "classification"]
@@ -15,22 +15,6 @@ ADE20K = [name for name, entry in MANIFEST.items() if entry["kind"] == "semantic
 DOWNSTREAM = upernet_maskrcnn_manifest()
 UPERNET = [name for name, entry in DOWNSTREAM.items() if entry["kind"] == "semantic-segmentation"]
 MASK_RCNN = [name for name, entry in DOWNSTREAM.items() if entry["kind"] == "instance-segmentation"]
-
-
-def random_state_dict(entry):
-    generator = torch.Generator().manual_seed(0)
-    state_dict = {}
-    for key, shape in entry["state_dict"].items():
-        if key.endswith("blur_filter"):  # a constant of the authors' BlurConv2d, not a weight
-            taps = torch.tensor([1.0, 2.0, 1.0])
-            state_dict[key] = (taps[:, None] * taps[None, :] / 16).expand(shape).clone()
-        elif key.endswith("num_batches_tracked"):
-            state_dict[key] = torch.tensor(7)
-        elif key.endswith("running_var"):  # a variance: positive, or the model computes NaN
-            state_dict[key] = torch.rand(shape, generator=generator) + 0.5
-        else:
-            state_dict[key] = torch.randn(shape, generator=generator)
-    return state_dict
 
 
 def gmacs(model, size, device="cpu"):

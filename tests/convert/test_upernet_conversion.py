@@ -20,7 +20,7 @@ from paca_hf.hub.model_card import custom_release
 from reference import case_checkpoint, case_config, case_io
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CASE = "seg_upernet_conv"
 
 

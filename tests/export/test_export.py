@@ -219,7 +219,7 @@ def test_readme_export_snippet_runs(tmp_path):
     """The README's Export example (the section's first snippet; the UperNet one after it is a fragment, its export is
     tested by test_upernet_onnx_export_with_dynamic_sizes_is_right_at_other_sizes) runs as written and prints what its
     comments say."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("\n## Export\n", 1)[1].split("\n## ", 1)[0]
     snippet = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
     result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=600)

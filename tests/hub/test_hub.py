@@ -19,11 +19,17 @@ from safetensors.torch import load_file
 from paca_hf import hub
 from paca_hf.configuration_pacavit import OFFICIAL_NAMES
 from paca_hf.file_utils import sha256sum
-from reference import case_checkpoint, case_config, manifest, require_reference, upernet_maskrcnn_manifest
-from test_official_models import random_state_dict
+from reference import (
+    case_checkpoint,
+    case_config,
+    manifest,
+    random_state_dict,
+    require_reference,
+    upernet_maskrcnn_manifest,
+)
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CASE = "cls_conv_stagewise"
 REPO_ID = "ivmcl/pacavit-small"
 SEG_CASE = "seg_pacahead_conv"

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from reference import case_checkpoint, case_config, require_reference
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 FRESH_CHECKS = r"""
 import sys

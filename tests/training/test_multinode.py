@@ -25,7 +25,7 @@ from paca_hf.training.segmentation import finetune
 from finetune_helpers import finetune_argv, free_port
 from tiny_configs import tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECORDER = ROOT / "tests" / "record_writes.py"
 TIMEOUT_S = 150
 

@@ -24,7 +24,7 @@ from tiny_configs import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _hand_cross_entropy_sum(scores, labels, ignore_index=255):

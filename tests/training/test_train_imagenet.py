@@ -28,7 +28,7 @@ from finetune_helpers import assert_normal_permissions
 from tiny_configs import tiny_config
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220)]
 
 

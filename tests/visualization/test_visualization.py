@@ -35,12 +35,12 @@ from paca_hf.visualization import (
     render_clusters,
     top_clusters,
 )
-from test_reference_parity import converted
+from reference import converted
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INPUT_SIZE = 64  # the saved image processor's crop: stage maps 16x16, 8x8, 4x4 (and 2x2 without clusters)
 
 

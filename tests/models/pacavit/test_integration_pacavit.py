@@ -4,22 +4,10 @@ import pytest
 import torch
 
 from paca_hf import PaCaViTBackbone, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
-from paca_hf.convert import convert_state_dict, load_checkpoint
-from reference import case_checkpoint, case_config, case_io, cases
+from reference import case_io, cases, converted
 
 TOLERANCE = 1e-4
 CLASSIFIERS = ["cls_conv_stagewise", "cls_mlp_stagewise", "cls_conv_blockwise", "cls_teacher_convmixer"]
-
-
-def converted(name, model_class, **overrides):
-    config = case_config(name)
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    model = model_class(config)
-    weights, unused = convert_state_dict(load_checkpoint(case_checkpoint(name)), model, config.clustering_type)
-    assert unused == []
-    model.load_state_dict(weights, strict=True)
-    return model.eval()
 
 
 def inputs(io):
