@@ -127,6 +127,8 @@ class PaCaViTMaskRCNNConfig(PreTrainedConfig):
                 f"`backbone_config` must be a PaCaViTConfig (or its dict), got {type(self.backbone_config).__name__}."
             )
         if list(self.backbone_config.out_features) != list(self.backbone_config.stage_names):
+            # A copy: the caller's config (a classifier's, say) keeps its own out_features.
+            self.backbone_config = PaCaViTConfig.from_dict(self.backbone_config.to_dict())
             self.backbone_config.out_features = list(self.backbone_config.stage_names)
         for name in ("anchor_scales", "anchor_ratios", "anchor_strides", "box_regression_weights"):
             setattr(self, name, list(getattr(self, name)))

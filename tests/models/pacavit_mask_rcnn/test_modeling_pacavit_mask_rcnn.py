@@ -112,6 +112,13 @@ def test_config_roundtrip_with_backbone_as_dict(tmp_path):
     assert loaded.num_labels == 2 and loaded.id2label[1] == "dog"
 
 
+def test_config_takes_every_stage_of_a_backbone_config_without_changing_it():
+    backbone = tiny_config(out_features=["stage4"])
+    config = PaCaViTMaskRCNNConfig(backbone_config=backbone, fpn_hidden_size=16, rpn_hidden_size=16)
+    assert config.backbone_config.out_features == ["stage1", "stage2", "stage3", "stage4"]
+    assert backbone.out_features == ["stage4"]
+
+
 @pytest.mark.parametrize(
     "field, value",
     [("num_fpn_levels", 4), ("anchor_strides", [4, 8, 16, 32, 128]), ("anchor_ratios", [0.5, -1.0]),
