@@ -11,6 +11,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForImageSegmentation,
     AutoModelForInstanceSegmentation,
     AutoModelForObjectDetection,
     AutoModelForSemanticSegmentation,
@@ -74,6 +75,10 @@ if is_torchvision_available():
         PaCaViTMaskRCNNConfig, PaCaViTMaskRCNNForInstanceSegmentation, exist_ok=True
     )
     AutoModelForObjectDetection.register(PaCaViTMaskRCNNConfig, PaCaViTMaskRCNNForInstanceSegmentation, exist_ok=True)
+    # what the image-segmentation pipeline loads a model with (besides AutoModelForSemanticSegmentation)
+    AutoModelForImageSegmentation.register(
+        PaCaViTMaskRCNNConfig, PaCaViTMaskRCNNForInstanceSegmentation, exist_ok=True
+    )
     # The detector's processor has only the torchvision backend (the detector needs torchvision anyway).
     AutoImageProcessor.register(
         PaCaViTMaskRCNNConfig, image_processor_classes={"torchvision": PaCaViTMaskRCNNImageProcessor}, exist_ok=True

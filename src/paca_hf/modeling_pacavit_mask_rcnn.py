@@ -37,6 +37,10 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, initLevelMapper
 from transformers import initialization as init
 from transformers.modeling_utils import PreTrainedModel
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_INSTANCE_SEGMENTATION_MAPPING_NAMES,
+    MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES,
+)
 from transformers.utils import ModelOutput
 
 from .configuration_pacavit_mask_rcnn import PaCaViTMaskRCNNConfig
@@ -654,6 +658,14 @@ class PaCaViTMaskRCNNForInstanceSegmentation(PaCaViTMaskRCNNPreTrainedModel):
             targets.append({"boxes": boxes.to(pixel_values.dtype), "labels": classes.long() + 1, "masks": masks})
         return targets
 
+
+
+# The object-detection and image-segmentation pipelines check a model's class name against transformers' tables
+# keyed by model type, where registered and remote-code classes are missing (they would log an error although they
+# work). The entries are made here, so that both `import paca_hf` and a repo's remote code make them (as
+# modeling_pacavit.py does for the segmentor); no built-in model uses this model type.
+for _table in (MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES, MODEL_FOR_INSTANCE_SEGMENTATION_MAPPING_NAMES):
+    _table.setdefault(PaCaViTMaskRCNNConfig.model_type, PaCaViTMaskRCNNForInstanceSegmentation.__name__)
 
 __all__ = [
     "PaCaViTMaskRCNNForInstanceSegmentation",

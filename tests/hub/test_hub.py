@@ -62,13 +62,13 @@ def test_release_table_matches_the_authors_releases():
     assert len(set(repo_ids)) == len(repo_ids) == 26
     assert all(re.fullmatch(r"ivmcl/pacavit-[a-z0-9-]+", repo_id) for repo_id in repo_ids)
     forms = [release.form for release in hub.RELEASES]
-    assert [forms.count(form) for form in ("classifier", "segmentor", "upernet", "backbone")] == [13, 6, 3, 4]
+    assert [forms.count(form) for form in ("classifier", "segmentor", "upernet", "detector")] == [13, 6, 3, 4]
     for size in ("tiny", "small", "base"):
         assert hub.get_release(f"ivmcl/pacavit-{size}-upernet-ade20k").official_name == (
             f"upernet_pacavit_{size}_p2cconv_100_0_512x512_160k_ade20k")
-        assert hub.get_release(f"ivmcl/pacavit-{size}-coco-backbone").official_name == (
+        assert hub.get_release(f"ivmcl/pacavit-{size}-coco").official_name == (
             f"mask_rcnn_pacavit_{size}_p2cconv_100_0_mstrain_480_800_1x_coco")
-    assert hub.get_release("ivmcl/pacavit-small-mlp-coco-backbone").form == "backbone"
+    assert hub.get_release("ivmcl/pacavit-small-mlp-coco").form == "detector"
     assert [hub.get_release(f"ivmcl/pacavit-{size}-upernet-ade20k").metric
             for size in ("tiny", "small", "base")] == [44.49, 47.6, 49.67]
     for name, repo in [(TINY, "pacavit-tiny"), ("pacavit_small_p2cconv_100_0", "pacavit-small"),
@@ -102,7 +102,7 @@ def test_releases_table_markdown():
     assert any(line.startswith("| `pacavit_convmixer_tiny_100` |") and "not released" in line for line in lines)
     assert any(line.startswith("| `upernet_pacavit_base_p2cconv_100_0_512x512_160k_ade20k` | segmentor, UperNet")
                and "49.67 mIoU" in line for line in lines)
-    assert any(line.startswith("| `mask_rcnn_pacavit_small_p2cmlp_100_0_mstrain_480_800_1x_coco` | backbone of a")
+    assert any(line.startswith("| `mask_rcnn_pacavit_small_p2cmlp_100_0_mstrain_480_800_1x_coco` | detector, Mask")
                and "46.6 box AP" in line for line in lines)
     # The repo ids are not presented as links to existing Hub pages.
     assert "https://huggingface.co/" not in table
@@ -171,6 +171,12 @@ def test_model_card_metadata(release):
         # What it is, what is left out and why, and the whole detector's published result.
         assert "only the backbone" in card.text and "Not included" in card.text and "no Mask R-CNN" in card.text
         assert release.result in card.text and "UperNetForSemanticSegmentation" in card.text
+    elif release.form == "detector":
+        assert data.pipeline_tag == "image-segmentation" and data.datasets == ["detection-datasets/coco"]
+        assert data.base_model == hub.get_release(release.initialized_from).repo_id
+        assert "instance-segmentation" in data.tags and release.result in card.text  # the box / mask AP
+        snippet = hub.extract_usage_snippet(str(card))
+        assert 'pipeline("object-detection"' in snippet and 'subtask="instance"' in snippet
     else:
         assert data.pipeline_tag == "image-segmentation" and data.datasets == ["scene_parse_150"]
         assert data.base_model == hub.get_release(release.initialized_from).repo_id
@@ -536,19 +542,18 @@ def test_backbone_repo_from_a_detector_checkpoint(tmp_path):
                      "roi_head.bbox_head.fc_cls.weight": torch.zeros(81, 16)})
     torch.save({"meta": {"epoch": 12}, "state_dict": detector}, tmp_path / "mask_rcnn.pth")
     case_config("backbone_conv_downstream").save_pretrained(tmp_path / "config")
-    name = "mask_rcnn_pacavit_tiny_p2cconv_100_0_mstrain_480_800_1x_coco"
-    built = hub.build_repo(tmp_path / "mask_rcnn.pth", name, tmp_path / "repo",
-                           config=tmp_path / "config" / "config.json", remote_code_check=True)
-    assert type(built.model).__name__ == "PaCaViTBackbone"
-    assert sorted(built.not_converted) == sorted(key for key in detector if not key.startswith("backbone."))
-    card = (built.folder / "README.md").read_text()
+    folder = tmp_path / "repo"
+    model = hub.convert_checkpoint(tmp_path / "mask_rcnn.pth", tmp_path / "config" / "config.json", folder,
+                                   task="backbone", remote_code_check=True)
+    assert type(model).__name__ == "PaCaViTBackbone"
+    card = (folder / "README.md").read_text()
     assert "neck. (2 tensors), rpn_head. (1 tensors), roi_head. (1 tensors)" in card
     io = load_io(require_reference() / "backbone_conv_downstream.io.safetensors")
     with torch.no_grad():
-        features = built.model(io["input_0"]).feature_maps
+        features = model(io["input_0"]).feature_maps
     for stage, feature in enumerate(features):
         torch.testing.assert_close(feature, io[f"output_0_feature_{stage}"], atol=1e-4, rtol=0)
-    snippet = hub.extract_usage_snippet(card).replace('"ivmcl/pacavit-tiny-coco-backbone"', repr(str(built.folder)))
+    snippet = hub.extract_usage_snippet(card)  # loads the folder (a custom conversion's repo id is its path)
     (tmp_path / "snippet.py").write_text(snippet)
     result = subprocess.run([sys.executable, "-c", _BACKBONE_SNIPPET_RUN], cwd=tmp_path, capture_output=True,
                             text=True, env=hub.hidden_package_environment(tmp_path / "sandbox"), timeout=300)

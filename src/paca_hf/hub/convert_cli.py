@@ -7,12 +7,13 @@ processor, model card (README.md) and, except for UperNet, the source files for 
     paca-hf-convert --task semantic-segmentation \
         --checkpoint upernet_pacavit_tiny_p2cconv_100_0_512x512_160k_ade20k.pth \
         --config upernet_pacavit_tiny_p2cconv_100_0_512x512_160k_ade20k --output-dir pacavit-tiny-upernet
-    paca-hf-convert --task backbone \
+    paca-hf-convert --task instance-segmentation \
         --checkpoint mask_rcnn_pacavit_tiny_p2cconv_100_0_mstrain_480_800_1x_coco.pth \
-        --config mask_rcnn_pacavit_tiny_p2cconv_100_0_mstrain_480_800_1x_coco --output-dir pacavit-tiny-coco-backbone
+        --config mask_rcnn_pacavit_tiny_p2cconv_100_0_mstrain_480_800_1x_coco --output-dir pacavit-tiny-coco
 
-An UperNet checkpoint is recognised by its keys (mmseg's UPerHead); a detector's neck and heads are reported as not
-converted. Checkpoints are read without running code from them (timm, mmengine / mmseg, Lightning and plain state
+An UperNet checkpoint is recognised by its keys (mmseg's UPerHead), as is an mmdet Mask R-CNN (neck / RPN / RoI
+heads): `--task instance-segmentation` converts it whole, `--task backbone` its backbone alone (the neck and heads
+are reported as not converted). Checkpoints are read without running code from them (timm, mmengine / mmseg, Lightning and plain state
 dicts).
 """
 

@@ -122,6 +122,7 @@ def auto_map(task: str) -> dict[str, str]:
             "AutoConfig": "configuration_pacavit_mask_rcnn.PaCaViTMaskRCNNConfig",
             "AutoModelForInstanceSegmentation": detector,
             "AutoModelForObjectDetection": detector,
+            "AutoModelForImageSegmentation": detector,  # the image-segmentation pipeline loads with it
             "AutoImageProcessor": DETECTOR_IMAGE_PROCESSOR_CLASS,
         }
     if task not in heads:
