@@ -5,8 +5,7 @@ authors' Mask R-CNN 1x recipe as defaults. Flags that mean what the ADE20k fine-
 import argparse
 from pathlib import Path
 
-from ..segmentation.arguments import _checkpointing_steps, _positive_int, _scale
-from ..segmentation.data import BUILTIN_SCENES
+from ..arguments import BUILTIN_SCENES, _checkpointing_steps, _positive_int, _scale
 
 
 def _int_list(value):

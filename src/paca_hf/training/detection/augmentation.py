@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ...image_processing_pacavit_mask_rcnn import PaCaViTMaskRCNNImageProcessor
-from ..segmentation.augmentation import _randint, _uniform, rescale_size, resize_image, resize_label
+from ..transforms import _randint, _uniform, rescale_size, resize_image, resize_label
 
 
 def flip_instances(image: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor):

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..segmentation.augmentation import decode_image
-from ..segmentation.data import BUILTIN_SCENES
+from ..arguments import BUILTIN_SCENES
+from ..transforms import decode_image
 from .evaluation import image_files, load_coco_annotations
 
 logger = logging.getLogger(__name__)

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from ...images import is_file_source, load_label_map, open_stored_image
+from ..arguments import BUILTIN_SCENES
 from ..errors import TrainingError
 from ..sampling import EpochSampler, batch_stream  # noqa: F401  (their home is paca_hf.training.sampling)
 from .augmentation import decode_image, decode_label_map
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_SCENES = "builtin-scenes"
 ADE20K_NAMES = ("scene_parse_150", "ade20k", "ade_20k", "ade20k-id2label")
 
 
