@@ -5,14 +5,17 @@ augmentation moves boxes and masks with their image, the recipe's defaults and s
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from paca_hf import PaCaViTForImageClassification
+from paca_hf import PaCaViTForImageClassification, PaCaViTMaskRCNNForInstanceSegmentation
 from paca_hf import training as T
 from paca_hf.data.scenes import save_coco_scenes
 from paca_hf.training.detection import finetune
@@ -22,7 +25,10 @@ from paca_hf.training.detection.evaluation import evaluate_coco_model
 from paca_hf.training.detection.model import build_detector
 from paca_hf.training.scheduler import MultiStepWithWarmup
 
+from finetune_helpers import free_port
 from tiny_configs import tiny_config, tiny_detector_config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -249,3 +255,29 @@ def test_a_classifier_gives_the_backbone_and_the_heads_start_new(tmp_path):
     assert sorted(report.loaded) == sorted(f"backbone.{name}" for name in source)
     assert report.newly_initialized and all(not name.startswith("backbone.") for name in report.newly_initialized)
     assert model.config.id2label == {0: "a", 1: "b"}
+
+
+def test_two_processes_on_the_cpu_hold_identical_weights_and_write_once(detector_config_file, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 scripts/finetune_coco.py` on a machine without GPUs: gloo on
+    the CPU, both processes end with the same weights, which are the saved model's, and the results count both."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
+               PYTHONPATH=str(ROOT / "src"))
+    env.pop("ACCELERATE_USE_CPU", None)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), str(ROOT / "scripts" / "finetune_coco.py"),
+        *coco_args(detector_config_file, out, "--debug_dump_weights", steps=2),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    log = completed.stdout + completed.stderr
+    assert completed.returncode == 0, log[-4000:]
+    ranks = [json.loads((out / "rank_checksums" / f"rank_{i}.json").read_text()) for i in range(2)]
+    assert all("MULTI_CPU" in r["distributed_type"] for r in ranks)
+    assert ranks[0]["checksums"] == ranks[1]["checksums"]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["num_processes"] == 2 and results["effective_batch_size"] == 4
+    assert set(results["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    saved = T.weight_checksums(PaCaViTMaskRCNNForInstanceSegmentation.from_pretrained(out))
+    assert saved == ranks[0]["checksums"]
