@@ -6,6 +6,7 @@ augmentation moves boxes and masks with their image, the recipe's defaults and s
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 from paca_hf import PaCaViTForImageClassification, PaCaViTMaskRCNNForInstanceSegmentation
 from paca_hf import training as T
 from paca_hf.data.scenes import save_coco_scenes
-from paca_hf.training.detection import finetune
+from paca_hf.training.detection import demo, finetune
 from paca_hf.training.detection.arguments import parse_args
 from paca_hf.training.detection.augmentation import DetectionTrainAugment, flip_instances, resize_instances
 from paca_hf.training.detection.evaluation import evaluate_coco_model
@@ -281,3 +282,22 @@ def test_two_processes_on_the_cpu_hold_identical_weights_and_write_once(detector
     assert set(results["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     saved = T.weight_checksums(PaCaViTMaskRCNNForInstanceSegmentation.from_pretrained(out))
     assert saved == ranks[0]["checksums"]
+
+
+def _logged_losses(caplog) -> list[float]:
+    # From the text formatted when logged (a record of `accelerator.state` cannot be formatted after the run).
+    return [float(value) for value in re.findall(r"step \d+/\d+  loss ([0-9.]+)", caplog.text)]
+
+
+def test_the_detection_demo_recipe_learns_in_a_short_run(tmp_path, caplog):
+    """The demo's model and settings (`detection.demo`), shortened to 30 steps on 8 scenes of 64 px: the mean loss
+    of the last 10 steps is clearly below that of the first 10 (a run whose updates do nothing, e.g. a learning rate
+    that never leaves 0 or gradients not applied, stays at its start)."""
+    settings = {"max_train_steps": 30, "num_train_images": 8, "num_eval_images": 2, "image_size": 64,
+                "train_short_edges": "64", "resize_scale": "128,64", "num_warmup_steps": 5, "logging_steps": 10}
+    with caplog.at_level("INFO", logger="paca_hf.training.detection.finetune"):
+        results, _ = demo.run_finetune(tmp_path / "demo", seed=0, settings=settings, threads=1, quiet=True)
+    losses = _logged_losses(caplog)
+    assert len(losses) == 3, losses  # logged every 10 steps
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert results["train_steps"] == 30 and set(results["segm"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight-decay multiplier of norm layers (the authors' paramwise_cfg: 'norm' decay 0).")
     optim.add_argument("--num_train_epochs", type=int, default=12, help="Epochs (1x); sets the number of steps.")
     optim.add_argument("--max_train_steps", type=int, default=None,
-                       help="Optimiser steps; overrides --num_train_epochs.")
+                       help="Optimiser steps; overrides --num_train_epochs (the learning-rate steps then fall at the "
+                            "same fractions of the run, lr_decay_epochs / num_train_epochs).")
     optim.add_argument("--lr_decay_epochs", type=_int_list, default=[8, 11],
                        help="Epochs at whose start the learning rate is multiplied by --lr_decay_factor.")
     optim.add_argument("--lr_decay_factor", type=float, default=0.1)

@@ -153,7 +153,10 @@ def run(args, accelerator) -> dict:
             f"{len(train_dataset)} training images make no full batch of {args.per_device_train_batch_size} per "
             f"process on {accelerator.num_processes} process(es)."
         )
-    milestones = [epoch * steps_per_epoch for epoch in args.lr_decay_epochs]
+    if args.max_train_steps is None:
+        milestones = [epoch * steps_per_epoch for epoch in args.lr_decay_epochs]
+    else:  # the same fractions of the run as the epochs' (8/12 and 11/12 by default)
+        milestones = [round(epoch * max_train_steps / args.num_train_epochs) for epoch in args.lr_decay_epochs]
     schedule = MultiStepWithWarmup(args.num_warmup_steps, milestones, args.warmup_start_factor, args.lr_decay_factor)
     # Not prepared: accelerate would step it once per process; it is stepped once per optimiser step below.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
