@@ -1,8 +1,6 @@
 """Image pieces both fine-tunes' augmentations use (`segmentation.augmentation`, `detection.augmentation`): decoding
 to pixels, random draws from a given generator, mmcv's keep-ratio size, bilinear and nearest resizes as OpenCV's."""
 
-from typing import Optional, Tuple
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,16 +17,16 @@ def decode_image(image) -> torch.Tensor:
     return tensor if tensor.dtype == torch.uint8 else tensor * 255.0
 
 
-def _uniform(generator: Optional[torch.Generator], low: float, high: float) -> float:
+def _uniform(generator: torch.Generator | None, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 
-def _randint(generator: Optional[torch.Generator], low: int, high: int) -> int:
+def _randint(generator: torch.Generator | None, low: int, high: int) -> int:
     """An int in [low, high) (numpy's randint convention, as mmseg calls it)."""
     return int(torch.randint(low, high, (), generator=generator))
 
 
-def rescale_size(height: int, width: int, scale: Tuple[int, int]) -> Tuple[int, int]:
+def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
     """mmcv `imrescale` size: the largest (h, w) with the same aspect whose long edge <= max(scale) and
     short edge <= min(scale); rounded like mmcv (`int(x * factor + 0.5)`)."""
     long_edge, short_edge = max(scale), min(scale)
@@ -36,14 +34,14 @@ def rescale_size(height: int, width: int, scale: Tuple[int, int]) -> Tuple[int, 
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
-def resize_image(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of a float (C, H, W) image (half-pixel centres, no antialias)."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
-def resize_label(label: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Nearest resize of a (..., H, W) label map or stack of masks: source index floor(dst * in / out), as OpenCV's
     INTER_NEAREST."""
     if tuple(label.shape[-2:]) == tuple(size):

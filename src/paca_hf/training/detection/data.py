@@ -157,7 +157,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         }
 
     def describe(self, split: str) -> str:
-        """One log line: images used, images skipped for having no (non-crowd) annotation, crowd annotations left out."""
+        """One log line: images used, images skipped for having no (non-crowd) annotation, crowd annotations left
+        out."""
         skipped = ""
         if self.skipped_empty:
             shown = ", ".join(map(str, self.skipped_empty[:5])) + (", ..." if len(self.skipped_empty) > 5 else "")

@@ -201,7 +201,8 @@ def run(args, accelerator) -> dict:
     completed_steps = state.step
 
     if args.with_tracking:
-        config = {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in vars(args).items()}
+        config = {key: value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+                  for key, value in vars(args).items()}
         accelerator.init_trackers("finetune_coco", config)
 
     def checkpoint(name: str) -> None:
