@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -54,11 +55,17 @@ def coco_args(config, output_dir, *extra, steps=3, train=4, evaluate=2):
     ]
 
 
-def test_a_few_steps_on_scene_folders_report_the_saved_models_coco_scores(detector_config_file, tmp_path):
+@pytest.fixture(scope="module")
+def trained(detector_config_file, tmp_path_factory):
+    """A 3-step run on 4 scenes, evaluated on 2: `(output_dir, results)`."""
+    out = tmp_path_factory.mktemp("coco-run") / "run"
+    return out, finetune.main(coco_args(detector_config_file, out, steps=3))
+
+
+def test_a_few_steps_on_scene_folders_report_the_saved_models_coco_scores(trained):
     """all_results.json holds box and mask AP, and they are what `scripts/evaluate_coco.py`'s evaluation
     (pycocotools, the saved model with its saved processor) gives for the saved folder."""
-    out = tmp_path / "run"
-    results = finetune.main(coco_args(detector_config_file, out, steps=3))
+    out, results = trained
     written = json.loads((out / "all_results.json").read_text())
     assert written["train_steps"] == 3 and math.isfinite(written["train_loss"])
     assert set(written["train_losses"]) == {"loss", *finetune.LOSS_NAMES}
@@ -71,6 +78,31 @@ def test_a_few_steps_on_scene_folders_report_the_saved_models_coco_scores(detect
     assert results["num_eval_images"] == 2 and results["num_train_images"] == 4
     report = json.loads((out / "init_report.json").read_text())
     assert report["source"].startswith("config ") and not report["loaded"]
+
+
+def test_the_demo_draws_the_object_detection_pipelines_detections_with_their_masks(trained):
+    """The demo's picture path on a saved detector: `pipeline("object-detection")`'s detections, each with the mask
+    the processor's instance post-processing gives it; the picture has the three columns."""
+    from transformers import pipeline
+
+    out, _ = trained
+    validation = next((out / "builtin-scenes-coco").glob("validation-*"))
+    paths = sorted((validation / "images").glob("*.png"))
+    predictions = demo.pipeline_predictions(out, paths, threshold=0.0)
+    expected = pipeline("object-detection", model=str(out), threshold=0.0)([str(path) for path in paths])
+    assert [len(instances) for instances in predictions] == [len(found) for found in expected]
+    assert sum(map(len, predictions)) > 0
+    for instances, found in zip(predictions, expected):
+        assert [i["label"] for i in instances] == [f["label"] for f in found]
+        assert all(i["mask"] is not None and i["mask"].shape == (64, 64) for i in instances)
+    image_ids = [int(path.stem) for path in paths]
+    truths = demo.scene_truths(validation / "instances.json", image_ids)
+    images = [np.zeros((64, 64, 3), dtype=np.uint8)] * len(paths)
+    picture = demo.render_detections(images, truths, predictions, ["a header line"], scale=2)
+    assert picture.width == 3 * 128 + 4 * 6 and picture.height > len(paths) * 128
+    args = finetune.parse_args(demo.finetune_argv(out, out / "config.json", seed=1))
+    assert args.dataset_name == "builtin-scenes" and args.seed == 1 and args.max_train_steps is None
+    assert args.num_train_epochs == 12 and args.lr_decay_epochs == [8, 11]
 
 
 def read_weights(folder):
@@ -147,6 +179,9 @@ def test_the_defaults_are_the_authors_1x_recipe_and_schedule(tmp_path):
     assert schedule(500) == schedule(799) == 1.0
     assert schedule(800) == pytest.approx(0.1) and schedule(1099) == pytest.approx(0.1)
     assert schedule(1100) == pytest.approx(0.01)
+    # 12 epochs of 100 steps: steps 800 and 1100; a 60-step run (--max_train_steps): the same fractions, 40 and 55.
+    assert finetune.lr_milestones([8, 11], 12, 100) == [800, 1100]
+    assert finetune.lr_milestones([8, 11], 12, 100, max_train_steps=60) == [40, 55]
     # Warm-up and steps multiply (mmengine composes its schedulers): a milestone inside the warm-up.
     assert MultiStepWithWarmup(10, [5], 0.5, 0.1)(5) == pytest.approx((0.5 + 0.5 * 5 / 10) * 0.1)
 

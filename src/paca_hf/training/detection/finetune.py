@@ -94,6 +94,15 @@ def metrics_to_json(metrics: dict) -> dict:
     return {**metrics, **flat}
 
 
+def lr_milestones(decay_epochs, num_epochs: int, steps_per_epoch: int, max_train_steps: int | None = None) -> list:
+    """The optimiser steps at which the learning rate steps down: the start of each epoch of `decay_epochs`
+    (`epoch x steps_per_epoch`); with `max_train_steps` (a run measured in steps), the same fractions of the run
+    (`round(epoch / num_epochs x max_train_steps)`: 8/12 and 11/12 with the defaults)."""
+    if max_train_steps is None:
+        return [epoch * steps_per_epoch for epoch in decay_epochs]
+    return [round(epoch * max_train_steps / num_epochs) for epoch in decay_epochs]
+
+
 def run(args, accelerator) -> dict:
     """The fine-tune of `main` with parsed `args` on a ready `accelerator`."""
     from accelerate.utils import set_seed
@@ -153,10 +162,7 @@ def run(args, accelerator) -> dict:
             f"{len(train_dataset)} training images make no full batch of {args.per_device_train_batch_size} per "
             f"process on {accelerator.num_processes} process(es)."
         )
-    if args.max_train_steps is None:
-        milestones = [epoch * steps_per_epoch for epoch in args.lr_decay_epochs]
-    else:  # the same fractions of the run as the epochs' (8/12 and 11/12 by default)
-        milestones = [round(epoch * max_train_steps / args.num_train_epochs) for epoch in args.lr_decay_epochs]
+    milestones = lr_milestones(args.lr_decay_epochs, args.num_train_epochs, steps_per_epoch, args.max_train_steps)
     schedule = MultiStepWithWarmup(args.num_warmup_steps, milestones, args.warmup_start_factor, args.lr_decay_factor)
     # Not prepared: accelerate would step it once per process; it is stepped once per optimiser step below.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
