@@ -260,6 +260,22 @@ def test_bad_annotations_and_missing_images_are_one_error_naming_them(detector_c
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_validation_categories_that_miss_a_trained_class_stop_the_run_before_training(detector_config_file, scenes,
+                                                                                      tmp_path, caplog):
+    def rename(dataset, folder):
+        dataset["categories"][0]["name"] = "blob"
+
+    validation = _edited_copy(scenes, tmp_path, rename)
+    argv = ["--config_name", str(detector_config_file), "--train_annotations", str(scenes / "instances.json"),
+            "--train_images", str(scenes / "images"), "--validation_annotations", str(validation / "instances.json"),
+            "--validation_images", str(validation / "images"), "--output_dir", str(tmp_path / "out"), "--disable_tqdm"]
+    with caplog.at_level("INFO"):
+        assert finetune.cli(argv) == 1
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and str(validation / "instances.json") in errors[0] and "'disc'" in errors[0], errors
+    assert not re.search(r"step \d+/\d+", caplog.text)  # stopped before the first step
+
+
 def test_crowd_annotations_are_left_out_and_empty_images_skipped_and_counted(detector_config_file, scenes, tmp_path,
                                                                             caplog):
     """Image 1 loses its annotations (skipped, as mmdetection's filter_empty_gt), image 2's are all crowd (left out of

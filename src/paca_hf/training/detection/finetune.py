@@ -41,7 +41,7 @@ from ..throughput import DataWaitMeter
 from .arguments import parse_args
 from .augmentation import DetectionTrainAugment
 from .data import CocoInstanceDataset, builtin_scene_folders, collate_instances, load_coco_split, resolve_id2label
-from .evaluation import METRIC_NAMES, coco_results, evaluate_coco_results, predict_coco_images
+from .evaluation import METRIC_NAMES, category_ids_by_label, coco_results, evaluate_coco_results, predict_coco_images
 from .model import build_detector, recipe_image_processor, source_id2label
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,10 @@ def run(args, accelerator) -> dict:
                                                   args.skip_invalid_annotations)
         eval_coco, _ = load_coco_split(folders[2], folders[3], args.num_eval_images, args.skip_invalid_annotations)
     id2label = resolve_id2label(train_coco, source_id2label(args.model_name_or_path, args.cache_dir))
+    try:  # the final evaluation matches labels to the validation categories by name: fail now, not after training
+        category_ids_by_label(id2label, eval_coco)
+    except ValueError as error:
+        raise ValueError(f"{folders[2]}: {error}") from None
     train_dataset = CocoInstanceDataset(train_coco, train_files, id2label)
     logger.info("Data: %s; evaluation: %d images; %d classes.", train_dataset.describe("training"),
                 len(eval_coco.imgs), len(id2label))
