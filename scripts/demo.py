@@ -115,9 +115,11 @@ def detection_demo(args) -> int:
     params = sum(np.prod(shape) for shape in parameter_shapes(model_dir))
     box, mask = results["bbox"], results["segm"]
     header = [
-        f"PaCa-ViT Mask R-CNN ({params / 1e6:.1f}M parameters; PaCa-Tiny's layout, narrower) trained FROM SCRATCH on "
-        f"the CPU: {results['train_steps']} steps x {s['per_device_train_batch_size']} images, {train_minutes:.1f} min.",
-        f"{results['num_train_images']} synthetic {s['image_size']}px scenes. On {results['num_eval_images']} held-out "
+        f"PaCa-ViT Mask R-CNN ({params / 1e6:.1f}M parameters; PaCa-Tiny's layout, narrower) trained FROM SCRATCH "
+        f"on the CPU: {results['train_steps']} steps x {s['per_device_train_batch_size']} images, "
+        f"{train_minutes:.1f} min.",
+        f"{results['num_train_images']} synthetic {s['image_size']}px scenes. On {results['num_eval_images']} "
+        f"held-out "
         f"scenes (pycocotools): box AP {box['AP']:.3f} (AP50 {box['AP50']:.3f}), mask AP {mask['AP']:.3f} (AP50 "
         f"{mask['AP50']:.3f}).",
         f"Rows: held-out scenes; predictions of pipeline('object-detection') scored above {args.threshold} with the "
