@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_train_steps", type=int, default=None,
                         help=f"default: {DEMO_SETTINGS['max_train_steps']} (segmentation), 12 epochs (detection)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="detection: score threshold of the picture")
+    parser.add_argument("--threshold", type=float, default=0.3, help="detection: score threshold of the picture")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on <= 2 cores)")
     parser.add_argument("--num_shown", type=int, default=6, help="validation scenes in the picture")
     parser.add_argument("--skip_parity", action="store_true")
