@@ -22,7 +22,12 @@ from paca_hf import training as T
 from paca_hf.data.scenes import save_coco_scenes
 from paca_hf.training.detection import demo, finetune
 from paca_hf.training.detection.arguments import parse_args
-from paca_hf.training.detection.augmentation import DetectionTrainAugment, flip_instances, resize_instances
+from paca_hf.training.detection.augmentation import (
+    DetectionTrainAugment,
+    crop_instances,
+    flip_instances,
+    resize_instances,
+)
 from paca_hf.training.detection.evaluation import evaluate_coco_model
 from paca_hf.training.detection.model import build_detector
 from paca_hf.training.scheduler import MultiStepWithWarmup
@@ -45,12 +50,14 @@ def detector_config_file(tmp_path_factory):
 
 
 def coco_args(config, output_dir, *extra, steps=3, train=4, evaluate=2):
-    """A few steps of a tiny detector on 64 px built-in scenes, trained at short edges 48 or 64 and evaluated at 64;
+    """A few steps of a tiny detector on 64 px built-in scenes, trained at short edges 48 or 64 (half of the time after
+    DETR's crop, scaled down: a resize to 64 or 80, a crop of 32-48 px) and evaluated at 64;
     `extra` come last, so they override these."""
     return [
         "--config_name", str(config), "--dataset_name", "builtin-scenes", "--builtin_image_size", "64",
         "--num_train_images", str(train), "--num_eval_images", str(evaluate), "--train_short_edges", "48,64",
-        "--resize_scale", "96,64", "--max_train_steps", str(steps), "--num_warmup_steps", "1",
+        "--resize_scale", "96,64", "--detr_crop_short_edges", "64,80", "--detr_crop_size", "32,48",
+        "--max_train_steps", str(steps), "--num_warmup_steps", "1",
         "--learning_rate", "1e-3", "--output_dir", str(output_dir), "--disable_tqdm", *extra,
     ]
 
@@ -163,6 +170,25 @@ def test_flip_and_resize_move_boxes_and_masks_with_the_image():
     assert labels[0]["boxes"].tolist() == [[6.0, 2.0, 10.0, 6.0]] and labels[0]["class_labels"].tolist() == [2]
 
 
+def test_a_crop_keeps_the_instances_it_cuts_and_drops_those_it_misses():
+    """Hand-checked: an 8 x 8 image with object A at rows 1-2, columns 1-2 (box 1, 1, 3, 3) and object B at rows 5-6,
+    columns 5-6 (box 5, 5, 7, 7). The crop of rows 2-5 and columns 2-5 (top 2, left 2, 4 x 4) keeps A's corner
+    (box 0, 0, 1, 1, one pixel) and B's (box 3, 3, 4, 4, one pixel); a crop of rows 0-3 and columns 0-3 drops B."""
+    image = torch.arange(64, dtype=torch.float32).reshape(1, 8, 8).expand(3, 8, 8)
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 1:3, 1:3] = True
+    masks[1, 5:7, 5:7] = True
+    boxes = torch.tensor([[1.0, 1.0, 3.0, 3.0], [5.0, 5.0, 7.0, 7.0]])
+    classes = torch.tensor([3, 4])
+    cropped, kept_boxes, kept_masks, kept_classes = crop_instances(image, boxes, masks, classes, 2, 2, 4, 4)
+    assert cropped.shape == (3, 4, 4) and cropped[0, 0, 0] == 2 * 8 + 2
+    assert kept_boxes.tolist() == [[0.0, 0.0, 1.0, 1.0], [3.0, 3.0, 4.0, 4.0]] and kept_classes.tolist() == [3, 4]
+    assert kept_masks[0].nonzero().tolist() == [[0, 0]] and kept_masks[1].nonzero().tolist() == [[3, 3]]
+    _, kept_boxes, kept_masks, kept_classes = crop_instances(image, boxes, masks, classes, 0, 0, 4, 4)
+    assert kept_boxes.tolist() == [[1.0, 1.0, 3.0, 3.0]] and kept_classes.tolist() == [3]
+    assert kept_masks.shape == (1, 4, 4) and kept_masks[0].sum() == 4
+
+
 def test_the_defaults_are_the_authors_1x_recipe_and_schedule(tmp_path):
     """mmdetection's schedule_1x (12 epochs, x0.1 at epochs 8 and 11, 500 warm-up iterations from 0.001) with the
     authors' AdamW 1e-4 / 0.05 and multi-scale 480-800 (every 32) at most 1333, flip 0.5, test scale (1333, 800)."""
@@ -173,6 +199,7 @@ def test_the_defaults_are_the_authors_1x_recipe_and_schedule(tmp_path):
     assert (args.num_warmup_steps, args.warmup_start_factor) == (500, 0.001)
     assert args.train_short_edges == [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
     assert (args.resize_scale, args.flip_prob, args.per_device_train_batch_size) == ((1333, 800), 0.5, 2)
+    assert (args.detr_crop_prob, args.detr_crop_short_edges, args.detr_crop_size) == (0.5, [400, 500, 600], (384, 600))
     schedule = MultiStepWithWarmup(500, [800, 1100], 0.001, 0.1)  # 100 steps per epoch
     assert schedule(0) == pytest.approx(0.001)
     assert schedule(250) == pytest.approx(0.001 + 0.999 * 0.5)

@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Multi-scale training (mmdetection RandomChoiceResize, keep ratio): the short edge is one "
                            "of these, drawn at random per image, the long edge capped at LONG of --resize_scale.")
     data.add_argument("--flip_prob", type=float, default=0.5, help="Random horizontal flip probability.")
+    data.add_argument("--detr_crop_prob", type=float, default=0.5,
+                      help="Probability of DETR's branch of the authors' RandomChoice: resize to a short edge of "
+                           "--detr_crop_short_edges, a random crop of --detr_crop_size, then the multi-scale resize.")
+    data.add_argument("--detr_crop_short_edges", type=_int_list, default=[400, 500, 600],
+                      help="Short edges of DETR's branch's first resize (long edge capped as above).")
+    data.add_argument("--detr_crop_size", type=_scale, default=(384, 600),
+                      help="'MIN,MAX': the crop's height and width are each drawn in this range (mmdetection "
+                           "RandomCrop absolute_range), at most the image's.")
     data.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (they decode images and masks).")
 
     optim = parser.add_argument_group("optimisation")
@@ -129,8 +137,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag in ("adam_beta1", "adam_beta2"):
         if not 0 <= getattr(args, flag) < 1:
             parser.error(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
-    if not 0 <= args.flip_prob <= 1:
-        parser.error(f"--flip_prob must be in [0, 1], got {args.flip_prob}")
+    for flag in ("flip_prob", "detr_crop_prob"):
+        if not 0 <= getattr(args, flag) <= 1:
+            parser.error(f"--{flag} must be in [0, 1], got {getattr(args, flag)}")
+    if not 1 <= args.detr_crop_size[0] <= args.detr_crop_size[1] or min(args.detr_crop_short_edges) < 1:
+        parser.error(f"--detr_crop_size must be 'MIN,MAX' with 1 <= MIN <= MAX, got {args.detr_crop_size}, and "
+                     f"--detr_crop_short_edges whole numbers >= 1, got {args.detr_crop_short_edges}")
     if args.max_grad_norm is not None and not args.max_grad_norm > 0:
         parser.error(f"--max_grad_norm must be > 0, got {args.max_grad_norm}")
     if args.num_warmup_steps < 0 or args.num_workers < 0:

@@ -56,6 +56,7 @@ DEMO_SETTINGS = {
     "per_device_train_batch_size": 4,
     "train_short_edges": "112,128,144",
     "resize_scale": "256,128",
+    "detr_crop_prob": 0.0,  # DETR's crops of 384-600 px are for COCO's images, not for 128 px scenes
 }
 
 
@@ -75,6 +76,7 @@ def finetune_argv(output_dir, config_path, seed=0, settings=None) -> list:
         "--num_warmup_steps", str(s["num_warmup_steps"]), "--learning_rate", str(s["learning_rate"]),
         "--per_device_train_batch_size", str(s["per_device_train_batch_size"]),
         "--train_short_edges", str(s["train_short_edges"]), "--resize_scale", str(s["resize_scale"]),
+        "--detr_crop_prob", str(s["detr_crop_prob"]),
         "--per_device_eval_batch_size", "10", "--logging_steps", str(s.get("logging_steps", 50)),
         "--output_dir", str(output_dir), "--seed", str(seed), "--mixed_precision", "no", "--cpu",
     ]

@@ -7,7 +7,8 @@ mask_rcnn_pacavit_*_mstrain_480_800_1x_coco.py` and `detection/configs/_base_/sc
     AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0.05, none on norms (`paramwise_cfg` 'norm' decay_mult 0);
     12 epochs, lr x0.1 at the start of epochs 8 and 11 (`MultiStepLR`), linear warm-up over the first 500
     iterations from a factor 0.001 (`LinearLR`); 16 images per step (2 per GPU x 8 GPUs); random horizontal flip 0.5
-    and a keep-ratio resize whose short edge is one of 480, 512, ..., 800 (long edge <= 1333); evaluation at
+    and a keep-ratio resize whose short edge is one of 480, 512, ..., 800 (long edge <= 1333), half of the time after
+    DETR's resize to 400 / 500 / 600 and random crop of 384-600 px (`augmentation`); evaluation at
     (1333, 800) with COCO's box and mask AP (pycocotools).
 
 The run itself is the ADE20k fine-tune's (`paca_hf.training.runner`, `checkpoint`, `sampling`, `optim`,
@@ -49,7 +50,7 @@ logger = logging.getLogger(__name__)
 LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask")
 # Settings that an exact resume needs unchanged (a resume with others is warned about).
 RESUME_SENSITIVE_SETTINGS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_processes", "seed",
-                             "num_train_images", "learning_rate", "train_short_edges", "flip_prob")
+                             "num_train_images", "learning_rate", "train_short_edges", "flip_prob", "detr_crop_prob")
 
 
 def main(argv=None) -> dict:
@@ -188,7 +189,9 @@ def run(args, accelerator) -> dict:
     state = TrainingState(args.seed, accelerator.process_index, accelerator.num_processes)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(state)
-    augment = DetectionTrainAugment(args.train_short_edges, max(args.resize_scale), args.flip_prob)
+    augment = DetectionTrainAugment(args.train_short_edges, max(args.resize_scale), args.flip_prob,
+                                    crop_prob=args.detr_crop_prob, crop_short_edges=args.detr_crop_short_edges,
+                                    crop_size_range=args.detr_crop_size)
     image_processor = recipe_image_processor(args.resize_scale)
 
     run_info = {
@@ -202,6 +205,7 @@ def run(args, accelerator) -> dict:
         "learning_rate": args.learning_rate,
         "train_short_edges": list(args.train_short_edges),
         "flip_prob": args.flip_prob,
+        "detr_crop_prob": args.detr_crop_prob,
     }
     if resume_dir is not None:
         logger.info("Resuming from %s (step %s).", resume_dir, resume_marker["step"])
