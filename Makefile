@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test app browser clean constraints style quality
+.PHONY: install demo demo-detection test app browser clean constraints style quality
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+# A small PaCa-ViT Mask R-CNN trained on the built-in instance scenes (COCO box / mask AP, a picture); needs the
+# detection extra (pycocotools), which `make` installs with the test extra.
+demo-detection: $(STAMP)
+	$(PY) scripts/demo.py --task detection
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 tests

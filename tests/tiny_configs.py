@@ -32,3 +32,21 @@ def tiny_config_kwargs(**overrides) -> dict:
 def tiny_config(**overrides) -> PaCaViTConfig:
     """A tiny `PaCaViTConfig`: `TINY_CONFIG` with `overrides`."""
     return PaCaViTConfig(**tiny_config_kwargs(**overrides))
+
+
+TINY_DETECTOR_CONFIG = {
+    "fpn_hidden_size": 16,
+    "rpn_hidden_size": 16,
+    "box_head_hidden_size": 32,
+    "mask_head_hidden_size": 16,
+    "num_mask_head_convs": 2,
+}
+
+
+def tiny_detector_config(backbone_overrides: dict | None = None, **overrides):
+    """A tiny `PaCaViTMaskRCNNConfig`: `TINY_DETECTOR_CONFIG` heads on `tiny_config(**backbone_overrides)`, with
+    `overrides` (e.g. `num_labels`)."""
+    from paca_hf import PaCaViTMaskRCNNConfig
+
+    return PaCaViTMaskRCNNConfig(backbone_config=tiny_config(**(backbone_overrides or {})),
+                                 **{**TINY_DETECTOR_CONFIG, **overrides})

@@ -8,8 +8,9 @@ from pathlib import Path
 import paca_hf.training
 
 TRAINING = Path(paca_hf.training.__file__).parent
-SHARED = {"checkpoint", "distributed", "errors", "optim", "scheduler", "throughput"}
-TASKS = {"segmentation", "classification"}
+SHARED = {"arguments", "checkpoint", "distributed", "errors", "init_report", "optim", "runner", "sampling", "scheduler",
+          "throughput", "transforms"}
+TASKS = {"segmentation", "classification", "detection"}
 
 
 def training_imports(path: Path) -> set[str]:

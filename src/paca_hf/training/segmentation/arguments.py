@@ -5,24 +5,7 @@ they are a public contract."""
 import argparse
 from pathlib import Path
 
-from .data import BUILTIN_SCENES
-
-
-def _scale(value):
-    parts = [int(part) for part in str(value).split(",")]
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError("expected two integers 'LONG,SHORT', e.g. 2048,512")
-    return tuple(parts)
-
-
-def _positive_int(value):
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {number}")
-    return number
+from ..arguments import BUILTIN_SCENES, _checkpointing_steps, _positive_int, _scale
 
 
 def _num_clusters(value):
@@ -34,14 +17,6 @@ def _num_clusters(value):
             f"expected one number of clusters, a comma list of numbers >= 0 (one per stage) or 'keep', got {value!r}"
         )
     return value
-
-
-def _checkpointing_steps(value):
-    if value is None or value == "epoch":
-        return value
-    if str(value).isdigit() and int(value) > 0:
-        return int(value)
-    raise argparse.ArgumentTypeError("expected a positive number of steps or 'epoch'")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,12 +20,18 @@ photometric step), and saturation and hue share one RGB->HSV->RGB round trip (th
 
 from typing import Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ...images import image_to_array, load_label_map, reduce_labels
+from ...images import load_label_map, reduce_labels
+from ..transforms import (  # noqa: F401  (decode_image, rescale_size, resize_*: their home is paca_hf.training.transforms)
+    _randint,
+    _uniform,
+    decode_image,
+    rescale_size,
+    resize_image,
+    resize_label,
+)
 
 # ImageNet mean / std on the 0..255 scale (mmseg's ADE20k data_preprocessor; = HF's rescale 1/255 + normalise).
 IMAGENET_MEAN_255 = tuple(255 * value for value in IMAGENET_DEFAULT_MEAN)
@@ -37,15 +43,6 @@ LabelsIn = Union[torch.Tensor, Sequence]
 
 # ----------------------------------------------------------------------------------------------------------
 # inputs
-
-def decode_image(image) -> torch.Tensor:
-    """(3, H, W) pixels of one image input (PIL image of any mode, array, path, ...) decoded by
-    `paca_hf.images.image_to_array` (EXIF orientation applied, grey repeated, alpha dropped): uint8 for 8-bit data,
-    float32 on the 0..255 scale for 16-bit and float data (so nothing is rounded)."""
-    array = image_to_array(image, num_channels=3)
-    tensor = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)  # a writable copy
-    return tensor if tensor.dtype == torch.uint8 else tensor * 255.0
-
 
 def decode_label_map(annotation, image=None) -> torch.Tensor:
     """(H, W) int64 label map of one annotation input, decoded by `paca_hf.images.load_label_map` (values kept;
@@ -88,27 +85,7 @@ def _as_list(batch) -> list:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# random numbers (always from a CPU generator; None = torch's global one)
-
-def _uniform(generator: Optional[torch.Generator], low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
-
-
-def _randint(generator: Optional[torch.Generator], low: int, high: int) -> int:
-    """An int in [low, high) (numpy's randint convention, as mmseg calls it)."""
-    return int(torch.randint(low, high, (), generator=generator))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# geometry
-
-def rescale_size(height: int, width: int, scale: Tuple[int, int]) -> Tuple[int, int]:
-    """mmcv `imrescale` size: the largest (h, w) with the same aspect whose long edge <= max(scale) and
-    short edge <= min(scale); rounded like mmcv (`int(x * factor + 0.5)`)."""
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
-
+# geometry (random numbers always from a CPU generator; None = torch's global one)
 
 def random_resize_size(
     height: int, width: int, scale: Tuple[int, int], ratio_range: Tuple[float, float], generator=None
@@ -117,25 +94,6 @@ def random_resize_size(
     ratio = _uniform(generator, ratio_range[0], ratio_range[1])
     target = (int(scale[0] * ratio), int(scale[1] * ratio))
     return rescale_size(height, width, target)
-
-
-def resize_image(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of a float (C, H, W) image (half-pixel centres, no antialias)."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-
-
-def resize_label(label: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Nearest resize of a (H, W) label map: source index floor(dst * in / out), as OpenCV's INTER_NEAREST."""
-    if tuple(label.shape[-2:]) == tuple(size):
-        return label
-    h, w = label.shape
-    rows = torch.clamp((torch.arange(size[0], device=label.device, dtype=torch.float64) * (h / size[0])).floor(),
-                       max=h - 1).long()
-    cols = torch.clamp((torch.arange(size[1], device=label.device, dtype=torch.float64) * (w / size[1])).floor(),
-                       max=w - 1).long()
-    return label[rows][:, cols]
 
 
 def _crop_box(height: int, width: int, crop_size: Tuple[int, int], generator) -> Tuple[int, int, int, int]:

@@ -4,43 +4,20 @@ scenes), class names, a seeded epoch sampler, the collate function and an endles
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ...images import is_file_source, load_label_map, open_stored_image
+from ..arguments import BUILTIN_SCENES
 from ..errors import TrainingError
+from ..sampling import EpochSampler, batch_stream  # noqa: F401  (their home is paca_hf.training.sampling)
 from .augmentation import decode_image, decode_label_map
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_SCENES = "builtin-scenes"
 ADE20K_NAMES = ("scene_parse_150", "ade20k", "ade_20k", "ade20k-id2label")
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """A permutation of `range(num_samples)` that is a pure function of `(seed, epoch)` (no global RNG), so that
-    a resumed run sees the same order. `set_epoch` picks the epoch (accelerate calls it too)."""
-
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True):
-        self.num_samples = int(num_samples)
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.num_samples))
-        rng = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=rng).tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 def collate_segmentation(examples: Sequence[dict]) -> dict:
@@ -228,19 +205,3 @@ def resolve_id2label(
         f"largest annotation value {largest} (reduce_labels={reduce_labels})."
     )
     return {index: f"LABEL_{index}" for index in range(num_labels)}
-
-
-def batch_stream(
-    dataloader, sampler: EpochSampler, start_epoch: int, skip_batches: int, skip_fn: Callable
-) -> Iterator[tuple[int, dict]]:
-    """Endless `(epoch, batch)` over epochs of a prepared loader: epoch `start_epoch` starts after
-    `skip_batches` batches (`skip_fn` = `accelerator.skip_first_batches`)."""
-    epoch, skip = start_epoch, skip_batches
-    while True:
-        if hasattr(dataloader, "set_epoch"):
-            dataloader.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        loader = skip_fn(dataloader, skip) if skip else dataloader
-        for batch in loader:
-            yield epoch, batch
-        epoch, skip = epoch + 1, 0

@@ -17,121 +17,47 @@ is accelerate's (`accelerator.accumulate`). Outputs in `--output_dir`: `all_resu
 """
 
 import logging
-import os
-import shutil
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
-from ...file_utils import fsync_dir, fsync_file, give_normal_permissions, write_json_atomically
 from ..checkpoint import (
     TrainingState,
-    find_latest_checkpoint,
     load_checkpoint,
     resolve_resume_checkpoint,
     save_checkpoint,
     verify_checkpoint,
-    weight_checksums,
 )
-from ..distributed import check_fsdp_device, check_launch, distributed_on_cpu
 from ..errors import TrainingError, check_finite_loss, check_finite_parameters
 from ..optim import describe_param_groups, param_groups
-from ..scheduler import PolyWithWarmup, make_scheduler, warmup_warning
+from ..runner import (
+    make_accelerator,
+    maybe_sync_batchnorm,
+    reset_accelerate_state,
+    save_final,
+    setup_logging,
+    stopped_run_report,
+    warn_about_run_differences,
+    write_final_outputs,
+)
+from ..sampling import EpochSampler, batch_stream
+from ..scheduler import PolyWithWarmup, follow_schedule, make_scheduler, warmup_warning
 from ..throughput import DataWaitMeter
 from .arguments import parse_args
 from .augmentation import SegmentationTrainAugment
-from .data import EpochSampler, batch_stream, collate_segmentation, load_segmentation_splits, resolve_id2label
+from .data import collate_segmentation, load_segmentation_splits, resolve_id2label
 from .evaluation import evaluate_segmentation, metrics_to_json
-from .model import build_model, maybe_sync_batchnorm, recipe_image_processor, segmentation_loss
+from .model import build_model, recipe_image_processor, segmentation_loss
+
+# Kept under its former name (tests and callers use it).
+_reset_accelerate_state = reset_accelerate_state
 
 logger = logging.getLogger(__name__)
 
-
-def make_accelerator(args):
-    """The run's `Accelerator`: accumulation over `--gradient_accumulation_steps` batches, CPU when asked (or when
-    launched distributed on a machine without GPUs), trackers with `--with_tracking`. Raises `TrainingError` for
-    a launch that would start independent runs on several machines (`distributed.check_launch`)."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
-
-    check_launch()
-    cpu = args.cpu or distributed_on_cpu()
-    check_fsdp_device(cpu)
-    kwargs = {}
-    if args.with_tracking:
-        kwargs["log_with"] = args.report_to
-    # A step is always `gradient_accumulation_steps` batches, also across an epoch's end (the stream of batches
-    # is endless), so that checkpoints fall on step boundaries and a resumed run sees the same batches.
-    accumulation = GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False)
-    return Accelerator(
-        cpu=cpu,
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_plugin=accumulation,
-        project_config=ProjectConfiguration(project_dir=args.output_dir),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.find_unused_parameters)],
-        **kwargs,
-    )
-
-
-def setup_logging(accelerator) -> None:
-    import datasets
-    import transformers
-
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    # The global main process only: with several machines, every machine's first process would log it again.
-    level = logging.INFO if accelerator.is_main_process else logging.ERROR
-    logging.getLogger("paca_hf.training").setLevel(level)
-    if accelerator.is_main_process:
-        datasets.utils.logging.set_verbosity_warning()
-        transformers.utils.logging.set_verbosity_warning()
-    else:
-        datasets.utils.logging.set_verbosity_error()
-        transformers.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    # DDP on CPU warns once per process about the depthwise convolutions' gradient layout (harmless).
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-
-
-def save_final(accelerator, model, image_processor, output_dir: Path, state_dict: dict | None = None) -> None:
-    """Model (safetensors) and image processor into `output_dir` (which also holds the checkpoints): written to a
-    temporary folder there first, flushed, then each file moved into place (weights before config). Only the global
-    main process writes. `state_dict` is the full one from `accelerator.get_state_dict(model)`, which is a
-    collective under FSDP (every process holds a shard): call that on every process and pass it here."""
-    if state_dict is None:
-        state_dict = accelerator.get_state_dict(model)
-    if not accelerator.is_main_process:
-        return
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-final-", dir=output_dir))
-    try:
-        # A copy: save_pretrained empties the dict it is given (it pops each tensor into its shard).
-        accelerator.unwrap_model(model).save_pretrained(
-            tmp, state_dict=dict(state_dict), safe_serialization=True, save_function=accelerator.save
-        )
-        image_processor.save_pretrained(tmp)
-        give_normal_permissions(tmp)
-        for name in sorted((p.name for p in tmp.iterdir()), key=lambda n: (n.endswith(".json"), n)):
-            fsync_file(tmp / name)
-            os.replace(tmp / name, output_dir / name)
-        fsync_dir(output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _reset_accelerate_state(accelerator) -> None:
-    """Let `main` run again in the same (non-distributed) process, e.g. from tests or the demo, possibly with other
-    accelerate settings (accelerate keeps its state in process-wide singletons)."""
-    if accelerator.num_processes > 1:
-        return
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+# Settings that an exact resume needs unchanged (a resume with others is warned about).
+RESUME_SENSITIVE_SETTINGS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_processes", "seed",
+                             "num_train_images", "learning_rate", "avg_non_ignore")
 
 
 def main(argv=None) -> dict:
@@ -148,45 +74,11 @@ def main(argv=None) -> dict:
         if args.with_tracking:
             accelerator.end_training()
         accelerator.free_memory()
-        _reset_accelerate_state(accelerator)
-
-
-def _follow_this_runs_schedule(args, scheduler, optimizer, step: int) -> None:
-    """`LambdaLR` restores its schedule's settings from the checkpoint; continue with this run's flags instead."""
-    schedule = PolyWithWarmup(args.num_warmup_steps, args.max_train_steps, args.warmup_start_factor, args.poly_power)
-    if scheduler.lr_lambdas[0].__dict__ != schedule.__dict__:
-        logger.warning("The schedule differs from the checkpoint's (%s); continuing with %s.",
-                       scheduler.lr_lambdas[0].__dict__, schedule.__dict__)
-        for fn in scheduler.lr_lambdas:
-            fn.__dict__.update(schedule.__dict__)
-        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base_lr * schedule(step)
-
-
-def _warn_about_run_differences(saved_run: dict, current: dict) -> None:
-    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_processes", "seed",
-                "num_train_images", "learning_rate", "avg_non_ignore"):
-        if key in saved_run and saved_run[key] != current[key]:
-            logger.warning("The checkpoint was written with %s=%s, this run has %s: the resumed run will not "
-                           "match an uninterrupted one exactly.", key, saved_run[key], current[key])
+        reset_accelerate_state(accelerator)
 
 
 def _write_outputs(args, accelerator, model, image_processor, results, init_report, pairs) -> None:
-    output_dir = Path(args.output_dir)
-    state_dict = accelerator.get_state_dict(model)  # every process: a collective under FSDP
-    save_final(accelerator, model, image_processor, output_dir, state_dict)
-    if args.debug_dump_weights:
-        # The full weights this process holds (under FSDP, the main process only; the others get none).
-        write_json_atomically(
-            output_dir / "rank_checksums" / f"rank_{accelerator.process_index}.json",
-            {"process_index": accelerator.process_index, "num_processes": accelerator.num_processes,
-             "distributed_type": str(accelerator.distributed_type),
-             "checksums": weight_checksums(state_dict)},
-        )
-    if not accelerator.is_main_process:
-        return
-    write_json_atomically(output_dir / "init_report.json", init_report.to_dict())
-    if pairs is not None:
+    def write_predictions(output_dir: Path) -> None:
         import numpy as np
 
         arrays = {}
@@ -194,15 +86,10 @@ def _write_outputs(args, accelerator, model, image_processor, results, init_repo
             arrays[f"prediction_{index}"] = prediction
             arrays[f"reference_{index}"] = reference
         np.savez_compressed(output_dir / "eval_predictions.npz", **arrays)
-    write_json_atomically(output_dir / "all_results.json", results)
-    if args.push_to_hub:
-        from huggingface_hub import HfApi
 
-        api = HfApi(token=args.hub_token)
-        repo_id = api.create_repo(args.hub_model_id, exist_ok=True).repo_id
-        api.upload_folder(repo_id=repo_id, folder_path=str(output_dir), commit_message="End of training",
-                          ignore_patterns=["step_*", "epoch_*", ".*", "rank_checksums/*", "*.npz"])
-        logger.info("Pushed to https://huggingface.co/%s", repo_id)
+    write_final_outputs(args, accelerator, model, image_processor,
+                        {"init_report.json": init_report.to_dict(), "all_results.json": results},
+                        write_extra=write_predictions if pairs is not None else None)
 
 
 def run(args, accelerator) -> dict:
@@ -306,9 +193,10 @@ def run(args, accelerator) -> dict:
     }
     if resume_dir is not None:
         logger.info("Resuming from %s (step %s).", resume_dir, resume_marker["step"])
-        _warn_about_run_differences(resume_marker.get("run", {}), run_info)
+        warn_about_run_differences(resume_marker.get("run", {}), run_info, RESUME_SENSITIVE_SETTINGS)
         load_checkpoint(accelerator, resume_dir)
-        _follow_this_runs_schedule(args, scheduler, optimizer, state.step)
+        follow_schedule(scheduler, optimizer, PolyWithWarmup(args.num_warmup_steps, args.max_train_steps,
+                                                             args.warmup_start_factor, args.poly_power), state.step)
     completed_steps = state.step
 
     if args.with_tracking:
@@ -393,16 +281,7 @@ def run(args, accelerator) -> dict:
     logger.info("%s", data_wait.describe(args.num_workers))
 
     if completed_steps < args.max_train_steps:
-        # As if interrupted: the stop step itself is saved only when it falls on --checkpointing_steps.
-        latest, _ = find_latest_checkpoint(output_dir) if accelerator.is_main_process else (None, [])
-        saved = int(verify_checkpoint(latest, check_hashes=False)["step"]) if latest is not None else 0
-        where = f"{latest.name} (step {saved})" if latest is not None else "the beginning (no checkpoint saved)"
-        lost = "" if saved >= completed_steps else (
-            f"; steps {saved + 1}-{completed_steps} are not saved and will be trained again")
-        logger.info("Stopped after step %d of %d (--stop_after_step); --resume_from_checkpoint latest restarts from "
-                    "%s%s.", completed_steps, args.max_train_steps, where, lost)
-        return {"stopped_at_step": completed_steps, "resumed_from": str(resume_dir) if resume_dir else None,
-                "latest_checkpoint_step": saved}
+        return stopped_run_report(accelerator, output_dir, completed_steps, args.max_train_steps, resume_dir)
 
     check_finite_parameters(model, completed_steps, "final model", accelerator)
     metrics, pairs = run_eval(keep_predictions=args.save_predictions)

@@ -3,12 +3,12 @@ whose shape changes re-initialised, and reported) or from a config, and the imag
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import TrainingError
+from ..init_report import InitReport
 
 logger = logging.getLogger(__name__)
 
@@ -31,45 +31,6 @@ def parse_num_clusters(value: str | None, base: Sequence[int]) -> list[int]:
     if len(parts) != len(base):
         raise TrainingError(f"--num_clusters {value!r} has {len(parts)} entries but the model has {len(base)} stages.")
     return parts
-
-
-@dataclass
-class InitReport:
-    """What `build_model` did with a checkpoint's tensors."""
-
-    source: str
-    loaded: list[str] = field(default_factory=list)
-    reinitialized: list[tuple[str, list, list]] = field(default_factory=list)  # (name, checkpoint shape, new shape)
-    newly_initialized: list[str] = field(default_factory=list)
-    unused: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {
-            "source": self.source,
-            "loaded": sorted(self.loaded),
-            "reinitialized": [
-                {"name": name, "checkpoint_shape": list(old), "model_shape": list(new)}
-                for name, old, new in sorted(self.reinitialized)
-            ],
-            "newly_initialized": sorted(self.newly_initialized),
-            "unused": sorted(self.unused),
-        }
-
-    def summary(self) -> str:
-        lines = [f"Initialisation from {self.source}: {len(self.loaded)} tensors loaded"]
-        if self.reinitialized:
-            lines.append(f"  re-initialised (shape changed) ({len(self.reinitialized)}):")
-            lines += [f"    {name}: checkpoint {tuple(old)} -> model {tuple(new)}" for name, old, new in
-                      sorted(self.reinitialized)]
-        if self.newly_initialized:
-            prefixes = sorted({".".join(name.split(".")[:2]) for name in self.newly_initialized})
-            lines.append(
-                f"  newly initialised (not in the checkpoint) ({len(self.newly_initialized)}): "
-                f"under {', '.join(prefixes)}"
-            )
-        if self.unused:
-            lines.append(f"  unused checkpoint tensors ({len(self.unused)}): {', '.join(sorted(self.unused))}")
-        return "\n".join(lines)
 
 
 def _label_kwargs(id2label: dict[int, str]) -> dict:
@@ -189,21 +150,6 @@ def recipe_image_processor(resize_scale: tuple[int, int], reduce_labels: bool):
     processor.size = {"shortest_edge": shortest, **({"longest_edge": longest} if longest > shortest else {})}
     processor.do_reduce_labels = bool(reduce_labels)
     return processor
-
-
-def maybe_sync_batchnorm(model: torch.nn.Module, accelerator) -> torch.nn.Module:
-    """SyncBatchNorm (the authors' norm_cfg) when distributed on GPUs; it needs CUDA + NCCL, so on CPU (gloo) the
-    plain BatchNorm is kept, with a warning."""
-    if accelerator.num_processes <= 1:
-        return model
-    if accelerator.device.type == "cuda":
-        logger.info("Converting BatchNorm to SyncBatchNorm across %d processes.", accelerator.num_processes)
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    logger.warning(
-        "SyncBatchNorm needs CUDA/NCCL; running on %s with %d processes, so BatchNorm statistics stay per process.",
-        accelerator.device.type, accelerator.num_processes,
-    )
-    return model
 
 
 def segmentation_loss(

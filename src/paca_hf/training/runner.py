@@ -1,0 +1,176 @@
+"""The accelerate side of the fine-tunes (`segmentation.finetune`, `detection.finetune`): the run's `Accelerator`,
+logging from the global main process only, the final save (single writer, atomic), resetting accelerate's
+process-wide state between runs in one process, warnings about a resume with other settings, SyncBatchNorm."""
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..file_utils import fsync_dir, fsync_file, give_normal_permissions, write_json_atomically
+from .checkpoint import find_latest_checkpoint, verify_checkpoint, weight_checksums
+from .distributed import check_fsdp_device, check_launch, distributed_on_cpu
+
+logger = logging.getLogger(__name__)
+
+
+def make_accelerator(args):
+    """The run's `Accelerator`: accumulation over `--gradient_accumulation_steps` batches, CPU when asked (or when
+    launched distributed on a machine without GPUs), trackers with `--with_tracking`. Raises `TrainingError` for
+    a launch that would start independent runs on several machines (`distributed.check_launch`)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
+
+    check_launch()
+    cpu = args.cpu or distributed_on_cpu()
+    check_fsdp_device(cpu)
+    kwargs = {}
+    if args.with_tracking:
+        kwargs["log_with"] = args.report_to
+    # A step is always `gradient_accumulation_steps` batches, also across an epoch's end (the stream of batches
+    # is endless), so that checkpoints fall on step boundaries and a resumed run sees the same batches.
+    accumulation = GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False)
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_plugin=accumulation,
+        project_config=ProjectConfiguration(project_dir=args.output_dir),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.find_unused_parameters)],
+        **kwargs,
+    )
+
+
+def setup_logging(accelerator) -> None:
+    import datasets
+    import transformers
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # The global main process only: with several machines, every machine's first process would log it again.
+    level = logging.INFO if accelerator.is_main_process else logging.ERROR
+    logging.getLogger("paca_hf.training").setLevel(level)
+    if accelerator.is_main_process:
+        datasets.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_warning()
+    else:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    # DDP on CPU warns once per process about the depthwise convolutions' gradient layout (harmless).
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+
+
+def save_final(accelerator, model, image_processor, output_dir: Path, state_dict: dict | None = None) -> None:
+    """Model (safetensors) and image processor into `output_dir` (which also holds the checkpoints): written to a
+    temporary folder there first, flushed, then each file moved into place (weights before config). Only the global
+    main process writes. `state_dict` is the full one from `accelerator.get_state_dict(model)`, which is a
+    collective under FSDP (every process holds a shard): call that on every process and pass it here."""
+    if state_dict is None:
+        state_dict = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-final-", dir=output_dir))
+    try:
+        # A copy: save_pretrained empties the dict it is given (it pops each tensor into its shard).
+        accelerator.unwrap_model(model).save_pretrained(
+            tmp, state_dict=dict(state_dict), safe_serialization=True, save_function=accelerator.save
+        )
+        image_processor.save_pretrained(tmp)
+        give_normal_permissions(tmp)
+        for name in sorted((p.name for p in tmp.iterdir()), key=lambda n: (n.endswith(".json"), n)):
+            fsync_file(tmp / name)
+            os.replace(tmp / name, output_dir / name)
+        fsync_dir(output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def reset_accelerate_state(accelerator) -> None:
+    """Let `main` run again in the same (non-distributed) process, e.g. from tests or the demo, possibly with other
+    accelerate settings (accelerate keeps its state in process-wide singletons)."""
+    if accelerator.num_processes > 1:
+        return
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def warn_about_run_differences(saved_run: dict, current: dict, keys) -> None:
+    """Warn about each setting `keys` of `current` (this run's) that the checkpoint's run (`saved_run`, its
+    marker's `run`) had otherwise: an exact resume needs the same ones."""
+    for key in keys:
+        if key in saved_run and saved_run[key] != current[key]:
+            logger.warning("The checkpoint was written with %s=%s, this run has %s: the resumed run will not "
+                           "match an uninterrupted one exactly.", key, saved_run[key], current[key])
+
+
+def maybe_sync_batchnorm(model: torch.nn.Module, accelerator) -> torch.nn.Module:
+    """SyncBatchNorm (the authors' norm_cfg) when distributed on GPUs; it needs CUDA + NCCL, so on CPU (gloo) the
+    plain BatchNorm is kept, with a warning."""
+    if accelerator.num_processes <= 1:
+        return model
+    if accelerator.device.type == "cuda":
+        logger.info("Converting BatchNorm to SyncBatchNorm across %d processes.", accelerator.num_processes)
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    logger.warning(
+        "SyncBatchNorm needs CUDA/NCCL; running on %s with %d processes, so BatchNorm statistics stay per process.",
+        accelerator.device.type, accelerator.num_processes,
+    )
+    return model
+
+
+def stopped_run_report(accelerator, output_dir: Path, completed_steps: int, max_train_steps: int, resume_dir) -> dict:
+    """What a run stopped by `--stop_after_step` returns (and logs): `{"stopped_at_step", "resumed_from",
+    "latest_checkpoint_step"}`, the last being the step `--resume_from_checkpoint latest` restarts from (0 without
+    a checkpoint; found on the main process). The stop step itself is saved only when it falls on
+    `--checkpointing_steps`, as in a real interruption."""
+    latest, _ = find_latest_checkpoint(output_dir) if accelerator.is_main_process else (None, [])
+    saved = int(verify_checkpoint(latest, check_hashes=False)["step"]) if latest is not None else 0
+    where = f"{latest.name} (step {saved})" if latest is not None else "the beginning (no checkpoint saved)"
+    lost = "" if saved >= completed_steps else (
+        f"; steps {saved + 1}-{completed_steps} are not saved and will be trained again")
+    logger.info("Stopped after step %d of %d (--stop_after_step); --resume_from_checkpoint latest restarts from "
+                "%s%s.", completed_steps, max_train_steps, where, lost)
+    return {"stopped_at_step": completed_steps, "resumed_from": str(resume_dir) if resume_dir else None,
+            "latest_checkpoint_step": saved}
+
+
+def write_final_outputs(args, accelerator, model, image_processor, json_files: dict, write_extra=None) -> None:
+    """The end of a fine-tune, on every process (the weights are gathered: a collective under FSDP): the model and
+    image processor ([`save_final`]), with `--debug_dump_weights` each process's weight checksums
+    (`rank_checksums/rank_N.json`); then on the global main process only `write_extra(output_dir)` (if given), the
+    JSON files `{name: content}` in their order (atomically), and with `--push_to_hub` the upload of the folder
+    (checkpoints, hidden and per-rank files left out)."""
+    output_dir = Path(args.output_dir)
+    state_dict = accelerator.get_state_dict(model)  # every process: a collective under FSDP
+    save_final(accelerator, model, image_processor, output_dir, state_dict)
+    if args.debug_dump_weights:
+        # The full weights this process holds (under FSDP, the main process only; the others get none).
+        write_json_atomically(
+            output_dir / "rank_checksums" / f"rank_{accelerator.process_index}.json",
+            {"process_index": accelerator.process_index, "num_processes": accelerator.num_processes,
+             "distributed_type": str(accelerator.distributed_type),
+             "checksums": weight_checksums(state_dict)},
+        )
+    if not accelerator.is_main_process:
+        return
+    if write_extra is not None:
+        write_extra(output_dir)
+    for name, content in json_files.items():
+        write_json_atomically(output_dir / name, content)
+    if args.push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=args.hub_token)
+        repo_id = api.create_repo(args.hub_model_id, exist_ok=True).repo_id
+        api.upload_folder(repo_id=repo_id, folder_path=str(output_dir), commit_message="End of training",
+                          ignore_patterns=["step_*", "epoch_*", ".*", "rank_checksums/*", "*.npz",
+                                           "builtin-scenes-coco/*"])
+        logger.info("Pushed to https://huggingface.co/%s", repo_id)
