@@ -16,6 +16,7 @@ from pathlib import Path
 from paca_hf.file_utils import write_json_atomically
 from paca_hf.training.segmentation import demo
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,13 +33,22 @@ def main(argv=None) -> int:
     rows = []
     for seed in args.seeds:
         results, minutes = demo.run_finetune(
-            args.output_dir / f"seed_{seed}", seed=seed, settings={"max_train_steps": args.max_train_steps},
-            threads=args.threads, quiet=True,
+            args.output_dir / f"seed_{seed}",
+            seed=seed,
+            settings={"max_train_steps": args.max_train_steps},
+            threads=args.threads,
+            quiet=True,
         )
-        rows.append({"seed": seed, "eval_mean_iou": results["eval_mean_iou"],
-                     "eval_mean_accuracy": results["eval_mean_accuracy"],
-                     "eval_overall_accuracy": results["eval_overall_accuracy"], "minutes": round(minutes, 2),
-                     "per_category_iou": results.get("eval_per_category_iou")})
+        rows.append(
+            {
+                "seed": seed,
+                "eval_mean_iou": results["eval_mean_iou"],
+                "eval_mean_accuracy": results["eval_mean_accuracy"],
+                "eval_overall_accuracy": results["eval_overall_accuracy"],
+                "minutes": round(minutes, 2),
+                "per_category_iou": results.get("eval_per_category_iou"),
+            }
+        )
         print(f"seed {seed}: mIoU {results['eval_mean_iou']:.4f}  {minutes:.1f} min", flush=True)
 
     mious = [row["eval_mean_iou"] for row in rows]
@@ -56,8 +66,10 @@ def main(argv=None) -> int:
     }
     write_json_atomically(args.output_dir / "results.json", summary)
     spread = f" +- {summary['miou_stdev']:.4f}" if len(mious) > 1 else ""
-    print(f"demo fine-tune over {len(rows)} seed(s): mIoU {summary['miou_mean']:.4f}{spread}, "
-          f"{summary['minutes_mean']:.1f} min per run ({summary['threads']} thread(s), {os.cpu_count()} cores)")
+    print(
+        f"demo fine-tune over {len(rows)} seed(s): mIoU {summary['miou_mean']:.4f}{spread}, "
+        f"{summary['minutes_mean']:.1f} min per run ({summary['threads']} thread(s), {os.cpu_count()} cores)"
+    )
     return 0
 
 

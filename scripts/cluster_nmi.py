@@ -21,9 +21,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a converted model folder or a Hub id")
     parser.add_argument("--dataset", default="builtin", help="'builtin' (synthetic scenes) or a dataset folder")
-    parser.add_argument("--split", default=None,
-                        help="split to score (default: validation; for a PATH without one, its first split); "
-                             "'builtin' has a held-out 'validation' and the fine-tune's 'train' scenes")
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="split to score (default: validation; for a PATH without one, its first split); "
+        "'builtin' has a held-out 'validation' and the fine-tune's 'train' scenes",
+    )
     parser.add_argument("--num-images", type=int, default=16, help="images to use (default 16)")
     parser.add_argument("--image-size", type=int, default=128, help="side of the builtin scenes (default 128)")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -55,8 +58,13 @@ def main(argv=None) -> int:
     model.to(args.device)
     try:
         report = cluster_nmi_report(
-            model, image_processor, examples, num_images=args.num_images, batch_size=args.batch_size,
-            compare_random=args.compare_random, seed=args.seed,
+            model,
+            image_processor,
+            examples,
+            num_images=args.num_images,
+            batch_size=args.batch_size,
+            compare_random=args.compare_random,
+            seed=args.seed,
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -52,6 +52,7 @@ from paca_hf.training.segmentation.demo import (
     shown_scenes,
 )
 
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"
 DEFAULT_OUTPUT = ROOT / "outputs" / "demo"
@@ -65,16 +66,16 @@ def parity_line():
         return f"parity check skipped: {REFERENCE}/{name}.pth not found"
     import torch
     from safetensors.torch import load_file
+    from transformers.utils import logging as hf_logging
 
     from paca_hf.convert import config_from_authors_settings
     from paca_hf.hub import convert_checkpoint
 
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     case = json.loads((REFERENCE / "cases.json").read_text())[name]
-    config = config_from_authors_settings(case["arch"], case["paca"], drop_path_rate=0.0,
-                                          num_labels=case["num_classes"])
+    config = config_from_authors_settings(
+        case["arch"], case["paca"], drop_path_rate=0.0, num_labels=case["num_classes"]
+    )
     with tempfile.TemporaryDirectory() as folder:
         model = convert_checkpoint(REFERENCE / f"{name}.pth", config, Path(folder) / "converted").eval()
     io = load_file(REFERENCE / f"{name}.io.safetensors")
@@ -99,10 +100,12 @@ def detection_demo(args) -> int:
     model_dir = output_dir / "model"
     settings = {} if args.max_train_steps is None else {"max_train_steps": args.max_train_steps}
     s = dict(detection.DEMO_SETTINGS, **settings)
-    schedule = (f"{s['max_train_steps']} steps" if "max_train_steps" in s else f"{s['num_train_epochs']} epochs")
-    print(f"training a small PaCa-ViT Mask R-CNN from scratch on {s['num_train_images']} synthetic "
-          f"{s['image_size']}px scenes ({schedule} of {s['per_device_train_batch_size']} images) on the CPU ...",
-          flush=True)
+    schedule = f"{s['max_train_steps']} steps" if "max_train_steps" in s else f"{s['num_train_epochs']} epochs"
+    print(
+        f"training a small PaCa-ViT Mask R-CNN from scratch on {s['num_train_images']} synthetic "
+        f"{s['image_size']}px scenes ({schedule} of {s['per_device_train_batch_size']} images) on the CPU ...",
+        flush=True,
+    )
     results, train_minutes = detection.run_finetune(model_dir, args.seed, settings, args.threads)
     validation = next((model_dir / "builtin-scenes-coco").glob("validation-*"))
     image_ids = sorted(int(path.stem) for path in (validation / "images").glob("*.png"))[: args.num_shown]
@@ -129,8 +132,10 @@ def detection_demo(args) -> int:
     picture_path = output_dir / "predictions.png"
     with atomic_file(picture_path, "wb") as handle:
         picture.save(handle, format="PNG")
-    print(f"box AP {box['AP']:.4f} (AP50 {box['AP50']:.4f}, AP75 {box['AP75']:.4f}), mask AP {mask['AP']:.4f} "
-          f"(AP50 {mask['AP50']:.4f}, AP75 {mask['AP75']:.4f}) on {results['num_eval_images']} held-out scenes")
+    print(
+        f"box AP {box['AP']:.4f} (AP50 {box['AP50']:.4f}, AP75 {box['AP75']:.4f}), mask AP {mask['AP']:.4f} "
+        f"(AP50 {mask['AP50']:.4f}, AP75 {mask['AP75']:.4f}) on {results['num_eval_images']} held-out scenes"
+    )
     print(f"final training loss {results['train_loss']:.4f}")
     print(f"model and image processor: {_shown(model_dir)}")
     print(f"picture: {_shown(picture_path)}")
@@ -140,13 +145,25 @@ def detection_demo(args) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--task", choices=["segmentation", "detection"], default="segmentation",
-                        help="segmentation: `make demo`; detection: `make demo-detection` (Mask R-CNN)")
-    parser.add_argument("--output_dir", type=Path, default=None,
-                        help="default: outputs/demo (segmentation), outputs/demo-detection (detection)")
+    parser.add_argument(
+        "--task",
+        choices=["segmentation", "detection"],
+        default="segmentation",
+        help="segmentation: `make demo`; detection: `make demo-detection` (Mask R-CNN)",
+    )
+    parser.add_argument(
+        "--output_dir",
+        type=Path,
+        default=None,
+        help="default: outputs/demo (segmentation), outputs/demo-detection (detection)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_train_steps", type=int, default=None,
-                        help=f"default: {DEMO_SETTINGS['max_train_steps']} (segmentation), 12 epochs (detection)")
+    parser.add_argument(
+        "--max_train_steps",
+        type=int,
+        default=None,
+        help=f"default: {DEMO_SETTINGS['max_train_steps']} (segmentation), 12 epochs (detection)",
+    )
     parser.add_argument("--threshold", type=float, default=0.3, help="detection: score threshold of the picture")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on <= 2 cores)")
     parser.add_argument("--num_shown", type=int, default=6, help="validation scenes in the picture")
@@ -168,9 +185,12 @@ def main(argv=None) -> int:
 
     model_dir = args.output_dir / "model"
     settings = {"max_train_steps": args.max_train_steps}
-    print(f"fine-tuning a {sum(DEMO_MODEL['depths'])}-block PaCa-ViT from scratch on "
-          f"{DEMO_SETTINGS['num_train_images']} synthetic scenes ({DEMO_SETTINGS['image_size']}px, {args.max_train_steps} steps of "
-          f"{DEMO_SETTINGS['per_device_train_batch_size']} images) on the CPU ...", flush=True)
+    print(
+        f"fine-tuning a {sum(DEMO_MODEL['depths'])}-block PaCa-ViT from scratch on "
+        f"{DEMO_SETTINGS['num_train_images']} synthetic scenes ({DEMO_SETTINGS['image_size']}px, {args.max_train_steps} steps of "
+        f"{DEMO_SETTINGS['per_device_train_batch_size']} images) on the CPU ...",
+        flush=True,
+    )
     results, train_minutes = run_finetune(model_dir, args.seed, settings, args.threads)
 
     # The pipeline on every scene the fine-tune evaluated on, so that its mIoU and the evaluation's are comparable.
@@ -203,17 +223,23 @@ def main(argv=None) -> int:
     with atomic_file(picture_path, "wb") as handle:
         picture.save(handle, format="PNG")
 
-    print(f"validation mIoU {results['eval_mean_iou']:.4f} (mean accuracy {results['eval_mean_accuracy']:.4f}, "
-          f"overall accuracy {results['eval_overall_accuracy']:.4f}) on {results['num_eval_images']} held-out scenes")
+    print(
+        f"validation mIoU {results['eval_mean_iou']:.4f} (mean accuracy {results['eval_mean_accuracy']:.4f}, "
+        f"overall accuracy {results['eval_overall_accuracy']:.4f}) on {results['num_eval_images']} held-out scenes"
+    )
     per_class = results.get("eval_per_category_iou", {})
     print("per-class IoU: " + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in per_class.items()))
-    print(f"pipeline('image-segmentation') with the saved model on the same {len(images)} scenes: mIoU "
-          f"{deployed['mean_iou']:.4f}")
+    print(
+        f"pipeline('image-segmentation') with the saved model on the same {len(images)} scenes: mIoU "
+        f"{deployed['mean_iou']:.4f}"
+    )
     if args.max_train_steps == DEMO_SETTINGS["max_train_steps"]:
         print(miou_verdict(results["eval_mean_iou"], args.threads or default_threads()))
     else:
-        print(f"no expected range for {args.max_train_steps} steps (the README's is for "
-              f"{DEMO_SETTINGS['max_train_steps']})")
+        print(
+            f"no expected range for {args.max_train_steps} steps (the README's is for "
+            f"{DEMO_SETTINGS['max_train_steps']})"
+        )
     print(f"model and image processor: {model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir}")
     print(f"picture: {picture_path.relative_to(ROOT) if picture_path.is_relative_to(ROOT) else picture_path}")
     print(f"minutes: {train_minutes:.1f} fine-tuning + evaluation, {total_minutes:.1f} in all")

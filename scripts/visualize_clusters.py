@@ -19,7 +19,12 @@ def parse_args(argv=None):
     parser.add_argument("--image", required=True, help="image file to look at")
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("--stage", default=None, help="only this stage (1-based), or 'head'; default: all")
-    parser.add_argument("--top-k", type=int, default=4, help="heatmaps of the K most used clusters (default 4; at most the number of clusters)")
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=4,
+        help="heatmaps of the K most used clusters (default 4; at most the number of clusters)",
+    )
     parser.add_argument("--cell-size", type=int, default=None, help="longer side of each grid cell in pixels")
     parser.add_argument("--device", default="cpu", help="torch device to run the model on (default cpu)")
     return parser, parser.parse_args(argv)

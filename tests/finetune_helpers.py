@@ -8,11 +8,30 @@ def finetune_argv(config, output_dir, *extra, image_size, num_train_images, num_
     """Arguments of the fine-tune (`paca_hf.training.segmentation.finetune.main`) for a few steps of a tiny model on
     the built-in scenes; `extra` come last, so they override these."""
     return [
-        "--config_name", str(config), "--num_clusters", "keep",
-        "--dataset_name", "builtin-scenes", "--builtin_image_size", str(image_size), "--crop_size", str(image_size),
-        "--num_train_images", str(num_train_images), "--num_eval_images", str(num_eval_images),
-        "--max_train_steps", str(steps), "--num_warmup_steps", "1", "--learning_rate", "1e-3",
-        "--output_dir", str(output_dir), "--disable_tqdm", *extra,
+        "--config_name",
+        str(config),
+        "--num_clusters",
+        "keep",
+        "--dataset_name",
+        "builtin-scenes",
+        "--builtin_image_size",
+        str(image_size),
+        "--crop_size",
+        str(image_size),
+        "--num_train_images",
+        str(num_train_images),
+        "--num_eval_images",
+        str(num_eval_images),
+        "--max_train_steps",
+        str(steps),
+        "--num_warmup_steps",
+        "1",
+        "--learning_rate",
+        "1e-3",
+        "--output_dir",
+        str(output_dir),
+        "--disable_tqdm",
+        *extra,
     ]
 
 

@@ -14,6 +14,7 @@ import os
 import runpy
 import sys
 
+
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
 

@@ -12,7 +12,9 @@ from paca_hf import PaCaViTConfig
 from paca_hf.convert import config_from_authors_settings, convert_state_dict, load_checkpoint
 
 
-REFERENCE_DIR = Path(os.environ.get("PACA_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+REFERENCE_DIR = Path(
+    os.environ.get("PACA_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference")
+)
 
 
 def require_reference() -> Path:
@@ -37,7 +39,11 @@ def upernet_maskrcnn_manifest() -> dict:
 def case_config(name: str) -> PaCaViTConfig:
     """Our config for a reference case, translated from the authors' terms in cases.json."""
     case = cases()[name]
-    kwargs = dict(teacher_depths=case.get("teacher_depths"), drop_path_rate=0.0, num_labels=max(case["num_classes"], 1))
+    kwargs = {
+        "teacher_depths": case.get("teacher_depths"),
+        "drop_path_rate": 0.0,
+        "num_labels": max(case["num_classes"], 1),
+    }
     paca = dict(case["paca"], clusters=case.get("downstream_clusters", case["paca"]["clusters"]))
     if case["task"] == "semantic-segmentation":
         kwargs.update(

@@ -12,6 +12,7 @@ convolution.
 
 from paca_hf import PaCaViTConfig
 
+
 TINY_CONFIG = {
     "hidden_sizes": [16, 24, 32, 40],
     "depths": [1, 1, 1, 1],
@@ -48,5 +49,6 @@ def tiny_detector_config(backbone_overrides: dict | None = None, **overrides):
     `overrides` (e.g. `num_labels`)."""
     from paca_hf import PaCaViTMaskRCNNConfig
 
-    return PaCaViTMaskRCNNConfig(backbone_config=tiny_config(**(backbone_overrides or {})),
-                                 **{**TINY_DETECTOR_CONFIG, **overrides})
+    return PaCaViTMaskRCNNConfig(
+        backbone_config=tiny_config(**(backbone_overrides or {})), **{**TINY_DETECTOR_CONFIG, **overrides}
+    )

@@ -122,8 +122,18 @@ def transformers_tests_root(version: str | None = None) -> Path:
 
 def download_and_extract(version: str, root: Path) -> None:
     with tempfile.TemporaryDirectory() as download_dir:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   f"transformers=={version}", "-d", download_dir]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"transformers=={version}",
+            "-d",
+            download_dir,
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         archives = list(Path(download_dir).glob("transformers-*.tar.gz"))
         if result.returncode != 0 or len(archives) != 1:
@@ -137,7 +147,7 @@ def download_and_extract(version: str, root: Path) -> None:
                 prefix = f"transformers-{version}/"
                 members = [m for m in archive.getmembers() if m.name.startswith(prefix + "tests/") and m.isfile()]
                 for member in members:
-                    member.name = member.name[len(prefix):]
+                    member.name = member.name[len(prefix) :]
                 archive.extractall(folder, members=members, filter="data")
             # `test_pipeline_mixin` imports transformers from `<root>/src/transformers`: the installed package.
             (folder / "src").mkdir()
@@ -176,13 +186,27 @@ class VisionPipelineTests(unittest.TestCase):
 
     pipeline_class = None
 
-    def get_test_pipeline(self, model, tokenizer=None, image_processor=None, feature_extractor=None, processor=None,
-                          dtype="float32", **pipeline_kwargs):
+    def get_test_pipeline(
+        self,
+        model,
+        tokenizer=None,
+        image_processor=None,
+        feature_extractor=None,
+        processor=None,
+        dtype="float32",
+        **pipeline_kwargs,
+    ):
         # A pipeline class ignores `dtype` for a model already built (only `pipeline()` applies it when loading).
         model = model.to(getattr(torch, dtype))
-        pipe = self.pipeline_class(model=model, tokenizer=tokenizer, image_processor=image_processor,
-                                   feature_extractor=feature_extractor, processor=processor, dtype=dtype,
-                                   **pipeline_kwargs)
+        pipe = self.pipeline_class(
+            model=model,
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            feature_extractor=feature_extractor,
+            processor=processor,
+            dtype=dtype,
+            **pipeline_kwargs,
+        )
         return pipe, pipeline_test_images()
 
     def model_outputs(self, pipe, image):
@@ -192,8 +216,9 @@ class VisionPipelineTests(unittest.TestCase):
 
     def assert_close(self, actual, expected, pipe):
         tolerance = 1e-5 if pipe.model.dtype == torch.float32 else 2e-3
-        torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float32), expected.float(),
-                                   rtol=tolerance, atol=tolerance)
+        torch.testing.assert_close(
+            torch.as_tensor(actual, dtype=torch.float32), expected.float(), rtol=tolerance, atol=tolerance
+        )
 
 
 def field_names(spec) -> set[str]:

@@ -89,9 +89,11 @@ def random_model(seed: int = 0) -> AppModel:
     config = PaCaViTConfig(**layout, id2label=load_id2label("imagenet-1k"))
     torch.manual_seed(seed)
     model = PaCaViTForImageClassification(config).eval()
-    banner = ("This model has **random weights** (no model was given and `make demo` has not been run): its classes "
-              "mean nothing, its clusters show only what an untrained PaCa-ViT does. Start the app with "
-              "`--model FOLDER_OR_HUB_ID` (or `PACAVIT_MODEL`) for a converted checkpoint.")
+    banner = (
+        "This model has **random weights** (no model was given and `make demo` has not been run): its classes "
+        "mean nothing, its clusters show only what an untrained PaCa-ViT does. Start the app with "
+        "`--model FOLDER_OR_HUB_ID` (or `PACAVIT_MODEL`) for a converted checkpoint."
+    )
     return AppModel(model, PaCaViTImageProcessorPil(), "image-classification", "random PaCa-ViT classifier", banner)
 
 
@@ -105,16 +107,19 @@ def load_app_model(name_or_path: str | None = None) -> AppModel:
         if not (DEMO_MODEL_DIR / "config.json").is_file():
             return random_model()
         name_or_path = str(DEMO_MODEL_DIR)
-        banner = ("This model was **trained by `make demo`** on the built-in synthetic scenes (five shapes on "
-                  "textured backgrounds), not on real photos: try the examples.")
+        banner = (
+            "This model was **trained by `make demo`** on the built-in synthetic scenes (five shapes on "
+            "textured backgrounds), not on real photos: try the examples."
+        )
     try:
         model, image_processor = visualization.load_model_and_processor(name_or_path)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot load model {name_or_path!r}: {error}") from error
     paca = visualization._model_with_clusters(model)  # a model without PaCa-ViT clusters has nothing to show here
     if not any(paca.config.num_clusters) and getattr(paca, "decode_head", None) is None:
-        raise ValueError(f"{name_or_path!r}: num_clusters is 0 in every stage and there is no PaCa head: no clusters "
-                         "to draw")
+        raise ValueError(
+            f"{name_or_path!r}: num_clusters is 0 in every stage and there is no PaCa head: no clusters to draw"
+        )
     return AppModel(model, image_processor, _task_of(model), str(name_or_path), banner)
 
 
@@ -130,8 +135,10 @@ def read_photo(path) -> PIL.Image.Image:
     except (OSError, ValueError, PIL.Image.DecompressionBombError):
         width = height = 0  # the decoder below names the problem
     if width * height > MAX_PIXELS:
-        raise AppInputError(f"{name} is {width} x {height} pixels ({width * height / 1e6:.0f} MP): the app takes up to "
-                            f"{MAX_PIXELS / 1e6:.0f} MP. Please upload a smaller version.")
+        raise AppInputError(
+            f"{name} is {width} x {height} pixels ({width * height / 1e6:.0f} MP): the app takes up to "
+            f"{MAX_PIXELS / 1e6:.0f} MP. Please upload a smaller version."
+        )
     try:
         return open_image(path)
     except ValueError as error:
@@ -165,8 +172,9 @@ def analyse(app_model: AppModel, image) -> Analysis:
     timings["model"] = 1000 * (time.perf_counter() - started)
 
     id2label = {int(key): str(value) for key, value in (model.config.id2label or {}).items()}
-    analysis = Analysis(picture, {key: value[0].numpy() for key, value in assignments.items()}, id2label=id2label,
-                        timings=timings)
+    analysis = Analysis(
+        picture, {key: value[0].numpy() for key, value in assignments.items()}, id2label=id2label, timings=timings
+    )
     if app_model.task == "image-classification":
         probabilities = outputs.logits[0].float().softmax(-1)
         values, indices = probabilities.topk(min(TOP_K, probabilities.numel()))
@@ -187,7 +195,7 @@ def stage_choices(analysis: Analysis) -> list[tuple[str, str]]:
         if key == visualization.HEAD_KEY:
             choices.append((f"segmentation head: {clusters} classes, {height}x{width}", key))
         else:
-            choices.append((f"stage {key[len('stage'):]}: {clusters} clusters, {height}x{width} patches", key))
+            choices.append((f"stage {key[len('stage') :]}: {clusters} clusters, {height}x{width} patches", key))
     return choices
 
 
@@ -238,11 +246,16 @@ def cluster_views(analysis: Analysis, key: str, cluster: int) -> tuple[np.ndarra
     hard = visualization.hard_cluster_map(soft)
     palette = visualization.cluster_palette(soft.shape[0])
     share = 100.0 * float((hard == cluster).mean())
-    caption = (f"{cluster_name(analysis, key, cluster)}: wins {share:.0f}% of the patches; its soft assignment "
-               f"(sums to 1 over the patches) stretched to its own range")
+    caption = (
+        f"{cluster_name(analysis, key, cluster)}: wins {share:.0f}% of the patches; its soft assignment "
+        f"(sums to 1 over the patches) stretched to its own range"
+    )
     picture = display_picture(analysis)
-    return (visualization.draw_hard_map(hard, picture, palette), visualization.draw_soft_map(soft[cluster], picture),
-            caption)
+    return (
+        visualization.draw_hard_map(hard, picture, palette),
+        visualization.draw_soft_map(soft[cluster], picture),
+        caption,
+    )
 
 
 def cluster_at(analysis: Analysis, key: str, x: int, y: int) -> int:
@@ -252,8 +265,12 @@ def cluster_at(analysis: Analysis, key: str, x: int, y: int) -> int:
     height, width = display_picture(analysis).shape[:2]
     if not (0 <= x < width and 0 <= y < height):
         raise AppInputError(f"({x}, {y}) lies outside the {width}x{height} picture")
-    return int(hard[min(int(y * hard.shape[0] / height), hard.shape[0] - 1),
-                    min(int(x * hard.shape[1] / width), hard.shape[1] - 1)])
+    return int(
+        hard[
+            min(int(y * hard.shape[0] / height), hard.shape[0] - 1),
+            min(int(x * hard.shape[1] / width), hard.shape[1] - 1),
+        ]
+    )
 
 
 def segmentation_annotations(analysis: Analysis) -> list[tuple[np.ndarray, str]]:
@@ -262,8 +279,9 @@ def segmentation_annotations(analysis: Analysis) -> list[tuple[np.ndarray, str]]
         return []
     labels, counts = np.unique(analysis.segmentation, return_counts=True)
     order = np.argsort(-counts, kind="stable")
-    return [(analysis.segmentation == labels[i], analysis.id2label.get(int(labels[i]), str(int(labels[i]))))
-            for i in order]
+    return [
+        (analysis.segmentation == labels[i], analysis.id2label.get(int(labels[i]), str(int(labels[i])))) for i in order
+    ]
 
 
 def timing_text(analysis: Analysis) -> str:
@@ -320,8 +338,10 @@ def build_demo(app_model: AppModel, examples: list[str] | None = None):
         hard, soft, caption = cluster_views(analysis, key, 0)
         gallery = hard_map_pictures(analysis)
         analysis.timings["drawing"] = 1000 * (time.perf_counter() - started)
-        classes = {label: probability for label, probability in analysis.classes}
-        annotated = (analysis.picture, segmentation_annotations(analysis)) if analysis.segmentation is not None else None
+        classes = dict(analysis.classes)
+        annotated = (
+            (analysis.picture, segmentation_annotations(analysis)) if analysis.segmentation is not None else None
+        )
         return (
             analysis,
             classes or None,
@@ -361,36 +381,60 @@ def build_demo(app_model: AppModel, examples: list[str] | None = None):
 
     title = "PaCa-ViT: patch-to-cluster attention"
     with gr.Blocks(title=title) as demo:
-        gr.Markdown(f"# {title}\nModel: `{app_model.name}` ({app_model.task}). Upload a photo or pick an example; "
-                    "queries come from the patches, keys and values from a few learned clusters of patches, shown "
-                    "below for every stage.")
+        gr.Markdown(
+            f"# {title}\nModel: `{app_model.name}` ({app_model.task}). Upload a photo or pick an example; "
+            "queries come from the patches, keys and values from a few learned clusters of patches, shown "
+            "below for every stage."
+        )
         if app_model.banner:
             gr.Markdown(f"> {app_model.banner}", elem_id="banner")
         analysis_state = gr.State(None)
         with gr.Row():
             with gr.Column():
-                photo = undecoded_upload(gr.Image(label="Photo", type="filepath", sources=["upload", "clipboard"],
-                                                  elem_id="photo"))
+                photo = undecoded_upload(
+                    gr.Image(label="Photo", type="filepath", sources=["upload", "clipboard"], elem_id="photo")
+                )
                 run = gr.Button("Analyse", variant="primary", elem_id="analyse")
                 examples_block = gr.Examples(examples, inputs=photo, label="Examples") if examples else None
                 timings = gr.Markdown(elem_id="timings")
             with gr.Column():
-                classes = gr.Label(num_top_classes=TOP_K, label="Top-5 classes", elem_id="classes",
-                                   visible=app_model.task == "image-classification")
-                segmentation = gr.AnnotatedImage(label="Segmentation", elem_id="segmentation",
-                                                 visible=app_model.task == "semantic-segmentation")
-        gallery = gr.Gallery(label="Hard cluster maps (each patch in the colour of its cluster), one per stage",
-                             columns=4, height="auto", elem_id="hard-maps")
+                classes = gr.Label(
+                    num_top_classes=TOP_K,
+                    label="Top-5 classes",
+                    elem_id="classes",
+                    visible=app_model.task == "image-classification",
+                )
+                segmentation = gr.AnnotatedImage(
+                    label="Segmentation", elem_id="segmentation", visible=app_model.task == "semantic-segmentation"
+                )
+        gallery = gr.Gallery(
+            label="Hard cluster maps (each patch in the colour of its cluster), one per stage",
+            columns=4,
+            height="auto",
+            elem_id="hard-maps",
+        )
         with gr.Row():
             stage = gr.Dropdown(label="Stage", choices=[], elem_id="stage")
             cluster = gr.Slider(0, 1, value=0, step=1, label="Cluster (or click on the hard map)", elem_id="cluster")
         with gr.Row():
-            hard_map = gr.Image(label="Hard cluster map: click a patch to pick its cluster", interactive=False,
-                                elem_id="hard-map")
+            hard_map = gr.Image(
+                label="Hard cluster map: click a patch to pick its cluster", interactive=False, elem_id="hard-map"
+            )
             soft_map = gr.Image(label="Soft map of the chosen cluster", interactive=False, elem_id="soft-map")
         caption = gr.Markdown(elem_id="caption")
 
-        outputs = [analysis_state, classes, segmentation, gallery, stage, cluster, hard_map, soft_map, caption, timings]
+        outputs = [
+            analysis_state,
+            classes,
+            segmentation,
+            gallery,
+            stage,
+            cluster,
+            hard_map,
+            soft_map,
+            caption,
+            timings,
+        ]
         run.click(on_photo, inputs=photo, outputs=outputs)
         photo.upload(on_photo, inputs=photo, outputs=outputs)
         if examples_block is not None:  # a picked example is analysed once loaded, as an upload is
@@ -398,21 +442,36 @@ def build_demo(app_model: AppModel, examples: list[str] | None = None):
         stage.input(on_stage, inputs=[analysis_state, stage], outputs=[cluster, hard_map, soft_map, caption])
         cluster.input(on_cluster, inputs=[analysis_state, stage, cluster], outputs=[hard_map, soft_map, caption])
         hard_map.select(on_click, inputs=[analysis_state, stage], outputs=cluster).then(
-            on_cluster, inputs=[analysis_state, stage, cluster], outputs=[hard_map, soft_map, caption])
+            on_cluster, inputs=[analysis_state, stage, cluster], outputs=[hard_map, soft_map, caption]
+        )
     return demo
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None,
-                        help=f"a converted folder or Hub id (default: ${MODEL_ENVIRONMENT_VARIABLE}, else "
-                             f"{DEMO_MODEL_DIR} if make demo ran, else a random-weight model)")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1; 0.0.0.0 in a Space)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
-                        help="default: $GRADIO_SERVER_PORT, else 7860")
-    parser.add_argument("--examples-dir", type=Path, default=Path("outputs") / "app-examples",
-                        help="where the bundled example scenes are written")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"a converted folder or Hub id (default: ${MODEL_ENVIRONMENT_VARIABLE}, else "
+        f"{DEMO_MODEL_DIR} if make demo ran, else a random-weight model)",
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1; 0.0.0.0 in a Space)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+        help="default: $GRADIO_SERVER_PORT, else 7860",
+    )
+    parser.add_argument(
+        "--examples-dir",
+        type=Path,
+        default=Path("outputs") / "app-examples",
+        help="where the bundled example scenes are written",
+    )
     parser.add_argument("--concurrency", type=int, default=2, help="photos analysed at once; others wait in the queue")
     return parser.parse_args(argv)
 
@@ -427,7 +486,7 @@ def main(argv=None) -> int:
     try:
         demo = build_demo(app_model, example_images(args.examples_dir))
     except ModuleNotFoundError as error:
-        print(f"error: the app needs gradio ({error}): pip install \"paca-hf[app]\"", file=sys.stderr)
+        print(f'error: the app needs gradio ({error}): pip install "paca-hf[app]"', file=sys.stderr)
         return 1
     demo.queue(default_concurrency_limit=max(1, args.concurrency))
     try:

@@ -45,10 +45,24 @@ class IgnoredObject:
 
 
 # Packages whose objects appear in checkpoint metadata: their classes are replaced by `IgnoredObject`, never imported.
-FRAMEWORK_PACKAGES = frozenset({
-    "mmengine", "mmcv", "mmseg", "mmdet", "mmpretrain", "mmcls", "lightning", "pytorch_lightning", "lightning_fabric",
-    "omegaconf", "timm", "torchmetrics", "accelerate", "transformers",
-})
+FRAMEWORK_PACKAGES = frozenset(
+    {
+        "mmengine",
+        "mmcv",
+        "mmseg",
+        "mmdet",
+        "mmpretrain",
+        "mmcls",
+        "lightning",
+        "pytorch_lightning",
+        "lightning_fabric",
+        "omegaconf",
+        "timm",
+        "torchmetrics",
+        "accelerate",
+        "transformers",
+    }
+)
 # numpy objects that only hold data (arrays, scalars, dtypes), as `module.name` patterns.
 _NUMPY_DATA = re.compile(
     r"numpy(\._core|\.core)?\.multiarray\.(_reconstruct|scalar)|numpy\.(ndarray|dtype)|numpy\.dtypes\.\w+DType"
@@ -106,12 +120,17 @@ def read_checkpoint(path: str | os.PathLike):
     corrupt = (RuntimeError, EOFError, zipfile.BadZipFile, OSError, pickle.UnpicklingError)
     try:
         names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except (*corrupt, ValueError) as error:  # ValueError: not a zip file (legacy `torch.save` format, or no checkpoint)
+    except (
+        *corrupt,
+        ValueError,
+    ) as error:  # ValueError: not a zip file (legacy `torch.save` format, or no checkpoint)
         # Legacy (non-zip) files cannot be inspected: torch's restricted unpickler below still guards them.
         names = []
         if zipfile.is_zipfile(path):
-            raise CheckpointError(f"Could not read checkpoint {str(path)!r}: the file is truncated or corrupt "
-                                  f"({type(error).__name__}: {error}).") from error
+            raise CheckpointError(
+                f"Could not read checkpoint {str(path)!r}: the file is truncated or corrupt "
+                f"({type(error).__name__}: {error})."
+            ) from error
     substitutes = _substitutes(path, names)
     # Legacy (non-zip) files cannot be inspected beforehand: torch's restricted unpickler names the first global it
     # does not allow, which is looked up like the others (at most one retry per global of the file).
@@ -135,10 +154,14 @@ def read_checkpoint(path: str | os.PathLike):
                 f"({type(error).__name__}: {error})."
             ) from error
     else:
-        raise CheckpointError(f"Refused to load {str(path)!r}: its pickle names more than {_MAX_LEGACY_GLOBALS} "
-                              "globals.")
-    ignored = [entry[1] for entry in substitutes if isinstance(entry, tuple) and isinstance(entry[0], type)
-               and issubclass(entry[0], IgnoredObject)]
+        raise CheckpointError(
+            f"Refused to load {str(path)!r}: its pickle names more than {_MAX_LEGACY_GLOBALS} globals."
+        )
+    ignored = [
+        entry[1]
+        for entry in substitutes
+        if isinstance(entry, tuple) and isinstance(entry[0], type) and issubclass(entry[0], IgnoredObject)
+    ]
     return loaded, ignored
 
 
@@ -176,7 +199,7 @@ def load_state_dict_and_meta(path: str | os.PathLike) -> tuple[dict[str, torch.T
         raise CheckpointError(f"Checkpoint {str(path)!r} has entries that are not tensors: {non_tensors[:10]}.")
     for prefix in WRAPPER_PREFIXES:
         if all(key.startswith(prefix) for key in checkpoint):
-            checkpoint = {key[len(prefix):]: value for key, value in checkpoint.items()}
+            checkpoint = {key[len(prefix) :]: value for key, value in checkpoint.items()}
     alternatives = [key for key in other if key in STATE_DICT_ENTRIES + ("model_ema",)]
     if other or ignored:
         # Objects of a framework's classes, and a second set of weights (timm's EMA) not taken, are worth a warning.
@@ -184,7 +207,11 @@ def load_state_dict_and_meta(path: str | os.PathLike) -> tuple[dict[str, torch.T
         log(
             f"Read the tensors of {Path(path).name}; ignored its other entries ({', '.join(map(str, other)) or 'none'})"
             + (f" and, as inert placeholders, objects of {', '.join(sorted(set(ignored)))}" if ignored else "")
-            + (f". It also holds the weights {', '.join(alternatives)} (e.g. timm's EMA), which were not converted: "
-               f"save that entry alone as a state dict to convert it" if alternatives else "")
+            + (
+                f". It also holds the weights {', '.join(alternatives)} (e.g. timm's EMA), which were not converted: "
+                f"save that entry alone as a state dict to convert it"
+                if alternatives
+                else ""
+            )
         )
     return dict(checkpoint), meta

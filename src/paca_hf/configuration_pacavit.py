@@ -190,7 +190,9 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
             if any(depth < 1 for depth in self.teacher_depths):
                 raise ValueError(f"`teacher_depths` must be positive in every stage, got {self.teacher_depths}.")
             if self.teacher_kernel_size < 1 or self.teacher_kernel_size % 2 == 0:
-                raise ValueError(f"`teacher_kernel_size` must be a positive odd number, got {self.teacher_kernel_size}.")
+                raise ValueError(
+                    f"`teacher_kernel_size` must be a positive odd number, got {self.teacher_kernel_size}."
+                )
         if self.chunk_size_feed_forward is not None and self.chunk_size_feed_forward < 0:
             raise ValueError(
                 f"`chunk_size_feed_forward` must be >= 0 (0 = no chunking), got {self.chunk_size_feed_forward}."
@@ -212,7 +214,10 @@ class PaCaViTConfig(BackboneConfigMixin, PreTrainedConfig):
             )
         # At 1: dropout gives zeros, and the deepest block's residual branches are always dropped in training.
         for name in (
-            "drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"
+            "drop_path_rate",
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "classifier_dropout_prob",
         ):
             value = getattr(self, name)
             if not 0 <= value <= 1:

@@ -167,10 +167,20 @@ class PaCaViTMaskRCNNConfig(PreTrainedConfig):
             if not values or any(not value > 0 for value in values):
                 raise ValueError(f"`{name}` must be a non-empty list of positive numbers, got {values}.")
         positive = (
-            "fpn_hidden_size", "rpn_hidden_size", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
-            "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "rpn_batch_size_per_image",
-            "roi_batch_size_per_image", "box_roi_output_size", "mask_roi_output_size", "box_head_hidden_size",
-            "mask_head_hidden_size", "num_mask_head_convs", "detections_per_image",
+            "fpn_hidden_size",
+            "rpn_hidden_size",
+            "rpn_pre_nms_top_n_train",
+            "rpn_post_nms_top_n_train",
+            "rpn_pre_nms_top_n_test",
+            "rpn_post_nms_top_n_test",
+            "rpn_batch_size_per_image",
+            "roi_batch_size_per_image",
+            "box_roi_output_size",
+            "mask_roi_output_size",
+            "box_head_hidden_size",
+            "mask_head_hidden_size",
+            "num_mask_head_convs",
+            "detections_per_image",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -186,9 +196,17 @@ class PaCaViTMaskRCNNConfig(PreTrainedConfig):
                 f"{self.num_box_head_fcs}."
             )
         fractions = (
-            "rpn_nms_threshold", "rpn_positive_iou_threshold", "rpn_negative_iou_threshold", "rpn_min_positive_iou",
-            "rpn_positive_fraction", "roi_positive_iou_threshold", "roi_negative_iou_threshold",
-            "roi_min_positive_iou", "roi_positive_fraction", "box_score_threshold", "box_nms_threshold",
+            "rpn_nms_threshold",
+            "rpn_positive_iou_threshold",
+            "rpn_negative_iou_threshold",
+            "rpn_min_positive_iou",
+            "rpn_positive_fraction",
+            "roi_positive_iou_threshold",
+            "roi_negative_iou_threshold",
+            "roi_min_positive_iou",
+            "roi_positive_fraction",
+            "box_score_threshold",
+            "box_nms_threshold",
             "mask_threshold",
         )
         for name in fractions:

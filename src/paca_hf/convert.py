@@ -40,7 +40,10 @@ _BACKBONE_RULES = [
     (r"stage(\d+)\.(\d+)\.(.+)", lambda m: f"stages.{int(m[1]) - 1}.layers.{m[2]}.{_block_key(m[3])}"),
     (r"paca_teacher\.block(\d+)\.(\d+)\.(.+)", lambda m: f"{_teacher_stage(m[1])}.{m[2]}.{_mixer_key(m[3])}"),
     (r"paca_teacher\.transition(\d+)\.0\.blur_filter", None),
-    (r"paca_teacher\.transition(\d+)\.0\.conv\.(.+)", lambda m: f"{_teacher('downsamples', m[1])}.projection.conv.{m[2]}"),
+    (
+        r"paca_teacher\.transition(\d+)\.0\.conv\.(.+)",
+        lambda m: f"{_teacher('downsamples', m[1])}.projection.conv.{m[2]}",
+    ),
     (r"paca_teacher\.transition(\d+)\.2\.(.+)", lambda m: f"{_teacher('downsamples', m[1])}.projection.norm.{m[2]}"),
     (r"paca_teacher\.lateral(\d+)\.0\.(.+)", lambda m: f"{_teacher('laterals', m[1])}.conv.{m[2]}"),
     (r"paca_teacher\.lateral(\d+)\.2\.(.+)", lambda m: f"{_teacher('laterals', m[1])}.norm.{m[2]}"),
@@ -89,10 +92,16 @@ _HEAD_RULES = [
 # names, with mmseg's `ConvModule.bn` called `batch_norm` and `conv_seg` called `classifier`.
 # `auxiliary_head.conv_cat` is `FCNHead(concat_input=True)`'s conv over the input concatenated with the convs' output.
 _UPERNET_HEAD_RULES = [
-    (r"(decode_head\.(?:psp_modules\.\d+\.1|bottleneck|lateral_convs\.\d+|fpn_convs\.\d+|fpn_bottleneck)"
-     r"|auxiliary_head\.(?:convs\.\d+|conv_cat))\.conv\.weight", r"\1.conv.weight"),
-    (r"(decode_head\.(?:psp_modules\.\d+\.1|bottleneck|lateral_convs\.\d+|fpn_convs\.\d+|fpn_bottleneck)"
-     r"|auxiliary_head\.(?:convs\.\d+|conv_cat))\.bn\.(.+)", r"\1.batch_norm.\2"),
+    (
+        r"(decode_head\.(?:psp_modules\.\d+\.1|bottleneck|lateral_convs\.\d+|fpn_convs\.\d+|fpn_bottleneck)"
+        r"|auxiliary_head\.(?:convs\.\d+|conv_cat))\.conv\.weight",
+        r"\1.conv.weight",
+    ),
+    (
+        r"(decode_head\.(?:psp_modules\.\d+\.1|bottleneck|lateral_convs\.\d+|fpn_convs\.\d+|fpn_bottleneck)"
+        r"|auxiliary_head\.(?:convs\.\d+|conv_cat))\.bn\.(.+)",
+        r"\1.batch_norm.\2",
+    ),
     (r"(decode_head|auxiliary_head)\.conv_seg\.(weight|bias)", r"\1.classifier.\2"),
 ]
 # Top-level parts of an mmdet detector other than its backbone: reported, never converted.
@@ -111,15 +120,19 @@ def _teacher_stage(stage: str) -> str:
     return f"clustering_teacher.stages.{int(stage) - 1}"
 
 
-_MIXER_RENAMES = [("0.fn.0.", "depthwise.conv."), ("0.fn.2.", "depthwise.norm."), ("1.", "pointwise.conv."),
-                  ("3.", "pointwise.norm.")]
+_MIXER_RENAMES = [
+    ("0.fn.0.", "depthwise.conv."),
+    ("0.fn.2.", "depthwise.norm."),
+    ("1.", "pointwise.conv."),
+    ("3.", "pointwise.norm."),
+]
 
 
 def _mixer_key(key: str) -> str:
     """Inside a ConvMixer block: `0.fn.0` depthwise conv, `0.fn.2` its BN, `1` pointwise conv, `3` its BN."""
     for old, new in _MIXER_RENAMES:
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     raise KeyError(key)
 
 
@@ -129,7 +142,7 @@ def _block_key(key: str) -> str:
         return f"attention.clustering.{{clustering}}{match[1]}.{match[2]}"
     for old, new in _BLOCK_RENAMES:
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     raise KeyError(key)
 
 
@@ -155,14 +168,14 @@ def rename_key(key: str, clustering_type: str, upernet: bool = False) -> str | N
     (backbone under `backbone.`). Raises KeyError for keys that belong to no part of the model."""
     if upernet:
         if key.startswith("backbone."):
-            renamed = rename_key(key[len("backbone."):], clustering_type)
+            renamed = rename_key(key[len("backbone.") :], clustering_type)
             return None if renamed is None else "backbone." + renamed
         return _apply_rules(key, _UPERNET_HEAD_RULES)
     if key.startswith("decode_head."):
-        return "decode_head." + _apply_rules(key[len("decode_head."):], _HEAD_RULES)
+        return "decode_head." + _apply_rules(key[len("decode_head.") :], _HEAD_RULES)
     key = key.removeprefix("backbone.")
     if key.startswith("head."):
-        return "classifier." + key[len("head."):]
+        return "classifier." + key[len("head.") :]
     renamed = _apply_rules(key, _BACKBONE_RULES)
     if renamed is not None and "{clustering}" in renamed:
         position = re.search(r"\{clustering\}(\d)", renamed)[1]
@@ -182,26 +195,38 @@ _BACKBONE_RULES_BACK = [
     (r"stages\.(\d+)\.downsample\.layer_norm\.(weight|bias)", r"transition\1.norm.\2"),
     (r"stages\.(\d+)\.layer_norm\.(weight|bias)", lambda m: f"norm{int(m[1]) + 1}.{m[2]}"),
     (r"stages\.(\d+)\.layers\.(\d+)\.(.+)", lambda m: f"stage{int(m[1]) + 1}.{m[2]}.{{block}}{m[3]}"),
-    (r"clustering_teacher\.stages\.(\d+)\.(\d+)\.(.+)",
-     lambda m: f"paca_teacher.block{int(m[1]) + 1}.{m[2]}.{{mixer}}{m[3]}"),
-    (r"clustering_teacher\.downsamples\.(\d+)\.projection\.conv\.(.+)",
-     lambda m: f"paca_teacher.transition{int(m[1]) + 1}.0.conv.{m[2]}"),
-    (r"clustering_teacher\.downsamples\.(\d+)\.projection\.norm\.(.+)",
-     lambda m: f"paca_teacher.transition{int(m[1]) + 1}.2.{m[2]}"),
+    (
+        r"clustering_teacher\.stages\.(\d+)\.(\d+)\.(.+)",
+        lambda m: f"paca_teacher.block{int(m[1]) + 1}.{m[2]}.{{mixer}}{m[3]}",
+    ),
+    (
+        r"clustering_teacher\.downsamples\.(\d+)\.projection\.conv\.(.+)",
+        lambda m: f"paca_teacher.transition{int(m[1]) + 1}.0.conv.{m[2]}",
+    ),
+    (
+        r"clustering_teacher\.downsamples\.(\d+)\.projection\.norm\.(.+)",
+        lambda m: f"paca_teacher.transition{int(m[1]) + 1}.2.{m[2]}",
+    ),
     (r"clustering_teacher\.laterals\.(\d+)\.conv\.(.+)", lambda m: f"paca_teacher.lateral{int(m[1]) + 1}.0.{m[2]}"),
     (r"clustering_teacher\.laterals\.(\d+)\.norm\.(.+)", lambda m: f"paca_teacher.lateral{int(m[1]) + 1}.2.{m[2]}"),
     (r"clustering_teacher\.fusions\.(\d+)\.(.+)", lambda m: f"paca_teacher.fpn{int(m[1]) + 1}.{{mixer}}{m[2]}"),
-    (r"clustering_teacher\.to_clusters\.(\d+)\.(weight|bias)",
-     lambda m: f"paca_teacher.to_clusters{int(m[1]) + 1}.{m[2]}"),
+    (
+        r"clustering_teacher\.to_clusters\.(\d+)\.(weight|bias)",
+        lambda m: f"paca_teacher.to_clusters{int(m[1]) + 1}.{m[2]}",
+    ),
     (r"classifier\.(.+)", r"head.\1"),
 ]
 _HEAD_RULES_BACK = [
     (r"stage_projections\.(\d+)\.conv\.weight", r"convs.\1.conv.weight"),
     (r"stage_projections\.(\d+)\.norm\.(.+)", r"convs.\1.bn.\2"),
-    (r"(query_projection|clustering|output_projection)\.conv\.weight",
-     lambda m: f"{_HEAD_MODULES_BACK[m[1]]}.conv.weight"),
-    (r"(query_projection|clustering|output_projection)\.norm\.(.+)",
-     lambda m: f"{_HEAD_MODULES_BACK[m[1]]}.bn.{m[2]}"),
+    (
+        r"(query_projection|clustering|output_projection)\.conv\.weight",
+        lambda m: f"{_HEAD_MODULES_BACK[m[1]]}.conv.weight",
+    ),
+    (
+        r"(query_projection|clustering|output_projection)\.norm\.(.+)",
+        lambda m: f"{_HEAD_MODULES_BACK[m[1]]}.bn.{m[2]}",
+    ),
     (r"to_clusters\.(weight|bias)", r"clustering.1.\1"),
     (r"(key|value)_projection\.dense\.(weight|bias)", lambda m: f"{m[1][0]}.0.{m[2]}"),
     (r"(key|value)_projection\.norm\.(.+)", lambda m: f"{m[1][0]}.2.{m[2]}"),
@@ -223,10 +248,10 @@ def _authors_backbone_key(key: str, clustering_type: str) -> str:
         if match:
             positions = {layer: position for position, layer in _CLUSTERING_LAYERS[clustering_type].items()}
             return f"{head}attn.clustering.clustering.{positions[match[1]]}.{match[2]}"
-        return head + next(old + rest[len(new):] for old, new in _BLOCK_RENAMES if rest.startswith(new))
+        return head + next(old + rest[len(new) :] for old, new in _BLOCK_RENAMES if rest.startswith(new))
     if "{mixer}" in key:
         head, rest = key.split("{mixer}")
-        return head + next(old + rest[len(new):] for old, new in _MIXER_RENAMES if rest.startswith(new))
+        return head + next(old + rest[len(new) :] for old, new in _MIXER_RENAMES if rest.startswith(new))
     return key
 
 
@@ -239,7 +264,7 @@ def authors_key(key: str, clustering_type: str, upernet: bool = False, backbone_
         if upernet and not key.startswith("backbone."):
             authors = _apply_rules(key, _UPERNET_HEAD_RULES_BACK)
         elif key.startswith("decode_head."):
-            authors = "decode_head." + _apply_rules(key[len("decode_head."):], _HEAD_RULES_BACK)
+            authors = "decode_head." + _apply_rules(key[len("decode_head.") :], _HEAD_RULES_BACK)
         else:
             authors = backbone_prefix + _authors_backbone_key(key.removeprefix("backbone."), clustering_type)
     except (KeyError, StopIteration):
@@ -288,8 +313,10 @@ def summarize_keys(keys, limit: int = 8) -> str:
     groups = defaultdict(list)
     for key in keys:
         groups[_key_pattern(key)].append(key)
-    parts = [group[0] if len(group) == 1 else f"{pattern} (x{len(group)}, e.g. {group[0]})"
-             for pattern, group in list(groups.items())[:limit]]
+    parts = [
+        group[0] if len(group) == 1 else f"{pattern} (x{len(group)}, e.g. {group[0]})"
+        for pattern, group in list(groups.items())[:limit]
+    ]
     if len(groups) > limit:
         parts.append(f"... and {sum(len(group) for group in list(groups.values())[limit:])} more")
     return ", ".join(parts)
@@ -342,8 +369,10 @@ def convert_state_dict(
             mismatched.add(renamed)
         else:
             converted[renamed] = tensor
-    missing = [_name_in_checkpoint(key, prefix, source, clustering_type, upernet)
-               for key in sorted(set(target) - set(converted) - mismatched)]
+    missing = [
+        _name_in_checkpoint(key, prefix, source, clustering_type, upernet)
+        for key in sorted(set(target) - set(converted) - mismatched)
+    ]
     problems = []
     if wrong_shape:
         problems.append(f"shape mismatch ({len(wrong_shape)}): {summarize_keys(wrong_shape)}")
@@ -440,8 +469,11 @@ def convert_detector_state_dict(
             converted[renamed] = None  # reported as a wrong shape, not as missing
         else:
             converted[renamed] = tensor
-    missing = [_detector_head_name_in_checkpoint(key) for key in target
-               if key not in converted and not key.startswith("backbone.")]
+    missing = [
+        _detector_head_name_in_checkpoint(key)
+        for key in target
+        if key not in converted and not key.startswith("backbone.")
+    ]
     if wrong_shape:
         problems.append(f"shape mismatch ({len(wrong_shape)}): {summarize_keys(wrong_shape)}")
     if unexpected:
@@ -496,8 +528,11 @@ def _matching_official_name(source: dict[str, torch.Tensor], model) -> str | Non
         try:
             with torch.device("meta"):
                 config = build_config(release.official_name, source, task=task)
-                candidate = build_model(config, task) if kind is not UperNetForSemanticSegmentation \
+                candidate = (
+                    build_model(config, task)
+                    if kind is not UperNetForSemanticSegmentation
                     else UperNetForSemanticSegmentation(config)
+                )
             if type(candidate) is not kind:
                 continue
             convert_state_dict(source, candidate, release.architecture.clustering_type, suggest=False)
@@ -544,8 +579,13 @@ def upernet_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tenso
 
     backbone_config = PaCaViTConfig.from_dict(backbone_config.to_dict())
     backbone_config.out_features = list(backbone_config.stage_names)
-    settings = dict(hidden_size=512, auxiliary_channels=256, auxiliary_num_convs=1, auxiliary_concat_input=False,
-                    num_labels=None)
+    settings = {
+        "hidden_size": 512,
+        "auxiliary_channels": 256,
+        "auxiliary_num_convs": 1,
+        "auxiliary_concat_input": False,
+        "num_labels": None,
+    }
     if source is not None:
         settings["hidden_size"] = source["decode_head.bottleneck.conv.weight"].shape[0]
         settings["num_labels"] = source["decode_head.conv_seg.weight"].shape[0]
@@ -554,8 +594,9 @@ def upernet_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tenso
                 settings["auxiliary_channels"] = source[key].shape[dim]
                 break
         if any(key.startswith("auxiliary_head.") for key in source):
-            settings["auxiliary_num_convs"] = len({key.split(".")[2] for key in source
-                                                   if key.startswith("auxiliary_head.convs.")})
+            settings["auxiliary_num_convs"] = len(
+                {key.split(".")[2] for key in source if key.startswith("auxiliary_head.convs.")}
+            )
             settings["auxiliary_concat_input"] = "auxiliary_head.conv_cat.conv.weight" in source
     num_labels = settings.pop("num_labels")
     id2label = load_id2label("ade20k") if num_labels in (None, 150) else {i: f"LABEL_{i}" for i in range(num_labels)}
@@ -574,8 +615,9 @@ def upernet_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tenso
     return UperNetConfig(**options)
 
 
-def detector_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tensor] | None = None,
-                    class_names=None, **kwargs):
+def detector_config(
+    backbone_config: PaCaViTConfig, source: dict[str, torch.Tensor] | None = None, class_names=None, **kwargs
+):
     """`PaCaViTMaskRCNNConfig` around a PaCa-ViT backbone (all stages out), with mmdetection's Mask R-CNN settings
     as the authors configure them (FPN 256, box head 1024, mask head 4 x 256) and COCO's 80 classes. With `source`
     (an mmdet Mask R-CNN state dict) the FPN, RPN, box and mask head sizes and the number of classes are read from
@@ -600,8 +642,12 @@ def detector_config(backbone_config: PaCaViTConfig, source: dict[str, torch.Tens
         id2label = load_id2label("coco")
     else:
         id2label = {index: f"LABEL_{index}" for index in range(num_labels)}
-    options = dict(backbone_config=backbone, id2label=id2label,
-                   label2id={label: index for index, label in id2label.items()}, **settings)
+    options = dict(
+        backbone_config=backbone,
+        id2label=id2label,
+        label2id={label: index for index, label in id2label.items()},
+        **settings,
+    )
     options.update(kwargs)
     return PaCaViTMaskRCNNConfig(**options)
 

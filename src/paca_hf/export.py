@@ -53,8 +53,11 @@ def dynamic_pooling(model: nn.Module) -> Iterator[nn.Module]:
 
     The layers stay in place (their `forward` is replaced, also where a model calls them from a plain list, as
     transformers' UperNet does) and get their own `forward` back on exit, also after an error. Yields `model`."""
-    pools = [module for module in model.modules()
-             if type(module) is nn.AdaptiveAvgPool2d and module.output_size not in (1, (1, 1))]
+    pools = [
+        module
+        for module in model.modules()
+        if type(module) is nn.AdaptiveAvgPool2d and module.output_size not in (1, (1, 1))
+    ]
     try:
         for pool in pools:
             pool.forward = functools.partial(exact_adaptive_avg_pool2d, output_size=pool.output_size)

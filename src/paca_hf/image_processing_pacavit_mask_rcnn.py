@@ -68,7 +68,6 @@ class PaCaViTMaskRCNNImageProcessorKwargs(ImagesKwargs, total=False):
     """
 )
 class PaCaViTMaskRCNNImageProcessor(TorchvisionBackend):
-
     valid_kwargs = PaCaViTMaskRCNNImageProcessorKwargs
     model_input_names = ["pixel_values", "image_sizes"]
 
@@ -96,8 +95,9 @@ class PaCaViTMaskRCNNImageProcessor(TorchvisionBackend):
     def process_image(self, image, do_convert_rgb: bool | None = None, input_data_format=None, device=None, **kwargs):
         """One input decoded by [`paca_hf.images.image_to_array`], as a channels-first float32 tensor on the 0-255
         scale (8-bit values as they are, 16-bit and float data times 255)."""
-        array = image_to_array(image, num_channels=None if do_convert_rgb is False else 3,
-                               input_data_format=input_data_format)
+        array = image_to_array(
+            image, num_channels=None if do_convert_rgb is False else 3, input_data_format=input_data_format
+        )
         tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 0))).to(torch.float32)
         if array.dtype != np.uint8:
             tensor = tensor.mul_(255.0)
@@ -149,13 +149,27 @@ class PaCaViTMaskRCNNImageProcessor(TorchvisionBackend):
         `INTER_LINEAR` samples the same points with the same weights, also when shrinking)."""
         new_size = self.resized_size(*image.shape[-2:], size)
         resample = PILImageResampling.BILINEAR if resample is None else resample
-        return super().resize(image, SizeDict(height=new_size[0], width=new_size[1]), resample=resample,
-                              antialias=False)
+        return super().resize(
+            image, SizeDict(height=new_size[0], width=new_size[1]), resample=resample, antialias=False
+        )
 
-    def _preprocess(self, images: list["torch.Tensor"], do_resize: bool, size: SizeDict, resample, do_rescale: bool,
-                    rescale_factor: float, do_normalize: bool, image_mean, image_std, do_pad: bool,
-                    pad_size: SizeDict | None, size_divisor: int | None, return_tensors=None,
-                    **kwargs) -> BatchFeature:
+    def _preprocess(
+        self,
+        images: list["torch.Tensor"],
+        do_resize: bool,
+        size: SizeDict,
+        resample,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+        do_pad: bool,
+        pad_size: SizeDict | None,
+        size_divisor: int | None,
+        return_tensors=None,
+        **kwargs,
+    ) -> BatchFeature:
         """Resize, normalize and pad channels-first float images (0-255 scale); see the class docstring.
 
         Raises:

@@ -2,6 +2,7 @@
 
 import logging
 
+
 logger = logging.getLogger(__name__)
 
 
@@ -27,8 +28,10 @@ def default_image_processor(task: str = "image-classification"):
 
     if task == "semantic-segmentation":
         return PaCaViTImageProcessor(
-            size={"shortest_edge": 512, "longest_edge": 2048}, resample=PILImageResampling.BILINEAR,
-            antialias=False, do_center_crop=False,
+            size={"shortest_edge": 512, "longest_edge": 2048},
+            resample=PILImageResampling.BILINEAR,
+            antialias=False,
+            do_center_crop=False,
             do_reduce_labels=True,
         )
     return PaCaViTImageProcessor()
@@ -37,8 +40,9 @@ def default_image_processor(task: str = "image-classification"):
 def load_image_processor(name_or_path: str, task: str = "image-classification", **kwargs):
     """`AutoImageProcessor.from_pretrained(name_or_path, **kwargs)`; when the folder or repo holds no image
     processor, [`default_image_processor`] of `task`, with a warning naming the folder."""
-    import paca_hf  # noqa: F401  (registers the PaCa-ViT Auto classes, image processor included)
     from transformers import AutoImageProcessor
+
+    import paca_hf  # noqa: F401  (registers the PaCa-ViT Auto classes, image processor included)
 
     try:
         return AutoImageProcessor.from_pretrained(name_or_path, **kwargs)

@@ -400,9 +400,7 @@ def pointwise_conv(feature_map: torch.Tensor, linear: nn.Linear) -> torch.Tensor
     return F.conv2d(feature_map, weight, linear.bias)
 
 
-def linear_to_map(
-    linear: nn.Linear, tokens: torch.Tensor, height: int, width: int, map_layout: bool
-) -> torch.Tensor:
+def linear_to_map(linear: nn.Linear, tokens: torch.Tensor, height: int, width: int, map_layout: bool) -> torch.Tensor:
     """`linear` on `(batch, height * width, in_features)` tokens, returned as a `(batch, out_features, height, width)`
     map. Token layout: the layer reads the tokens and its output is viewed as a channels-last map (no copy). Map
     layout (a dynamo graph, which has no memory format): the narrow input becomes the map and the layer runs as a
@@ -786,7 +784,6 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
     """
 )
 class PaCaViTModel(PaCaViTPreTrainedModel):
-
     def __init__(self, config: PaCaViTConfig):
         super().__init__(config)
         self.embeddings = PaCaViTEmbeddings(config)
@@ -829,7 +826,6 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
     """
 )
 class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
-
     def __init__(self, config: PaCaViTConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -939,7 +935,6 @@ class PaCaViTDecodeHead(nn.Module):
     """
 )
 class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
-
     def __init__(self, config: PaCaViTConfig):
         super().__init__(config)
         self.pacavit = PaCaViTModel(config)
@@ -1010,7 +1005,6 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
     """
 )
 class PaCaViTBackbone(BackboneMixin, PaCaViTModel):
-
     def __init__(self, config: PaCaViTConfig):
         super().__init__(config)
         self.num_features = list(config.hidden_sizes)

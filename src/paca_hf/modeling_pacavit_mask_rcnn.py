@@ -196,8 +196,10 @@ class PresetSampler:
             raise ValueError(f"The preset samples are for {len(self.positive)} images, the batch has {len(labels)}.")
         positive_masks, negative_masks = [], []
         for image, (labels_in_image, positive, negative) in enumerate(zip(labels, self.positive, self.negative)):
-            for name, indices, wanted in (("positive", positive, labels_in_image >= 1), ("negative", negative,
-                                                                                          labels_in_image == 0)):
+            for name, indices, wanted in (
+                ("positive", positive, labels_in_image >= 1),
+                ("negative", negative, labels_in_image == 0),
+            ):
                 if indices.numel() and (indices.max() >= labels_in_image.numel() or indices.min() < 0):
                     raise ValueError(
                         f"Image {image}: a preset {name} index is outside the {labels_in_image.numel()} candidates."
@@ -254,9 +256,10 @@ class PaCaViTMaskRCNNRegionProposalNetwork(RegionProposalNetwork):
         num_sampled = max(sampled.numel(), 1)
         labels = torch.cat(labels)
         regression_targets = torch.cat(regression_targets)
-        objectness_loss = F.binary_cross_entropy_with_logits(
-            objectness.flatten()[sampled], labels[sampled], reduction="sum"
-        ) / num_sampled
+        objectness_loss = (
+            F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled], reduction="sum")
+            / num_sampled
+        )
         box_loss = F.l1_loss(pred_bbox_deltas[positive], regression_targets[positive], reduction="sum") / num_sampled
         return objectness_loss, box_loss
 
@@ -604,8 +607,10 @@ class PaCaViTMaskRCNNForInstanceSegmentation(PaCaViTMaskRCNNPreTrainedModel):
         the image and the field."""
         batch, _, padded_height, padded_width = pixel_values.shape
         if not isinstance(labels, (list, tuple)) or len(labels) != batch:
-            raise ValueError(f"`labels` must be a list of {batch} dicts (one per image), got {type(labels).__name__}"
-                             f"{f' of length {len(labels)}' if isinstance(labels, (list, tuple)) else ''}.")
+            raise ValueError(
+                f"`labels` must be a list of {batch} dicts (one per image), got {type(labels).__name__}"
+                f"{f' of length {len(labels)}' if isinstance(labels, (list, tuple)) else ''}."
+            )
         targets = []
         for image, (label, (height, width)) in enumerate(zip(labels, shapes)):
             if not isinstance(label, dict) or any(key not in label for key in ("boxes", "class_labels", "masks")):
@@ -628,7 +633,8 @@ class PaCaViTMaskRCNNForInstanceSegmentation(PaCaViTMaskRCNNPreTrainedModel):
                     f"and y1 < y2): {boxes[degenerate[:3]].tolist()}."
                 )
             outside = torch.where(
-                (boxes[:, :2] < -BOX_TOLERANCE).any(1) | (boxes[:, 2] > width + BOX_TOLERANCE)
+                (boxes[:, :2] < -BOX_TOLERANCE).any(1)
+                | (boxes[:, 2] > width + BOX_TOLERANCE)
                 | (boxes[:, 3] > height + BOX_TOLERANCE)
             )[0]
             if outside.numel():
@@ -646,8 +652,10 @@ class PaCaViTMaskRCNNForInstanceSegmentation(PaCaViTMaskRCNNPreTrainedModel):
                     f"`labels[{image}]['class_labels']` must be in 0..{self.config.num_labels - 1} (config.id2label), "
                     f"got {classes.tolist()[:8]}."
                 )
-            if masks.ndim != 3 or masks.shape[0] != count or tuple(masks.shape[1:]) not in (
-                (padded_height, padded_width), (height, width)
+            if (
+                masks.ndim != 3
+                or masks.shape[0] != count
+                or tuple(masks.shape[1:]) not in ((padded_height, padded_width), (height, width))
             ):
                 raise ValueError(
                     f"`labels[{image}]['masks']` must have shape ({count}, {padded_height}, {padded_width}) "
@@ -658,7 +666,6 @@ class PaCaViTMaskRCNNForInstanceSegmentation(PaCaViTMaskRCNNPreTrainedModel):
             masks = F.pad(masks, (0, padded_width - masks.shape[2], 0, padded_height - masks.shape[1]))
             targets.append({"boxes": boxes.to(pixel_values.dtype), "labels": classes.long() + 1, "masks": masks})
         return targets
-
 
 
 # The object-detection and image-segmentation pipelines check a model's class name against transformers' tables

@@ -50,9 +50,7 @@ _GOLDEN_RATIO_CONJUGATE = (math.sqrt(5.0) - 1.0) / 2.0
 # (saturation, value) cycled through so that neighbouring indices differ in more than hue.
 _SATURATION_VALUE = ((0.85, 0.95), (0.55, 0.85), (0.95, 0.65))
 # Heatmap colours ("hot"-like): dark red -> red -> orange -> yellow -> white, at equally spaced values.
-_HEAT_ANCHORS = np.array(
-    [[40, 0, 0], [200, 0, 0], [255, 120, 0], [255, 230, 40], [255, 255, 255]], dtype=np.float64
-)
+_HEAT_ANCHORS = np.array([[40, 0, 0], [200, 0, 0], [255, 120, 0], [255, 230, 40], [255, 255, 255]], dtype=np.float64)
 
 HEAD_KEY = "head"
 
@@ -209,7 +207,9 @@ def resize_nearest(index_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of an integer map to (height, width), each output pixel reading the map cell its
     centre falls in."""
     height, width = size
-    rows = np.minimum(((np.arange(height) + 0.5) * index_map.shape[0] / height).astype(np.int64), index_map.shape[0] - 1)
+    rows = np.minimum(
+        ((np.arange(height) + 0.5) * index_map.shape[0] / height).astype(np.int64), index_map.shape[0] - 1
+    )
     cols = np.minimum(((np.arange(width) + 0.5) * index_map.shape[1] / width).astype(np.int64), index_map.shape[1] - 1)
     return index_map[rows[:, None], cols[None, :]]
 
@@ -381,7 +381,7 @@ def render_clusters(
             title = f"head: {num_clusters} classes {height}x{width}"
         else:
             names = [f"cluster {cluster}" for cluster in range(num_clusters)]
-            title = f"stage {key[len('stage'):]}: {num_clusters} cl. {height}x{width}"
+            title = f"stage {key[len('stage') :]}: {num_clusters} cl. {height}x{width}"
         hard_tile = draw_hard_map(hard, shown, cluster_palette(num_clusters))
         row = [(title, shown), (f"hard: {used}/{num_clusters} used", hard_tile)]
         for cluster, count in top_clusters(hard, num_clusters, top_k):
@@ -413,8 +413,9 @@ def load_model_and_processor(name_or_path: str, **kwargs):
     """`(model in eval mode, image processor)` of a folder or Hub id, with the Auto class picked from
     `config.architectures`. A folder without a saved processor gets the authors' evaluation transform (with a
     warning; `paca_hf.loading.load_image_processor`)."""
-    import paca_hf  # noqa: F401  (registers the PaCa-ViT Auto classes, image processor included)
     from transformers import AutoConfig
+
+    import paca_hf  # noqa: F401  (registers the PaCa-ViT Auto classes, image processor included)
 
     from .loading import load_image_processor
 

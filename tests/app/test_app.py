@@ -14,11 +14,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from tiny_configs import tiny_config
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation, PaCaViTImageProcessorPil, app
 from paca_hf.visualization import hard_cluster_map
-from tiny_configs import tiny_config
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,8 +42,9 @@ def classifier_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def segmentor_dir(tmp_path_factory):
-    return save_model(tmp_path_factory.mktemp("segmentor"), PaCaViTForSemanticSegmentation,
-                      id2label={0: "sky", 1: "road", 2: "tree"})
+    return save_model(
+        tmp_path_factory.mktemp("segmentor"), PaCaViTForSemanticSegmentation, id2label={0: "sky", 1: "road", 2: "tree"}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +65,23 @@ def test_classifier_analysis_gives_the_models_top5_and_every_stages_clusters(cla
         probabilities = app_model.model(pixel_values=pixel_values).logits[0].softmax(-1)
     expected = [CLASS_NAMES[int(i)] for i in probabilities.argsort(descending=True)]
     assert [label for label, _ in analysis.classes] == expected  # 5 classes: all of them, most probable first
-    assert [round(p, 5) for _, p in analysis.classes] == [round(float(p), 5) for p in probabilities.sort(descending=True).values]
+    assert [round(p, 5) for _, p in analysis.classes] == [
+        round(float(p), 5) for p in probabilities.sort(descending=True).values
+    ]
     # Stages 1-3 have 4 clusters each (16x16, 8x8, 4x4 patches of a 64 px picture); stage 4 has none.
     assert {key: value.shape for key, value in analysis.assignments.items()} == {
-        "stage1": (4, 16, 16), "stage2": (4, 8, 8), "stage3": (4, 4, 4)}
+        "stage1": (4, 16, 16),
+        "stage2": (4, 8, 8),
+        "stage3": (4, 4, 4),
+    }
     for soft in analysis.assignments.values():
         np.testing.assert_allclose(soft.reshape(4, -1).sum(-1), 1.0, atol=1e-5)
     assert set(analysis.timings) == {"preprocess", "model"}
     assert [caption.split(";")[0] for _, caption in app.hard_map_pictures(analysis)] == [
-        "stage 1: 4 clusters, 16x16 patches", "stage 2: 4 clusters, 8x8 patches", "stage 3: 4 clusters, 4x4 patches"]
+        "stage 1: 4 clusters, 16x16 patches",
+        "stage 2: 4 clusters, 8x8 patches",
+        "stage 3: 4 clusters, 4x4 patches",
+    ]
 
 
 def test_segmentor_analysis_gives_a_label_map_and_a_legend_that_covers_it(segmentor_dir, photo):
@@ -140,7 +149,9 @@ def test_huge_wide_and_odd_inputs(classifier_dir, tmp_path):
     huge = tmp_path / "huge.png"
     PIL.Image.new("1", (8000, 7000)).save(huge)
     started = time.perf_counter()
-    with pytest.raises(app.AppInputError, match=r"huge.png is 8000 x 7000 pixels \(56 MP\): the app takes up to 50 MP"):
+    with pytest.raises(
+        app.AppInputError, match=r"huge.png is 8000 x 7000 pixels \(56 MP\): the app takes up to 50 MP"
+    ):
         app.analyse(app_model, str(huge))
     assert time.perf_counter() - started < 5
     # A message names the file, not the server's temporary folder or Python objects.
@@ -169,8 +180,12 @@ def test_main_says_why_it_cannot_serve(classifier_dir, tmp_path, capsys):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert app.main(["--model", str(classifier_dir), "--port", str(port), "--examples-dir",
-                         str(tmp_path / "examples")]) == 1
+        assert (
+            app.main(
+                ["--model", str(classifier_dir), "--port", str(port), "--examples-dir", str(tmp_path / "examples")]
+            )
+            == 1
+        )
     assert f"error: cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
     assert app.main(["--model", str(tmp_path / "missing")]) == 1
     assert "cannot load model" in capsys.readouterr().err
@@ -190,8 +205,18 @@ def test_default_model_is_the_demos_when_it_exists_else_random(segmentor_dir, tm
 
 
 def test_a_model_without_paca_clusters_is_refused(tmp_path):
-    config = SegformerConfig(num_encoder_blocks=1, depths=[1], sr_ratios=[1], hidden_sizes=[8], num_attention_heads=[1],
-                             patch_sizes=[7], strides=[4], mlp_ratios=[1], decoder_hidden_size=8, num_labels=2)
+    config = SegformerConfig(
+        num_encoder_blocks=1,
+        depths=[1],
+        sr_ratios=[1],
+        hidden_sizes=[8],
+        num_attention_heads=[1],
+        patch_sizes=[7],
+        strides=[4],
+        mlp_ratios=[1],
+        decoder_hidden_size=8,
+        num_labels=2,
+    )
     SegformerForSemanticSegmentation(config).save_pretrained(tmp_path)
     PaCaViTImageProcessorPil().save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="no clusters to draw"):
@@ -240,9 +265,19 @@ def browser(tmp_path):
             pytest.fail(f"{program} is missing: install Debian's chromium and chromium-driver (.ci/run does)")
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,1800"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=1280,1800",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     driver.set_page_load_timeout(60)
@@ -255,10 +290,24 @@ def running_app(classifier_dir, tmp_path):
     port = free_port()
     environment = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     server = subprocess.Popen(
-        [sys.executable, "-m", "paca_hf.app", "--model", str(classifier_dir), "--port", str(port),
-         "--examples-dir", str(tmp_path / "examples")],
-        cwd=tmp_path, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True)
+        [
+            sys.executable,
+            "-m",
+            "paca_hf.app",
+            "--model",
+            str(classifier_dir),
+            "--port",
+            str(port),
+            "--examples-dir",
+            str(tmp_path / "examples"),
+        ],
+        cwd=tmp_path,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_for_page(url, server)
@@ -268,8 +317,9 @@ def running_app(classifier_dir, tmp_path):
         server.wait(timeout=30)
 
 
-def test_the_page_shows_classes_and_clusters_of_an_uploaded_photo(running_app, browser, classifier_dir, photo,
-                                                                   tmp_path):
+def test_the_page_shows_classes_and_clusters_of_an_uploaded_photo(
+    running_app, browser, classifier_dir, photo, tmp_path
+):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as when
@@ -316,7 +366,8 @@ def test_the_page_shows_classes_and_clusters_of_an_uploaded_photo(running_app, b
     x = (column + 0.5) * app.DISPLAY_SIZE / hard.shape[1]
     y = (row + 0.5) * app.DISPLAY_SIZE / hard.shape[0]
     ActionChains(browser).move_to_element_with_offset(
-        hard_map, round((x - app.DISPLAY_SIZE / 2) * scale), round((y - app.DISPLAY_SIZE / 2) * scale)).click().perform()
+        hard_map, round((x - app.DISPLAY_SIZE / 2) * scale), round((y - app.DISPLAY_SIZE / 2) * scale)
+    ).click().perform()
     wait.until(when.text_to_be_present_in_element((By.ID, "caption"), f"cluster {hard[row, column]}:"))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     screenshot = ARTIFACTS / "app.png"
@@ -333,8 +384,13 @@ def test_the_space_folder_runs_the_app_on_every_interface():
 
     assert fields["sdk_version"] == gradio.__version__  # the version the tests ran
     assert "paca-hf[app]" in (space / "requirements.txt").read_text()
-    result = subprocess.run([sys.executable, str(space / "app.py"), "--help"], capture_output=True, text=True,
-                            timeout=120, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, str(space / "app.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0 and "--model" in result.stdout
     parsed = app.parse_args(["--host", "0.0.0.0"])
     assert parsed.host == "0.0.0.0" and parsed.port == 7860

@@ -16,9 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from paca_hf.benchmarking import cli, models, results
 
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
-
-
 
 
 def read_csv(path):
@@ -93,9 +92,7 @@ def test_quick_run_arithmetic(quick_run):
     assert columns == list(results.SCALING_COLUMNS)
     sizes = cli.QUICK["sizes"]
     expected = {
-        (model, "inference", small, large)
-        for model in cli.QUICK["models"]
-        for small, large in zip(sizes, sizes[1:])
+        (model, "inference", small, large) for model in cli.QUICK["models"] for small, large in zip(sizes, sizes[1:])
     }
     assert {(s["model"], s["mode"], int(s["size_from"]), int(s["size_to"])) for s in scaling} == expected
     for entry in scaling:
@@ -337,7 +334,10 @@ def test_data_task_quick_run(tmp_path):
     env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
     completed = subprocess.run(
         [sys.executable, str(SCRIPT), "--task", "data", "--quick", "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     _, rows = read_csv(tmp_path / "results.csv")
@@ -363,7 +363,7 @@ def test_readme_benchmark_commands_parse():
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     commands = [
         shlex.split(command.replace("\\\n", " "))
-        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
         for command in re.split(r"\n(?=python )", block)
         if command.startswith("python scripts/benchmark.py")
     ]
@@ -387,9 +387,16 @@ def test_detection_task_compares_the_mask_rcnns_at_cocos_test_size():
     # The train step's labels are valid ground truth for our detector (which checks them) at the step's size.
     labels = models.detection_labels(1, 64, torch.Generator().manual_seed(0))
     assert labels[0]["masks"].shape == (models.NUM_DETECTION_BOXES, 64, 96)
-    tiny = PaCaViTMaskRCNNForInstanceSegmentation(PaCaViTMaskRCNNConfig(
-        backbone_config=tiny_config(), fpn_hidden_size=16, rpn_hidden_size=16, box_head_hidden_size=16,
-        mask_head_hidden_size=8, num_labels=80)).train()
+    tiny = PaCaViTMaskRCNNForInstanceSegmentation(
+        PaCaViTMaskRCNNConfig(
+            backbone_config=tiny_config(),
+            fpn_hidden_size=16,
+            rpn_hidden_size=16,
+            box_head_hidden_size=16,
+            mask_head_hidden_size=8,
+            num_labels=80,
+        )
+    ).train()
     assert torch.isfinite(tiny(torch.randn(1, 3, 64, 96), labels=labels).loss)
     # torchvision's model behind the same call, seeing the input's pixels unresized.
     torchvision_model = models.build_model("maskrcnn-r50", "sdpa", "detection").eval()

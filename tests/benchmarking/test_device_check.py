@@ -20,7 +20,10 @@ def test_dry_mode_runs_every_step_and_prints_the_table(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
     completed = subprocess.run(
         ["bash", str(SCRIPT), "--cpu", "--quick", "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     table = (tmp_path / "device_check.txt").read_text()

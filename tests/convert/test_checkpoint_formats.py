@@ -11,11 +11,11 @@ import types
 import numpy as np
 import pytest
 import torch
+from reference import case_checkpoint, case_config
 
 from paca_hf.checkpoint_reader import IgnoredObject, read_checkpoint
 from paca_hf.convert import ConversionError, load_checkpoint
 from paca_hf.hub import convert_checkpoint
-from reference import case_checkpoint, case_config
 
 
 NAME = "cls_mlp_stagewise"
@@ -34,9 +34,18 @@ def assert_same_tensors(loaded, expected):
 def test_timm_checkpoint_saver_file(tmp_path, state_dict, caplog):
     # What timm's CheckpointSaver writes: the args of the training run as an argparse.Namespace.
     args = argparse.Namespace(model="pacavit_tiny_p2cconv_100_0", lr=1e-3, epochs=300)
-    torch.save({"epoch": 299, "arch": "pacavit_tiny_p2cconv_100_0", "state_dict": state_dict, "version": 2,
-                "args": args, "state_dict_ema": {k: v + 1 for k, v in state_dict.items()}, "metric": 80.9},
-               tmp_path / "timm.pth.tar")
+    torch.save(
+        {
+            "epoch": 299,
+            "arch": "pacavit_tiny_p2cconv_100_0",
+            "state_dict": state_dict,
+            "version": 2,
+            "args": args,
+            "state_dict_ema": {k: v + 1 for k, v in state_dict.items()},
+            "metric": 80.9,
+        },
+        tmp_path / "timm.pth.tar",
+    )
     with pytest.raises(Exception):  # the plain weights-only loader refuses it: what this reader is for
         torch.load(tmp_path / "timm.pth.tar", weights_only=True)
     with caplog.at_level("WARNING"):
@@ -56,10 +65,18 @@ def test_numpy_metadata(tmp_path, state_dict):
 
 
 def test_lightning_checkpoint(tmp_path, state_dict):
-    torch.save({"epoch": 3, "global_step": 300, "pytorch-lightning_version": "2.4.0",
-                "state_dict": {f"model.{key}": value for key, value in state_dict.items()},
-                "hyper_parameters": {"lr": 1e-3, "args": argparse.Namespace(batch_size=64)},
-                "optimizer_states": [], "lr_schedulers": []}, tmp_path / "lightning.ckpt")
+    torch.save(
+        {
+            "epoch": 3,
+            "global_step": 300,
+            "pytorch-lightning_version": "2.4.0",
+            "state_dict": {f"model.{key}": value for key, value in state_dict.items()},
+            "hyper_parameters": {"lr": 1e-3, "args": argparse.Namespace(batch_size=64)},
+            "optimizer_states": [],
+            "lr_schedulers": [],
+        },
+        tmp_path / "lightning.ckpt",
+    )
     assert_same_tensors(load_checkpoint(tmp_path / "lightning.ckpt"), state_dict)
 
 
@@ -79,8 +96,12 @@ def test_mmengine_checkpoint_with_framework_objects(tmp_path, state_dict, monkey
         history_buffer = _framework_class(patch, "mmengine.logging.history_buffer", "HistoryBuffer")
         buffer = history_buffer()
         buffer.data = np.ones(3)
-        meta = {"mmengine_version": "0.7.4", "epoch": 12, "seed": np.int64(0),
-                "message_hub": {"log_scalars": {"train/loss": buffer}, "runtime_info": {"iter": 160000}}}
+        meta = {
+            "mmengine_version": "0.7.4",
+            "epoch": 12,
+            "seed": np.int64(0),
+            "message_hub": {"log_scalars": {"train/loss": buffer}, "runtime_info": {"iter": 160000}},
+        }
         torch.save({"meta": meta, "state_dict": state_dict, "optimizer": {}}, tmp_path / "mmengine.pth")
     assert "mmengine" not in sys.modules  # reading below must not import the framework
     assert_same_tensors(load_checkpoint(tmp_path / "mmengine.pth"), state_dict)
@@ -111,8 +132,9 @@ class EvalExploit:
 def test_pickle_calling_a_function_is_refused_and_nothing_runs(tmp_path, state_dict, exploit):
     marker = tmp_path / "pwned"
     # Hidden among metadata that alone would be accepted.
-    torch.save({"state_dict": state_dict, "args": argparse.Namespace(a=1), "payload": exploit(marker)},
-               tmp_path / "evil.pth")
+    torch.save(
+        {"state_dict": state_dict, "args": argparse.Namespace(a=1), "payload": exploit(marker)}, tmp_path / "evil.pth"
+    )
     output = tmp_path / "out"
     with pytest.raises(ConversionError, match=r"Refused to load .*(system|eval).*Nothing was executed"):
         convert_checkpoint(tmp_path / "evil.pth", case_config(NAME), output)
@@ -124,16 +146,27 @@ def test_legacy_torch_save_format_with_metadata(tmp_path, state_dict):
     """Files in torch's pre-1.6 (non-zip) format cannot be inspected before unpickling: their inert metadata is
     still accepted and their tensors loaded."""
     path = tmp_path / "legacy.pth"
-    torch.save({"state_dict": state_dict, "args": argparse.Namespace(model=NAME), "best_metric": np.float64(80.9),
-                "history": np.arange(3)}, path, _use_new_zipfile_serialization=False)
+    torch.save(
+        {
+            "state_dict": state_dict,
+            "args": argparse.Namespace(model=NAME),
+            "best_metric": np.float64(80.9),
+            "history": np.arange(3),
+        },
+        path,
+        _use_new_zipfile_serialization=False,
+    )
     assert_same_tensors(load_checkpoint(path), state_dict)
 
 
 @pytest.mark.parametrize("exploit", [Exploit, EvalExploit])
 def test_legacy_format_pickle_calling_a_function_is_refused_and_nothing_runs(tmp_path, state_dict, exploit):
     marker = tmp_path / "pwned"
-    torch.save({"state_dict": state_dict, "args": argparse.Namespace(a=1), "payload": exploit(marker)},
-               tmp_path / "evil.pth", _use_new_zipfile_serialization=False)
+    torch.save(
+        {"state_dict": state_dict, "args": argparse.Namespace(a=1), "payload": exploit(marker)},
+        tmp_path / "evil.pth",
+        _use_new_zipfile_serialization=False,
+    )
     with pytest.raises(ConversionError, match="Refused to load"):
         convert_checkpoint(tmp_path / "evil.pth", case_config(NAME), tmp_path / "out")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["evil.pth"]

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import case_checkpoint, case_config, case_io
 from safetensors.torch import load_file
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
 from paca_hf.convert import ConversionError, load_checkpoint
 from paca_hf.hub import REPO_FILES, check_model_card, convert_checkpoint
 from paca_hf.hub.model_card import custom_release
-from reference import case_checkpoint, case_config, case_io
+
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "convert_official_checkpoint.py"
 
@@ -32,13 +33,28 @@ def write_config(tmp_path, name):
 def test_cli_converts_reference_classifier_exactly(tmp_path):
     name = "cls_conv_stagewise"
     output = tmp_path / "converted"
-    result = run_cli("--checkpoint", case_checkpoint(name), "--config", write_config(tmp_path, name),
-                     "--output-dir", output, "--task", "image-classification")
+    result = run_cli(
+        "--checkpoint",
+        case_checkpoint(name),
+        "--config",
+        write_config(tmp_path, name),
+        "--output-dir",
+        output,
+        "--task",
+        "image-classification",
+    )
     assert result.returncode == 0, result.stderr
     # A complete repo: weights, config, processor, remote code and the model card.
     assert sorted(p.name for p in output.iterdir()) == sorted(REPO_FILES)
-    assert {"README.md", "config.json", "configuration_pacavit.py", "image_processing_pacavit.py",
-            "model.safetensors", "modeling_pacavit.py", "preprocessor_config.json"} <= set(REPO_FILES)
+    assert {
+        "README.md",
+        "config.json",
+        "configuration_pacavit.py",
+        "image_processing_pacavit.py",
+        "model.safetensors",
+        "modeling_pacavit.py",
+        "preprocessor_config.json",
+    } <= set(REPO_FILES)
     card = (output / "README.md").read_text()
     # Not an official release: the card says so and carries no published numbers.
     check_model_card(card, custom_release("classifier", str(output), case_checkpoint(name).name))
@@ -91,8 +107,9 @@ def test_pickle_that_needs_code_is_refused_before_running(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Exploit()}, tmp_path / "evil.pth")
     output = tmp_path / "out"
-    result = run_cli("--checkpoint", tmp_path / "evil.pth", "--config", "pacavit_tiny_p2cconv_100_0",
-                     "--output-dir", output)
+    result = run_cli(
+        "--checkpoint", tmp_path / "evil.pth", "--config", "pacavit_tiny_p2cconv_100_0", "--output-dir", output
+    )
     assert result.returncode != 0
     assert "Refused" in result.stderr and "run code" in result.stderr
     assert not (tmp_path / "pwned").exists() and not output.exists()
@@ -115,8 +132,9 @@ def test_mismatched_checkpoint_names_keys_and_writes_nothing(tmp_path):
     state_dict["stage1.0.mlp.fc1.weight"] = torch.zeros(7, 7)
     torch.save(state_dict, tmp_path / "bad.pth")
     output = tmp_path / "out"
-    result = run_cli("--checkpoint", tmp_path / "bad.pth", "--config", write_config(tmp_path, name),
-                     "--output-dir", output)
+    result = run_cli(
+        "--checkpoint", tmp_path / "bad.pth", "--config", write_config(tmp_path, name), "--output-dir", output
+    )
     assert result.returncode != 0
     # Every tensor in the checkpoint's own names, the missing one too (it is the file that lacks it).
     assert "stage2.0.attn.q.weight" in result.stderr and "pacavit." not in result.stderr  # missing
@@ -156,16 +174,26 @@ def test_conversion_replaces_output_only_when_complete(tmp_path, monkeypatch):
 
 
 def test_unknown_config_is_an_error(tmp_path):
-    result = run_cli("--checkpoint", case_checkpoint("cls_conv_stagewise"), "--config", "pacavit_gigantic",
-                     "--output-dir", tmp_path / "out")
+    result = run_cli(
+        "--checkpoint",
+        case_checkpoint("cls_conv_stagewise"),
+        "--config",
+        "pacavit_gigantic",
+        "--output-dir",
+        tmp_path / "out",
+    )
     assert result.returncode != 0 and "neither an official name" in result.stderr
 
 
 def test_convert_is_pure_and_below_the_hub():
     """`paca_hf.convert` turns state dicts into state dicts; saving, cards, checks and uploads live above it."""
     code = "import sys, paca_hf.convert; print(sorted(name for name in sys.modules if name.startswith('paca_hf.hub')))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src")))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src")),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
     source = (Path(__file__).resolve().parents[2] / "src" / "paca_hf" / "convert.py").read_text()
@@ -185,8 +213,11 @@ def test_output_dir_holding_other_files_or_the_checkpoint_is_never_deleted(tmp_p
     (project / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="lies inside the output folder"):
         convert_checkpoint(checkpoint, case_config(name), project)
-    with pytest.raises(FileExistsError, match=r"already holds files that this output does not replace \(model\.pth, "
-                                              r"notes\.txt\)"):
+    with pytest.raises(
+        FileExistsError,
+        match=r"already holds files that this output does not replace \(model\.pth, "
+        r"notes\.txt\)",
+    ):
         convert_checkpoint(case_checkpoint(name), case_config(name), project)
     assert sorted(p.name for p in project.iterdir()) == ["model.pth", "notes.txt"]
     assert (project / "notes.txt").read_text() == "mine"
@@ -206,24 +237,57 @@ def test_output_dir_holding_other_files_or_the_checkpoint_is_never_deleted(tmp_p
 
 def test_cli_reports_an_unreadable_config_json(tmp_path):
     (tmp_path / "config.json").write_text("[1, 2]")
-    result = run_cli("--checkpoint", case_checkpoint("cls_conv_stagewise"), "--config", tmp_path / "config.json",
-                     "--output-dir", tmp_path / "out")
+    result = run_cli(
+        "--checkpoint",
+        case_checkpoint("cls_conv_stagewise"),
+        "--config",
+        tmp_path / "config.json",
+        "--output-dir",
+        tmp_path / "out",
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "is not a readable transformers config.json" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("name, deleted", [
-    ("cls_teacher_convmixer", ["patch_embed.proj.0.weight", "stage2.0.attn.cluster_norm.bias",
-                               "paca_teacher.block1.0.0.fn.2.running_mean", "paca_teacher.lateral2.0.weight",
-                               "paca_teacher.to_clusters3.weight", "norm4.bias", "head.weight"]),
-    ("seg_pacahead_conv", ["backbone.transition1.norm.weight", "backbone.stage1.1.mlp.dwconv.dwconv.bias",
-                           "backbone.stage2.0.attn.clustering.clustering.4.weight", "decode_head.k.2.weight",
-                           "decode_head.clustering.1.bias", "decode_head.conv_seg.weight"]),
-    ("seg_upernet_conv", ["backbone.stage3.2.attn.proj.weight", "decode_head.psp_modules.3.1.bn.running_var",
-                          "decode_head.fpn_bottleneck.conv.weight", "auxiliary_head.convs.0.bn.bias",
-                          "auxiliary_head.conv_seg.weight"]),
-])
+@pytest.mark.parametrize(
+    "name, deleted",
+    [
+        (
+            "cls_teacher_convmixer",
+            [
+                "patch_embed.proj.0.weight",
+                "stage2.0.attn.cluster_norm.bias",
+                "paca_teacher.block1.0.0.fn.2.running_mean",
+                "paca_teacher.lateral2.0.weight",
+                "paca_teacher.to_clusters3.weight",
+                "norm4.bias",
+                "head.weight",
+            ],
+        ),
+        (
+            "seg_pacahead_conv",
+            [
+                "backbone.transition1.norm.weight",
+                "backbone.stage1.1.mlp.dwconv.dwconv.bias",
+                "backbone.stage2.0.attn.clustering.clustering.4.weight",
+                "decode_head.k.2.weight",
+                "decode_head.clustering.1.bias",
+                "decode_head.conv_seg.weight",
+            ],
+        ),
+        (
+            "seg_upernet_conv",
+            [
+                "backbone.stage3.2.attn.proj.weight",
+                "decode_head.psp_modules.3.1.bn.running_var",
+                "decode_head.fpn_bottleneck.conv.weight",
+                "auxiliary_head.convs.0.bn.bias",
+                "auxiliary_head.conv_seg.weight",
+            ],
+        ),
+    ],
+)
 def test_missing_tensors_are_named_in_the_checkpoints_own_keys(name, deleted):
     from paca_hf.convert import build_config, build_model, convert_source
 
@@ -244,8 +308,17 @@ def test_missing_tensors_are_named_in_the_checkpoints_own_keys(name, deleted):
     assert not [key for key in ours if key in message and key not in deleted]
 
 
-@pytest.mark.parametrize("name", ["cls_conv_stagewise", "cls_mlp_stagewise", "cls_teacher_convmixer",
-                                  "seg_pacahead_conv", "seg_upernet_conv", "det_maskrcnn_conv"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cls_conv_stagewise",
+        "cls_mlp_stagewise",
+        "cls_teacher_convmixer",
+        "seg_pacahead_conv",
+        "seg_upernet_conv",
+        "det_maskrcnn_conv",
+    ],
+)
 def test_every_reference_key_is_named_back_as_the_checkpoint_names_it(name):
     from paca_hf.convert import DETECTOR_PREFIXES, authors_key, rename_key
 

@@ -3,6 +3,7 @@ COCO releases."""
 
 import pytest
 import torch
+from reference import case_checkpoint, case_config, case_io, upernet_maskrcnn_manifest
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForInstanceSegmentation
 
@@ -11,7 +12,6 @@ from paca_hf.configuration_pacavit_mask_rcnn import PaCaViTMaskRCNNConfig
 from paca_hf.convert import build_config, build_model, convert_detector_state_dict, official_config
 from paca_hf.hub import convert_cli
 from paca_hf.releases import DETECTOR, RELEASES, get_release
-from reference import case_checkpoint, case_config, case_io, upernet_maskrcnn_manifest
 
 
 CASE = "det_maskrcnn_conv"
@@ -37,9 +37,18 @@ def converted(tmp_path_factory):
     given as a PaCa-ViT config.json."""
     folder = tmp_path_factory.mktemp("detector")
     case_config(CASE).save_pretrained(folder / "backbone")
-    code = convert_cli.main(["--checkpoint", str(case_checkpoint(CASE)), "--config",
-                             str(folder / "backbone" / "config.json"), "--output-dir", str(folder / "repo"),
-                             "--task", "instance-segmentation"])
+    code = convert_cli.main(
+        [
+            "--checkpoint",
+            str(case_checkpoint(CASE)),
+            "--config",
+            str(folder / "backbone" / "config.json"),
+            "--output-dir",
+            str(folder / "repo"),
+            "--task",
+            "instance-segmentation",
+        ]
+    )
     assert code == 0
     return folder / "repo"
 
@@ -79,9 +88,18 @@ def test_cli_converts_the_reference_detector_whole(converted):
 
 def test_detector_checkpoint_converted_as_a_classifier_is_refused(tmp_path, capsys):
     case_config(CASE).save_pretrained(tmp_path / "backbone")
-    code = convert_cli.main(["--checkpoint", str(case_checkpoint(CASE)), "--config",
-                             str(tmp_path / "backbone" / "config.json"), "--output-dir", str(tmp_path / "repo"),
-                             "--task", "image-classification"])
+    code = convert_cli.main(
+        [
+            "--checkpoint",
+            str(case_checkpoint(CASE)),
+            "--config",
+            str(tmp_path / "backbone" / "config.json"),
+            "--output-dir",
+            str(tmp_path / "repo"),
+            "--task",
+            "image-classification",
+        ]
+    )
     assert code == 1 and not (tmp_path / "repo").exists()
     error = capsys.readouterr().err
     assert "detector" in error and "--task instance-segmentation" in error and "--task backbone" in error
@@ -91,9 +109,18 @@ def test_backbone_task_still_extracts_the_backbone_alone(tmp_path):
     config = case_config(CASE)
     config.out_features = ["stage1", "stage2", "stage3", "stage4"]
     config.save_pretrained(tmp_path / "backbone")
-    code = convert_cli.main(["--checkpoint", str(case_checkpoint(CASE)), "--config",
-                             str(tmp_path / "backbone" / "config.json"), "--output-dir", str(tmp_path / "repo"),
-                             "--task", "backbone"])
+    code = convert_cli.main(
+        [
+            "--checkpoint",
+            str(case_checkpoint(CASE)),
+            "--config",
+            str(tmp_path / "backbone" / "config.json"),
+            "--output-dir",
+            str(tmp_path / "repo"),
+            "--task",
+            "backbone",
+        ]
+    )
     assert code == 0
     from paca_hf import PaCaViTBackbone
 
@@ -131,7 +158,10 @@ def test_official_detector_layout_converts_with_the_manifests_exact_parameter_co
 def test_coco_releases_are_detectors():
     detectors = [release for release in RELEASES if release.form == DETECTOR]
     assert [release.repo_id for release in detectors] == [
-        "ivmcl/pacavit-tiny-coco", "ivmcl/pacavit-small-coco", "ivmcl/pacavit-small-mlp-coco", "ivmcl/pacavit-base-coco"
+        "ivmcl/pacavit-tiny-coco",
+        "ivmcl/pacavit-small-coco",
+        "ivmcl/pacavit-small-mlp-coco",
+        "ivmcl/pacavit-base-coco",
     ]
     assert {release.official_name for release in detectors} == set(MASK_RCNN)
     assert all(release.task == "instance-segmentation" for release in detectors)
@@ -146,9 +176,18 @@ def test_detector_conversion_is_strict(tmp_path, capsys):
     state_dict["roi_head.bbox_head.extra_fc.weight"] = torch.zeros(4, 4)
     torch.save({"meta": checkpoint["meta"], "state_dict": state_dict}, tmp_path / "broken.pth")
     case_config(CASE).save_pretrained(tmp_path / "backbone")
-    code = convert_cli.main(["--checkpoint", str(tmp_path / "broken.pth"), "--config",
-                             str(tmp_path / "backbone" / "config.json"), "--output-dir", str(tmp_path / "repo"),
-                             "--task", "instance-segmentation"])
+    code = convert_cli.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "broken.pth"),
+            "--config",
+            str(tmp_path / "backbone" / "config.json"),
+            "--output-dir",
+            str(tmp_path / "repo"),
+            "--task",
+            "instance-segmentation",
+        ]
+    )
     assert code == 1 and not (tmp_path / "repo").exists()
     error = capsys.readouterr().err
     assert "roi_head.mask_head.convs.2.conv.bias" in error and "roi_head.bbox_head.extra_fc.weight" in error

@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from reference import manifest, random_state_dict, upernet_maskrcnn_manifest
 from torch.utils.flop_counter import FlopCounterMode
 
 from paca_hf import PaCaViTConfig, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
 from paca_hf.configuration_pacavit import OFFICIAL_NAMES
 from paca_hf.convert import ConversionError, build_config, build_model, convert_state_dict, official_config
-from reference import manifest, random_state_dict, upernet_maskrcnn_manifest
+
 
 MANIFEST = manifest()
 IMAGENET = [name for name, entry in MANIFEST.items() if entry["kind"] == "classification"]
@@ -78,8 +79,10 @@ def test_mask_rcnn_backbone_is_extracted_by_name(name):
 
 
 def test_wrong_config_names_the_checkpoints_keys_and_the_matching_official_name():
-    small = {key: torch.empty(shape, device="meta") for key, shape in MANIFEST["pacavit_small_p2cconv_100_0"]
-             ["state_dict"].items()}
+    small = {
+        key: torch.empty(shape, device="meta")
+        for key, shape in MANIFEST["pacavit_small_p2cconv_100_0"]["state_dict"].items()
+    }
     with torch.device("meta"):
         model = build_model(PaCaViTConfig.from_official_name("pacavit_tiny_p2cconv_100_0"), "image-classification")
     with pytest.raises(ConversionError) as error:

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference import case_checkpoint, case_config, case_io
 from transformers import UperNetForSemanticSegmentation, pipeline
 
-from paca_hf.loading import default_image_processor
 from paca_hf.hub import check_model_card, repo_files
 from paca_hf.hub.model_card import custom_release
-from reference import case_checkpoint, case_config, case_io
+from paca_hf.loading import default_image_processor
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,10 +34,21 @@ def converted(tmp_path_factory):
     output = tmp / "converted"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "convert_official_checkpoint.py"), "--checkpoint",
-         str(case_checkpoint(CASE)), "--config", str(tmp / "backbone-config" / "config.json"), "--output-dir",
-         str(output), "--task", "semantic-segmentation"],
-        capture_output=True, text=True, env=env,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "convert_official_checkpoint.py"),
+            "--checkpoint",
+            str(case_checkpoint(CASE)),
+            "--config",
+            str(tmp / "backbone-config" / "config.json"),
+            "--output-dir",
+            str(output),
+            "--task",
+            "semantic-segmentation",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return output
@@ -60,12 +71,14 @@ def test_reference_upernet_logits_and_auxiliary_logits(converted):
                 torch.testing.assert_close(feature, io[f"output_{index}_feature_{stage}"], atol=1e-4, rtol=0)
             # mmseg's logits are before any upsampling: the heads' own outputs.
             torch.testing.assert_close(model.decode_head(features), io[f"output_{index}_logits"], atol=1e-4, rtol=0)
-            torch.testing.assert_close(model.auxiliary_head(features), io[f"output_{index}_aux_logits"], atol=1e-4,
-                                       rtol=0)
+            torch.testing.assert_close(
+                model.auxiliary_head(features), io[f"output_{index}_aux_logits"], atol=1e-4, rtol=0
+            )
             # And the full forward upsamples exactly those logits to the input size.
             outputs = model(io[key])
-            expected = torch.nn.functional.interpolate(io[f"output_{index}_logits"], size=io[key].shape[2:],
-                                                       mode="bilinear", align_corners=False)
+            expected = torch.nn.functional.interpolate(
+                io[f"output_{index}_logits"], size=io[key].shape[2:], mode="bilinear", align_corners=False
+            )
             torch.testing.assert_close(outputs.logits, expected, atol=1e-4, rtol=0)
 
 
@@ -98,8 +111,14 @@ def test_pipeline_on_the_converted_upernet(converted):
 def _conv_module(x, tensors, prefix):
     """mmseg's `ConvModule` (3x3 conv without bias, BatchNorm in eval mode, ReLU) from the checkpoint's tensors."""
     x = torch.nn.functional.conv2d(x, tensors[f"{prefix}.conv.weight"], padding=1)
-    x = torch.nn.functional.batch_norm(x, tensors[f"{prefix}.bn.running_mean"], tensors[f"{prefix}.bn.running_var"],
-                                       tensors[f"{prefix}.bn.weight"], tensors[f"{prefix}.bn.bias"], eps=1e-5)
+    x = torch.nn.functional.batch_norm(
+        x,
+        tensors[f"{prefix}.bn.running_mean"],
+        tensors[f"{prefix}.bn.running_var"],
+        tensors[f"{prefix}.bn.weight"],
+        tensors[f"{prefix}.bn.bias"],
+        eps=1e-5,
+    )
     return torch.relu(x)
 
 
@@ -111,8 +130,9 @@ def test_auxiliary_head_with_concat_input_converts():
     source = load_checkpoint(case_checkpoint(CASE))
     in_channels, channels = source["auxiliary_head.convs.0.conv.weight"].shape[1], 16
     generator = torch.Generator().manual_seed(0)
-    source["auxiliary_head.conv_cat.conv.weight"] = torch.randn(channels, in_channels + channels, 3, 3,
-                                                                generator=generator) * 0.05
+    source["auxiliary_head.conv_cat.conv.weight"] = (
+        torch.randn(channels, in_channels + channels, 3, 3, generator=generator) * 0.05
+    )
     source["auxiliary_head.conv_cat.bn.weight"] = torch.rand(channels, generator=generator) + 0.5
     source["auxiliary_head.conv_cat.bn.bias"] = torch.randn(channels, generator=generator)
     source["auxiliary_head.conv_cat.bn.running_mean"] = torch.randn(channels, generator=generator)
@@ -125,11 +145,14 @@ def test_auxiliary_head_with_concat_input_converts():
         features = [io[f"output_0_feature_{stage}"] for stage in range(4)]
         hidden = _conv_module(features[2], source, "auxiliary_head.convs.0")
         hidden = _conv_module(torch.cat([features[2], hidden], dim=1), source, "auxiliary_head.conv_cat")
-        expected = torch.nn.functional.conv2d(hidden, source["auxiliary_head.conv_seg.weight"],
-                                              source["auxiliary_head.conv_seg.bias"])
+        expected = torch.nn.functional.conv2d(
+            hidden, source["auxiliary_head.conv_seg.weight"], source["auxiliary_head.conv_seg.bias"]
+        )
         torch.testing.assert_close(model.auxiliary_head(features), expected, atol=1e-4, rtol=0)
         # The same hand computation without conv_cat gives the authors' auxiliary logits of the reference case.
-        plain = torch.nn.functional.conv2d(_conv_module(features[2], source, "auxiliary_head.convs.0"),
-                                           source["auxiliary_head.conv_seg.weight"],
-                                           source["auxiliary_head.conv_seg.bias"])
+        plain = torch.nn.functional.conv2d(
+            _conv_module(features[2], source, "auxiliary_head.convs.0"),
+            source["auxiliary_head.conv_seg.weight"],
+            source["auxiliary_head.conv_seg.bias"],
+        )
         torch.testing.assert_close(plain, io["output_0_aux_logits"], atol=1e-4, rtol=0)

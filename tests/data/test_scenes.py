@@ -1,9 +1,9 @@
 """The synthetic ADE20k-schema scenes: determinism, schema, label range, colour-independence, disk round trip."""
 
+import datasets
 import numpy as np
 import pytest
 
-import datasets
 from paca_hf.data.scenes import (
     SCENE_CLASSES,
     id2label,
@@ -14,6 +14,7 @@ from paca_hf.data.scenes import (
     scene_arrays,
     scene_instances,
 )
+
 
 K = len(SCENE_CLASSES)
 
@@ -66,7 +67,7 @@ def test_label_values_and_class_names(scenes):
     assert counts[0] / counts.sum() > 0.5  # background is the largest part, as "other" is in ADE20k
     # most images hold several shapes (objects of 2+ classes in one image)
     assert np.mean([len(np.unique(lab[lab > 0])) >= 2 for lab in labels]) > 0.5
-    assert id2label() == {i: n for i, n in enumerate(SCENE_CLASSES)}
+    assert id2label() == dict(enumerate(SCENE_CLASSES))
     assert id2label(include_background=True)[0] == "other"
     assert id2label(include_background=True)[K] == SCENE_CLASSES[-1]
     assert label2id()["disc"] == 0 and len(set(SCENE_CLASSES)) == K

@@ -11,10 +11,10 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from tiny_configs import tiny_config as shared_tiny_config
 from torch.export import Dim
 
 from paca_hf import PaCaViTBackbone, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation, PaCaViTModel
-from tiny_configs import tiny_config as shared_tiny_config
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,8 +32,13 @@ SIZES_AFTER_BATCH_OF_ONE = [(3, 64, 64), (2, 32, 64), (1, 72, 32), (3, 100, 164)
 
 def tiny_config():
     # Banded Mix-FFN (64 patches per band), clusters in stages 1-3, patch-to-patch attention in stage 4.
-    return shared_tiny_config(hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 2, 4], clustering_kernel_size=7,
-                              num_labels=5, chunk_size_feed_forward=64)
+    return shared_tiny_config(
+        hidden_sizes=[16, 32, 48, 64],
+        num_attention_heads=[1, 2, 2, 4],
+        clustering_kernel_size=7,
+        num_labels=5,
+        chunk_size_feed_forward=64,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +66,7 @@ def test_torch_export_with_dynamic_batch_height_and_width(segmenter):
 def test_torch_export_with_labels_gives_the_eager_loss(segmenter):
     """The loss traces too (no branch on the labels' values): exported with labels at one size, it equals the eager
     loss at others, including a batch whose pixels are all ignored (loss 0, not NaN)."""
+
     def labels_for(pixel_values, ignored_rows):
         batch, _, height, width = pixel_values.shape
         generator = torch.Generator().manual_seed(0)
@@ -68,10 +74,13 @@ def test_torch_export_with_labels_gives_the_eager_loss(segmenter):
         labels[:, :ignored_rows] = segmenter.config.semantic_loss_ignore_index
         return labels
 
-    dynamic = {**DYNAMIC, "labels": {0: DYNAMIC["pixel_values"][0], 1: DYNAMIC["pixel_values"][2],
-                                     2: DYNAMIC["pixel_values"][3]}}
-    program = torch.export.export(segmenter, (), {"pixel_values": EXAMPLE, "labels": labels_for(EXAMPLE, 3)},
-                                  dynamic_shapes=dynamic)
+    dynamic = {
+        **DYNAMIC,
+        "labels": {0: DYNAMIC["pixel_values"][0], 1: DYNAMIC["pixel_values"][2], 2: DYNAMIC["pixel_values"][3]},
+    }
+    program = torch.export.export(
+        segmenter, (), {"pixel_values": EXAMPLE, "labels": labels_for(EXAMPLE, 3)}, dynamic_shapes=dynamic
+    )
     for size, ignored_rows in ((SIZES[0], 0), (SIZES[-1], 5), (SIZES[-1], 10_000)):
         pixel_values = inputs(*size)
         labels = labels_for(pixel_values, ignored_rows)
@@ -87,8 +96,16 @@ def test_dynamo_onnx_export_runs_in_onnxruntime_at_any_size(segmenter, tmp_path)
     sizes and image sizes, down to a 1 x 1 map in the last stage, equal to the eager model. (The exporter treats sizes
     0 and 1 like any other, as torchvision's ResNet exports; the model's convolutions no longer guard on them.)"""
     path = tmp_path / "model.onnx"
-    torch.onnx.export(segmenter, (), str(path), kwargs={"pixel_values": BATCH_OF_ONE}, dynamo=True,
-                      dynamic_shapes=DYNAMIC, input_names=["pixel_values"], output_names=["logits", "cluster_logits"])
+    torch.onnx.export(
+        segmenter,
+        (),
+        str(path),
+        kwargs={"pixel_values": BATCH_OF_ONE},
+        dynamo=True,
+        dynamic_shapes=DYNAMIC,
+        input_names=["pixel_values"],
+        output_names=["logits", "cluster_logits"],
+    )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for size in [*SIZES, *SIZES_AFTER_BATCH_OF_ONE, (2, 32, 32)]:
         pixel_values = inputs(*size)
@@ -96,8 +113,9 @@ def test_dynamo_onnx_export_runs_in_onnxruntime_at_any_size(segmenter, tmp_path)
             expected = segmenter(pixel_values)
         logits, cluster_logits = session.run(["logits", "cluster_logits"], {"pixel_values": pixel_values.numpy()})
         np.testing.assert_allclose(logits, expected.logits.numpy(), atol=1e-4, rtol=0, err_msg=str(size))
-        np.testing.assert_allclose(cluster_logits, expected.cluster_logits.numpy(), atol=1e-4, rtol=0,
-                                   err_msg=str(size))
+        np.testing.assert_allclose(
+            cluster_logits, expected.cluster_logits.numpy(), atol=1e-4, rtol=0, err_msg=str(size)
+        )
 
 
 def test_torchscript_onnx_export_with_dynamic_axes(tmp_path):
@@ -106,8 +124,15 @@ def test_torchscript_onnx_export_with_dynamic_axes(tmp_path):
     path = tmp_path / "model.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
-        torch.onnx.export(classifier, (EXAMPLE,), str(path), dynamo=False, input_names=["pixel_values"],
-                          output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch", 2: "height", 3: "width"}})
+        torch.onnx.export(
+            classifier,
+            (EXAMPLE,),
+            str(path),
+            dynamo=False,
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_axes={"pixel_values": {0: "batch", 2: "height", 3: "width"}},
+        )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for size in SIZES[:3]:
         pixel_values = inputs(*size)
@@ -127,8 +152,9 @@ def test_torch_compile_with_dynamic_shapes():
     for size in [(2, 64, 64), (1, 96, 80)]:
         pixel_values = inputs(*size)
         with torch.no_grad():
-            torch.testing.assert_close(compiled(pixel_values).logits, classifier(pixel_values).logits, atol=1e-4,
-                                       rtol=0)
+            torch.testing.assert_close(
+                compiled(pixel_values).logits, classifier(pixel_values).logits, atol=1e-4, rtol=0
+            )
 
 
 def test_eager_mix_ffn_still_runs_in_bands(segmenter):
@@ -186,7 +212,10 @@ def test_compiled_graphs_keep_the_bands(segmenter):
     for dynamic in (False, True):
         heights, output = fc1_band_heights(segmenter, pixel_values, dynamic=dynamic)
         assert [int(height.node.hint) if isinstance(height, torch.SymInt) else height for height in heights] == [
-            5, 6, 6, 5
+            5,
+            6,
+            6,
+            5,
         ], dynamic
         torch.testing.assert_close(output.logits, expected, atol=1e-5, rtol=0)
 
@@ -221,7 +250,7 @@ def test_readme_export_snippet_runs(tmp_path):
     comments say."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("\n## Export\n", 1)[1].split("\n## ", 1)[0]
-    snippet = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    snippet = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0]
     result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = [line for line in result.stdout.splitlines() if not line.startswith("[torch.onnx]")]
@@ -261,6 +290,7 @@ def test_dynamic_compile_recompiles_only_for_another_number_of_bands():
     """With symbolic sizes (`dynamic=True`) dynamo guards on the number of bands, not on the height: sizes with as
     many bands share one graph, another number of bands compiles again, and with `chunk_size_feed_forward=0` one
     graph serves every (square, batch > 1) size."""
+
     def graphs_for(chunk_size, sizes):
         torch.manual_seed(0)
         config = tiny_config()
@@ -273,8 +303,9 @@ def test_dynamic_compile_recompiles_only_for_another_number_of_bands():
         with torch.no_grad():
             for size in sizes:
                 pixel_values = inputs(2, size, size)
-                torch.testing.assert_close(compiled(pixel_values).logits, model(pixel_values).logits, atol=1e-5,
-                                           rtol=0)
+                torch.testing.assert_close(
+                    compiled(pixel_values).logits, model(pixel_values).logits, atol=1e-5, rtol=0
+                )
         torch._dynamo.reset()
         return len(graphs)
 
@@ -291,8 +322,12 @@ def test_exact_adaptive_pooling_equals_torchs_at_every_size():
     for height, width in [(1, 1), (3, 5), (4, 4), (7, 13), (16, 9)]:
         hidden_states = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(height * width))
         for output_size in (1, 2, 3, 6, (2, 5)):
-            torch.testing.assert_close(exact_adaptive_avg_pool2d(hidden_states, output_size),
-                                       torch.nn.AdaptiveAvgPool2d(output_size)(hidden_states), atol=1e-6, rtol=0)
+            torch.testing.assert_close(
+                exact_adaptive_avg_pool2d(hidden_states, output_size),
+                torch.nn.AdaptiveAvgPool2d(output_size)(hidden_states),
+                atol=1e-6,
+                rtol=0,
+            )
 
 
 def test_upernet_onnx_export_with_dynamic_sizes_is_right_at_other_sizes(tmp_path):
@@ -309,8 +344,16 @@ def test_upernet_onnx_export_with_dynamic_sizes_is_right_at_other_sizes(tmp_path
     upernet = UperNetForSemanticSegmentation(config).eval()
     path = tmp_path / "upernet.onnx"
     with dynamic_pooling(upernet):
-        torch.onnx.export(upernet, (), str(path), kwargs={"pixel_values": EXAMPLE}, dynamo=True,
-                          dynamic_shapes=DYNAMIC, input_names=["pixel_values"], output_names=["logits"])
+        torch.onnx.export(
+            upernet,
+            (),
+            str(path),
+            kwargs={"pixel_values": EXAMPLE},
+            dynamo=True,
+            dynamic_shapes=DYNAMIC,
+            input_names=["pixel_values"],
+            output_names=["logits"],
+        )
     assert not [module for module in upernet.modules() if "forward" in vars(module)]  # the layers' own forward back
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for size in [(1, 96, 96), (1, 192, 160), (2, 256, 256)]:
@@ -321,8 +364,9 @@ def test_upernet_onnx_export_with_dynamic_sizes_is_right_at_other_sizes(tmp_path
         np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0, err_msg=str(size))
 
 
-@pytest.mark.parametrize("model_class", [PaCaViTModel, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation,
-                                         PaCaViTBackbone])
+@pytest.mark.parametrize(
+    "model_class", [PaCaViTModel, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation, PaCaViTBackbone]
+)
 def test_fullgraph_compile_on_the_first_call_of_a_fresh_model(model_class):
     """`torch.compile(model, fullgraph=True)` works on a freshly built model's first call, recorded outputs included:
     the output-recording hooks are installed when the model is built (installing them takes a lock, which dynamo

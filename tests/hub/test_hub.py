@@ -14,11 +14,6 @@ import torch
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
-from safetensors.torch import load_file
-
-from paca_hf import hub
-from paca_hf.configuration_pacavit import OFFICIAL_NAMES
-from paca_hf.file_utils import sha256sum
 from reference import (
     case_checkpoint,
     case_config,
@@ -27,6 +22,11 @@ from reference import (
     require_reference,
     upernet_maskrcnn_manifest,
 )
+from safetensors.torch import load_file
+
+from paca_hf import hub
+from paca_hf.configuration_pacavit import OFFICIAL_NAMES
+from paca_hf.file_utils import sha256sum
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,8 +42,11 @@ TINY = "pacavit_tiny_p2cconv_100_0"
 
 def test_release_table_matches_the_authors_releases():
     results = json.loads((require_reference() / "paper_results.json").read_text())
-    published = {entry["name"]: entry for key in ("imagenet_1k_224", "ade20k_512", "coco_mask_rcnn_1x")
-                 for entry in results[key]}
+    published = {
+        entry["name"]: entry
+        for key in ("imagenet_1k_224", "ade20k_512", "coco_mask_rcnn_1x")
+        for entry in results[key]
+    }
     table = {release.official_name: release for release in hub.RELEASES}
     assert len(table) == len(hub.RELEASES)
     # Every published checkpoint is in the table with its URL and numbers; nothing else has a URL.
@@ -65,19 +68,27 @@ def test_release_table_matches_the_authors_releases():
     assert [forms.count(form) for form in ("classifier", "segmentor", "upernet", "detector")] == [13, 6, 3, 4]
     for size in ("tiny", "small", "base"):
         assert hub.get_release(f"ivmcl/pacavit-{size}-upernet-ade20k").official_name == (
-            f"upernet_pacavit_{size}_p2cconv_100_0_512x512_160k_ade20k")
+            f"upernet_pacavit_{size}_p2cconv_100_0_512x512_160k_ade20k"
+        )
         assert hub.get_release(f"ivmcl/pacavit-{size}-coco").official_name == (
-            f"mask_rcnn_pacavit_{size}_p2cconv_100_0_mstrain_480_800_1x_coco")
+            f"mask_rcnn_pacavit_{size}_p2cconv_100_0_mstrain_480_800_1x_coco"
+        )
     assert hub.get_release("ivmcl/pacavit-small-mlp-coco").form == "detector"
-    assert [hub.get_release(f"ivmcl/pacavit-{size}-upernet-ade20k").metric
-            for size in ("tiny", "small", "base")] == [44.49, 47.6, 49.67]
-    for name, repo in [(TINY, "pacavit-tiny"), ("pacavit_small_p2cconv_100_0", "pacavit-small"),
-                       ("pacavit_base_p2cconv_100_0", "pacavit-base"),
-                       ("pacavit_small_p2cmlp_100_0", "pacavit-small-mlp"),
-                       ("pacavit_convmixer_small_100", "pacavit-small-teacher"),
-                       ("pacavit_convmixer_base_100", "pacavit-base-teacher"),
-                       ("pacavit_small_p2cconv_100_blockwise", "pacavit-small-blockwise"),
-                       ("pacahead_pacavit_small_p2cconv_100_0_512x512_160k_ade20k", "pacavit-small-ade20k")]:
+    assert [hub.get_release(f"ivmcl/pacavit-{size}-upernet-ade20k").metric for size in ("tiny", "small", "base")] == [
+        44.49,
+        47.6,
+        49.67,
+    ]
+    for name, repo in [
+        (TINY, "pacavit-tiny"),
+        ("pacavit_small_p2cconv_100_0", "pacavit-small"),
+        ("pacavit_base_p2cconv_100_0", "pacavit-base"),
+        ("pacavit_small_p2cmlp_100_0", "pacavit-small-mlp"),
+        ("pacavit_convmixer_small_100", "pacavit-small-teacher"),
+        ("pacavit_convmixer_base_100", "pacavit-base-teacher"),
+        ("pacavit_small_p2cconv_100_blockwise", "pacavit-small-blockwise"),
+        ("pacahead_pacavit_small_p2cconv_100_0_512x512_160k_ade20k", "pacavit-small-ade20k"),
+    ]:
         assert hub.get_release(name).repo_id == f"ivmcl/{repo}"
         assert hub.get_release(f"ivmcl/{repo}").official_name == name
     # The tiny teacher is in the authors' manifest but has no download link or published result.
@@ -95,15 +106,22 @@ def test_releases_table_markdown():
     lines = table.strip().splitlines()
     assert len(lines) == 2 + 26
     assert all(line.startswith("| ") and line.endswith(" |") and line.count(" | ") == 4 for line in lines)
-    assert ("| `pacavit_small_p2cconv_100_0` | classifier (ImageNet-1k) | `ivmcl/pacavit-small` | 83.08% top-1 | "
-            "[IMNET_224_pacavit_small_p2cconv_100_0.pth]"
-            "(https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_small_p2cconv_100_0.pth) |"
-            ) in lines
+    assert (
+        "| `pacavit_small_p2cconv_100_0` | classifier (ImageNet-1k) | `ivmcl/pacavit-small` | 83.08% top-1 | "
+        "[IMNET_224_pacavit_small_p2cconv_100_0.pth]"
+        "(https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_small_p2cconv_100_0.pth) |"
+    ) in lines
     assert any(line.startswith("| `pacavit_convmixer_tiny_100` |") and "not released" in line for line in lines)
-    assert any(line.startswith("| `upernet_pacavit_base_p2cconv_100_0_512x512_160k_ade20k` | segmentor, UperNet")
-               and "49.67 mIoU" in line for line in lines)
-    assert any(line.startswith("| `mask_rcnn_pacavit_small_p2cmlp_100_0_mstrain_480_800_1x_coco` | detector, Mask")
-               and "46.6 box AP" in line for line in lines)
+    assert any(
+        line.startswith("| `upernet_pacavit_base_p2cconv_100_0_512x512_160k_ade20k` | segmentor, UperNet")
+        and "49.67 mIoU" in line
+        for line in lines
+    )
+    assert any(
+        line.startswith("| `mask_rcnn_pacavit_small_p2cmlp_100_0_mstrain_480_800_1x_coco` | detector, Mask")
+        and "46.6 box AP" in line
+        for line in lines
+    )
     # The repo ids are not presented as links to existing Hub pages.
     assert "https://huggingface.co/" not in table
 
@@ -122,7 +140,8 @@ def test_readme_has_the_releases_table():
 def test_remote_code_files_need_no_paca_hf(tmp_path):
     files = sorted(path.name for path in hub.remote_code_files())
     assert {"configuration_pacavit.py", "image_processing_pacavit.py", "modeling_pacavit.py", "releases.py"} <= set(
-        files)
+        files
+    )
     assert files == sorted(name for name in hub.REPO_FILES if name.endswith(".py"))
     (tmp_path / "configuration_pacavit.py").write_text("from paca_hf.data import thing\n")
     (tmp_path / "modeling_pacavit.py").write_text("from .configuration_pacavit import X\nfrom ..up import y\n")
@@ -137,7 +156,8 @@ def test_remote_code_files_need_no_paca_hf(tmp_path):
 def test_torchvision_must_stay_optional_in_remote_code(tmp_path):
     (tmp_path / "configuration_pacavit.py").write_text("import json\n")
     (tmp_path / "modeling_pacavit.py").write_text(
-        "try:\n    import torchvision\nexcept ImportError:\n    torchvision = None\n")
+        "try:\n    import torchvision\nexcept ImportError:\n    torchvision = None\n"
+    )
     (tmp_path / "image_processing_pacavit.py").write_text("from torchvision.transforms import v2\n")
     with pytest.raises(hub.PublishError) as error:
         hub.remote_code_files(tmp_path)
@@ -190,11 +210,15 @@ def test_model_card_metadata(release):
         return
     name, results = model_index_to_eval_results(data.to_dict()["model-index"])
     if release.form == "detector":  # box and mask AP, as published
-        entry = next(entry for entry in json.loads((require_reference() / "paper_results.json").read_text())
-                     ["coco_mask_rcnn_1x"] if entry["name"] == release.official_name)
+        entry = next(
+            entry
+            for entry in json.loads((require_reference() / "paper_results.json").read_text())["coco_mask_rcnn_1x"]
+            if entry["name"] == release.official_name
+        )
         assert name == release.repo_name
-        assert [(result.metric_type, result.metric_value, result.task_type, result.dataset_type)
-                for result in results] == [
+        assert [
+            (result.metric_type, result.metric_value, result.task_type, result.dataset_type) for result in results
+        ] == [
             ("box_ap", entry["box_ap"], "object-detection", "detection-datasets/coco"),
             ("mask_ap", entry["mask_ap"], "image-segmentation", "detection-datasets/coco"),
         ]
@@ -223,8 +247,9 @@ def test_card_check_rejects_a_wrong_card():
 
 def _build_reference_repo(tmp, case, repo_id):
     case_config(case).save_pretrained(tmp / "config")
-    return hub.build_repo(case_checkpoint(case), repo_id, tmp / "repo", config=tmp / "config" / "config.json",
-                          remote_code_check=False)  # the test below does that check itself, by name
+    return hub.build_repo(
+        case_checkpoint(case), repo_id, tmp / "repo", config=tmp / "config" / "config.json", remote_code_check=False
+    )  # the test below does that check itself, by name
 
 
 @pytest.fixture(scope="module")
@@ -348,8 +373,9 @@ def test_loads_by_name_from_the_cache_with_and_without_paca_hf(
 
     # 2. Where paca_hf cannot be imported, with trust_remote_code=True; then the card's usage snippet.
     env = hub.hidden_package_environment(tmp_path / "sandbox")
-    result = subprocess.run([sys.executable, "-c", _REMOTE_LOAD], cwd=work, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _REMOTE_LOAD], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "paca_hf is not importable" in result.stdout
     remote = load_file(work / "remote.safetensors")
@@ -412,8 +438,10 @@ def test_publish_uploads_only_repos_that_passed_every_check(checkpoints_dir, tmp
     assert _publish_script().main(argv, api=api) == 1
     out, err = capsys.readouterr()
     # The good checkpoint: one repo created, exactly the checked files uploaded.
-    assert [call[:2] for call in api.calls] == [("create_repo", "ivmcl/pacavit-tiny"),
-                                                ("upload_folder", "ivmcl/pacavit-tiny")]
+    assert [call[:2] for call in api.calls] == [
+        ("create_repo", "ivmcl/pacavit-tiny"),
+        ("upload_folder", "ivmcl/pacavit-tiny"),
+    ]
     assert api.calls[0][2] == {"exist_ok": True}
     _, _, files, kwargs = api.calls[1]
     assert files == sorted(hub.REPO_FILES) and sorted(kwargs["allow_patterns"]) == sorted(hub.REPO_FILES)
@@ -426,7 +454,9 @@ def test_publish_uploads_only_repos_that_passed_every_check(checkpoints_dir, tmp
     assert "error: pacavit_small_p2cconv_100_0: nothing uploaded to ivmcl/pacavit-small" in err
     assert "truncated or corrupt" in err
     assert "error: pacavit_convmixer_tiny_100: nothing uploaded to ivmcl/pacavit-tiny-teacher" in err
-    assert "missing from the checkpoint (1): stage1.0.attn.q.weight" in err  # named as the authors' checkpoint names it
+    assert (
+        "missing from the checkpoint (1): stage1.0.attn.q.weight" in err
+    )  # named as the authors' checkpoint names it
     assert not (tmp_path / "repos" / "pacavit-small").exists()
     assert not (tmp_path / "repos" / "pacavit-tiny-teacher").exists()
 
@@ -457,8 +487,9 @@ def test_publish_downloads_from_release_urls_and_skips_unreleased(tmp_path, monk
     assert status["pacavit_convmixer_tiny_100"].startswith("skipped: not released")
     assert all(status[release.official_name] == "failed: download refused in tests" for release in released)
     # Named explicitly without a local file, the unreleased checkpoint is an error, not a silent skip.
-    status = hub.publish(["pacavit_convmixer_tiny_100"], None, tmp_path, api=api, download=download,
-                         log=lambda message: None)
+    status = hub.publish(
+        ["pacavit_convmixer_tiny_100"], None, tmp_path, api=api, download=download, log=lambda message: None
+    )
     assert "no release URL" in status["pacavit_convmixer_tiny_100"] and api.calls == []
     # The real downloader never goes online in offline mode.
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -487,7 +518,8 @@ def test_model_cards_folder_holds_every_rendered_card(tmp_path):
     assert committed == sorted(path.name for path in written), "regenerate with publish_all.py --write-cards"
     for path in written:
         assert (ROOT / "model_cards" / path.name).read_text() == path.read_text(), (
-            f"model_cards/{path.name} is stale: run python scripts/publish_all.py --write-cards model_cards")
+            f"model_cards/{path.name} is stale: run python scripts/publish_all.py --write-cards model_cards"
+        )
         ModelCard(path.read_text(), ignore_metadata_errors=False)
 
 
@@ -513,17 +545,28 @@ def test_publish_goes_on_after_a_failed_upload_and_reports_every_release(checkpo
     teacher = random_state_dict(manifest()["pacavit_convmixer_tiny_100"])
     torch.save(teacher, folder / "pacavit_convmixer_tiny_100.pth")
     api = FailingUploadApi("ivmcl/pacavit-tiny")
-    argv = ["--checkpoints-dir", str(folder), "--work-dir", str(tmp_path / "work"), "--only", TINY,
-            "--only", "pacavit_convmixer_tiny_100"]
+    argv = [
+        "--checkpoints-dir",
+        str(folder),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--only",
+        TINY,
+        "--only",
+        "pacavit_convmixer_tiny_100",
+    ]
     assert _publish_script().main(argv, api=api) == 1
     out, err = capsys.readouterr()
     assert "error: pacavit_tiny_p2cconv_100_0: nothing uploaded to ivmcl/pacavit-tiny: offline" in err
-    assert [call[:2] for call in api.calls] == [("create_repo", "ivmcl/pacavit-tiny"),
-                                                ("create_repo", "ivmcl/pacavit-tiny-teacher"),
-                                                ("upload_folder", "ivmcl/pacavit-tiny-teacher")]
+    assert [call[:2] for call in api.calls] == [
+        ("create_repo", "ivmcl/pacavit-tiny"),
+        ("create_repo", "ivmcl/pacavit-tiny-teacher"),
+        ("upload_folder", "ivmcl/pacavit-tiny-teacher"),
+    ]
     summary = out.splitlines()[-3:]
-    assert re.fullmatch(r"pacavit_tiny_p2cconv_100_0 +failed: offline: cannot reach https://huggingface.co",
-                        summary[0]), summary
+    assert re.fullmatch(
+        r"pacavit_tiny_p2cconv_100_0 +failed: offline: cannot reach https://huggingface.co", summary[0]
+    ), summary
     assert re.fullmatch(r"pacavit_convmixer_tiny_100 +uploaded", summary[1]), summary
     assert summary[2] == "1 uploaded, 0 skipped, 1 failed: pacavit_tiny_p2cconv_100_0"
 
@@ -548,15 +591,24 @@ def test_backbone_repo_from_a_detector_checkpoint(tmp_path):
 
     backbone = torch.load(case_checkpoint("backbone_conv_downstream"), weights_only=True)
     detector = {f"backbone.{key}": value for key, value in backbone.items()}
-    detector.update({"neck.lateral_convs.0.conv.weight": torch.zeros(8, 32, 1, 1),
-                     "neck.fpn_convs.0.conv.weight": torch.zeros(8, 8, 3, 3),
-                     "rpn_head.rpn_conv.weight": torch.zeros(8, 8, 3, 3),
-                     "roi_head.bbox_head.fc_cls.weight": torch.zeros(81, 16)})
+    detector.update(
+        {
+            "neck.lateral_convs.0.conv.weight": torch.zeros(8, 32, 1, 1),
+            "neck.fpn_convs.0.conv.weight": torch.zeros(8, 8, 3, 3),
+            "rpn_head.rpn_conv.weight": torch.zeros(8, 8, 3, 3),
+            "roi_head.bbox_head.fc_cls.weight": torch.zeros(81, 16),
+        }
+    )
     torch.save({"meta": {"epoch": 12}, "state_dict": detector}, tmp_path / "mask_rcnn.pth")
     case_config("backbone_conv_downstream").save_pretrained(tmp_path / "config")
     folder = tmp_path / "repo"
-    model = hub.convert_checkpoint(tmp_path / "mask_rcnn.pth", tmp_path / "config" / "config.json", folder,
-                                   task="backbone", remote_code_check=True)
+    model = hub.convert_checkpoint(
+        tmp_path / "mask_rcnn.pth",
+        tmp_path / "config" / "config.json",
+        folder,
+        task="backbone",
+        remote_code_check=True,
+    )
     assert type(model).__name__ == "PaCaViTBackbone"
     card = (folder / "README.md").read_text()
     assert "neck. (2 tensors), rpn_head. (1 tensors), roi_head. (1 tensors)" in card
@@ -567,10 +619,20 @@ def test_backbone_repo_from_a_detector_checkpoint(tmp_path):
         torch.testing.assert_close(feature, io[f"output_0_feature_{stage}"], atol=1e-4, rtol=0)
     snippet = hub.extract_usage_snippet(card)  # loads the folder (a custom conversion's repo id is its path)
     (tmp_path / "snippet.py").write_text(snippet)
-    result = subprocess.run([sys.executable, "-c", _BACKBONE_SNIPPET_RUN], cwd=tmp_path, capture_output=True,
-                            text=True, env=hub.hidden_package_environment(tmp_path / "sandbox"), timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _BACKBONE_SNIPPET_RUN],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=hub.hidden_package_environment(tmp_path / "sandbox"),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
-    assert lines[:4] == ["stage1 (1, 32, 128, 192)", "stage2 (1, 64, 64, 96)", "stage3 (1, 96, 32, 48)",
-                         "stage4 (1, 128, 16, 24)"]
+    assert lines[:4] == [
+        "stage1 (1, 32, 128, 192)",
+        "stage2 (1, 64, 64, 96)",
+        "stage3 (1, 96, 32, 48)",
+        "stage4 (1, 128, 16, 24)",
+    ]
     assert lines[4] == "torch.Size([1, 19, 512, 768])"

@@ -86,7 +86,10 @@ def test_class_only_in_prediction_counts_as_zero_iou(miou):
     assert out["mean_iou"] == pytest.approx(0.25)
     assert out["mean_accuracy"] == pytest.approx(0.5)
     zeroed = miou.compute(
-        predictions=[np.array([[0, 3]])], references=[np.array([[0, 0]])], num_labels=4, ignore_index=255,
+        predictions=[np.array([[0, 3]])],
+        references=[np.array([[0, 0]])],
+        num_labels=4,
+        ignore_index=255,
         nan_to_num=-1,
     )
     np.testing.assert_array_equal(zeroed["per_category_iou"], [0.5, -1, -1, 0.0])
@@ -103,7 +106,10 @@ def test_reduce_labels(miou):
     ref = np.array([[0, 1, 2], [3, 3, 255]])
     ref_before = ref.copy()
     out = miou.compute(
-        predictions=[np.array([[2, 0, 1], [2, 0, 0]])], references=[ref], num_labels=3, ignore_index=255,
+        predictions=[np.array([[2, 0, 1], [2, 0, 0]])],
+        references=[ref],
+        num_labels=3,
+        ignore_index=255,
         reduce_labels=True,
     )
     np.testing.assert_allclose(out["per_category_iou"], [0.5, 1.0, 0.5])
@@ -184,6 +190,7 @@ def test_topk_non_finite_scores_never_count_as_correct(topk, bad):
 
 def test_topk_matches_torch_topk(topk):
     import torch
+
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 20, generator=gen)
     labels = torch.randint(0, 20, (64,), generator=gen)
@@ -224,8 +231,9 @@ def test_metrics_load_offline_from_the_shipped_files(monkeypatch):
     assert a["mean_iou"] == pytest.approx(5 / 9)
     assert b == pytest.approx({"top1": 0.5, "top2": 1.0})
     # and through the package helper
-    assert load_metric("mean_iou").compute(predictions=[PRED], references=[REF], num_labels=3,
-                                           ignore_index=255)["mean_iou"] == pytest.approx(5 / 9)
+    assert load_metric("mean_iou").compute(predictions=[PRED], references=[REF], num_labels=3, ignore_index=255)[
+        "mean_iou"
+    ] == pytest.approx(5 / 9)
 
 
 def test_load_metric_rejects_unknown_names():
@@ -242,8 +250,9 @@ def test_mean_iou_non_finite_logits_never_count_as_correct(miou, bad):
     reference = np.array([[0, 1, 1], [2, 2, 0]])
     logits = torch.nn.functional.one_hot(torch.from_numpy(reference), 3).permute(2, 0, 1).float()  # perfect
     assert torch.equal(class_predictions(logits, dim=0), torch.from_numpy(reference))
-    perfect = miou.compute(predictions=[class_predictions(logits, dim=0).numpy()], references=[reference],
-                           num_labels=3, ignore_index=255)
+    perfect = miou.compute(
+        predictions=[class_predictions(logits, dim=0).numpy()], references=[reference], num_labels=3, ignore_index=255
+    )
     assert perfect["mean_iou"] == 1.0
     # a diverged model: every logit non-finite -> no pixel is right
     broken = class_predictions(torch.full_like(logits, bad), dim=0)
@@ -252,8 +261,9 @@ def test_mean_iou_non_finite_logits_never_count_as_correct(miou, bad):
     assert out["mean_iou"] == 0.0 and out["overall_accuracy"] == 0.0
     # one pixel's scores broken (on the true class): only that pixel is wrong -> class 1: I 1, U 2
     logits[1, 0, 1] = bad
-    out = miou.compute(predictions=[class_predictions(logits, dim=0).numpy()], references=[reference],
-                       num_labels=3, ignore_index=255)
+    out = miou.compute(
+        predictions=[class_predictions(logits, dim=0).numpy()], references=[reference], num_labels=3, ignore_index=255
+    )
     assert out["per_category_iou"].tolist() == [1.0, 0.5, 1.0] and out["overall_accuracy"] == pytest.approx(5 / 6)
     # float predictions with non-finite values, given directly to the function, are wrong too
     import importlib.util
@@ -274,8 +284,8 @@ def test_finetune_evaluation_scores_a_diverged_segmentor_zero():
     from accelerate import Accelerator
     from transformers.modeling_outputs import SemanticSegmenterOutput
 
-    from paca_hf.training.segmentation.evaluation import evaluate_segmentation, predict_batch
     from paca_hf.training.segmentation import recipe_image_processor
+    from paca_hf.training.segmentation.evaluation import evaluate_segmentation, predict_batch
 
     class Diverged(torch.nn.Module):
         def __init__(self, nan_rows: int):

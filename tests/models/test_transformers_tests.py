@@ -1,7 +1,6 @@
 """The helper that fetches transformers' test mixins fails loudly when it cannot download them."""
 
 import pytest
-
 import transformers_tests
 
 
@@ -14,8 +13,13 @@ def test_a_failed_download_raises(tmp_path, monkeypatch):
 
 def test_the_cached_sdist_holds_the_mixins():
     root = transformers_tests.load_transformers_tests()
-    for name in ("test_modeling_common.py", "test_configuration_common.py", "test_pipeline_mixin.py",
-                 "test_backbone_common.py", "test_image_processing_common.py"):
+    for name in (
+        "test_modeling_common.py",
+        "test_configuration_common.py",
+        "test_pipeline_mixin.py",
+        "test_backbone_common.py",
+        "test_image_processing_common.py",
+    ):
         assert (root / "tests" / name).is_file(), name
     from tests.test_image_processing_common import ImageProcessingTestMixin  # noqa: F401  (the processor helper's)
 

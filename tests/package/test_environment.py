@@ -27,7 +27,9 @@ def test_installed_packages_are_the_pinned_versions():
     for name in ("torch", "torchvision", "transformers", "accelerate", "datasets", "timm", "onnxruntime"):
         assert name in pins, f"constraints.txt does not pin {name}"
     installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
-    drifted = {name: (version, installed.get(name)) for name, version in pins.items() if installed.get(name) != version}
+    drifted = {
+        name: (version, installed.get(name)) for name, version in pins.items() if installed.get(name) != version
+    }
     assert not drifted, f"installed versions differ from constraints.txt (pinned, installed): {drifted}"
 
 

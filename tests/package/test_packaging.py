@@ -8,9 +8,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from reference import case_checkpoint, case_config, require_reference
+from safetensors.torch import load_file
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,12 +94,26 @@ def test_wheel_installs_and_runs_without_the_source_tree(tmp_path):
     config = tmp_path / "config"
     case_config("cls_conv_stagewise").save_pretrained(config)
     converted = work / "converted"
-    output = run([fresh_python, fresh_site / "bin" / "paca-hf-convert", "--checkpoint",
-                  case_checkpoint("cls_conv_stagewise"), "--config", config / "config.json", "--output-dir", converted,
-                  "--task", "image-classification"], cwd=work, env=environment)
+    output = run(
+        [
+            fresh_python,
+            fresh_site / "bin" / "paca-hf-convert",
+            "--checkpoint",
+            case_checkpoint("cls_conv_stagewise"),
+            "--config",
+            config / "config.json",
+            "--output-dir",
+            converted,
+            "--task",
+            "image-classification",
+        ],
+        cwd=work,
+        env=environment,
+    )
     assert f"wrote {converted}" in output
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {
-        path.name for path in converted.iterdir()}
+        path.name for path in converted.iterdir()
+    }
     # The model card comes from the template shipped as package data.
     assert "pip install paca-hf" in (converted / "README.md").read_text()
 
@@ -112,6 +125,6 @@ def test_wheel_installs_and_runs_without_the_source_tree(tmp_path):
     assert f"mean_iou {round((1 / 2 + 2 / 3) / 2, 4)}" in output
     assert f"version {version}" in output
 
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
     output = run([fresh_python, "-c", blocks[0]], cwd=work, env=environment)
     assert "(1, 1000)" in output

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference import case_checkpoint, case_config
 from transformers import pipeline
 from transformers.utils import logging as transformers_logging
 
@@ -17,7 +18,6 @@ import paca_hf
 from paca_hf import PaCaViTMaskRCNNImageProcessor
 from paca_hf.data.scenes import scene_arrays
 from paca_hf.hub import convert_checkpoint, hidden_package_environment
-from reference import case_checkpoint, case_config
 
 
 CASE = "det_maskrcnn_conv"
@@ -77,8 +77,9 @@ def by_hand(model, images, processor, post_process, **kwargs):
 def expected_detections(result, id2label):
     return [
         {"score": score, "label": id2label[label], "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), box))}
-        for score, label, box in zip(result["scores"].tolist(), result["labels"].tolist(),
-                                     result["boxes"].int().tolist())
+        for score, label, box in zip(
+            result["scores"].tolist(), result["labels"].tolist(), result["boxes"].int().tolist()
+        )
     ]
 
 
@@ -190,8 +191,14 @@ def test_pipelines_run_the_repos_remote_code_without_paca_hf(folder, model, tmp_
     image.save(tmp_path / "photo.png")
     env = hidden_package_environment(tmp_path / "sandbox")
     env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run([sys.executable, "-c", _REMOTE_PIPELINES, str(folder), str(tmp_path / "photo.png")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _REMOTE_PIPELINES, str(folder), str(tmp_path / "photo.png")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     processor = PaCaViTMaskRCNNImageProcessor(size=TEST_SIZE)
     detections = by_hand(model, [image], processor, "post_process_object_detection")[0]

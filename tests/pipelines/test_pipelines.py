@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference import case_checkpoint, case_config
+from tiny_configs import tiny_config
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 from transformers.utils import logging as transformers_logging
 
 import paca_hf
 from paca_hf import PaCaViTForSemanticSegmentation, PaCaViTImageProcessor
 from paca_hf.hub import add_remote_code, convert_checkpoint
-from reference import case_checkpoint, case_config
-from tiny_configs import tiny_config
 
 
 def scene(width=120, height=90):
@@ -66,7 +66,7 @@ def test_image_classification_pipeline(classifier_folder):
 
 def test_image_segmentation_pipeline_masks(tmp_path):
     config = case_config("seg_pacahead_conv")
-    config.id2label = {index: name for index, name in enumerate(["sky", "tree", "road", "car", "person", "wall"])}
+    config.id2label = dict(enumerate(["sky", "tree", "road", "car", "person", "wall"]))
     config.label2id = {label: index for index, label in config.id2label.items()}
     convert_checkpoint(case_checkpoint("seg_pacahead_conv"), config, tmp_path / "seg", task="semantic-segmentation")
     segment = pipeline("image-segmentation", model=str(tmp_path / "seg"), device="cpu")
@@ -149,8 +149,9 @@ class ErrorRecorder(logging.Handler):
         ("image-segmentation", "PaCaViTForSemanticSegmentation", "semantic-segmentation"),
     ],
 )
-def test_pipelines_on_a_hub_ready_folder_ask_nothing_and_log_no_error(task, model_class, hub_task, tmp_path,
-                                                                      monkeypatch):
+def test_pipelines_on_a_hub_ready_folder_ask_nothing_and_log_no_error(
+    task, model_class, hub_task, tmp_path, monkeypatch
+):
     """A converted Hub-ready folder (config.json with an `auto_map` to remote code files) with paca_hf installed:
     the pipeline uses the installed classes, never reads standard input (transformers' "Do you wish to run the
     custom code? [y/N]") and logs nothing at ERROR."""
@@ -229,17 +230,26 @@ def test_remote_code_segmentation_pipeline_logs_no_error(tmp_path):
     add_remote_code(folder, "semantic-segmentation")
     env = hidden_package_environment(tmp_path / "sandbox")
     env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run([sys.executable, "-c", _REMOTE_SEGMENTATION, str(folder)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _REMOTE_SEGMENTATION, str(folder)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ERRORS: []" in result.stdout, result.stdout[-2000:]
 
 
-@pytest.mark.parametrize("task, model_class, takes_arrays", [
-    ("image-classification", "PaCaViTForImageClassification", True),
-    ("image-feature-extraction", "PaCaViTModel", False),
-    ("image-segmentation", "PaCaViTForSemanticSegmentation", False),
-])
+@pytest.mark.parametrize(
+    "task, model_class, takes_arrays",
+    [
+        ("image-classification", "PaCaViTForImageClassification", True),
+        ("image-feature-extraction", "PaCaViTModel", False),
+        ("image-segmentation", "PaCaViTForSemanticSegmentation", False),
+    ],
+)
 def test_pipeline_inputs_as_the_readme_lists_them(task, model_class, takes_arrays, tmp_path):
     """transformers' pipelines decode their inputs themselves: each takes PIL images, local paths as `str` and base64
     strings; only image-classification takes numpy arrays and tensors; none takes a `pathlib.Path` or a `file://`
@@ -252,7 +262,8 @@ def test_pipeline_inputs_as_the_readme_lists_them(task, model_class, takes_array
     def same(output, expected):
         if isinstance(expected, list) and expected and isinstance(expected[0], dict) and "mask" in expected[0]:
             return [(o["label"], np.asarray(o["mask"]).tolist()) for o in output] == [
-                (e["label"], np.asarray(e["mask"]).tolist()) for e in expected]
+                (e["label"], np.asarray(e["mask"]).tolist()) for e in expected
+            ]
         return output == expected
 
     folder = tmp_path / "model"
@@ -266,8 +277,12 @@ def test_pipeline_inputs_as_the_readme_lists_them(task, model_class, takes_array
     assert same(run(str(path)), expected)
     assert same(run(base64.b64encode(path.read_bytes()).decode()), expected)
     array = np.asarray(image)
-    for value, taken in ((array, takes_arrays), (torch.from_numpy(array), takes_arrays), (path, False),
-                         (path.as_uri(), False)):
+    for value, taken in (
+        (array, takes_arrays),
+        (torch.from_numpy(array), takes_arrays),
+        (path, False),
+        (path.as_uri(), False),
+    ):
         if taken:
             assert same(run(value), expected), type(value)
         else:

@@ -72,8 +72,14 @@ def test_label_values_stay_in_the_original_set_plus_ignore():
     # the label reduction it uses, by hand: 0 -> 255 (ignored), k -> k - 1, 255 stays
     raw = torch.tensor([[0, 1, 5], [150, 255, 2]])
     assert reduce_labels(raw).tolist() == [[255, 0, 4], [149, 255, 1]]
-    aug = SegmentationTrainAugment(crop_size=(8, 8), scale=(8, 8), ratio_range=(1, 1), reduce_zero_label=True,
-                                   cat_max_ratio=1.0, photometric=False)
+    aug = SegmentationTrainAugment(
+        crop_size=(8, 8),
+        scale=(8, 8),
+        ratio_range=(1, 1),
+        reduce_zero_label=True,
+        cat_max_ratio=1.0,
+        photometric=False,
+    )
     _, y = aug([torch.zeros(3, 8, 8)], [torch.tensor([[0, 1, 2, 3] * 2] * 8)], generator=gen)
     assert set(y.unique().tolist()) == {255, 0, 1, 2}
 
@@ -119,8 +125,9 @@ def test_alignment_with_random_resize():
     # resizing reproduces exactly, so each output pixel tells which source position it was sampled at; the
     # nearest-neighbour label must come from a source pixel next to that position (within the 4x4 window).
     gen = torch.Generator().manual_seed(3)
-    labels = [_block_labels(h, w, block=8, num_classes=25, seed=s) for s, (h, w) in
-              enumerate([(40, 60), (40, 52), (64, 40)])]
+    labels = [
+        _block_labels(h, w, block=8, num_classes=25, seed=s) for s, (h, w) in enumerate([(40, 60), (40, 52), (64, 40)])
+    ]
     images = [_coded_image(lab, coord_scale=4) for lab in labels]
     aug = _plain(crop_size=(24, 36), scale=(1000, 40), ratio_range=(0.5, 2.0), cat_max_ratio=1.0)
     checked = 0
@@ -153,7 +160,7 @@ def test_alignment_with_random_resize():
 def test_flip_with_p1_flips_image_and_label_and_p0_does_not():
     label = _block_labels(20, 30, block=3, num_classes=9, seed=4)
     image = _coded_image(label, coord_scale=2)
-    common = dict(crop_size=(20, 30), scale=(30, 20), ratio_range=(1.0, 1.0), cat_max_ratio=1.0)
+    common = {"crop_size": (20, 30), "scale": (30, 20), "ratio_range": (1.0, 1.0), "cat_max_ratio": 1.0}
     x, y = _plain(flip_prob=1.0, **common)([image], [torch.from_numpy(label)], generator=torch.Generator())
     np.testing.assert_array_equal(y[0].numpy(), label[:, ::-1])
     np.testing.assert_array_equal(x[0].numpy(), image.numpy()[:, :, ::-1].astype(np.float32))
@@ -178,13 +185,15 @@ def test_cat_max_ratio_is_respected():
     label = np.ones((32, 64), dtype=np.int64)
     label[:, 32:] = 2 + (np.arange(32) // 4) % 2
     image = torch.zeros(3, 32, 64)
-    common = dict(crop_size=(16, 16), scale=(64, 32), ratio_range=(1.0, 1.0), flip_prob=0.0)
+    common = {"crop_size": (16, 16), "scale": (64, 32), "ratio_range": (1.0, 1.0), "flip_prob": 0.0}
     n = 40
-    _, y = _plain(cat_max_ratio=0.75, **common)([image] * n, [torch.from_numpy(label)] * n,
-                                                generator=torch.Generator().manual_seed(0))
+    _, y = _plain(cat_max_ratio=0.75, **common)(
+        [image] * n, [torch.from_numpy(label)] * n, generator=torch.Generator().manual_seed(0)
+    )
     assert (_largest_class_share(y) < 0.75).all()
-    _, y = _plain(cat_max_ratio=1.0, **common)([image] * n, [torch.from_numpy(label)] * n,
-                                               generator=torch.Generator().manual_seed(0))
+    _, y = _plain(cat_max_ratio=1.0, **common)(
+        [image] * n, [torch.from_numpy(label)] * n, generator=torch.Generator().manual_seed(0)
+    )
     assert (_largest_class_share(y) >= 0.75).mean() > 0.2
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_configs import tiny_config
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTImageProcessor
 from paca_hf.training.classification.evaluation import evaluate_image_folder, main
 
-from tiny_configs import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,15 +42,19 @@ def _images(folder: Path, count: int, seed: int = 0):
 
 def test_one_class_sub_folder_is_evaluated_as_that_class(classifier, tmp_path):
     _images(tmp_path / "val" / "class1", 3)
-    scored = evaluate_image_folder(str(classifier), str(tmp_path / "val"), num_workers=0, cache_dir=str(tmp_path / "c"))
+    scored = evaluate_image_folder(
+        str(classifier), str(tmp_path / "val"), num_workers=0, cache_dir=str(tmp_path / "c")
+    )
     assert scored["num_classes"] == 1 and scored["num_samples"] == 3 and scored["label_mapping"] == "names"
     model = PaCaViTForImageClassification.from_pretrained(classifier).eval()
     processor = PaCaViTImageProcessor.from_pretrained(classifier)
     with torch.no_grad():
-        logits = torch.cat([
-            model(**processor(Image.open(tmp_path / "val" / "class1" / f"{i}.png"), return_tensors="pt")).logits
-            for i in range(3)
-        ])
+        logits = torch.cat(
+            [
+                model(**processor(Image.open(tmp_path / "val" / "class1" / f"{i}.png"), return_tensors="pt")).logits
+                for i in range(3)
+            ]
+        )
     ranks = (logits > logits[:, 1:2]).sum(1)  # classes scored above the true one, class1
     assert scored["top1"] == pytest.approx(float((ranks < 1).float().mean()))
     assert scored["top5"] == 1.0
@@ -81,8 +85,16 @@ def test_bad_input_is_one_error_line_and_exit_status_2(classifier, tmp_path, cap
 def test_a_corrupt_image_is_named(classifier, tmp_path, capsys, num_workers):
     _images(tmp_path / "val" / "class0", 2)
     (tmp_path / "val" / "class0" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    argv = ["--model", str(classifier), "--validation_dir", str(tmp_path / "val"), "--num_workers", num_workers,
-            "--cache_dir", str(tmp_path / "c")]
+    argv = [
+        "--model",
+        str(classifier),
+        "--validation_dir",
+        str(tmp_path / "val"),
+        "--num_workers",
+        num_workers,
+        "--cache_dir",
+        str(tmp_path / "c"),
+    ]
     assert _script_main()(argv) == 2
     err = capsys.readouterr().err
     last = err.strip().split("\n")[-1]  # after the weight-loading progress bar

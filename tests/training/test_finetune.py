@@ -12,19 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from finetune_helpers import assert_normal_permissions, finetune_argv, free_port
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_configs import TINY_CONFIG, tiny_config
 
 from paca_hf import PaCaViTForSemanticSegmentation
 from paca_hf import training as T
 from paca_hf.data.scenes import make_scene_splits, save_scenes_to_disk
-from paca_hf.training import segmentation as S
-from paca_hf.training.segmentation import demo, finetune
 from paca_hf.images import load_label_map, reduce_labels
+from paca_hf.training import segmentation as S
 from paca_hf.training.optim import NORM_MODULE_TYPES
+from paca_hf.training.segmentation import demo, finetune
 
-from finetune_helpers import assert_normal_permissions, finetune_argv, free_port
-from tiny_configs import TINY_CONFIG, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,7 +112,6 @@ def test_exactly_one_model_source_is_required(tmp_path):
         finetune.parse_args(["--output_dir", str(tmp_path)])
 
 
-
 @pytest.mark.parametrize("flag", ["--num_train_images", "--num_eval_images"])
 def test_zero_or_negative_image_counts_are_refused_not_taken_as_the_default(flag, tmp_path, capsys):
     for value in ("0", "-3"):
@@ -160,6 +159,7 @@ def test_parse_num_clusters_refuses_what_is_not_a_count():
         with pytest.raises(T.TrainingError, match="--num_clusters"):
             S.parse_num_clusters(value, [100, 100, 100, 0])
 
+
 # ------------------------------------------------------------------------------------------------ runs
 
 
@@ -203,7 +203,6 @@ def test_scratch_run_from_a_local_dataset_folder(tiny_config_file, tmp_path):
 
     # The saved model gives the same maps (whole-image inference, labels reduced like training).
     import datasets
-
     from transformers import AutoImageProcessor
 
     validation = datasets.load_dataset(data)["validation"]
@@ -234,15 +233,19 @@ def _mixed_size_scenes(folder) -> str:
     def split(sizes, start):
         pairs = [scene_arrays(start + i, size, seed=7) for i, size in enumerate(sizes)]
         return datasets.Dataset.from_dict(
-            {"image": [Image.fromarray(image) for image, _ in pairs],
-             "annotation": [Image.fromarray(annotation) for _, annotation in pairs]},
+            {
+                "image": [Image.fromarray(image) for image, _ in pairs],
+                "annotation": [Image.fromarray(annotation) for _, annotation in pairs],
+            },
             features=features(),
         )
 
-    datasets.DatasetDict({
-        "train": split([(72, 72), (64, 90)], 0),
-        "validation": split([(80, 120), (96, 64), (80, 120), (50, 70)], 10),
-    }).save_to_disk(str(folder))
+    datasets.DatasetDict(
+        {
+            "train": split([(72, 72), (64, 90)], 0),
+            "validation": split([(80, 120), (96, 64), (80, 120), (50, 70)], 10),
+        }
+    ).save_to_disk(str(folder))
     return str(folder)
 
 
@@ -273,14 +276,18 @@ def test_evaluation_is_what_the_saved_model_deploys_at_any_batch_size(tiny_confi
     segment = pipeline("image-segmentation", model=str(out), device="cpu")
     for index in range(len(validation)):
         image = validation[index]["image"]
-        np.testing.assert_array_equal(saved[f"prediction_{index}"], _pipeline_label_map(segment, image),
-                                      err_msg=f"image {index} ({image.height} x {image.width})")
+        np.testing.assert_array_equal(
+            saved[f"prediction_{index}"],
+            _pipeline_label_map(segment, image),
+            err_msg=f"image {index} ({image.height} x {image.width})",
+        )
 
 
 @pytest.fixture(scope="module")
 def converted_classifier(tmp_path_factory):
-    from paca_hf.hub import convert_checkpoint
     from reference import case_checkpoint, case_config
+
+    from paca_hf.hub import convert_checkpoint
 
     folder = tmp_path_factory.mktemp("converted") / "cls"
     convert_checkpoint(case_checkpoint("cls_conv_stagewise"), case_config("cls_conv_stagewise"), folder)
@@ -304,10 +311,14 @@ def test_a_checkpoint_without_any_backbone_tensor_is_refused(tmp_path):
     folder = tmp_path / "renamed"
     PaCaViTForSemanticSegmentation(tiny_config(num_labels=2)).save_pretrained(folder)
     weights = load_file(str(folder / "model.safetensors"))
-    save_file({f"backbone.{name}": tensor for name, tensor in weights.items()}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {f"backbone.{name}": tensor for name, tensor in weights.items()},
+        str(folder / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     with pytest.raises(T.TrainingError, match=r"0 loaded.*random weights"):
         S.build_model({0: "a", 1: "b"}, model_name_or_path=str(folder), num_clusters="keep")
+
 
 def test_finetune_from_a_converted_backbone(converted_classifier, tmp_path):
     """8 clusters in the ImageNet-style checkpoint, 16 downstream: the to_clusters convs are re-initialised and
@@ -330,12 +341,31 @@ def test_finetune_from_a_converted_backbone(converted_classifier, tmp_path):
 
     # A few steps through the script; the re-initialised tensors are written to the report.
     out = tmp_path / "run"
-    results = finetune.main([
-        "--model_name_or_path", str(converted_classifier), "--num_clusters", "16",
-        "--dataset_name", "builtin-scenes", "--builtin_image_size", "64", "--crop_size", "64",
-        "--num_train_images", "4", "--num_eval_images", "2", "--max_train_steps", "2", "--num_warmup_steps", "1",
-        "--output_dir", str(out), "--disable_tqdm",
-    ])
+    results = finetune.main(
+        [
+            "--model_name_or_path",
+            str(converted_classifier),
+            "--num_clusters",
+            "16",
+            "--dataset_name",
+            "builtin-scenes",
+            "--builtin_image_size",
+            "64",
+            "--crop_size",
+            "64",
+            "--num_train_images",
+            "4",
+            "--num_eval_images",
+            "2",
+            "--max_train_steps",
+            "2",
+            "--num_warmup_steps",
+            "1",
+            "--output_dir",
+            str(out),
+            "--disable_tqdm",
+        ]
+    )
     assert np.isfinite(results["train_loss"]) and 0.0 <= results["eval_mean_iou"] <= 1.0
     written = json.loads((out / "init_report.json").read_text())
     assert {entry["name"] for entry in written["reinitialized"]} == reinitialized
@@ -348,7 +378,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_config_file, tmp_path
     resumed from its checkpoint ends with the same weights, bit for bit, as one that ran through."""
     extra = ("--checkpointing_steps", "2", "--gradient_accumulation_steps", "2")
     straight = finetune.main(tiny_args(tiny_config_file, tmp_path / "straight", *extra, steps=4))
-    stopped = finetune.main(tiny_args(tiny_config_file, tmp_path / "resumed", *extra, "--stop_after_step", "2", steps=4))
+    stopped = finetune.main(
+        tiny_args(tiny_config_file, tmp_path / "resumed", *extra, "--stop_after_step", "2", steps=4)
+    )
     assert stopped["stopped_at_step"] == 2
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     resumed = finetune.main(
@@ -370,23 +402,42 @@ def test_a_stop_between_checkpoints_says_which_step_the_resume_restarts_from(tin
     `--resume_from_checkpoint latest` restarts from step_2, not from step 3."""
     out = tmp_path / "stopped"
     with caplog.at_level("INFO", logger="paca_hf.training"):
-        stopped = finetune.main(tiny_args(tiny_config_file, out, "--checkpointing_steps", "2", "--stop_after_step", "3",
-                                          steps=4))
+        stopped = finetune.main(
+            tiny_args(tiny_config_file, out, "--checkpointing_steps", "2", "--stop_after_step", "3", steps=4)
+        )
     assert stopped["stopped_at_step"] == 3 and stopped["latest_checkpoint_step"] == 2
     assert sorted(path.name for path in out.glob("step_*")) == ["step_2"]
     assert "--resume_from_checkpoint latest restarts from step_2 (step 2); steps 3-3 are not saved" in caplog.text
+
 
 def test_two_processes_on_the_cpu_hold_identical_weights(tiny_config_file, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs: the script switches to the CPU
     (gloo), keeps BatchNorm (SyncBatchNorm needs CUDA) and both processes end with the same weights."""
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
-               PYTHONPATH=str(ROOT / "src"))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+        PYTHONPATH=str(ROOT / "src"),
+    )
     env.pop("ACCELERATE_USE_CPU", None)
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), str(SCRIPT),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(SCRIPT),
         *tiny_args(tiny_config_file, out, "--debug_dump_weights", "--num_train_images", "8"),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
@@ -445,12 +496,13 @@ def test_exif_rotated_photo_and_its_label_map_stay_aligned_through_datasets(tmp_
     stored_labels = np.zeros((height, width), dtype=np.uint8)
     stored_rgb[:, : width // 4] = (255, 0, 0)  # label 1: red, left quarter of the stored grid
     stored_labels[:, : width // 4] = 1
-    stored_rgb[: height // 4, width // 4:] = (0, 255, 0)  # label 2: green, top of the rest
-    stored_labels[: height // 4, width // 4:] = 2
+    stored_rgb[: height // 4, width // 4 :] = (0, 255, 0)  # label 2: green, top of the rest
+    stored_labels[: height // 4, width // 4 :] = 2
     features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
-    example = {"image": {"bytes": _tagged_file(Image.fromarray(stored_rgb), fmt, 6), "path": None},
-               "annotation": {"bytes": _tagged_file(Image.fromarray(stored_labels), "PNG", map_orientation),
-                              "path": None}}
+    example = {
+        "image": {"bytes": _tagged_file(Image.fromarray(stored_rgb), fmt, 6), "path": None},
+        "annotation": {"bytes": _tagged_file(Image.fromarray(stored_labels), "PNG", map_orientation), "path": None},
+    }
     split = datasets.Dataset.from_dict({key: [value] * 2 for key, value in example.items()}, features=features)
     datasets.DatasetDict({"train": split, "validation": split}).save_to_disk(tmp_path / "data")
 
@@ -471,8 +523,9 @@ def test_demo_judges_its_figure_against_the_readme_spread():
     0, -0.022, +0.022: sqrt(2 * 0.022^2 / 2)), so 0.338-0.426, the range the README states; 0.4075 (a fresh clone's
     run elsewhere) is inside, 0.30 is not."""
     text = (ROOT / "README.md").read_text()
-    seeds = re.search(r"over seeds 0 / 1 / 2 .*?\) (\d\.\d+) / (\d\.\d+) / (\d\.\d+), (\d\.\d+) \+- (\d\.\d+)",
-                      text, flags=re.S)
+    seeds = re.search(
+        r"over seeds 0 / 1 / 2 .*?\) (\d\.\d+) / (\d\.\d+) / (\d\.\d+), (\d\.\d+) \+- (\d\.\d+)", text, flags=re.DOTALL
+    )
     assert seeds, "the README's seed figures moved: keep demo.MEASURED_MIOU and the README together"
     assert [float(value) for value in seeds.groups()[:3]] == list(demo.MEASURED_MIOU.values())
     low, high = demo.expected_miou()
@@ -485,10 +538,16 @@ def test_demo_judges_its_figure_against_the_readme_spread():
 def test_a_demo_run_repeats_exactly_on_one_machine(tmp_path):
     """What the README promises for `make demo`: the same seed and number of threads on the same machine give the
     same weights and figures (no worker, time or unseeded randomness), here for a few steps of the demo's recipe."""
-    settings = {"image_size": 32, "num_train_images": 8, "num_eval_images": 2, "max_train_steps": 4,
-                "num_warmup_steps": 1}
-    runs = [demo.run_finetune(tmp_path / f"run{i}", seed=0, settings=settings, threads=1, quiet=True)[0]
-            for i in range(2)]
+    settings = {
+        "image_size": 32,
+        "num_train_images": 8,
+        "num_eval_images": 2,
+        "max_train_steps": 4,
+        "num_warmup_steps": 1,
+    }
+    runs = [
+        demo.run_finetune(tmp_path / f"run{i}", seed=0, settings=settings, threads=1, quiet=True)[0] for i in range(2)
+    ]
     first, second = (read_weights(tmp_path / f"run{i}") for i in range(2))
     assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
     for key in ("train_loss", "eval_mean_iou", "eval_overall_accuracy"):

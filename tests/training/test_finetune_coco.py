@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from finetune_helpers import free_port
 from safetensors.torch import load_file
+from tiny_configs import tiny_config, tiny_detector_config
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTMaskRCNNForInstanceSegmentation
 from paca_hf import training as T
@@ -32,8 +34,6 @@ from paca_hf.training.detection.evaluation import evaluate_coco_model
 from paca_hf.training.detection.model import build_detector
 from paca_hf.training.scheduler import MultiStepWithWarmup
 
-from finetune_helpers import free_port
-from tiny_configs import tiny_config, tiny_detector_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,11 +54,34 @@ def coco_args(config, output_dir, *extra, steps=3, train=4, evaluate=2):
     DETR's crop, scaled down: a resize to 64 or 80, a crop of 32-48 px) and evaluated at 64;
     `extra` come last, so they override these."""
     return [
-        "--config_name", str(config), "--dataset_name", "builtin-scenes", "--builtin_image_size", "64",
-        "--num_train_images", str(train), "--num_eval_images", str(evaluate), "--train_short_edges", "48,64",
-        "--resize_scale", "96,64", "--detr_crop_short_edges", "64,80", "--detr_crop_size", "32,48",
-        "--max_train_steps", str(steps), "--num_warmup_steps", "1",
-        "--learning_rate", "1e-3", "--output_dir", str(output_dir), "--disable_tqdm", *extra,
+        "--config_name",
+        str(config),
+        "--dataset_name",
+        "builtin-scenes",
+        "--builtin_image_size",
+        "64",
+        "--num_train_images",
+        str(train),
+        "--num_eval_images",
+        str(evaluate),
+        "--train_short_edges",
+        "48,64",
+        "--resize_scale",
+        "96,64",
+        "--detr_crop_short_edges",
+        "64,80",
+        "--detr_crop_size",
+        "32,48",
+        "--max_train_steps",
+        str(steps),
+        "--num_warmup_steps",
+        "1",
+        "--learning_rate",
+        "1e-3",
+        "--output_dir",
+        str(output_dir),
+        "--disable_tqdm",
+        *extra,
     ]
 
 
@@ -77,8 +100,7 @@ def test_a_few_steps_on_scene_folders_report_the_saved_models_coco_scores(traine
     assert written["train_steps"] == 3 and math.isfinite(written["train_loss"])
     assert set(written["train_losses"]) == {"loss", *finetune.LOSS_NAMES}
     validation = next((out / "builtin-scenes-coco").glob("validation-*"))
-    scores = evaluate_coco_model(str(out), validation / "instances.json", validation / "images",
-                                 disable_progress=True)
+    scores = evaluate_coco_model(str(out), validation / "instances.json", validation / "images", disable_progress=True)
     for iou_type in ("bbox", "segm"):
         assert written[iou_type] == pytest.approx(scores[iou_type], abs=1e-12)
         assert written[f"eval_{iou_type}_AP"] == written[iou_type]["AP"]
@@ -122,12 +144,16 @@ def test_interrupted_and_resumed_equals_uninterrupted(detector_config_file, tmp_
     scores as one that ran through."""
     extra = ("--checkpointing_steps", "2", "--gradient_accumulation_steps", "2", "--per_device_train_batch_size", "1")
     straight = finetune.main(coco_args(detector_config_file, tmp_path / "straight", *extra, steps=4, train=3))
-    stopped = finetune.main(coco_args(detector_config_file, tmp_path / "resumed", *extra, "--stop_after_step", "2",
-                                      steps=4, train=3))
+    stopped = finetune.main(
+        coco_args(detector_config_file, tmp_path / "resumed", *extra, "--stop_after_step", "2", steps=4, train=3)
+    )
     assert stopped["stopped_at_step"] == 2 and stopped["latest_checkpoint_step"] == 2
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
-    resumed = finetune.main(coco_args(detector_config_file, tmp_path / "resumed", *extra, "--resume_from_checkpoint",
-                                      "latest", steps=4, train=3))
+    resumed = finetune.main(
+        coco_args(
+            detector_config_file, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest", steps=4, train=3
+        )
+    )
     assert resumed["resumed_from"].endswith("step_2")
     expected, actual = read_weights(tmp_path / "straight"), read_weights(tmp_path / "resumed")
     assert expected.keys() == actual.keys()
@@ -160,10 +186,15 @@ def test_flip_and_resize_move_boxes_and_masks_with_the_image():
 
     # The whole augmentation: a flip always, short edge 8 of a 4 x 6 image (long edge capped at 100): x2; the batch
     # padded to 32, normalised with the detector processor's mean / std (0 in the padding).
-    augment = DetectionTrainAugment(short_edges=[8], long_edge=100, flip_prob=1.0, image_mean=(0, 0, 0),
-                                    image_std=(1, 1, 1))
-    batch = {"images": [torch.full((3, 4, 6), 7, dtype=torch.uint8)], "boxes": [torch.tensor([[1.0, 1.0, 3.0, 3.0]])],
-             "class_labels": [torch.tensor([2])], "masks": [torch.zeros(1, 4, 6, dtype=torch.bool)]}
+    augment = DetectionTrainAugment(
+        short_edges=[8], long_edge=100, flip_prob=1.0, image_mean=(0, 0, 0), image_std=(1, 1, 1)
+    )
+    batch = {
+        "images": [torch.full((3, 4, 6), 7, dtype=torch.uint8)],
+        "boxes": [torch.tensor([[1.0, 1.0, 3.0, 3.0]])],
+        "class_labels": [torch.tensor([2])],
+        "masks": [torch.zeros(1, 4, 6, dtype=torch.bool)],
+    }
     pixel_values, sizes, labels = augment(batch, generator=torch.Generator().manual_seed(0))
     assert pixel_values.shape == (1, 3, 32, 32) and sizes.tolist() == [[8, 12]]
     assert (pixel_values[0, :, :8, :12] == 7).all() and (pixel_values[0, :, 8:] == 0).all()
@@ -192,8 +223,16 @@ def test_a_crop_keeps_the_instances_it_cuts_and_drops_those_it_misses():
 def test_the_defaults_are_the_authors_1x_recipe_and_schedule(tmp_path):
     """mmdetection's schedule_1x (12 epochs, x0.1 at epochs 8 and 11, 500 warm-up iterations from 0.001) with the
     authors' AdamW 1e-4 / 0.05 and multi-scale 480-800 (every 32) at most 1333, flip 0.5, test scale (1333, 800)."""
-    args = parse_args(["--config_name", "pacavit_tiny_p2cconv_100_0", "--dataset_name", "builtin-scenes",
-                       "--output_dir", str(tmp_path)])
+    args = parse_args(
+        [
+            "--config_name",
+            "pacavit_tiny_p2cconv_100_0",
+            "--dataset_name",
+            "builtin-scenes",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     assert (args.learning_rate, args.weight_decay, args.norm_decay_mult) == (1e-4, 0.05, 0.0)
     assert (args.num_train_epochs, args.lr_decay_epochs, args.lr_decay_factor) == (12, [8, 11], 0.1)
     assert (args.num_warmup_steps, args.warmup_start_factor) == (500, 0.001)
@@ -243,13 +282,34 @@ def _edited_copy(scenes, tmp_path, edit):
 
 
 def _coco_run(config, folder, out, *extra):
-    return finetune.cli([
-        "--config_name", str(config), "--train_annotations", str(folder / "instances.json"),
-        "--train_images", str(folder / "images"), "--validation_annotations", str(folder / "instances.json"),
-        "--validation_images", str(folder / "images"), "--train_short_edges", "64", "--resize_scale", "96,64",
-        "--max_train_steps", "1", "--num_warmup_steps", "0", "--per_device_train_batch_size", "1",
-        "--output_dir", str(out), "--disable_tqdm", *extra,
-    ])
+    return finetune.cli(
+        [
+            "--config_name",
+            str(config),
+            "--train_annotations",
+            str(folder / "instances.json"),
+            "--train_images",
+            str(folder / "images"),
+            "--validation_annotations",
+            str(folder / "instances.json"),
+            "--validation_images",
+            str(folder / "images"),
+            "--train_short_edges",
+            "64",
+            "--resize_scale",
+            "96,64",
+            "--max_train_steps",
+            "1",
+            "--num_warmup_steps",
+            "0",
+            "--per_device_train_batch_size",
+            "1",
+            "--output_dir",
+            str(out),
+            "--disable_tqdm",
+            *extra,
+        ]
+    )
 
 
 def _unknown_category(dataset, folder):
@@ -277,8 +337,9 @@ def _missing_image(dataset, folder):
         (_missing_image, "000001.png (image 1)"),
     ],
 )
-def test_bad_annotations_and_missing_images_are_one_error_naming_them(detector_config_file, scenes, tmp_path, edit,
-                                                                      named, caplog):
+def test_bad_annotations_and_missing_images_are_one_error_naming_them(
+    detector_config_file, scenes, tmp_path, edit, named, caplog
+):
     folder = _edited_copy(scenes, tmp_path, edit)
     with caplog.at_level("ERROR"):
         assert _coco_run(detector_config_file, folder, tmp_path / "out") == 1
@@ -287,15 +348,28 @@ def test_bad_annotations_and_missing_images_are_one_error_naming_them(detector_c
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_validation_categories_that_miss_a_trained_class_stop_the_run_before_training(detector_config_file, scenes,
-                                                                                      tmp_path, caplog):
+def test_validation_categories_that_miss_a_trained_class_stop_the_run_before_training(
+    detector_config_file, scenes, tmp_path, caplog
+):
     def rename(dataset, folder):
         dataset["categories"][0]["name"] = "blob"
 
     validation = _edited_copy(scenes, tmp_path, rename)
-    argv = ["--config_name", str(detector_config_file), "--train_annotations", str(scenes / "instances.json"),
-            "--train_images", str(scenes / "images"), "--validation_annotations", str(validation / "instances.json"),
-            "--validation_images", str(validation / "images"), "--output_dir", str(tmp_path / "out"), "--disable_tqdm"]
+    argv = [
+        "--config_name",
+        str(detector_config_file),
+        "--train_annotations",
+        str(scenes / "instances.json"),
+        "--train_images",
+        str(scenes / "images"),
+        "--validation_annotations",
+        str(validation / "instances.json"),
+        "--validation_images",
+        str(validation / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--disable_tqdm",
+    ]
     with caplog.at_level("INFO"):
         assert finetune.cli(argv) == 1
     errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
@@ -303,10 +377,12 @@ def test_validation_categories_that_miss_a_trained_class_stop_the_run_before_tra
     assert not re.search(r"step \d+/\d+", caplog.text)  # stopped before the first step
 
 
-def test_crowd_annotations_are_left_out_and_empty_images_skipped_and_counted(detector_config_file, scenes, tmp_path,
-                                                                            caplog):
+def test_crowd_annotations_are_left_out_and_empty_images_skipped_and_counted(
+    detector_config_file, scenes, tmp_path, caplog
+):
     """Image 1 loses its annotations (skipped, as mmdetection's filter_empty_gt), image 2's are all crowd (left out of
     the targets, so that image is skipped too): one training image is left, and the log counts both."""
+
     def edit(dataset, folder):
         dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] != 1]
         for annotation in dataset["annotations"]:
@@ -340,13 +416,30 @@ def test_two_processes_on_the_cpu_hold_identical_weights_and_write_once(detector
     """`accelerate launch --multi_gpu --num_processes 2 scripts/finetune_coco.py` on a machine without GPUs: gloo on
     the CPU, both processes end with the same weights, which are the saved model's, and the results count both."""
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
-               PYTHONPATH=str(ROOT / "src"))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+        PYTHONPATH=str(ROOT / "src"),
+    )
     env.pop("ACCELERATE_USE_CPU", None)
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), str(ROOT / "scripts" / "finetune_coco.py"),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(ROOT / "scripts" / "finetune_coco.py"),
         *coco_args(detector_config_file, out, "--debug_dump_weights", steps=2),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
@@ -371,8 +464,16 @@ def test_the_detection_demo_recipe_learns_in_a_short_run(tmp_path, caplog):
     """The demo's model and settings (`detection.demo`), shortened to 30 steps on 8 scenes of 64 px: the mean loss
     of the last 10 steps is clearly below that of the first 10 (a run whose updates do nothing, e.g. a learning rate
     that never leaves 0 or gradients not applied, stays at its start)."""
-    settings = {"max_train_steps": 30, "num_train_images": 8, "num_eval_images": 2, "image_size": 64,
-                "train_short_edges": "64", "resize_scale": "128,64", "num_warmup_steps": 5, "logging_steps": 10}
+    settings = {
+        "max_train_steps": 30,
+        "num_train_images": 8,
+        "num_eval_images": 2,
+        "image_size": 64,
+        "train_short_edges": "64",
+        "resize_scale": "128,64",
+        "num_warmup_steps": 5,
+        "logging_steps": 10,
+    }
     with caplog.at_level("INFO", logger="paca_hf.training.detection.finetune"):
         results, _ = demo.run_finetune(tmp_path / "demo", seed=0, settings=settings, threads=1, quiet=True)
     losses = _logged_losses(caplog)

@@ -7,9 +7,21 @@ from pathlib import Path
 
 import paca_hf.training
 
+
 TRAINING = Path(paca_hf.training.__file__).parent
-SHARED = {"arguments", "checkpoint", "distributed", "errors", "init_report", "optim", "runner", "sampling", "scheduler",
-          "throughput", "transforms"}
+SHARED = {
+    "arguments",
+    "checkpoint",
+    "distributed",
+    "errors",
+    "init_report",
+    "optim",
+    "runner",
+    "sampling",
+    "scheduler",
+    "throughput",
+    "transforms",
+}
 TASKS = {"segmentation", "classification", "detection"}
 
 

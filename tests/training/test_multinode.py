@@ -14,16 +14,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from finetune_helpers import finetune_argv, free_port
+from tiny_configs import tiny_config
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
 from paca_hf import training as T
 from paca_hf.training import distributed
-from paca_hf.training.errors import TrainingError
 from paca_hf.training.classification.arguments import parse_args as imagenet_parse_args
+from paca_hf.training.errors import TrainingError
 from paca_hf.training.segmentation import finetune
 
-from finetune_helpers import finetune_argv, free_port
-from tiny_configs import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDER = ROOT / "tests" / "record_writes.py"
@@ -35,8 +35,15 @@ PER_PROCESS = re.compile(r"(random_states_|rng_state_|rank_)(\d+)\.(pkl|pth|json
 
 
 def _env(records: Path) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_VERBOSITY="error", PYTHONPATH=str(ROOT / "src"), PACA_RECORD_WRITES=str(records))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+        PYTHONPATH=str(ROOT / "src"),
+        PACA_RECORD_WRITES=str(records),
+    )
     for name in ("ACCELERATE_USE_CPU", "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     return env
@@ -49,13 +56,39 @@ def launch(script: Path, args, records: Path, machines=(0, 1), multi_gpu=True) -
     procs = []
     for rank in machines:
         command = [
-            sys.executable, "-m", "accelerate.commands.launch", *(["--multi_gpu"] if multi_gpu else []),
-            "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-            "--main_process_port", str(port), "--num_processes", "2", "--mixed_precision", "no",
-            "--dynamo_backend", "no", str(RECORDER), str(script), *map(str, args),
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            *(["--multi_gpu"] if multi_gpu else []),
+            "--num_machines",
+            "2",
+            "--machine_rank",
+            str(rank),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
+            "--num_processes",
+            "2",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(RECORDER),
+            str(script),
+            *map(str, args),
         ]
-        procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      env=_env(records), cwd=ROOT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=_env(records),
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        )
     deadline = time.monotonic() + TIMEOUT_S
     results = []
     for proc in procs:
@@ -102,8 +135,18 @@ def _ok(results):
 
 def test_finetune_on_two_machines_writes_once_and_resumes(tiny_config_file, tmp_path):
     out, records = tmp_path / "out", tmp_path / "records"
-    args = finetune_argv(tiny_config_file, out, "--seed", "3", "--checkpointing_steps", "2", image_size=32,
-                         num_train_images=8, num_eval_images=2, steps=3)
+    args = finetune_argv(
+        tiny_config_file,
+        out,
+        "--seed",
+        "3",
+        "--checkpointing_steps",
+        "2",
+        image_size=32,
+        num_train_images=8,
+        num_eval_images=2,
+        steps=3,
+    )
     script = ROOT / "scripts" / "finetune_ade20k.py"
 
     # Steps 1-2 and a checkpoint, then stop as if the job had been preempted.
@@ -119,8 +162,9 @@ def test_finetune_on_two_machines_writes_once_and_resumes(tiny_config_file, tmp_
     assert {".tmp-step_2/COMPLETE", ".tmp-step_2/model.safetensors"} <= set(first)
 
     # Both machines resume from it, finish, evaluate and save.
-    log = _ok(launch(script, [*args, "--resume_from_checkpoint", "latest", "--debug_dump_weights"],
-                     records / "resumed"))
+    log = _ok(
+        launch(script, [*args, "--resume_from_checkpoint", "latest", "--debug_dump_weights"], records / "resumed")
+    )
     assert log.count("Evaluation: mIoU") == 1 and log.count("Resuming from") == 1, log[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["resumed_from"].endswith("step_2") and results["train_steps"] == 3
@@ -131,8 +175,13 @@ def test_finetune_on_two_machines_writes_once_and_resumes(tiny_config_file, tmp_
     assert saved == ranks[0]["checksums"]
     resumed = writers(records / "resumed", out)
     assert_single_writers(resumed)
-    assert {"all_results.json", "model.safetensors", "config.json", "init_report.json",
-            "rank_checksums/rank_1.json"} <= set(resumed)
+    assert {
+        "all_results.json",
+        "model.safetensors",
+        "config.json",
+        "init_report.json",
+        "rank_checksums/rank_1.json",
+    } <= set(resumed)
 
 
 def test_imagenet_on_two_machines_writes_once_and_resumes(tmp_path):
@@ -157,8 +206,12 @@ def test_imagenet_on_two_machines_writes_once_and_resumes(tmp_path):
     first = writers(records / "first", out)
     assert_single_writers(first)
     assert first["checkpoint-2/rng_state_1.pth"] == {"1"}
-    assert {"checkpoint-2/model.safetensors", "checkpoint-2/optimizer.pt", "model.safetensors",
-            "train_results.json"} <= set(first)
+    assert {
+        "checkpoint-2/model.safetensors",
+        "checkpoint-2/optimizer.pt",
+        "model.safetensors",
+        "train_results.json",
+    } <= set(first)
 
     log = _ok(launch(script, [*args, "--resume_from_checkpoint", out / "checkpoint-2"], records / "resumed"))
     state = json.loads((out / "trainer_state.json").read_text())
@@ -176,8 +229,9 @@ def test_a_launch_that_would_train_each_machine_alone_is_refused(tiny_config_fil
     independent process per machine (MASTER_ADDR set, no WORLD_SIZE): both scripts refuse, before writing."""
     out = tmp_path / "out"
     args = finetune_argv(tiny_config_file, out, image_size=32, num_train_images=2, num_eval_images=1, steps=1)
-    [(rc, output)] = launch(ROOT / "scripts" / "finetune_ade20k.py", args, tmp_path / "records", machines=(1,),
-                            multi_gpu=False)
+    [(rc, output)] = launch(
+        ROOT / "scripts" / "finetune_ade20k.py", args, tmp_path / "records", machines=(1,), multi_gpu=False
+    )
     assert rc == 1 and "Add --multi_gpu to the launch command" in output, output[-3000:]
     assert not out.exists()
 
@@ -202,8 +256,11 @@ def test_fsdp_on_the_cpu_is_refused_with_the_reason(tiny_config_file, tmp_path, 
     FSDP), so a `--use_fsdp` launch on CPU processes stops with the reason instead of silently running DDP."""
     import torch
 
-    args = finetune.parse_args(finetune_argv(tiny_config_file, tmp_path / "out", "--cpu", image_size=32,
-                                             num_train_images=2, num_eval_images=1, steps=1))
+    args = finetune.parse_args(
+        finetune_argv(
+            tiny_config_file, tmp_path / "out", "--cpu", image_size=32, num_train_images=2, num_eval_images=1, steps=1
+        )
+    )
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(TrainingError, match="FSDP .* needs GPUs"):
         finetune.make_accelerator(args)

@@ -1,16 +1,18 @@
 """The recipe's last details: mmseg's loss normalisation (`--avg_non_ignore`) against a hand computation, the warning
 of a run that never leaves its warm-up, and `scripts/cluster_nmi.py` scoring held-out scenes by default."""
 
+import logging
 import os
 import subprocess
 import sys
-import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from finetune_helpers import finetune_argv
+from tiny_configs import tiny_config
 
 from paca_hf import PaCaViTForSemanticSegmentation
 from paca_hf.data.scenes import make_scene_splits
@@ -19,8 +21,6 @@ from paca_hf.training.scheduler import warmup_warning
 from paca_hf.training.segmentation import finetune
 from paca_hf.training.segmentation.model import segmentation_loss
 
-from finetune_helpers import finetune_argv
-from tiny_configs import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,7 +51,9 @@ def test_loss_normalisation_matches_a_hand_computation():
     assert 0.3 < 1 - num_scored / num_all < 0.5
 
     with torch.no_grad():
-        logits, cluster_logits = model.decode_head(model.pacavit(pixel_values, output_hidden_states=True).hidden_states)
+        logits, cluster_logits = model.decode_head(
+            model.pacavit(pixel_values, output_hidden_states=True).hidden_states
+        )
         summed = _hand_cross_entropy_sum(logits, labels) + 0.4 * _hand_cross_entropy_sum(cluster_logits, labels)
         non_ignored, _ = segmentation_loss(model, pixel_values, labels, avg_non_ignore=True)
         all_pixels, _ = segmentation_loss(model, pixel_values, labels, avg_non_ignore=False)
@@ -63,8 +65,10 @@ def test_loss_normalisation_matches_a_hand_computation():
     full = torch.randint(0, 5, (2, 32, 32))
     with torch.no_grad():
         both = [segmentation_loss(model, pixel_values, full, avg_non_ignore=flag)[0].item() for flag in (True, False)]
-        empty = [segmentation_loss(model, pixel_values, torch.full_like(full, 255), avg_non_ignore=flag)[0].item()
-                 for flag in (True, False)]
+        empty = [
+            segmentation_loss(model, pixel_values, torch.full_like(full, 255), avg_non_ignore=flag)[0].item()
+            for flag in (True, False)
+        ]
     assert both[0] == pytest.approx(both[1], rel=1e-6)
     assert empty == [0.0, 0.0]
 
@@ -85,8 +89,16 @@ def test_a_run_shorter_than_its_warmup_says_so(tiny_config_file, tmp_path, caplo
     assert warmup_warning(1500, 1500, 6e-5) is not None  # warm-up ends exactly at the last step: still never at 6e-5
     assert warmup_warning(1, 5, 6e-5) is None and warmup_warning(1500, 0, 6e-5) is None
 
-    argv = finetune_argv(tiny_config_file, tmp_path / "short", "--num_warmup_steps", "10", image_size=32,
-                         num_train_images=2, num_eval_images=1, steps=1)
+    argv = finetune_argv(
+        tiny_config_file,
+        tmp_path / "short",
+        "--num_warmup_steps",
+        "10",
+        image_size=32,
+        num_train_images=2,
+        num_eval_images=1,
+        steps=1,
+    )
     with caplog.at_level(logging.WARNING, logger="paca_hf.training.segmentation.finetune"):
         default = finetune.main(argv)
     expected = warmup_warning(10, 1, 1e-3)
@@ -111,8 +123,19 @@ def test_cluster_nmi_scores_held_out_scenes_by_default(tmp_path):
 
     PaCaViTForSemanticSegmentation(tiny_config(num_labels=150)).save_pretrained(tmp_path / "model")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "cluster_nmi.py"), "--model", str(tmp_path / "model"),
-         "--num-images", "2", "--image-size", "32"], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "cluster_nmi.py"),
+            "--model",
+            str(tmp_path / "model"),
+            "--num-images",
+            "2",
+            "--image-size",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -17,15 +17,15 @@ import pytest
 import timm.data
 import torch
 import torch.nn.functional as F
+from finetune_helpers import assert_normal_permissions
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_configs import tiny_config
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTImageProcessor
 from paca_hf.training.classification import arguments as imagenet_args
 from paca_hf.training.classification import evaluation as imagenet_evaluation
 from paca_hf.training.classification import train as imagenet
-from finetune_helpers import assert_normal_permissions
-from tiny_configs import tiny_config
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,9 +168,9 @@ def test_trainer_loss_uses_timm_mixup_in_training_and_plain_cross_entropy_in_eva
         loss = trainer.compute_loss(model, {"pixel_values": pixel_values.clone(), "labels": labels})
         np.random.seed(seed)
         # timm called directly; the odd fifth image is left out of the step
-        mixed, targets = timm.data.Mixup(
-            mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=3
-        )(pixel_values[:4].clone(), labels[:4])
+        mixed, targets = timm.data.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=3)(
+            pixel_values[:4].clone(), labels[:4]
+        )
         assert not torch.allclose(targets, F.one_hot(labels[:4], 3).float())
         log_probs = torch.log_softmax(model(pixel_values=mixed).logits, dim=1)
         torch.testing.assert_close(loss, -(targets * log_probs).sum(1).mean())
@@ -331,8 +331,9 @@ def test_the_script_prints_its_recipe_line_and_warns_of_a_run_that_is_all_warm_u
     against 15 warm-up steps; the default rate 5e-4 x 6 / 512 ramps from x 0.001 by 0.999 / 14 per step, to
     x (0.001 + 0.999 x 2 / 14) at the last step (step 2)."""
     _tiny_folders(tmp_path)
-    argv = _train_argv(tmp_path, tmp_path / "out", "--num_train_epochs", "1", "--save_strategy", "no",
-                       "--do_eval", "false")
+    argv = _train_argv(
+        tmp_path, tmp_path / "out", "--num_train_epochs", "1", "--save_strategy", "no", "--do_eval", "false"
+    )
     argv.remove("--learning_rate"), argv.remove("2e-3"), argv.remove("--warmup_steps"), argv.remove("1")
     completed = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train_imagenet.py"), *argv], capture_output=True, text=True,
@@ -434,8 +435,20 @@ def test_save_total_limit_keeps_the_last_complete_checkpoint_until_the_new_one_i
     rotation deletes it before the new checkpoint could be marked) and is what `true` resumes from."""
     _tiny_folders(tmp_path)
     out = tmp_path / "out"
-    argv = _train_argv(tmp_path, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
-                       "--save_total_limit", "1", "--do_eval", "false")
+    argv = _train_argv(
+        tmp_path,
+        out,
+        "--max_steps",
+        "2",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "1",
+        "--save_total_limit",
+        "1",
+        "--do_eval",
+        "false",
+    )
     mark = imagenet.write_complete_marker
 
     def killed_marking_step_2(folder, info):
@@ -464,7 +477,10 @@ def test_the_package_and_the_model_do_not_import_timm():
     )
     path = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
     completed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=path),
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=path),
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -9,14 +9,14 @@ from pathlib import Path
 import accelerate
 import pytest
 import torch
+from finetune_helpers import finetune_argv
 from safetensors.torch import load_file
+from tiny_configs import tiny_config
 
 from paca_hf import PaCaViTForSemanticSegmentation
 from paca_hf import training as T
 from paca_hf.training.segmentation import finetune
 
-from finetune_helpers import finetune_argv
-from tiny_configs import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,8 +27,17 @@ class SimulatedKill(BaseException):
 
 def args_for(config, output_dir, *extra, steps=4):
     return finetune_argv(
-        config, output_dir, "--checkpointing_steps", "2", "--checkpoints_total_limit", "0", *extra,
-        image_size=48, num_train_images=4, num_eval_images=2, steps=steps,
+        config,
+        output_dir,
+        "--checkpointing_steps",
+        "2",
+        "--checkpoints_total_limit",
+        "0",
+        *extra,
+        image_size=48,
+        num_train_images=4,
+        num_eval_images=2,
+        steps=steps,
     )
 
 
@@ -44,7 +53,9 @@ def all_saved_tensors_are_finite(folder: Path) -> bool:
     files = list(folder.rglob("*.safetensors"))
     assert files
     return all(
-        bool(torch.isfinite(tensor).all()) for path in files for tensor in load_file(str(path)).values()
+        bool(torch.isfinite(tensor).all())
+        for path in files
+        for tensor in load_file(str(path)).values()
         if tensor.is_floating_point()
     )
 
@@ -123,7 +134,9 @@ def test_generator_states_need_the_same_number_of_processes():
 # ------------------------------------------------------------------------------------------------ latest
 
 
-def test_latest_skips_partial_and_corrupt_checkpoints_and_says_so(tiny_config_file, straight_run, run_with_step_2, caplog):
+def test_latest_skips_partial_and_corrupt_checkpoints_and_says_so(
+    tiny_config_file, straight_run, run_with_step_2, caplog
+):
     out = run_with_step_2
     # A newer checkpoint that was interrupted (no marker) and one that was damaged afterwards.
     import shutil
@@ -146,7 +159,9 @@ def test_latest_skips_partial_and_corrupt_checkpoints_and_says_so(tiny_config_fi
 
 def test_latest_without_any_checkpoint_starts_from_the_beginning(tiny_config_file, tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    results = finetune.main(args_for(tiny_config_file, tmp_path / "run", "--resume_from_checkpoint", "latest", steps=1))
+    results = finetune.main(
+        args_for(tiny_config_file, tmp_path / "run", "--resume_from_checkpoint", "latest", steps=1)
+    )
     assert results["resumed_from"] is None and results["train_steps"] == 1
     assert "starting from the beginning" in caplog.text
 
@@ -176,8 +191,9 @@ def test_killed_while_saving_keeps_the_previous_checkpoint(tiny_config_file, str
     assert [p.name for p in leftovers] == [".tmp-step_4"] and not (leftovers[0] / T.COMPLETE_MARKER).exists()
     assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
 
-    results = finetune.main(args_for(tiny_config_file, out, "--checkpoints_total_limit", "1",
-                                     "--resume_from_checkpoint", "latest"))
+    results = finetune.main(
+        args_for(tiny_config_file, out, "--checkpoints_total_limit", "1", "--resume_from_checkpoint", "latest")
+    )
     assert results["resumed_from"].endswith("step_2") and results["train_steps"] == 4
     assert same_weights(out, straight_run)
     # The new checkpoint replaced the old one only once it was complete; the leftover is gone.
@@ -190,8 +206,19 @@ def test_killed_while_saving_keeps_the_previous_checkpoint(tiny_config_file, str
 def test_an_exploding_learning_rate_stops_the_run_without_saving_nan(tiny_config_file, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(T.NonFiniteError, match=r"non-finite .*(at|by) step \d+") as error:
-        finetune.main(args_for(tiny_config_file, out, "--learning_rate", "1e6", "--checkpointing_steps", "1",
-                               "--num_warmup_steps", "0", steps=6))
+        finetune.main(
+            args_for(
+                tiny_config_file,
+                out,
+                "--learning_rate",
+                "1e6",
+                "--checkpointing_steps",
+                "1",
+                "--num_warmup_steps",
+                "0",
+                steps=6,
+            )
+        )
     assert "--learning_rate" in str(error.value)
     assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
     for folder in T.list_checkpoints(out):

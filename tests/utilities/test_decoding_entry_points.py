@@ -12,8 +12,8 @@ To add an entry point: write `decode(source) -> np.ndarray` returning its pixels
 with its geometry switched off (or undone), and append an `EntryPoint` to `ENTRY_POINTS`.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -102,8 +102,11 @@ def _finetune_collate(source) -> np.ndarray:
     with the image when the image is a PIL image carrying an EXIF orientation."""
     from paca_hf.training.segmentation.data import collate_segmentation
 
-    stored = Image.open(source).size if isinstance(source, str) else (source.size if isinstance(source, Image.Image)
-                                                                      else source.shape[1::-1])
+    stored = (
+        Image.open(source).size
+        if isinstance(source, str)
+        else (source.size if isinstance(source, Image.Image) else source.shape[1::-1])
+    )
     batch = collate_segmentation([{"image": source, "annotation": Image.new("L", stored)}])
     pixels = batch["images"][0].permute(1, 2, 0).numpy().astype(np.float32) / 255
     if not isinstance(source, str):
@@ -120,8 +123,14 @@ def _segmentation_augment(source) -> np.ndarray:
 
     height, width = _displayed_size(source)
     augment = SegmentationTrainAugment(
-        crop_size=(height, width), scale=(max(height, width), min(height, width)), ratio_range=(1.0, 1.0),
-        cat_max_ratio=1.0, flip_prob=0.0, photometric=False, mean=None, std=None,
+        crop_size=(height, width),
+        scale=(max(height, width), min(height, width)),
+        ratio_range=(1.0, 1.0),
+        cat_max_ratio=1.0,
+        flip_prob=0.0,
+        photometric=False,
+        mean=None,
+        std=None,
     )
     images, _ = augment([source], [torch.zeros(height, width, dtype=torch.long)], generator=torch.Generator())
     return images[0].permute(1, 2, 0).numpy() / 255

@@ -7,9 +7,7 @@ from PIL itself for the conversions the module delegates to PIL.
 import base64
 import functools
 import http.server
-import io
 import threading
-
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +73,9 @@ def test_float_mode_is_unit_range():
     array = image_to_array(Image.fromarray(values, mode="F"))
     assert array.dtype == np.float32 and array.shape == (2, 2, 3)
     np.testing.assert_array_equal(array[..., 2], values)
-    np.testing.assert_array_equal(np.asarray(load_image(Image.fromarray(values, mode="F")))[..., 0], [[0, 64], [128, 255]])
+    np.testing.assert_array_equal(
+        np.asarray(load_image(Image.fromarray(values, mode="F")))[..., 0], [[0, 64], [128, 255]]
+    )
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         image_to_array(Image.fromarray(values * 255, mode="F"))
 
@@ -139,7 +139,9 @@ def test_cmyk_pure_cyan_is_hand_computed():
 
 def test_luma_matches_pil_grey():
     rgb = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(image_to_array(rgb, num_channels=1)[..., 0], np.asarray(Image.fromarray(rgb).convert("L")))
+    np.testing.assert_array_equal(
+        image_to_array(rgb, num_channels=1)[..., 0], np.asarray(Image.fromarray(rgb).convert("L"))
+    )
     # hand-computed: pure red 255 -> round(0.299 * 255) = 76
     assert image_to_array(np.full((2, 2, 3), (255, 0, 0), dtype=np.uint8), num_channels=1)[0, 0, 0] == 76
 
@@ -218,8 +220,12 @@ def test_file_url_base64_bytes_and_http(tmp_path):
     rgb = np.random.default_rng(3).integers(0, 256, (6, 5, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "img.png")
     data = (tmp_path / "img.png").read_bytes()
-    sources = [f"file://{tmp_path / 'img.png'}", base64.b64encode(data).decode(), data,
-               "data:image/png;base64," + base64.b64encode(data).decode()]
+    sources = [
+        f"file://{tmp_path / 'img.png'}",
+        base64.b64encode(data).decode(),
+        data,
+        "data:image/png;base64," + base64.b64encode(data).decode(),
+    ]
 
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     handler.log_message = lambda *args: None
@@ -257,8 +263,12 @@ def test_label_maps_keep_values():
     np.testing.assert_array_equal(load_label_map(torch.tensor([[[3, 4]]])), [[3, 4]])
     np.testing.assert_array_equal(load_label_map(np.array([[[5], [6]], [[7], [8]]], dtype=np.uint8)), [[5, 6], [7, 8]])
     np.testing.assert_array_equal(load_label_map(np.array([[1.0, 2.0]])), [[1, 2]])
-    for bad, match in [(Image.new("RGB", (2, 2)), "single-channel"), (np.array([[0.5]]), "integer"),
-                       (np.zeros((2, 2, 3), dtype=np.uint8), "rank 2"), (np.array([[2**40]]), "int32")]:
+    for bad, match in [
+        (Image.new("RGB", (2, 2)), "single-channel"),
+        (np.array([[0.5]]), "integer"),
+        (np.zeros((2, 2, 3), dtype=np.uint8), "rank 2"),
+        (np.array([[2**40]]), "int32"),
+    ]:
         with pytest.raises(ValueError, match=match):
             load_label_map(bad)
 
@@ -282,8 +292,9 @@ def test_label_map_from_file_with_exif_follows_its_image(tmp_path):
     np.testing.assert_array_equal(load_label_map(own, image=image), rotated)
     data = Path(own).read_bytes()
     np.testing.assert_array_equal(load_label_map({"bytes": data, "path": None}, image=image), rotated)
-    np.testing.assert_array_equal(load_label_map(str(png), image={"bytes": None, "path": str(tmp_path / "photo.jpg")}),
-                                  rotated)
+    np.testing.assert_array_equal(
+        load_label_map(str(png), image={"bytes": None, "path": str(tmp_path / "photo.jpg")}), rotated
+    )
 
 
 def test_reduce_labels_numpy_and_torch_hand_computed():

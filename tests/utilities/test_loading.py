@@ -2,11 +2,11 @@
 
 import logging
 
+from tiny_configs import tiny_config
+
 from paca_hf import PaCaViTForSemanticSegmentation
 from paca_hf.image_processing_pacavit import PaCaViTImageProcessor
 from paca_hf.loading import load_image_processor
-
-from tiny_configs import tiny_config
 
 
 def test_a_saved_processor_is_loaded_and_a_missing_one_defaults_with_a_warning(tmp_path, caplog):

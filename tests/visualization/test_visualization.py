@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference import converted
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation, PaCaViTModel
 from paca_hf.images import open_image, reduce_labels
@@ -35,7 +36,7 @@ from paca_hf.visualization import (
     render_clusters,
     top_clusters,
 )
-from reference import converted
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -130,12 +131,12 @@ def test_top_k_is_clamped_to_the_number_of_clusters_and_must_be_positive(classif
         with pytest.raises(ValueError, match="`top_k` must be >= 1"):
             render_clusters(model, photo, top_k=bad, image_processor=image_processor)
 
+
 def test_a_upernet_folder_draws_its_paca_backbones_clusters(tmp_path, photo, processor):
     """A UperNet with a PaCa-ViT backbone, loaded the script's way: one row per backbone stage with clusters, no
     head row (UperNet's head has no clusters); the maps are the backbone's own assignments."""
-    from transformers import UperNetConfig, UperNetForSemanticSegmentation
-
     from tiny_configs import tiny_config
+    from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
     torch.manual_seed(0)
     backbone = tiny_config(out_features=["stage1", "stage2", "stage3", "stage4"])
@@ -162,8 +163,15 @@ def test_a_upernet_folder_draws_its_paca_backbones_clusters(tmp_path, photo, pro
 def test_a_model_without_paca_clusters_is_a_value_error(photo):
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-    tiny = SegformerConfig(num_encoder_blocks=1, depths=[1], sr_ratios=[1], hidden_sizes=[8], num_attention_heads=[1],
-                           decoder_hidden_size=8, num_labels=2)
+    tiny = SegformerConfig(
+        num_encoder_blocks=1,
+        depths=[1],
+        sr_ratios=[1],
+        hidden_sizes=[8],
+        num_attention_heads=[1],
+        decoder_hidden_size=8,
+        num_labels=2,
+    )
     with pytest.raises(ValueError, match="model_type 'segformer'.* no clusters to draw"):
         render_clusters(SegformerForSemanticSegmentation(tiny), photo, top_k=1)
 
@@ -171,9 +179,11 @@ def test_a_model_without_paca_clusters_is_a_value_error(photo):
 def test_script_refuses_an_output_that_is_a_folder(classifier_folder, photo, tmp_path):
     image_path = tmp_path / "photo.png"
     photo.save(image_path)
-    completed = run_script("visualize_clusters", "--model", classifier_folder, "--image", image_path,
-                           "--output", tmp_path)
+    completed = run_script(
+        "visualize_clusters", "--model", classifier_folder, "--image", image_path, "--output", tmp_path
+    )
     assert completed.returncode == 2 and "is a folder" in completed.stderr
+
 
 def test_script_rejects_missing_file_and_non_image(classifier_folder, tmp_path):
     argv = ["--model", classifier_folder, "--image", tmp_path / "absent.jpg", "--output", tmp_path / "o.png"]
@@ -318,7 +328,9 @@ def test_stage_nmi_pools_over_images_and_matches_own_labels(segmenter, seed):
     hard = hard_cluster_map(compute_cluster_assignments(segmenter, pixel_values)["stage3"])  # (2, 4, 4)
     labels = torch.from_numpy(np.stack([np.kron(h, np.ones((16, 16), dtype=np.int64)) for h in hard]))
     labels[:, :5, :5] = 255  # ignored
-    scores, tables = stage_cluster_nmi(segmenter, [{"pixel_values": pixel_values, "labels": labels}], return_tables=True)
+    scores, tables = stage_cluster_nmi(
+        segmenter, [{"pixel_values": pixel_values, "labels": labels}], return_tables=True
+    )
     assert list(scores) == ["stage1", "stage2", "stage3", "head"]
     assert scores["stage3"] == pytest.approx(1.0, abs=1e-12)
     assert all(0.0 <= value <= 1.0 for value in scores.values())
@@ -346,13 +358,22 @@ def mixed_size_scenes(tmp_path_factory):
 
     from paca_hf.data.scenes import features, scene_arrays
 
-    pairs = [scene_arrays(i, size, seed=4) for i, size in enumerate([(80, 120), (96, 64), (64, 64), (80, 120),
-                                                                     (50, 70), (70, 50)])]
+    pairs = [
+        scene_arrays(i, size, seed=4)
+        for i, size in enumerate([(80, 120), (96, 64), (64, 64), (80, 120), (50, 70), (70, 50)])
+    ]
     folder = tmp_path_factory.mktemp("mixed") / "scenes"
-    datasets.DatasetDict({"validation": datasets.Dataset.from_dict(
-        {"image": [Image.fromarray(image) for image, _ in pairs],
-         "annotation": [Image.fromarray(annotation) for _, annotation in pairs]}, features=features(),
-    )}).save_to_disk(str(folder))
+    datasets.DatasetDict(
+        {
+            "validation": datasets.Dataset.from_dict(
+                {
+                    "image": [Image.fromarray(image) for image, _ in pairs],
+                    "annotation": [Image.fromarray(annotation) for _, annotation in pairs],
+                },
+                features=features(),
+            )
+        }
+    ).save_to_disk(str(folder))
     return folder
 
 

@@ -72,6 +72,7 @@ from pathlib import Path
 import torch
 
 from ..file_utils import write_json_atomically, write_text_atomically
+from .data import DATA_DEFAULTS, DATA_PIPELINES, DATA_QUICK, make_runner
 from .memory import (
     measure_step_memory,
     memory_in_subprocess,
@@ -79,7 +80,6 @@ from .memory import (
     release_freed_memory_to_os,
     restart_with_malloc_cache,
 )
-from .data import DATA_DEFAULTS, DATA_PIPELINES, DATA_QUICK, make_runner
 from .models import (
     BACKENDS,
     DETECTION_MODEL_NAMES,
@@ -97,8 +97,8 @@ from .results import (
     add_ratios,
     plot_scaling,
     print_tables,
-    read_results,
     quartiles,
+    read_results,
     scaling_rows,
     write_csv,
 )
@@ -155,8 +155,14 @@ SEGMENTATION_DEFAULTS = {
     "threads": None,
 }
 # --task detection: the COCO Mask R-CNN detectors at COCO's test size (800 x 1216), inference and one train step
-DETECTION_QUICK = dict(QUICK, models=["pacavit-tiny", "maskrcnn-r50"], baseline="maskrcnn-r50", sizes=[64],
-                       train_sizes=[64], train_batch_sizes=[1])
+DETECTION_QUICK = dict(
+    QUICK,
+    models=["pacavit-tiny", "maskrcnn-r50"],
+    baseline="maskrcnn-r50",
+    sizes=[64],
+    train_sizes=[64],
+    train_batch_sizes=[1],
+)
 DETECTION_DEFAULTS = {
     "models": ["pacavit-tiny", "maskrcnn-r50"],
     "baseline": "maskrcnn-r50",
@@ -506,9 +512,11 @@ def main(argv=None, default_output_dir: Path = DEFAULT_OUTPUT_DIR) -> int:
     )
     report(f"models {', '.join(args.models)}; {args.warmup} warm-up + {args.repeats} interleaved timed runs each")
     if args.task == "detection":
-        shapes = sorted({size for size in [*args.sizes, *args.train_sizes]})
-        report("detection inputs (height x width): " + ", ".join(
-            "x".join(map(str, detection_shape(size))) for size in shapes))
+        shapes = sorted({*args.sizes, *args.train_sizes})
+        report(
+            "detection inputs (height x width): "
+            + ", ".join("x".join(map(str, detection_shape(size))) for size in shapes)
+        )
     environment = " ".join(f"{key}={value}" for key, value in meta["environment"].items())
     report(f"environment: {environment or 'no allocator or threading variables set (glibc malloc defaults)'}")
 

@@ -71,7 +71,9 @@ def photo_batch(batch_size: int, seed: int) -> tuple[list, list[torch.Tensor], l
         torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8) for _ in range(batch_size)
     ]
     images = [PIL.Image.fromarray(np.ascontiguousarray(tensor.permute(1, 2, 0).numpy())) for tensor in tensors]
-    blocks = torch.randint(0, NUM_SEGMENTATION_LABELS + 1, (batch_size, height // 80, width // 80), generator=generator)
+    blocks = torch.randint(
+        0, NUM_SEGMENTATION_LABELS + 1, (batch_size, height // 80, width // 80), generator=generator
+    )
     labels = list(blocks.repeat_interleave(80, dim=1).repeat_interleave(80, dim=2))
     return images, tensors, labels
 

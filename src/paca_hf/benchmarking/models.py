@@ -25,11 +25,20 @@ import torch
 
 
 MODEL_NAMES = ("pacavit-tiny", "pacavit-small", "pacavit-base", "swin-t", "pvtv2-b1", "pvtv2-b2")
-SEGMENTATION_MODEL_NAMES = ("pacavit-tiny", "pacavit-small", "pacavit-base", "segformer-b1", "segformer-b2",
-                            "upernet-swin-t")
+SEGMENTATION_MODEL_NAMES = (
+    "pacavit-tiny",
+    "pacavit-small",
+    "pacavit-base",
+    "segformer-b1",
+    "segformer-b2",
+    "upernet-swin-t",
+)
 DETECTION_MODEL_NAMES = ("pacavit-tiny", "pacavit-small", "pacavit-base", "maskrcnn-r50")
-TASK_MODEL_NAMES = {"classification": MODEL_NAMES, "segmentation": SEGMENTATION_MODEL_NAMES,
-                    "detection": DETECTION_MODEL_NAMES}
+TASK_MODEL_NAMES = {
+    "classification": MODEL_NAMES,
+    "segmentation": SEGMENTATION_MODEL_NAMES,
+    "detection": DETECTION_MODEL_NAMES,
+}
 BACKENDS = ("eager", "compile", "onnxruntime")
 NUM_LABELS = 1000
 NUM_SEGMENTATION_LABELS = 150  # ADE20k
@@ -118,40 +127,40 @@ def build_config(name: str, task: str = "classification"):
 def mix_transformer_kwargs(b1: bool) -> dict:
     """The B1 / B2 encoder shared by PVTv2 and Segformer's MiT (they differ in their MLP ratios): widths, depths,
     spatial-reduction ratios, overlapping patch embeddings."""
-    return dict(
-        num_channels=3,
-        num_encoder_blocks=4,
-        hidden_sizes=[64, 128, 320, 512],
-        depths=[2, 2, 2, 2] if b1 else [3, 4, 6, 3],
-        sr_ratios=[8, 4, 2, 1],
-        patch_sizes=[7, 3, 3, 3],
-        strides=[4, 2, 2, 2],
-        num_attention_heads=[1, 2, 5, 8],
-        hidden_act="gelu",
-        layer_norm_eps=1e-6,
-        drop_path_rate=0.1,
-    )
+    return {
+        "num_channels": 3,
+        "num_encoder_blocks": 4,
+        "hidden_sizes": [64, 128, 320, 512],
+        "depths": [2, 2, 2, 2] if b1 else [3, 4, 6, 3],
+        "sr_ratios": [8, 4, 2, 1],
+        "patch_sizes": [7, 3, 3, 3],
+        "strides": [4, 2, 2, 2],
+        "num_attention_heads": [1, 2, 5, 8],
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-6,
+        "drop_path_rate": 0.1,
+    }
 
 
 def swin_t_config(**kwargs):
     """microsoft/swin-tiny-patch4-window7-224's architecture; `kwargs` override (labels, out_features)."""
     from transformers import SwinConfig
 
-    settings = dict(
-        image_size=224,
-        patch_size=4,
-        num_channels=3,
-        embed_dim=96,
-        depths=[2, 2, 6, 2],
-        num_heads=[3, 6, 12, 24],
-        window_size=7,
-        mlp_ratio=4.0,
-        qkv_bias=True,
-        hidden_act="gelu",
-        use_absolute_embeddings=False,
-        layer_norm_eps=1e-5,
-        drop_path_rate=0.1,
-    )
+    settings = {
+        "image_size": 224,
+        "patch_size": 4,
+        "num_channels": 3,
+        "embed_dim": 96,
+        "depths": [2, 2, 6, 2],
+        "num_heads": [3, 6, 12, 24],
+        "window_size": 7,
+        "mlp_ratio": 4.0,
+        "qkv_bias": True,
+        "hidden_act": "gelu",
+        "use_absolute_embeddings": False,
+        "layer_norm_eps": 1e-5,
+        "drop_path_rate": 0.1,
+    }
     settings.update(kwargs)
     return SwinConfig(**settings)
 
@@ -204,8 +213,9 @@ def build_detection_config(name: str):
     from paca_hf import PaCaViTConfig, PaCaViTMaskRCNNConfig
 
     variant = base.split("-", 1)[1]
-    backbone = PaCaViTConfig.from_official_name(f"mask_rcnn_pacavit_{variant}_p2cconv_100_0_mstrain_480_800_1x_coco",
-                                                **overrides)
+    backbone = PaCaViTConfig.from_official_name(
+        f"mask_rcnn_pacavit_{variant}_p2cconv_100_0_mstrain_480_800_1x_coco", **overrides
+    )
     return PaCaViTMaskRCNNConfig(backbone_config=backbone, num_labels=NUM_DETECTION_LABELS)
 
 
@@ -228,8 +238,9 @@ class TorchvisionMaskRCNN(torch.nn.Module):
         images = list(pixel_values)
         if labels is None:
             return SimpleNamespace(pred_boxes=[found["boxes"] for found in self.model(images)])
-        targets = [{"boxes": label["boxes"], "labels": label["class_labels"] + 1, "masks": label["masks"]}
-                   for label in labels]
+        targets = [
+            {"boxes": label["boxes"], "labels": label["class_labels"] + 1, "masks": label["masks"]} for label in labels
+        ]
         return SimpleNamespace(loss=sum(self.model(images, targets).values()))
 
 

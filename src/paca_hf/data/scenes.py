@@ -21,31 +21,33 @@ textures, positions and sizes are drawn independently of it, so a model has to l
 import json
 import math
 import os
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 from PIL import Image
 
+
 # Index i is the reduced label i, i.e. the annotation value i + 1. Annotation 0 is background ("other").
-SCENE_CLASSES: Tuple[str, ...] = ("disc", "square", "triangle", "bar", "ring")
+SCENE_CLASSES: tuple[str, ...] = ("disc", "square", "triangle", "bar", "ring")
 BACKGROUND_NAME = "other"
 
 
-def id2label(include_background: bool = False) -> Dict[int, str]:
+def id2label(include_background: bool = False) -> dict[int, str]:
     """Class names by id. Default: reduced ids 0..K-1 (as a model config wants, like ADE20k's 150);
     with `include_background=True`: raw annotation ids, 0 = "other" and 1..K the shapes."""
     if include_background:
         return {0: BACKGROUND_NAME, **{i + 1: name for i, name in enumerate(SCENE_CLASSES)}}
-    return {i: name for i, name in enumerate(SCENE_CLASSES)}
+    return dict(enumerate(SCENE_CLASSES))
 
 
-def label2id(include_background: bool = False) -> Dict[str, int]:
+def label2id(include_background: bool = False) -> dict[str, int]:
     """Inverse of `id2label`."""
     return {name: i for i, name in id2label(include_background).items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # drawing
+
 
 def _smooth_field(rng: np.random.Generator, height: int, width: int, cells: int, channels: int) -> np.ndarray:
     """A smooth random field in [0, 1]: a coarse random grid upsampled bilinearly, (H, W, channels)."""
@@ -108,7 +110,7 @@ def _shape_mask(cls: int, yy, xx, cy, cx, r, theta, rng: np.random.Generator) ->
     raise ValueError(cls)
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """One scene: (image uint8 (H, W, 3), annotation uint8 (H, W) with 0 = background, 1..K shapes)."""
     image, annotation, _ = _draw_scene(rng, height, width)
     return image, annotation
@@ -162,13 +164,13 @@ def _scene(index: int, image_size, seed: int):
     return _draw_scene(rng, height, width)
 
 
-def scene_arrays(index: int, image_size: Tuple[int, int] = (128, 128), seed: int = 0):
+def scene_arrays(index: int, image_size: tuple[int, int] = (128, 128), seed: int = 0):
     """Arrays of scene number `index` of the stream `seed`: (image (H, W, 3) uint8, annotation (H, W) uint8)."""
     image, annotation, _ = _scene(index, image_size, seed)
     return image, annotation
 
 
-def scene_instances(index: int, image_size: Tuple[int, int] = (128, 128), seed: int = 0):
+def scene_instances(index: int, image_size: tuple[int, int] = (128, 128), seed: int = 0):
     """Scene number `index` of the stream `seed` with each shape as an instance: `(image, annotation, instances)`.
 
     `image` and `annotation` are `scene_arrays`'s. `instances` lists the shapes that can be seen, in drawing order,
@@ -199,7 +201,7 @@ def coco_categories():
 
 
 def save_coco_scenes(
-    path, num_images: int, image_size: Tuple[int, int] = (128, 128), seed: int = 0, start_index: int = 0
+    path, num_images: int, image_size: tuple[int, int] = (128, 128), seed: int = 0, start_index: int = 0
 ) -> str:
     """Write scenes `start_index`, ... of the stream `seed` as a COCO instances folder, for detection offline.
 
@@ -255,7 +257,7 @@ def features():
     return datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
 
 
-def make_scenes(num_images: int, image_size: Tuple[int, int] = (128, 128), seed: int = 0, start_index: int = 0):
+def make_scenes(num_images: int, image_size: tuple[int, int] = (128, 128), seed: int = 0, start_index: int = 0):
     """`datasets.Dataset` of `num_images` scenes (images `start_index`, ... of the stream `seed`).
 
     Columns: `image` (PIL RGB, size `image_size` = (H, W)) and `annotation` (PIL 'L', 0 = "other", 1..K).
@@ -273,9 +275,9 @@ def make_scenes(num_images: int, image_size: Tuple[int, int] = (128, 128), seed:
 def make_scene_splits(
     num_train: int = 200,
     num_validation: int = 50,
-    image_size: Tuple[int, int] = (128, 128),
+    image_size: tuple[int, int] = (128, 128),
     seed: int = 0,
-    splits: Optional[Dict[str, int]] = None,
+    splits: Optional[dict[str, int]] = None,
 ):
     """`datasets.DatasetDict` with disjoint splits of the stream `seed` (default `train` then `validation`;
     `splits={"train": n, "validation": m, "test": k}` overrides), like `load_dataset("scene_parse_150")`."""
@@ -293,9 +295,9 @@ def save_scenes_to_disk(
     path,
     num_train: int = 200,
     num_validation: int = 50,
-    image_size: Tuple[int, int] = (128, 128),
+    image_size: tuple[int, int] = (128, 128),
     seed: int = 0,
-    splits: Optional[Dict[str, int]] = None,
+    splits: Optional[dict[str, int]] = None,
 ) -> str:
     """Write scenes as a local dataset folder that `datasets.load_dataset(path)` reads back.
 
@@ -328,7 +330,7 @@ def save_scenes_to_disk(
     return os.fspath(path)
 
 
-def _dataset_card(splits: Dict[str, int], image_size, seed: int) -> str:
+def _dataset_card(splits: dict[str, int], image_size, seed: int) -> str:
     names = "\n".join(f"- {i}: {n}" for i, n in id2label(include_background=True).items())
     file_lines = "\n".join(f"  - split: {s}\n    path: data/{s}-*" for s in splits)
     counts = ", ".join(f"{s}: {int(n)}" for s, n in splits.items())

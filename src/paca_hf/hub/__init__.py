@@ -13,7 +13,7 @@ where `paca_hf` is not installed. `publish` uploads a repo only after its conver
 The table of releases itself is `paca_hf.releases`.
 """
 
-from ..releases import RELEASES, OFFICIAL_NAMES, Release, get_release
+from ..releases import OFFICIAL_NAMES, RELEASES, Release, get_release
 from .errors import PublishError
 from .model_card import (
     check_model_card,
@@ -54,11 +54,43 @@ from .repo import (
 
 
 __all__ = [
-    "ALLOWED_IMPORTS", "CLASSIFICATION", "OFFICIAL_NAMES", "OPTIONAL_IMPORTS", "PICKLE_SUFFIXES", "RELEASES",
-    "REMOTE_CODE_MODULES", "REPO_FILES", "SEGMENTATION", "BuiltRepo", "PublishError", "Release", "add_remote_code",
-    "auto_map", "build_repo", "check_model_card", "check_remote_code", "check_repo", "convert_checkpoint",
-    "custom_release", "download_checkpoint", "extract_usage_snippet", "form_of", "get_release",
-    "hidden_package_environment", "locate_checkpoint", "model_card_data", "model_card_template", "publish",
-    "release_card", "remote_code_files", "render_model_card", "render_releases_table", "repo_files", "summary_table", "upload_repo",
-    "usage_snippet", "write_release_cards", "write_repo",
+    "ALLOWED_IMPORTS",
+    "CLASSIFICATION",
+    "OFFICIAL_NAMES",
+    "OPTIONAL_IMPORTS",
+    "PICKLE_SUFFIXES",
+    "RELEASES",
+    "REMOTE_CODE_MODULES",
+    "REPO_FILES",
+    "SEGMENTATION",
+    "BuiltRepo",
+    "PublishError",
+    "Release",
+    "add_remote_code",
+    "auto_map",
+    "build_repo",
+    "check_model_card",
+    "check_remote_code",
+    "check_repo",
+    "convert_checkpoint",
+    "custom_release",
+    "download_checkpoint",
+    "extract_usage_snippet",
+    "form_of",
+    "get_release",
+    "hidden_package_environment",
+    "locate_checkpoint",
+    "model_card_data",
+    "model_card_template",
+    "publish",
+    "release_card",
+    "remote_code_files",
+    "render_model_card",
+    "render_releases_table",
+    "repo_files",
+    "summary_table",
+    "upload_repo",
+    "usage_snippet",
+    "write_release_cards",
+    "write_repo",
 ]

@@ -47,4 +47,3 @@ def main(argv=None) -> int:
         return 1
     print(f"wrote {args.output_dir}")
     return 0
-

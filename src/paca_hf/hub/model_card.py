@@ -5,9 +5,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from ..releases import (
-    BACKBONE, CLASSIFIER, DETECTOR, RELEASES, SEGMENTOR, UPERNET, Architecture, Release, get_release
-)
+from ..releases import BACKBONE, CLASSIFIER, DETECTOR, RELEASES, SEGMENTOR, UPERNET, Architecture, Release, get_release
 from .errors import PublishError
 
 
@@ -64,8 +62,10 @@ def render_releases_table() -> str:
             source = f"[{release.url.rsplit('/', 1)[-1]}]({release.url})"
         else:
             source = "not released (no download link in the authors' README)"
-        lines.append(f"| `{release.official_name}` | {_FORM_TEXT[release.form]} | `{release.repo_id}` | "
-                     f"{result_text(release)} | {source} |")
+        lines.append(
+            f"| `{release.official_name}` | {_FORM_TEXT[release.form]} | `{release.repo_id}` | "
+            f"{result_text(release)} | {source} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -182,8 +182,18 @@ def is_official(release: Release) -> bool:
 def custom_release(form: str, repo_id: str, checkpoint_name: str) -> Release:
     """A stand-in `Release` for a checkpoint converted with a config that is not an official release: no URL, no
     published numbers."""
-    return Release(checkpoint_name, form, Architecture("custom", "conv", ()), repo_id,
-                   f"PaCa-ViT {form} ({checkpoint_name})", None, None, None, None, numbers_source="none")
+    return Release(
+        checkpoint_name,
+        form,
+        Architecture("custom", "conv", ()),
+        repo_id,
+        f"PaCa-ViT {form} ({checkpoint_name})",
+        None,
+        None,
+        None,
+        None,
+        numbers_source="none",
+    )
 
 
 def _backbone_repo(release: Release) -> str | None:
@@ -206,11 +216,21 @@ def model_card_data(release: Release):
     eval_results = None
     if release.metric is not None and is_official(release):
         if release.form == CLASSIFIER:
-            metric = dict(metric_type="accuracy", metric_name="Top-1 accuracy (%)", dataset_name="ImageNet-1k",
-                          task_name="Image Classification", task_type="image-classification")
+            metric = {
+                "metric_type": "accuracy",
+                "metric_name": "Top-1 accuracy (%)",
+                "dataset_name": "ImageNet-1k",
+                "task_name": "Image Classification",
+                "task_type": "image-classification",
+            }
         else:
-            metric = dict(metric_type="mean_iou", metric_name="mIoU (single-scale, %)", dataset_name="ADE20k",
-                          task_name="Semantic Segmentation", task_type="image-segmentation")
+            metric = {
+                "metric_type": "mean_iou",
+                "metric_name": "mIoU (single-scale, %)",
+                "dataset_name": "ADE20k",
+                "task_name": "Semantic Segmentation",
+                "task_type": "image-segmentation",
+            }
         eval_results = [
             EvalResult(
                 dataset_type=release.dataset,
@@ -232,12 +252,23 @@ def model_card_data(release: Release):
                 source_url=AUTHORS_REPO,
                 **metric,
             )
-            for value, metric in zip(_coco_ap(release.result), (
-                dict(metric_type="box_ap", metric_name="box AP", task_name="Object Detection",
-                     task_type="object-detection"),
-                dict(metric_type="mask_ap", metric_name="mask AP", task_name="Instance Segmentation",
-                     task_type="image-segmentation"),
-            ))
+            for value, metric in zip(
+                _coco_ap(release.result),
+                (
+                    {
+                        "metric_type": "box_ap",
+                        "metric_name": "box AP",
+                        "task_name": "Object Detection",
+                        "task_type": "object-detection",
+                    },
+                    {
+                        "metric_type": "mask_ap",
+                        "metric_name": "mask AP",
+                        "task_name": "Instance Segmentation",
+                        "task_type": "image-segmentation",
+                    },
+                ),
+            )
         ]
     tags = ["vision", "pacavit", "paca-vit", release.task]
     if release.form == UPERNET:
@@ -250,8 +281,11 @@ def model_card_data(release: Release):
         pipeline_tag=_PIPELINE_TAGS[release.form],
         tags=tags,
         datasets=[release.dataset] if is_official(release) else None,
-        metrics=(["accuracy" if release.form == CLASSIFIER else "mean_iou"]
-                 if release.metric is not None and is_official(release) else None),
+        metrics=(
+            ["accuracy" if release.form == CLASSIFIER else "mean_iou"]
+            if release.metric is not None and is_official(release)
+            else None
+        ),
         base_model=_backbone_repo(release),
         model_name=release.repo_name,
         eval_results=eval_results,
@@ -278,9 +312,13 @@ def render_model_card(
         num_labels = {CLASSIFIER: 1000, SEGMENTOR: 150, UPERNET: 150, DETECTOR: 80}.get(release.form)
     if release.form == BACKBONE and not_converted is None:
         not_converted = "the `neck.`, `rpn_head.` and `roi_head.` tensors of the checkpoint"
-    metric_label = {CLASSIFIER: "ImageNet-1k top-1 (224x224)", SEGMENTOR: "ADE20k mIoU (single-scale, 512x512)",
-                    UPERNET: "ADE20k mIoU (single-scale, 512x512)", DETECTOR: "COCO val2017, Mask R-CNN 1x",
-                    BACKBONE: "COCO val2017, whole Mask R-CNN 1x detector"}[release.form]
+    metric_label = {
+        CLASSIFIER: "ImageNet-1k top-1 (224x224)",
+        SEGMENTOR: "ADE20k mIoU (single-scale, 512x512)",
+        UPERNET: "ADE20k mIoU (single-scale, 512x512)",
+        DETECTOR: "COCO val2017, Mask R-CNN 1x",
+        BACKBONE: "COCO val2017, whole Mask R-CNN 1x detector",
+    }[release.form]
     return ModelCard.from_template(
         model_card_data(release),
         template_str=template,
@@ -288,8 +326,9 @@ def render_model_card(
         form=release.form,
         official=official,
         metric_label=metric_label,
-        result_text=result_text(release) if release.result else (
-            f"{release.metric}%" if release.metric is not None else "not published"),
+        result_text=result_text(release)
+        if release.result
+        else (f"{release.metric}%" if release.metric is not None else "not published"),
         resolution={CLASSIFIER: "224x224", BACKBONE: "1280x800", DETECTOR: "1280x800"}.get(release.form, "512x512"),
         num_labels=f"{num_labels:,}" if num_labels else "",
         num_parameters=f"{num_parameters:,}",
@@ -344,4 +383,3 @@ def check_model_card(text: str, release: Release) -> None:
         problems.append("the citation is missing")
     if problems:
         raise PublishError(f"The model card of {release.repo_id} is wrong: " + "; ".join(problems))
-

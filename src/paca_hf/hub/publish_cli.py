@@ -25,17 +25,29 @@ from .repo import write_release_cards
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoints-dir", default=None,
-                        help="take the checkpoints from this folder (named as in the release URLs) instead of "
-                             "downloading them")
+    parser.add_argument(
+        "--checkpoints-dir",
+        default=None,
+        help="take the checkpoints from this folder (named as in the release URLs) instead of downloading them",
+    )
     parser.add_argument("--work-dir", default="outputs/hub", help="downloads and built repos go here")
-    parser.add_argument("--only", action="append", metavar="NAME", default=None,
-                        help="an official name or repo id to publish (repeatable); default: every release")
-    parser.add_argument("--dry-run", action="store_true", help="build and check, print the repo ids and files, "
-                                                               "upload nothing")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        default=None,
+        help="an official name or repo id to publish (repeatable); default: every release",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="build and check, print the repo ids and files, upload nothing"
+    )
     parser.add_argument("--list", action="store_true", help="print the release table (Markdown) and exit")
-    parser.add_argument("--write-cards", metavar="DIR", default=None,
-                        help="write every release's model card to DIR/<repo name>.md and exit")
+    parser.add_argument(
+        "--write-cards",
+        metavar="DIR",
+        default=None,
+        help="write every release's model card to DIR/<repo name>.md and exit",
+    )
     return parser.parse_args(argv)
 
 
@@ -52,8 +64,9 @@ def main(argv=None, api=None) -> int:
         from huggingface_hub import HfApi, get_token
 
         if get_token() is None:
-            print("error: no Hugging Face token; set HF_TOKEN or run `hf auth login` (or use --dry-run)",
-                  file=sys.stderr)
+            print(
+                "error: no Hugging Face token; set HF_TOKEN or run `hf auth login` (or use --dry-run)", file=sys.stderr
+            )
             return 2
         api = HfApi()
 
@@ -69,6 +82,8 @@ def main(argv=None, api=None) -> int:
     failed = [name for name, state in status.items() if state.startswith("failed")]
     skipped = [name for name, state in status.items() if state.startswith("skipped")]
     done = len(status) - len(failed) - len(skipped)
-    print(f"{done} {'checked (dry run)' if args.dry_run else 'uploaded'}, {len(skipped)} skipped, {len(failed)} failed"
-          + (f": {', '.join(failed)}" if failed else ""))
+    print(
+        f"{done} {'checked (dry run)' if args.dry_run else 'uploaded'}, {len(skipped)} skipped, {len(failed)} failed"
+        + (f": {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0

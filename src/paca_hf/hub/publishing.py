@@ -89,9 +89,13 @@ def publish(
     status = {}
     for release in releases:
         name = release.official_name
-        if release.url is None and not names and (
-            checkpoints_dir is None
-            or not any((Path(checkpoints_dir) / file).is_file() for file in release.checkpoint_filenames)
+        if (
+            release.url is None
+            and not names
+            and (
+                checkpoints_dir is None
+                or not any((Path(checkpoints_dir) / file).is_file() for file in release.checkpoint_filenames)
+            )
         ):
             status[name] = f"skipped: {release.note}"
             log(f"skipped: {name}: {release.note}")
@@ -118,8 +122,13 @@ def _publish_one(release: Release, checkpoints_dir, work_dir: Path, api, dry_run
         for file in built.files:
             log(f"  {file}")
         return "dry-run"
-    upload_repo(api, release.repo_id, built.folder, built.files,
-                commit_message=f"Upload {release.official_name}, converted from the authors' checkpoint")
+    upload_repo(
+        api,
+        release.repo_id,
+        built.folder,
+        built.files,
+        commit_message=f"Upload {release.official_name}, converted from the authors' checkpoint",
+    )
     log(f"uploaded {release.repo_id}")
     return "uploaded"
 

@@ -28,13 +28,18 @@ INSTANCE_SEGMENTATION = "instance-segmentation"
 # The classes a repo's `auto_map` names, by module; every module they import relatively ships too (`images.py`,
 # `releases.py`, ...). A module listed here that the package does not have (yet) is left out.
 REMOTE_CODE_MODULES = (
-    "configuration_pacavit", "modeling_pacavit", "image_processing_pacavit", "image_processing_pil_pacavit"
+    "configuration_pacavit",
+    "modeling_pacavit",
+    "image_processing_pacavit",
+    "image_processing_pil_pacavit",
 )
 IMAGE_PROCESSOR_CLASS = "image_processing_pacavit.PaCaViTImageProcessor"
 # The Mask R-CNN detector's modules, shipped besides those above by detector repos. They are built from torchvision's
 # detection parts, so torchvision is a requirement of those repos, not an optional import.
 DETECTOR_REMOTE_CODE_MODULES = (
-    "configuration_pacavit_mask_rcnn", "modeling_pacavit_mask_rcnn", "image_processing_pacavit_mask_rcnn"
+    "configuration_pacavit_mask_rcnn",
+    "modeling_pacavit_mask_rcnn",
+    "image_processing_pacavit_mask_rcnn",
 )
 DETECTOR_CLASS = "modeling_pacavit_mask_rcnn.PaCaViTMaskRCNNForInstanceSegmentation"
 DETECTOR_IMAGE_PROCESSOR_CLASS = "image_processing_pacavit_mask_rcnn.PaCaViTMaskRCNNImageProcessor"
@@ -68,8 +73,10 @@ def remote_code_files(package_dir: str | os.PathLike | None = None, task: str | 
     modules = REMOTE_CODE_MODULES + (DETECTOR_REMOTE_CODE_MODULES if task == INSTANCE_SEGMENTATION else ())
     pending = [module for module in modules if (package_dir / f"{module}.py").is_file()]
     seen, problems = {}, []
-    allowed = ALLOWED_IMPORTS | set(sys.stdlib_module_names) | (
-        OPTIONAL_IMPORTS if task == INSTANCE_SEGMENTATION else frozenset()
+    allowed = (
+        ALLOWED_IMPORTS
+        | set(sys.stdlib_module_names)
+        | (OPTIONAL_IMPORTS if task == INSTANCE_SEGMENTATION else frozenset())
     )
     while pending:
         module = pending.pop(0)
@@ -279,9 +286,21 @@ def check_remote_code(folder: str | os.PathLike, task: str, model, image_process
         pixel_values = check_inputs(model.config)
         save_file({"pixel_values": pixel_values}, f"{tmp}/inputs.safetensors")
         result = subprocess.run(
-            [sys.executable, "-c", _REMOTE_CHECK, str(Path(folder).resolve()), task, f"{tmp}/inputs.safetensors",
-             f"{tmp}/outputs.safetensors", str(torch.get_num_threads())],
-            cwd=tmp, env=hidden_package_environment(tmp), capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "-c",
+                _REMOTE_CHECK,
+                str(Path(folder).resolve()),
+                task,
+                f"{tmp}/inputs.safetensors",
+                f"{tmp}/outputs.safetensors",
+                str(torch.get_num_threads()),
+            ],
+            cwd=tmp,
+            env=hidden_package_environment(tmp),
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if result.returncode != 0:
             raise PublishError(
@@ -292,6 +311,9 @@ def check_remote_code(folder: str | os.PathLike, task: str, model, image_process
         expected = main_output(model(pixel_values))
     assert_same(expected, outputs["logits"], "The repo loaded as remote code")
     image = torch.arange(48 * 40 * 3, dtype=torch.uint8).reshape(48, 40, 3).numpy()
-    assert_same(image_processor(images=image, return_tensors="pt")["pixel_values"], outputs["processed"],
-                 "The image processor loaded as remote code")
+    assert_same(
+        image_processor(images=image, return_tensors="pt")["pixel_values"],
+        outputs["processed"],
+        "The image processor loaded as remote code",
+    )
     _REMOTE_CODE_CHECKED.add(digest)

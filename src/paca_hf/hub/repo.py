@@ -19,7 +19,15 @@ from ..convert import (
 from ..file_utils import check_replaceable_dir, sha256sum, write_dir_atomically, write_text_atomically
 from ..loading import default_image_processor
 from ..releases import (
-    BACKBONE, CLASSIFIER, DETECTOR, FORM_TASKS, OFFICIAL_NAMES, SEGMENTOR, UPERNET, Release, get_release
+    BACKBONE,
+    CLASSIFIER,
+    DETECTOR,
+    FORM_TASKS,
+    OFFICIAL_NAMES,
+    SEGMENTOR,
+    UPERNET,
+    Release,
+    get_release,
 )
 from .errors import PublishError
 from .model_card import check_model_card, custom_release, is_official, render_model_card
@@ -162,21 +170,29 @@ def build_repo(checkpoint, release: Release | str, output_dir, config=None, remo
     release = get_release(release) if isinstance(release, str) else release
     check_output_dir(output_dir, checkpoint)
     source, class_names = load_checkpoint(checkpoint, with_class_names=True)
-    model, unused = convert_source(source, release.official_name if config is None else config, release.task,
-                                   class_names)
+    model, unused = convert_source(
+        source, release.official_name if config is None else config, release.task, class_names
+    )
     expected = _EXPECTED_LABELS.get(release.form)
     if config is None and expected is not None and model.config.num_labels != expected:
         raise ConversionError(
             f"The checkpoint's head has {model.config.num_labels} classes; {release.official_name} has {expected}."
         )
     if form_of(model) != release.form:
-        raise ConversionError(f"{release.official_name} is a {release.form}, but the checkpoint converts to a "
-                              f"{form_of(model)}.")
+        raise ConversionError(
+            f"{release.official_name} is a {release.form}, but the checkpoint converts to a {form_of(model)}."
+        )
     return write_repo(model, release, output_dir, checkpoint, unused, remote_code_check)
 
 
-def convert_checkpoint(checkpoint, config, output_dir, task: str = "image-classification", push_to_hub=None,
-                       remote_code_check: bool = False):
+def convert_checkpoint(
+    checkpoint,
+    config,
+    output_dir,
+    task: str = "image-classification",
+    push_to_hub=None,
+    remote_code_check: bool = False,
+):
     """Convert one of the authors' checkpoints into a complete repo folder (`write_repo`: weights, config, image
     processor, remote code, model card) and return the model. With an official name as `config`, the card is that
     release's; otherwise it says the model is not an official release and carries no published numbers. Nothing is
@@ -216,11 +232,21 @@ def write_release_cards(folder) -> list[Path]:
     """Write every release's card to `folder/<repo name>.md` (the repository's `model_cards/`)."""
     from ..releases import RELEASES
 
-    return [write_text_atomically(Path(folder) / f"{release.repo_name}.md", str(release_card(release)) + "\n")
-            for release in RELEASES]
+    return [
+        write_text_atomically(Path(folder) / f"{release.repo_name}.md", str(release_card(release)) + "\n")
+        for release in RELEASES
+    ]
 
 
 __all__ = [
-    "BuiltRepo", "build_repo", "check_repo", "convert_checkpoint", "form_of", "is_official", "release_card",
-    "repo_files", "write_release_cards", "write_repo",
+    "BuiltRepo",
+    "build_repo",
+    "check_repo",
+    "convert_checkpoint",
+    "form_of",
+    "is_official",
+    "release_card",
+    "repo_files",
+    "write_release_cards",
+    "write_repo",
 ]

@@ -13,6 +13,7 @@ Non-finite scores never count as correct: `accuracy_topk` counts a row with NaN 
 
 import os
 
+
 METRIC_NAMES = ("mean_iou", "accuracy_topk")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -26,7 +26,9 @@ def contingency_table(cluster_map, label_map, ignore_index: int | None = 255) ->
     clusters = np.asarray(cluster_map)
     labels = np.asarray(label_map)
     if clusters.shape != labels.shape:
-        raise ValueError(f"cluster map and label map must have the same shape, got {clusters.shape} and {labels.shape}")
+        raise ValueError(
+            f"cluster map and label map must have the same shape, got {clusters.shape} and {labels.shape}"
+        )
     clusters, labels = clusters.reshape(-1), labels.reshape(-1)
     if ignore_index is not None:
         keep = labels != ignore_index
@@ -34,7 +36,8 @@ def contingency_table(cluster_map, label_map, ignore_index: int | None = 255) ->
     cluster_ids, cluster_index = np.unique(clusters, return_inverse=True)
     label_ids, label_index = np.unique(labels, return_inverse=True)
     counts = np.bincount(
-        cluster_index.reshape(-1) * len(label_ids) + label_index.reshape(-1), minlength=len(cluster_ids) * len(label_ids)
+        cluster_index.reshape(-1) * len(label_ids) + label_index.reshape(-1),
+        minlength=len(cluster_ids) * len(label_ids),
     )
     return counts.reshape(len(cluster_ids), len(label_ids))
 
@@ -68,7 +71,9 @@ def nmi_from_contingency(table) -> float:
     nonzero = np.nonzero(table)
     joint = table[nonzero]
     # I = sum_ij n_ij / N * log(n_ij N / (a_i b_j)); exactly 0 when every n_ij N == a_i b_j.
-    mutual_information = float(np.sum(joint / total * np.log(joint * total / (rows[nonzero[0]] * columns[nonzero[1]]))))
+    mutual_information = float(
+        np.sum(joint / total * np.log(joint * total / (rows[nonzero[0]] * columns[nonzero[1]])))
+    )
     mutual_information = max(mutual_information, 0.0)
     return float(min(max(2.0 * mutual_information / (entropy(rows) + entropy(columns)), 0.0), 1.0))
 
@@ -222,7 +227,9 @@ def stage_cluster_nmi(
     """
     batch_size = max(int(batch_size), 1)
     tables: dict[str, np.ndarray] = {}
-    for pixel_values, labels in _batches(data, image_processor, batch_size, do_reduce_labels, ignore_index, num_images):
+    for pixel_values, labels in _batches(
+        data, image_processor, batch_size, do_reduce_labels, ignore_index, num_images
+    ):
         labels = labels.cpu().numpy().astype(np.int64)
         if labels.ndim == 2:
             labels = labels[None]
@@ -235,8 +242,6 @@ def stage_cluster_nmi(
         raise ValueError("no image was evaluated (empty data, or a model without clusters)")
     scores = {key: nmi_from_contingency(table) for key, table in tables.items()}
     return (scores, tables) if return_tables else scores
-
-
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from .errors import CheckpointError, NonFiniteError, TrainingError
 from .optim import param_groups
 from .scheduler import PolyWithWarmup, make_scheduler
 
+
 __all__ = [
     "COMPLETE_MARKER",
     "CheckpointError",

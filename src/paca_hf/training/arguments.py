@@ -3,6 +3,7 @@ the flags they have in common, and the `--dataset_name` value of the built-in sc
 
 import argparse
 
+
 BUILTIN_SCENES = "builtin-scenes"
 
 

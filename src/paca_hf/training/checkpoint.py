@@ -33,6 +33,7 @@ from ..file_utils import (
 )
 from .errors import CheckpointError
 
+
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE"
@@ -67,8 +68,13 @@ class TrainingState:
 
     def state_dict(self) -> dict:
         states = self._gathered if self._gathered is not None else [self.generator.get_state()]
-        return {"format": 1, "step": self.step, "seed": self.seed, "num_processes": self.num_processes,
-                "generator_states": states}
+        return {
+            "format": 1,
+            "step": self.step,
+            "seed": self.seed,
+            "num_processes": self.num_processes,
+            "generator_states": states,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         states = state["generator_states"]
@@ -184,8 +190,9 @@ def resolve_resume_checkpoint(
                 f"--resume_from_checkpoint latest: no usable checkpoint in {str(output_dir)!r}; "
                 + " | ".join(reason for _, reason in skipped)
             )
-        return None, warnings + [f"--resume_from_checkpoint latest: no checkpoint in {str(output_dir)!r} yet, "
-                                 f"starting from the beginning."]
+        return None, warnings + [
+            f"--resume_from_checkpoint latest: no checkpoint in {str(output_dir)!r} yet, starting from the beginning."
+        ]
     folder = Path(value)
     if not folder.exists() and output_dir is not None and (Path(output_dir) / value).exists():
         folder = Path(output_dir) / value
@@ -229,9 +236,7 @@ def save_checkpoint(
     return final
 
 
-def prune_checkpoints(
-    output_dir, keep: int, protect=None, name_pattern: re.Pattern = _CHECKPOINT_NAME
-) -> list[Path]:
+def prune_checkpoints(output_dir, keep: int, protect=None, name_pattern: re.Pattern = _CHECKPOINT_NAME) -> list[Path]:
     """Delete the oldest complete checkpoints so that `keep` remain (never `protect`: a folder or several);
     incomplete ones are left for the user to look at. Returns the deleted folders."""
     if protect is None:

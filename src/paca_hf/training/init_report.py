@@ -30,8 +30,10 @@ class InitReport:
         lines = [f"Initialisation from {self.source}: {len(self.loaded)} tensors loaded"]
         if self.reinitialized:
             lines.append(f"  re-initialised (shape changed) ({len(self.reinitialized)}):")
-            lines += [f"    {name}: checkpoint {tuple(old)} -> model {tuple(new)}" for name, old, new in
-                      sorted(self.reinitialized)]
+            lines += [
+                f"    {name}: checkpoint {tuple(old)} -> model {tuple(new)}"
+                for name, old, new in sorted(self.reinitialized)
+            ]
         if self.newly_initialized:
             prefixes = sorted({".".join(name.split(".")[:2]) for name in self.newly_initialized})
             lines.append(

@@ -5,7 +5,13 @@ from collections.abc import Sequence
 
 from torch import nn
 
-NORM_MODULE_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+NORM_MODULE_TYPES = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 
 
 def _norm_parameter_names(model: nn.Module) -> set[str]:

@@ -15,6 +15,7 @@ from ..file_utils import fsync_dir, fsync_file, give_normal_permissions, write_j
 from .checkpoint import find_latest_checkpoint, verify_checkpoint, weight_checksums
 from .distributed import check_fsdp_device, check_launch, distributed_on_cpu
 
+
 logger = logging.getLogger(__name__)
 
 
@@ -107,8 +108,13 @@ def warn_about_run_differences(saved_run: dict, current: dict, keys) -> None:
     marker's `run`) had otherwise: an exact resume needs the same ones."""
     for key in keys:
         if key in saved_run and saved_run[key] != current[key]:
-            logger.warning("The checkpoint was written with %s=%s, this run has %s: the resumed run will not "
-                           "match an uninterrupted one exactly.", key, saved_run[key], current[key])
+            logger.warning(
+                "The checkpoint was written with %s=%s, this run has %s: the resumed run will not "
+                "match an uninterrupted one exactly.",
+                key,
+                saved_run[key],
+                current[key],
+            )
 
 
 def maybe_sync_batchnorm(model: torch.nn.Module, accelerator) -> torch.nn.Module:
@@ -121,7 +127,8 @@ def maybe_sync_batchnorm(model: torch.nn.Module, accelerator) -> torch.nn.Module
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     logger.warning(
         "SyncBatchNorm needs CUDA/NCCL; running on %s with %d processes, so BatchNorm statistics stay per process.",
-        accelerator.device.type, accelerator.num_processes,
+        accelerator.device.type,
+        accelerator.num_processes,
     )
     return model
 
@@ -134,12 +141,23 @@ def stopped_run_report(accelerator, output_dir: Path, completed_steps: int, max_
     latest, _ = find_latest_checkpoint(output_dir) if accelerator.is_main_process else (None, [])
     saved = int(verify_checkpoint(latest, check_hashes=False)["step"]) if latest is not None else 0
     where = f"{latest.name} (step {saved})" if latest is not None else "the beginning (no checkpoint saved)"
-    lost = "" if saved >= completed_steps else (
-        f"; steps {saved + 1}-{completed_steps} are not saved and will be trained again")
-    logger.info("Stopped after step %d of %d (--stop_after_step); --resume_from_checkpoint latest restarts from "
-                "%s%s.", completed_steps, max_train_steps, where, lost)
-    return {"stopped_at_step": completed_steps, "resumed_from": str(resume_dir) if resume_dir else None,
-            "latest_checkpoint_step": saved}
+    lost = (
+        ""
+        if saved >= completed_steps
+        else (f"; steps {saved + 1}-{completed_steps} are not saved and will be trained again")
+    )
+    logger.info(
+        "Stopped after step %d of %d (--stop_after_step); --resume_from_checkpoint latest restarts from %s%s.",
+        completed_steps,
+        max_train_steps,
+        where,
+        lost,
+    )
+    return {
+        "stopped_at_step": completed_steps,
+        "resumed_from": str(resume_dir) if resume_dir else None,
+        "latest_checkpoint_step": saved,
+    }
 
 
 def write_final_outputs(args, accelerator, model, image_processor, json_files: dict, write_extra=None) -> None:
@@ -155,9 +173,12 @@ def write_final_outputs(args, accelerator, model, image_processor, json_files: d
         # The full weights this process holds (under FSDP, the main process only; the others get none).
         write_json_atomically(
             output_dir / "rank_checksums" / f"rank_{accelerator.process_index}.json",
-            {"process_index": accelerator.process_index, "num_processes": accelerator.num_processes,
-             "distributed_type": str(accelerator.distributed_type),
-             "checksums": weight_checksums(state_dict)},
+            {
+                "process_index": accelerator.process_index,
+                "num_processes": accelerator.num_processes,
+                "distributed_type": str(accelerator.distributed_type),
+                "checksums": weight_checksums(state_dict),
+            },
         )
     if not accelerator.is_main_process:
         return
@@ -170,7 +191,10 @@ def write_final_outputs(args, accelerator, model, image_processor, json_files: d
 
         api = HfApi(token=args.hub_token)
         repo_id = api.create_repo(args.hub_model_id, exist_ok=True).repo_id
-        api.upload_folder(repo_id=repo_id, folder_path=str(output_dir), commit_message="End of training",
-                          ignore_patterns=["step_*", "epoch_*", ".*", "rank_checksums/*", "*.npz",
-                                           "builtin-scenes-coco/*"])
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(output_dir),
+            commit_message="End of training",
+            ignore_patterns=["step_*", "epoch_*", ".*", "rank_checksums/*", "*.npz", "builtin-scenes-coco/*"],
+        )
         logger.info("Pushed to https://huggingface.co/%s", repo_id)

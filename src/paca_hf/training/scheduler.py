@@ -61,14 +61,18 @@ class MultiStepWithWarmup:
         return warmup * self.gamma ** sum(step >= milestone for milestone in self.milestones)
 
 
-def follow_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, optimizer: torch.optim.Optimizer, schedule,
-                    step: int) -> None:
+def follow_schedule(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, optimizer: torch.optim.Optimizer, schedule, step: int
+) -> None:
     """After loading a checkpoint: `LambdaLR` restores its schedule's settings from it (e.g. another
     `--max_train_steps`); continue with `schedule` (this run's, same class) instead, from optimiser step `step`,
     with a warning when they differ."""
     if scheduler.lr_lambdas[0].__dict__ != schedule.__dict__:
-        logger.warning("The schedule differs from the checkpoint's (%s); continuing with %s.",
-                       scheduler.lr_lambdas[0].__dict__, schedule.__dict__)
+        logger.warning(
+            "The schedule differs from the checkpoint's (%s); continuing with %s.",
+            scheduler.lr_lambdas[0].__dict__,
+            schedule.__dict__,
+        )
         for fn in scheduler.lr_lambdas:
             fn.__dict__.update(schedule.__dict__)
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
@@ -76,7 +80,10 @@ def follow_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, optimizer: tor
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, start_factor: float = 1e-6,
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    start_factor: float = 1e-6,
     power: float = 1.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A `LambdaLR` that applies [`PolyWithWarmup`] to every parameter group (step it once per optimiser step)."""
@@ -100,11 +107,17 @@ def whole_run_warmup_warning(
     )
 
 
-def warmup_warning(warmup_steps: int, total_steps: int, learning_rate: float, start_factor: float = 1e-6,
-                   power: float = 1.0) -> str | None:
+def warmup_warning(
+    warmup_steps: int, total_steps: int, learning_rate: float, start_factor: float = 1e-6, power: float = 1.0
+) -> str | None:
     """[`whole_run_warmup_warning`] for the fine-tune's [`PolyWithWarmup`] schedule and flags."""
     return whole_run_warmup_warning(
-        warmup_steps, total_steps, learning_rate, PolyWithWarmup(warmup_steps, total_steps, start_factor, power),
-        warmup=f"--num_warmup_steps {warmup_steps}", run=f"--max_train_steps {total_steps}",
-        where="at the last step; times the groups' multipliers", advice="Lower --num_warmup_steps for a short run.",
+        warmup_steps,
+        total_steps,
+        learning_rate,
+        PolyWithWarmup(warmup_steps, total_steps, start_factor, power),
+        warmup=f"--num_warmup_steps {warmup_steps}",
+        run=f"--max_train_steps {total_steps}",
+        where="at the last step; times the groups' multipliers",
+        advice="Lower --num_warmup_steps for a short run.",
     )

@@ -47,8 +47,10 @@ def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(label.shape[-2:]) == tuple(size):
         return label
     h, w = label.shape[-2:]
-    rows = torch.clamp((torch.arange(size[0], device=label.device, dtype=torch.float64) * (h / size[0])).floor(),
-                       max=h - 1).long()
-    cols = torch.clamp((torch.arange(size[1], device=label.device, dtype=torch.float64) * (w / size[1])).floor(),
-                       max=w - 1).long()
+    rows = torch.clamp(
+        (torch.arange(size[0], device=label.device, dtype=torch.float64) * (h / size[0])).floor(), max=h - 1
+    ).long()
+    cols = torch.clamp(
+        (torch.arange(size[1], device=label.device, dtype=torch.float64) * (w / size[1])).floor(), max=w - 1
+    ).long()
     return label[..., rows, :][..., cols]

@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from tiny_configs import tiny_config
 from transformers import (
     AutoBackbone,
     AutoConfig,
@@ -14,7 +15,6 @@ from transformers import (
 
 import paca_hf  # noqa: F401  (registers PaCa-ViT with the Auto classes)
 from paca_hf import PaCaViTBackbone, PaCaViTConfig, PaCaViTForImageClassification
-from tiny_configs import tiny_config
 
 
 ALL_STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -292,6 +292,7 @@ def test_upernet_with_a_backbone_loaded_from_a_folder(tmp_path):
     upernet.eval()
     pixel_values = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(upernet.backbone(pixel_values).feature_maps[-1],
-                                   classifier.pacavit(pixel_values).last_hidden_state)
+        torch.testing.assert_close(
+            upernet.backbone(pixel_values).feature_maps[-1], classifier.pacavit(pixel_values).last_hidden_state
+        )
         assert upernet(pixel_values).logits.shape == (1, 4, 64, 64)

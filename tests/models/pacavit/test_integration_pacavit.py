@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from reference import case_io, cases, converted
 
 from paca_hf import PaCaViTBackbone, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
-from reference import case_io, cases, converted
+
 
 TOLERANCE = 1e-4
 CLASSIFIERS = ["cls_conv_stagewise", "cls_mlp_stagewise", "cls_conv_blockwise", "cls_teacher_convmixer"]

@@ -8,14 +8,13 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from reference import case_checkpoint, case_config, case_io, cases, upernet_maskrcnn_manifest
 from safetensors.torch import load_file, save_file
+from tiny_configs import tiny_config
 
-from paca_hf import PaCaViTMaskRCNNConfig, PaCaViTMaskRCNNForInstanceSegmentation
+from paca_hf import PaCaViTConfig, PaCaViTMaskRCNNConfig, PaCaViTMaskRCNNForInstanceSegmentation
 from paca_hf.convert import ConversionError, convert_detector_state_dict
 from paca_hf.modeling_pacavit_mask_rcnn import PresetSampler
-from paca_hf import PaCaViTConfig
-from reference import case_checkpoint, case_config, case_io, cases, upernet_maskrcnn_manifest
-from tiny_configs import tiny_config
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,15 +58,15 @@ def outputs(detector, io):
 
 
 def tiny_detector(**overrides) -> PaCaViTMaskRCNNForInstanceSegmentation:
-    options = dict(
-        backbone_config=tiny_config(),
-        fpn_hidden_size=16,
-        rpn_hidden_size=16,
-        box_head_hidden_size=32,
-        mask_head_hidden_size=16,
-        num_mask_head_convs=2,
-        num_labels=3,
-    )
+    options = {
+        "backbone_config": tiny_config(),
+        "fpn_hidden_size": 16,
+        "rpn_hidden_size": 16,
+        "box_head_hidden_size": 32,
+        "mask_head_hidden_size": 16,
+        "num_mask_head_convs": 2,
+        "num_labels": 3,
+    }
     options.update(overrides)
     return PaCaViTMaskRCNNForInstanceSegmentation(PaCaViTMaskRCNNConfig(**options))
 
@@ -76,8 +75,13 @@ def tiny_labels(height=64, width=96):
     masks = torch.zeros(2, height, width, dtype=torch.bool)
     masks[0, 8:40, 10:50] = True
     masks[1, 30:60, 60:90] = True
-    return [{"boxes": torch.tensor([[10.0, 8.0, 50.0, 40.0], [60.0, 30.0, 90.0, 60.0]]),
-             "class_labels": torch.tensor([0, 2]), "masks": masks}]
+    return [
+        {
+            "boxes": torch.tensor([[10.0, 8.0, 50.0, 40.0], [60.0, 30.0, 90.0, 60.0]]),
+            "class_labels": torch.tensor([0, 2]),
+            "masks": masks,
+        }
+    ]
 
 
 # Configuration.
@@ -86,13 +90,19 @@ def tiny_labels(height=64, width=96):
 def test_config_defaults_are_mmdetections_mask_rcnn():
     config = PaCaViTMaskRCNNConfig()
     assert (config.fpn_hidden_size, config.num_fpn_levels) == (256, 5)
-    assert (config.anchor_scales, config.anchor_ratios, config.anchor_strides) == ([8], [0.5, 1.0, 2.0],
-                                                                                   [4, 8, 16, 32, 64])
+    assert (config.anchor_scales, config.anchor_ratios, config.anchor_strides) == (
+        [8],
+        [0.5, 1.0, 2.0],
+        [4, 8, 16, 32, 64],
+    )
     assert (config.box_roi_output_size, config.mask_roi_output_size, config.mask_size) == (7, 14, 28)
     assert (config.box_head_hidden_size, config.num_box_head_fcs) == (1024, 2)
     assert (config.mask_head_hidden_size, config.num_mask_head_convs) == (256, 4)
-    assert (config.rpn_pre_nms_top_n_test, config.rpn_post_nms_top_n_test, config.rpn_nms_threshold) == (1000, 1000,
-                                                                                                       0.7)
+    assert (config.rpn_pre_nms_top_n_test, config.rpn_post_nms_top_n_test, config.rpn_nms_threshold) == (
+        1000,
+        1000,
+        0.7,
+    )
     assert (config.rpn_pre_nms_top_n_train, config.rpn_post_nms_top_n_train) == (2000, 1000)
     assert (config.box_score_threshold, config.box_nms_threshold, config.detections_per_image) == (0.05, 0.5, 100)
     assert config.mask_threshold == 0.5
@@ -102,8 +112,9 @@ def test_config_defaults_are_mmdetections_mask_rcnn():
 
 
 def test_config_roundtrip_with_backbone_as_dict(tmp_path):
-    config = PaCaViTMaskRCNNConfig(backbone_config=tiny_config().to_dict(), fpn_hidden_size=16, rpn_hidden_size=16,
-                                   id2label={0: "cat", 1: "dog"})
+    config = PaCaViTMaskRCNNConfig(
+        backbone_config=tiny_config().to_dict(), fpn_hidden_size=16, rpn_hidden_size=16, id2label={0: "cat", 1: "dog"}
+    )
     assert config.backbone_config.hidden_sizes == [16, 24, 32, 40]
     assert config.backbone_config.out_features == ["stage1", "stage2", "stage3", "stage4"]
     config.save_pretrained(tmp_path)
@@ -121,9 +132,17 @@ def test_config_takes_every_stage_of_a_backbone_config_without_changing_it():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("num_fpn_levels", 4), ("anchor_strides", [4, 8, 16, 32, 128]), ("anchor_ratios", [0.5, -1.0]),
-     ("rpn_hidden_size", 128), ("num_box_head_fcs", 3), ("rpn_nms_threshold", 1.5), ("detections_per_image", 0),
-     ("box_regression_weights", [10.0, 10.0, 5.0]), ("roi_negative_iou_threshold", 0.6)],
+    [
+        ("num_fpn_levels", 4),
+        ("anchor_strides", [4, 8, 16, 32, 128]),
+        ("anchor_ratios", [0.5, -1.0]),
+        ("rpn_hidden_size", 128),
+        ("num_box_head_fcs", 3),
+        ("rpn_nms_threshold", 1.5),
+        ("detections_per_image", 0),
+        ("box_regression_weights", [10.0, 10.0, 5.0]),
+        ("roi_negative_iou_threshold", 0.6),
+    ],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"`{field}`"):
@@ -154,13 +173,18 @@ def test_conversion_names_missing_unexpected_and_misshapen_tensors_in_the_checkp
     with pytest.raises(ConversionError) as error:
         convert_detector_state_dict(source, model, "conv")
     message = str(error.value)
-    for name in ("roi_head.mask_head.upsample.weight", "backbone.norm2.weight", "roi_head.bbox_head.extra.weight",
-                 "rpn_head.rpn_cls.weight"):
+    for name in (
+        "roi_head.mask_head.upsample.weight",
+        "backbone.norm2.weight",
+        "roi_head.bbox_head.extra.weight",
+        "rpn_head.rpn_cls.weight",
+    ):
         assert name in message
 
 
-COCO_DETECTORS = {name: entry for name, entry in upernet_maskrcnn_manifest().items()
-                  if entry["kind"] == "instance-segmentation"}
+COCO_DETECTORS = {
+    name: entry for name, entry in upernet_maskrcnn_manifest().items() if entry["kind"] == "instance-segmentation"
+}
 
 
 @pytest.mark.parametrize("name", sorted(COCO_DETECTORS))
@@ -203,7 +227,7 @@ def test_backbone_fpn_and_rpn_maps_match_mmdetection(detector, outputs, io, inde
 
 
 def test_anchors_are_mmdetections(detector, io):
-    base = torch.stack([cell for cell in detector.rpn.anchor_generator.cell_anchors])
+    base = torch.stack(list(detector.rpn.anchor_generator.cell_anchors))
     torch.testing.assert_close(base, io["rpn_base_anchors"], atol=1e-5, rtol=0)
 
 
@@ -253,8 +277,9 @@ def test_tiny_boxes_survive_as_in_mmdetection_and_deltas_clamp_on_both_sides():
     )
     assert found[0].shape == (1, 4) and labels[0].tolist() == [1]
     # Deltas: dw, dh clamped to +-log(1000 / 16) on both sides (torchvision clamps only above).
-    decoded = model.rpn.box_coder.decode_single(torch.tensor([[0.0, 0.0, -10.0, 10.0]]), torch.tensor([[0.0, 0.0,
-                                                                                                         16.0, 16.0]]))
+    decoded = model.rpn.box_coder.decode_single(
+        torch.tensor([[0.0, 0.0, -10.0, 10.0]]), torch.tensor([[0.0, 0.0, 16.0, 16.0]])
+    )
     width, height = (decoded[0, 2] - decoded[0, 0]).item(), (decoded[0, 3] - decoded[0, 1]).item()
     assert width == pytest.approx(16 * 16 / 1000, rel=1e-5) and height == pytest.approx(16 * 1000 / 16, rel=1e-5)
 
@@ -303,14 +328,20 @@ def test_training_losses_with_mmdetections_samples_match(detector, io):
             indices = roi_indices(io, torch.cat([io["train_gt_bboxes"], proposals]))
             num_positive = len(io["train_rcnn_pos_gt_labels"])
             detector.roi_heads.fg_bg_sampler = PresetSampler([indices[:num_positive]], [indices[num_positive:]])
-            targets = [{"boxes": io["train_gt_bboxes"], "labels": io["train_gt_labels"] + 1,
-                        "masks": io["train_gt_masks"].float()}]
+            targets = [
+                {
+                    "boxes": io["train_gt_bboxes"],
+                    "labels": io["train_gt_labels"] + 1,
+                    "masks": io["train_gt_masks"].float(),
+                }
+            ]
             _, roi_losses = detector.roi_heads(
                 OrderedDict(zip(LEVELS, output.fpn_hidden_states)), [proposals], [(160, 213)], targets, detect=False
             )
             # The whole forward, with mmdet's RoIs found among our own training proposals (within 1e-3 px).
-            distance = torch.cdist(io["train_rcnn_rois"], torch.cat([io["train_gt_bboxes"], output.proposals[0]]),
-                                   p=float("inf")).min(dim=1)
+            distance = torch.cdist(
+                io["train_rcnn_rois"], torch.cat([io["train_gt_bboxes"], output.proposals[0]]), p=float("inf")
+            ).min(dim=1)
             assert distance.values.max() <= 1e-3
             detector.roi_heads.fg_bg_sampler = PresetSampler(
                 [distance.indices[:num_positive]], [distance.indices[num_positive:]]
@@ -400,13 +431,23 @@ def test_detector_folder_loads_as_remote_code_without_paca_hf(tmp_path):
     model.save_pretrained(folder)
     copied = hub.add_remote_code(folder, INSTANCE_SEGMENTATION)
     assert {"modeling_pacavit_mask_rcnn.py", "configuration_pacavit_mask_rcnn.py", "modeling_pacavit.py"} <= {
-        path.name for path in copied}
+        path.name for path in copied
+    }
     pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     save_file({"pixel_values": pixel_values}, tmp_path / "inputs.safetensors")
     result = subprocess.run(
-        [sys.executable, "-c", _REMOTE_DETECTOR, str(folder), str(tmp_path / "inputs.safetensors"),
-         str(tmp_path / "outputs.safetensors")],
-        cwd=tmp_path, env=hub.hidden_package_environment(tmp_path / "sandbox"), capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            _REMOTE_DETECTOR,
+            str(folder),
+            str(tmp_path / "inputs.safetensors"),
+            str(tmp_path / "outputs.safetensors"),
+        ],
+        cwd=tmp_path,
+        env=hub.hidden_package_environment(tmp_path / "sandbox"),
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -428,7 +469,12 @@ def test_no_detection_gives_empty_padded_outputs_and_tuples_on_request():
     assert output.pred_boxes.shape == (2, 0, 4) and output.scores.shape == (2, 0) and output.labels.shape == (2, 0)
     assert output.mask_logits.shape == (2, 0, 28, 28) and output.image_sizes.tolist() == [[64, 96], [64, 96]]
     assert isinstance(as_tuple, tuple) and [tuple(item.shape) for item in as_tuple[:5]] == [
-        (2, 0, 4), (2, 0), (2, 0), (2, 0, 28, 28), (2, 2)]  # the fields' order, None left out
+        (2, 0, 4),
+        (2, 0),
+        (2, 0),
+        (2, 0, 28, 28),
+        (2, 2),
+    ]  # the fields' order, None left out
 
 
 def test_heads_start_from_mmdetections_initialisation():
@@ -466,8 +512,9 @@ def test_training_steps_reduce_the_loss():
 def test_image_without_annotations_trains_on_negatives():
     torch.manual_seed(0)
     model = tiny_detector().train()
-    empty = [{"boxes": torch.zeros(0, 4), "class_labels": torch.zeros(0, dtype=torch.long),
-              "masks": torch.zeros(0, 64, 96)}]
+    empty = [
+        {"boxes": torch.zeros(0, 4), "class_labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 64, 96)}
+    ]
     output = model(torch.randn(1, 3, 64, 96), labels=empty)
     assert output.loss_rpn_bbox == 0 and output.loss_bbox == 0 and output.loss_mask == 0
     assert output.loss_rpn_cls > 0 and output.loss_cls > 0
@@ -492,13 +539,17 @@ def test_masks_at_the_image_size_before_padding_are_zero_padded():
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(boxes=torch.tensor([[10.0, 8.0, 50.0, 40.0], [60.0, 30.0, 99.0, 60.0]])),
-         r"labels\[0\]\['boxes'\]` rows \[1\] lie outside"),
-        (dict(boxes=torch.tensor([[10.0, 8.0, 10.0, 40.0], [60.0, 30.0, 90.0, 60.0]])),
-         r"labels\[0\]\['boxes'\]` rows \[0\] are empty"),
-        (dict(masks=torch.zeros(2, 32, 32)), r"labels\[0\]\['masks'\]` must have shape"),
-        (dict(class_labels=torch.tensor([0, 3])), r"labels\[0\]\['class_labels'\]` must be in 0..2"),
-        (dict(class_labels=torch.tensor([0])), r"labels\[0\]\['class_labels'\]` must be an integer tensor"),
+        (
+            {"boxes": torch.tensor([[10.0, 8.0, 50.0, 40.0], [60.0, 30.0, 99.0, 60.0]])},
+            r"labels\[0\]\['boxes'\]` rows \[1\] lie outside",
+        ),
+        (
+            {"boxes": torch.tensor([[10.0, 8.0, 10.0, 40.0], [60.0, 30.0, 90.0, 60.0]])},
+            r"labels\[0\]\['boxes'\]` rows \[0\] are empty",
+        ),
+        ({"masks": torch.zeros(2, 32, 32)}, r"labels\[0\]\['masks'\]` must have shape"),
+        ({"class_labels": torch.tensor([0, 3])}, r"labels\[0\]\['class_labels'\]` must be in 0..2"),
+        ({"class_labels": torch.tensor([0])}, r"labels\[0\]\['class_labels'\]` must be an integer tensor"),
     ],
     ids=["box-outside", "degenerate-box", "mask-size", "class-out-of-range", "class-count"],
 )

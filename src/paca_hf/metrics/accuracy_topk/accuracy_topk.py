@@ -4,12 +4,12 @@
 # module cache, so it must stay self-contained.
 """Top-k classification accuracy from score rows (logits or probabilities)."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import datasets
+import evaluate
 import numpy as np
 
-import evaluate
 
 _DESCRIPTION = """
 Top-k accuracy: the fraction of samples whose true class is among the k highest scores of its row.

@@ -7,12 +7,12 @@
 # module cache, so it must stay self-contained.
 """Mean Intersection-over-Union for semantic segmentation."""
 
-from typing import Dict, Optional
+from typing import Optional
 
 import datasets
+import evaluate
 import numpy as np
 
-import evaluate
 
 _DESCRIPTION = """
 Mean IoU for semantic segmentation. For each class c, over all images of the evaluation set,
@@ -64,7 +64,7 @@ def intersect_and_union(
     label,
     num_labels: int,
     ignore_index: int,
-    label_map: Optional[Dict[int, int]] = None,
+    label_map: Optional[dict[int, int]] = None,
     reduce_labels: bool = False,
 ):
     """Per-class areas (intersection, union, prediction, reference) of one image, as int64 arrays."""
@@ -108,7 +108,7 @@ def total_intersect_and_union(
     gt_seg_maps,
     num_labels: int,
     ignore_index: int,
-    label_map: Optional[Dict[int, int]] = None,
+    label_map: Optional[dict[int, int]] = None,
     reduce_labels: bool = False,
 ):
     """Per-class areas summed over the whole set."""
@@ -128,7 +128,7 @@ def mean_iou(
     num_labels: int,
     ignore_index: int,
     nan_to_num: Optional[float] = None,
-    label_map: Optional[Dict[int, int]] = None,
+    label_map: Optional[dict[int, int]] = None,
     reduce_labels: bool = False,
 ) -> dict:
     """The metric itself, usable without `evaluate` (numpy in, numpy out)."""
@@ -148,8 +148,11 @@ def mean_iou(
     }
     if nan_to_num is not None:
         metrics = {
-            key: (np.nan_to_num(value, nan=nan_to_num) if isinstance(value, np.ndarray)
-                  else float(np.nan_to_num(value, nan=nan_to_num)))
+            key: (
+                np.nan_to_num(value, nan=nan_to_num)
+                if isinstance(value, np.ndarray)
+                else float(np.nan_to_num(value, nan=nan_to_num))
+            )
             for key, value in metrics.items()
         }
     return metrics
@@ -178,7 +181,7 @@ class MeanIoU(evaluate.Metric):
         num_labels: int,
         ignore_index: int,
         nan_to_num: Optional[float] = None,
-        label_map: Optional[Dict[int, int]] = None,
+        label_map: Optional[dict[int, int]] = None,
         reduce_labels: bool = False,
     ):
         return mean_iou(

@@ -70,9 +70,7 @@ class AugmentationArguments:
     crop_pct: float | None = field(
         default=None, metadata={"help": "Evaluation centre-crop ratio (default: the image processor's, 0.9)."}
     )
-    scale: list[float] = field(
-        default_factory=lambda: [0.08, 1.0], metadata={"help": "RandomResizedCrop area range."}
-    )
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0], metadata={"help": "RandomResizedCrop area range."})
     ratio: list[float] = field(
         default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0], metadata={"help": "RandomResizedCrop aspect-ratio range."}
     )
@@ -109,8 +107,10 @@ class PaCaTrainingArguments(TrainingArguments):
     )
     amp: str = field(
         default="auto",
-        metadata={"help": "Mixed precision when neither --bf16 nor --fp16 is given: auto (bf16, else fp16 on GPU; "
-                  "none on CPU), bf16, fp16 or no."},
+        metadata={
+            "help": "Mixed precision when neither --bf16 nor --fp16 is given: auto (bf16, else fp16 on GPU; "
+            "none on CPU), bf16, fp16 or no."
+        },
     )
     num_train_epochs: float = field(default=300.0, metadata={"help": "Total number of training epochs."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases and norms)."})

@@ -121,7 +121,10 @@ def evaluate_image_folder(
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     dataset.set_transform(EvalTransform(processor))
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
         pin_memory=device.type == "cuda",
     )
 

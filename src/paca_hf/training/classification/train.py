@@ -272,7 +272,8 @@ def apply_recipe(training_args: PaCaTrainingArguments, num_train_examples: int |
     gets timm's warm-up and final rates; warm-up steps = warmup_epochs x optimizer steps per epoch (unless
     --warmup_steps is given); mixed precision from --amp."""
     global_batch = (
-        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+        training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
         * training_args.world_size
     )
     if training_args.learning_rate is None:
@@ -398,8 +399,12 @@ class PaCaTrainer(Trainer):
         write_complete_marker(folder, {"step": self.state.global_step})
         if total_limit is not None and total_limit > 0:
             best = self.state.best_model_checkpoint
-            prune_checkpoints(folder.parent, keep=total_limit, protect=[folder] + ([best] if best else []),
-                              name_pattern=TRAINER_CHECKPOINT_NAME)
+            prune_checkpoints(
+                folder.parent,
+                keep=total_limit,
+                protect=[folder] + ([best] if best else []),
+                name_pattern=TRAINER_CHECKPOINT_NAME,
+            )
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return [name for name, param in model.named_parameters() if param.ndim > 1 and not name.endswith(".bias")]

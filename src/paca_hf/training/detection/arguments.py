@@ -25,49 +25,95 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", type=str, default=None,
-                       help="A converted detector folder (model_type pacavit_mask_rcnn: every tensor loads, the class "
-                            "layers are re-initialised when the classes differ) or a converted PaCa-ViT ImageNet "
-                            "classifier (model_type pacavit: its backbone loads, FPN, RPN and RoI heads are new).")
-    model.add_argument("--config_name", type=str, default=None,
-                       help="Train from scratch: an official PaCa-ViT name (e.g. pacavit_tiny_p2cconv_100_0) for the "
-                            "backbone with mmdetection's Mask R-CNN heads, or a config.json (a detector's or a "
-                            "PaCa-ViT backbone's).")
-    model.add_argument("--drop_path_rate", type=float, default=None,
-                       help="Override the backbone's drop-path rate (the authors' PaCa-Tiny detector: 0.1).")
+    model.add_argument(
+        "--model_name_or_path",
+        type=str,
+        default=None,
+        help="A converted detector folder (model_type pacavit_mask_rcnn: every tensor loads, the class "
+        "layers are re-initialised when the classes differ) or a converted PaCa-ViT ImageNet "
+        "classifier (model_type pacavit: its backbone loads, FPN, RPN and RoI heads are new).",
+    )
+    model.add_argument(
+        "--config_name",
+        type=str,
+        default=None,
+        help="Train from scratch: an official PaCa-ViT name (e.g. pacavit_tiny_p2cconv_100_0) for the "
+        "backbone with mmdetection's Mask R-CNN heads, or a config.json (a detector's or a "
+        "PaCa-ViT backbone's).",
+    )
+    model.add_argument(
+        "--drop_path_rate",
+        type=float,
+        default=None,
+        help="Override the backbone's drop-path rate (the authors' PaCa-Tiny detector: 0.1).",
+    )
     model.add_argument("--cache_dir", type=str, default=None)
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", type=str, default=None,
-                      help=f"'{BUILTIN_SCENES}' trains on the built-in instance scenes (written as COCO folders "
-                           f"under OUTPUT_DIR/builtin-scenes-coco); otherwise pass the four COCO flags below.")
+    data.add_argument(
+        "--dataset_name",
+        type=str,
+        default=None,
+        help=f"'{BUILTIN_SCENES}' trains on the built-in instance scenes (written as COCO folders "
+        f"under OUTPUT_DIR/builtin-scenes-coco); otherwise pass the four COCO flags below.",
+    )
     data.add_argument("--train_annotations", type=str, default=None, help="COCO instances JSON of the training set.")
     data.add_argument("--train_images", type=str, default=None, help="Folder of the training images (file_name).")
     data.add_argument("--validation_annotations", type=str, default=None, help="COCO instances JSON to evaluate on.")
     data.add_argument("--validation_images", type=str, default=None, help="Folder of the validation images.")
-    data.add_argument("--skip_invalid_annotations", action="store_true",
-                      help="Leave out annotations that fail the checks (a box without area, a zero-area polygon, "
-                           "...: COCO's train2017 has a few), counted and named in a warning, instead of stopping.")
-    data.add_argument("--num_train_images", type=_positive_int, default=None,
-                      help="Use only the first N training images (by image id; default: all; 200 built-in scenes).")
-    data.add_argument("--num_eval_images", type=_positive_int, default=None,
-                      help="Use only the first N validation images (default: all; 50 built-in scenes).")
+    data.add_argument(
+        "--skip_invalid_annotations",
+        action="store_true",
+        help="Leave out annotations that fail the checks (a box without area, a zero-area polygon, "
+        "...: COCO's train2017 has a few), counted and named in a warning, instead of stopping.",
+    )
+    data.add_argument(
+        "--num_train_images",
+        type=_positive_int,
+        default=None,
+        help="Use only the first N training images (by image id; default: all; 200 built-in scenes).",
+    )
+    data.add_argument(
+        "--num_eval_images",
+        type=_positive_int,
+        default=None,
+        help="Use only the first N validation images (default: all; 50 built-in scenes).",
+    )
     data.add_argument("--builtin_image_size", type=int, default=128, help=f"Image size of '{BUILTIN_SCENES}'.")
-    data.add_argument("--resize_scale", type=_scale, default=(1333, 800),
-                      help="mmdetection's test Resize scale 'LONG,SHORT' (keep ratio), saved with the model's image "
-                           "processor.")
-    data.add_argument("--train_short_edges", type=_int_list, default=list(range(480, 801, 32)),
-                      help="Multi-scale training (mmdetection RandomChoiceResize, keep ratio): the short edge is one "
-                           "of these, drawn at random per image, the long edge capped at LONG of --resize_scale.")
+    data.add_argument(
+        "--resize_scale",
+        type=_scale,
+        default=(1333, 800),
+        help="mmdetection's test Resize scale 'LONG,SHORT' (keep ratio), saved with the model's image processor.",
+    )
+    data.add_argument(
+        "--train_short_edges",
+        type=_int_list,
+        default=list(range(480, 801, 32)),
+        help="Multi-scale training (mmdetection RandomChoiceResize, keep ratio): the short edge is one "
+        "of these, drawn at random per image, the long edge capped at LONG of --resize_scale.",
+    )
     data.add_argument("--flip_prob", type=float, default=0.5, help="Random horizontal flip probability.")
-    data.add_argument("--detr_crop_prob", type=float, default=0.5,
-                      help="Probability of DETR's branch of the authors' RandomChoice: resize to a short edge of "
-                           "--detr_crop_short_edges, a random crop of --detr_crop_size, then the multi-scale resize.")
-    data.add_argument("--detr_crop_short_edges", type=_int_list, default=[400, 500, 600],
-                      help="Short edges of DETR's branch's first resize (long edge capped as above).")
-    data.add_argument("--detr_crop_size", type=_scale, default=(384, 600),
-                      help="'MIN,MAX': the crop's height and width are each drawn in this range (mmdetection "
-                           "RandomCrop absolute_range), at most the image's.")
+    data.add_argument(
+        "--detr_crop_prob",
+        type=float,
+        default=0.5,
+        help="Probability of DETR's branch of the authors' RandomChoice: resize to a short edge of "
+        "--detr_crop_short_edges, a random crop of --detr_crop_size, then the multi-scale resize.",
+    )
+    data.add_argument(
+        "--detr_crop_short_edges",
+        type=_int_list,
+        default=[400, 500, 600],
+        help="Short edges of DETR's branch's first resize (long edge capped as above).",
+    )
+    data.add_argument(
+        "--detr_crop_size",
+        type=_scale,
+        default=(384, 600),
+        help="'MIN,MAX': the crop's height and width are each drawn in this range (mmdetection "
+        "RandomCrop absolute_range), at most the image's.",
+    )
     data.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (they decode images and masks).")
 
     optim = parser.add_argument_group("optimisation")
@@ -78,14 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--adam_beta2", type=float, default=0.999)
     optim.add_argument("--adam_epsilon", type=float, default=1e-8)
     optim.add_argument("--weight_decay", type=float, default=0.05)
-    optim.add_argument("--norm_decay_mult", type=float, default=0.0,
-                       help="weight-decay multiplier of norm layers (the authors' paramwise_cfg: 'norm' decay 0).")
+    optim.add_argument(
+        "--norm_decay_mult",
+        type=float,
+        default=0.0,
+        help="weight-decay multiplier of norm layers (the authors' paramwise_cfg: 'norm' decay 0).",
+    )
     optim.add_argument("--num_train_epochs", type=int, default=12, help="Epochs (1x); sets the number of steps.")
-    optim.add_argument("--max_train_steps", type=int, default=None,
-                       help="Optimiser steps; overrides --num_train_epochs (the learning-rate steps then fall at the "
-                            "same fractions of the run, lr_decay_epochs / num_train_epochs).")
-    optim.add_argument("--lr_decay_epochs", type=_int_list, default=[8, 11],
-                       help="Epochs at whose start the learning rate is multiplied by --lr_decay_factor.")
+    optim.add_argument(
+        "--max_train_steps",
+        type=int,
+        default=None,
+        help="Optimiser steps; overrides --num_train_epochs (the learning-rate steps then fall at the "
+        "same fractions of the run, lr_decay_epochs / num_train_epochs).",
+    )
+    optim.add_argument(
+        "--lr_decay_epochs",
+        type=_int_list,
+        default=[8, 11],
+        help="Epochs at whose start the learning rate is multiplied by --lr_decay_factor.",
+    )
     optim.add_argument("--lr_decay_factor", type=float, default=0.1)
     optim.add_argument("--num_warmup_steps", type=int, default=500)
     optim.add_argument("--warmup_start_factor", type=float, default=0.001)
@@ -95,29 +153,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", type=str, required=True)
-    run.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
-                     help="Through accelerate; default: accelerate's configuration (no).")
+    run.add_argument(
+        "--mixed_precision",
+        type=str,
+        default=None,
+        choices=["no", "fp16", "bf16"],
+        help="Through accelerate; default: accelerate's configuration (no).",
+    )
     run.add_argument("--cpu", action="store_true", help="Run on the CPU even if a GPU is there.")
-    run.add_argument("--checkpointing_steps", type=_checkpointing_steps, default=None,
-                     help="Save the training state every N steps, or 'epoch'.")
-    run.add_argument("--checkpoints_total_limit", type=int, default=1,
-                     help="Complete checkpoints kept (the previous ones are removed only after a new one is "
-                          "complete); 0 keeps all.")
-    run.add_argument("--resume_from_checkpoint", type=str, default=None,
-                     help="A checkpoint folder, or 'latest' (the newest complete one in --output_dir).")
-    run.add_argument("--stop_after_step", type=int, default=None,
-                     help="Stop after this step as if interrupted (the schedule still ends at the last step); for "
-                          "time-limited jobs and tests. No final model is written.")
+    run.add_argument(
+        "--checkpointing_steps",
+        type=_checkpointing_steps,
+        default=None,
+        help="Save the training state every N steps, or 'epoch'.",
+    )
+    run.add_argument(
+        "--checkpoints_total_limit",
+        type=int,
+        default=1,
+        help="Complete checkpoints kept (the previous ones are removed only after a new one is "
+        "complete); 0 keeps all.",
+    )
+    run.add_argument(
+        "--resume_from_checkpoint",
+        type=str,
+        default=None,
+        help="A checkpoint folder, or 'latest' (the newest complete one in --output_dir).",
+    )
+    run.add_argument(
+        "--stop_after_step",
+        type=int,
+        default=None,
+        help="Stop after this step as if interrupted (the schedule still ends at the last step); for "
+        "time-limited jobs and tests. No final model is written.",
+    )
     run.add_argument("--eval_steps", type=int, default=None, help="Also evaluate every N steps (always at the end).")
     run.add_argument("--logging_steps", type=int, default=50)
     run.add_argument("--with_tracking", action="store_true", help="Log to the trackers of --report_to.")
-    run.add_argument("--report_to", type=str, default="all",
-                     help="accelerate trackers: tensorboard, wandb, comet_ml, ... or 'all'.")
+    run.add_argument(
+        "--report_to", type=str, default="all", help="accelerate trackers: tensorboard, wandb, comet_ml, ... or 'all'."
+    )
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", type=str, default=None)
     run.add_argument("--hub_token", type=str, default=None)
-    run.add_argument("--debug_dump_weights", action="store_true",
-                     help="Write every process's weight checksums to rank_checksums/rank_N.json.")
+    run.add_argument(
+        "--debug_dump_weights",
+        action="store_true",
+        help="Write every process's weight checksums to rank_checksums/rank_N.json.",
+    )
     run.add_argument("--find_unused_parameters", action="store_true", help="DistributedDataParallel option.")
     run.add_argument("--disable_tqdm", action="store_true")
     return parser
@@ -130,8 +213,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     or does not exist yet); otherwise argparse's usage error (`SystemExit` 2) naming the flag."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag in ("learning_rate", "weight_decay", "adam_epsilon", "norm_decay_mult", "warmup_start_factor",
-                 "lr_decay_factor"):
+    for flag in (
+        "learning_rate",
+        "weight_decay",
+        "adam_epsilon",
+        "norm_decay_mult",
+        "warmup_start_factor",
+        "lr_decay_factor",
+    ):
         if not getattr(args, flag) >= 0:  # NaN fails too
             parser.error(f"--{flag} must be >= 0, got {getattr(args, flag)}")
     for flag in ("adam_beta1", "adam_beta2"):
@@ -141,8 +230,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if not 0 <= getattr(args, flag) <= 1:
             parser.error(f"--{flag} must be in [0, 1], got {getattr(args, flag)}")
     if not 1 <= args.detr_crop_size[0] <= args.detr_crop_size[1] or min(args.detr_crop_short_edges) < 1:
-        parser.error(f"--detr_crop_size must be 'MIN,MAX' with 1 <= MIN <= MAX, got {args.detr_crop_size}, and "
-                     f"--detr_crop_short_edges whole numbers >= 1, got {args.detr_crop_short_edges}")
+        parser.error(
+            f"--detr_crop_size must be 'MIN,MAX' with 1 <= MIN <= MAX, got {args.detr_crop_size}, and "
+            f"--detr_crop_short_edges whole numbers >= 1, got {args.detr_crop_short_edges}"
+        )
     if args.max_grad_norm is not None and not args.max_grad_norm > 0:
         parser.error(f"--max_grad_norm must be > 0, got {args.max_grad_norm}")
     if args.num_warmup_steps < 0 or args.num_workers < 0:
@@ -163,15 +254,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     given = [flag for flag in coco_flags if getattr(args, flag) is not None]
     if args.dataset_name is not None:
         if args.dataset_name != BUILTIN_SCENES:
-            parser.error(f"--dataset_name takes only '{BUILTIN_SCENES}'; pass COCO folders with "
-                         f"{', '.join('--' + flag for flag in coco_flags)}.")
+            parser.error(
+                f"--dataset_name takes only '{BUILTIN_SCENES}'; pass COCO folders with "
+                f"{', '.join('--' + flag for flag in coco_flags)}."
+            )
         if given:
-            parser.error(f"--dataset_name {BUILTIN_SCENES} and {', '.join('--' + flag for flag in given)} exclude "
-                         f"each other.")
+            parser.error(
+                f"--dataset_name {BUILTIN_SCENES} and {', '.join('--' + flag for flag in given)} exclude each other."
+            )
     elif len(given) != len(coco_flags):
         missing = [flag for flag in coco_flags if flag not in given]
-        parser.error(f"missing {', '.join('--' + flag for flag in missing)} (or pass --dataset_name "
-                     f"{BUILTIN_SCENES}).")
+        parser.error(
+            f"missing {', '.join('--' + flag for flag in missing)} (or pass --dataset_name {BUILTIN_SCENES})."
+        )
     if args.push_to_hub and args.hub_model_id is None:
         args.hub_model_id = Path(args.output_dir).name
     return args

@@ -37,8 +37,16 @@ def resize_instances(image: torch.Tensor, boxes: torch.Tensor, masks: torch.Tens
     return resize_image(image.float(), size), scaled, resize_label(masks, size)
 
 
-def crop_instances(image: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor, classes: torch.Tensor,
-                   top: int, left: int, height: int, width: int):
+def crop_instances(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    masks: torch.Tensor,
+    classes: torch.Tensor,
+    top: int,
+    left: int,
+    height: int,
+    width: int,
+):
     """mmdetection's `RandomCrop` of an image with its instances to rows `top`.. `top + height`, columns `left`..
     `left + width`: the boxes shifted and clipped to the crop, the instances whose box has no area left dropped
     (boxes, masks and classes alike; a crop may keep none, `allow_negative_crop=True`)."""
@@ -64,9 +72,18 @@ class DetectionTrainAugment:
     Random draws come from `generator` (a CPU `torch.Generator`; None: torch's global one).
     """
 
-    def __init__(self, short_edges=tuple(range(480, 801, 32)), long_edge: int = 1333, flip_prob: float = 0.5,
-                 image_mean=None, image_std=None, size_divisor: int = 32, crop_prob: float = 0.0,
-                 crop_short_edges=(400, 500, 600), crop_size_range=(384, 600)):
+    def __init__(
+        self,
+        short_edges=tuple(range(480, 801, 32)),
+        long_edge: int = 1333,
+        flip_prob: float = 0.5,
+        image_mean=None,
+        image_std=None,
+        size_divisor: int = 32,
+        crop_prob: float = 0.0,
+        crop_short_edges=(400, 500, 600),
+        crop_size_range=(384, 600),
+    ):
         self.short_edges = [int(edge) for edge in short_edges]
         self.crop_prob = float(crop_prob)
         self.crop_short_edges = [int(edge) for edge in crop_short_edges]
@@ -79,8 +96,9 @@ class DetectionTrainAugment:
 
     def __call__(self, batch: dict, generator: torch.Generator | None = None, device=None):
         images, sizes, labels = [], [], []
-        for image, boxes, classes, masks in zip(batch["images"], batch["boxes"], batch["class_labels"],
-                                                batch["masks"]):
+        for image, boxes, classes, masks in zip(
+            batch["images"], batch["boxes"], batch["class_labels"], batch["masks"]
+        ):
             if self.flip_prob > 0 and _uniform(generator, 0.0, 1.0) < self.flip_prob:
                 image, boxes, masks = flip_instances(image, boxes, masks)
             if self.crop_prob > 0 and _uniform(generator, 0.0, 1.0) < self.crop_prob:
@@ -96,14 +114,16 @@ class DetectionTrainAugment:
         divisor = self.size_divisor
         height = -(-max(h for h, _ in sizes) // divisor) * divisor
         width = -(-max(w for _, w in sizes) // divisor) * divisor
-        pixel_values = torch.stack([F.pad(image, (0, width - image.shape[2], 0, height - image.shape[1]))
-                                    for image in images])
+        pixel_values = torch.stack(
+            [F.pad(image, (0, width - image.shape[2], 0, height - image.shape[1])) for image in images]
+        )
         return pixel_values, torch.tensor(sizes, dtype=torch.long, device=pixel_values.device), labels
 
     def _detr_crop(self, image, boxes, masks, classes, generator):
         short = self.crop_short_edges[_randint(generator, 0, len(self.crop_short_edges))]
-        image, boxes, masks = resize_instances(image, boxes, masks,
-                                               rescale_size(*image.shape[-2:], (self.long_edge, short)))
+        image, boxes, masks = resize_instances(
+            image, boxes, masks, rescale_size(*image.shape[-2:], (self.long_edge, short))
+        )
         height, width = image.shape[-2:]
         low, high = self.crop_size_range
         crop_height = _randint(generator, min(height, low), min(height, high) + 1)

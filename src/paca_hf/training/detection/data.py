@@ -19,6 +19,7 @@ from ..arguments import BUILTIN_SCENES
 from ..transforms import decode_image
 from .evaluation import image_files, load_coco_annotations
 
+
 logger = logging.getLogger(__name__)
 
 BUILTIN_SCENES_FOLDER = "builtin-scenes-coco"
@@ -53,8 +54,9 @@ def load_coco_split(annotations, images_dir, num_images: int | None = None, skip
     """
     dataset = _read_json(annotations)
     if num_images is not None and isinstance(dataset.get("images"), list):
-        kept = set(sorted(image.get("id") for image in dataset["images"] if isinstance(image.get("id"), int))
-                   [:num_images])
+        kept = set(
+            sorted(image.get("id") for image in dataset["images"] if isinstance(image.get("id"), int))[:num_images]
+        )
         dataset["images"] = [image for image in dataset["images"] if image.get("id") in kept]
         if isinstance(dataset.get("annotations"), list):
             dataset["annotations"] = [a for a in dataset["annotations"] if a.get("image_id") in kept]
@@ -114,8 +116,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self.coco = coco
         self.files = dict(files)
         label_of_name = {name: int(label) for label, name in id2label.items()}
-        self.label_of_category = {c["id"]: label_of_name[c["name"]] for c in coco.dataset["categories"]
-                                  if c["name"] in label_of_name}
+        self.label_of_category = {
+            c["id"]: label_of_name[c["name"]] for c in coco.dataset["categories"] if c["name"] in label_of_name
+        }
         self.image_ids, self.skipped_empty, self.crowd = [], [], 0
         for image_id in sorted(coco.imgs):
             annotations = coco.imgToAnns.get(image_id, [])
@@ -139,8 +142,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         except ValueError as error:
             raise ValueError(f"image {image_id} ({path}): {error}") from None
         if pil.size != (info["width"], info["height"]):
-            raise ValueError(f"image {image_id} ({path}) is {pil.size[0]} x {pil.size[1]} px, the annotations say "
-                             f"{info['width']} x {info['height']}")
+            raise ValueError(
+                f"image {image_id} ({path}) is {pil.size[0]} x {pil.size[1]} px, the annotations say "
+                f"{info['width']} x {info['height']}"
+            )
         height, width = info["height"], info["width"]
         annotations = [a for a in self.coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
         boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float64).reshape(-1, 4)
@@ -163,7 +168,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         if self.skipped_empty:
             shown = ", ".join(map(str, self.skipped_empty[:5])) + (", ..." if len(self.skipped_empty) > 5 else "")
             skipped = f"; skipped {len(self.skipped_empty)} image(s) without annotations (ids {shown})"
-        return (f"{split}: {len(self)} images{skipped}; {self.crowd} crowd annotation(s) left out of the targets")
+        return f"{split}: {len(self)} images{skipped}; {self.crowd} crowd annotation(s) left out of the targets"
 
 
 def collate_instances(examples: Sequence[dict]) -> dict:
@@ -176,5 +181,11 @@ def collate_instances(examples: Sequence[dict]) -> dict:
     }
 
 
-__all__ = ["BUILTIN_SCENES", "CocoInstanceDataset", "builtin_scene_folders", "collate_instances", "load_coco_split",
-           "resolve_id2label"]
+__all__ = [
+    "BUILTIN_SCENES",
+    "CocoInstanceDataset",
+    "builtin_scene_folders",
+    "collate_instances",
+    "load_coco_split",
+    "resolve_id2label",
+]

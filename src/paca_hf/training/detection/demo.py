@@ -16,6 +16,7 @@ import numpy as np
 from ...file_utils import write_json_atomically
 from . import finetune
 
+
 # A narrow PaCa-Tiny-shaped backbone (4 stages, clusters in stages 1-3) under small Mask R-CNN heads. The scenes'
 # shapes are 20-50 px across at 128 px: anchors of scale 4 (16 px at stride 4 .. 256 px at stride 64) fit them better
 # than mmdetection's 8; fewer proposals and RoI samples than COCO needs keep a step cheap.
@@ -70,15 +71,39 @@ def finetune_argv(output_dir, config_path, seed=0, settings=None) -> list:
     """The COCO fine-tune's command line for the demo: `DEMO_SETTINGS` updated with `settings`, on the CPU."""
     s = dict(DEMO_SETTINGS, **(settings or {}))
     argv = [
-        "--config_name", str(config_path), "--dataset_name", "builtin-scenes",
-        "--builtin_image_size", str(s["image_size"]),
-        "--num_train_images", str(s["num_train_images"]), "--num_eval_images", str(s["num_eval_images"]),
-        "--num_warmup_steps", str(s["num_warmup_steps"]), "--learning_rate", str(s["learning_rate"]),
-        "--per_device_train_batch_size", str(s["per_device_train_batch_size"]),
-        "--train_short_edges", str(s["train_short_edges"]), "--resize_scale", str(s["resize_scale"]),
-        "--detr_crop_prob", str(s["detr_crop_prob"]),
-        "--per_device_eval_batch_size", "10", "--logging_steps", str(s.get("logging_steps", 50)),
-        "--output_dir", str(output_dir), "--seed", str(seed), "--mixed_precision", "no", "--cpu",
+        "--config_name",
+        str(config_path),
+        "--dataset_name",
+        "builtin-scenes",
+        "--builtin_image_size",
+        str(s["image_size"]),
+        "--num_train_images",
+        str(s["num_train_images"]),
+        "--num_eval_images",
+        str(s["num_eval_images"]),
+        "--num_warmup_steps",
+        str(s["num_warmup_steps"]),
+        "--learning_rate",
+        str(s["learning_rate"]),
+        "--per_device_train_batch_size",
+        str(s["per_device_train_batch_size"]),
+        "--train_short_edges",
+        str(s["train_short_edges"]),
+        "--resize_scale",
+        str(s["resize_scale"]),
+        "--detr_crop_prob",
+        str(s["detr_crop_prob"]),
+        "--per_device_eval_batch_size",
+        "10",
+        "--logging_steps",
+        str(s.get("logging_steps", 50)),
+        "--output_dir",
+        str(output_dir),
+        "--seed",
+        str(seed),
+        "--mixed_precision",
+        "no",
+        "--cpu",
     ]
     if s.get("max_train_steps") is not None:
         argv += ["--max_train_steps", str(s["max_train_steps"])]
@@ -148,9 +173,14 @@ def render_detections(images, truths, predictions, header: list[str], scale: int
     from PIL import Image, ImageDraw
 
     font = _font(11)
-    tiles = [[_draw_instances(image, [], scale, font), _draw_instances(image, truth, scale, font),
-              _draw_instances(image, prediction, scale, font)]
-             for image, truth, prediction in zip(images, truths, predictions)]
+    tiles = [
+        [
+            _draw_instances(image, [], scale, font),
+            _draw_instances(image, truth, scale, font),
+            _draw_instances(image, prediction, scale, font),
+        ]
+        for image, truth, prediction in zip(images, truths, predictions)
+    ]
     width, height = tiles[0][0].size
     gap, top = 6, 16 * (len(header) + 1) + 18
     picture = Image.new("RGB", (3 * width + 4 * gap, top + len(tiles) * (height + gap) + gap), (255, 255, 255))
@@ -176,8 +206,14 @@ def scene_truths(annotations_path, image_ids) -> list[list[dict]]:
         instances = []
         for annotation in coco.imgToAnns.get(image_id, []):
             x, y, w, h = annotation["bbox"]
-            instances.append({"box": (x, y, x + w, y + h), "label_id": annotation["category_id"] - 1,
-                              "label": names[annotation["category_id"]], "mask": coco.annToMask(annotation) > 0})
+            instances.append(
+                {
+                    "box": (x, y, x + w, y + h),
+                    "label_id": annotation["category_id"] - 1,
+                    "label": names[annotation["category_id"]],
+                    "mask": coco.annToMask(annotation) > 0,
+                }
+            )
         truths.append(instances)
     return truths
 
@@ -204,17 +240,26 @@ def pipeline_predictions(model_dir, image_paths, threshold: float = 0.5) -> list
         with torch.no_grad():
             outputs = model(**inputs)
         size = [(image.height, image.width)]
-        segmented = processor.post_process_instance_segmentation(outputs, threshold=threshold, target_sizes=size,
-                                                                 return_binary_maps=True)[0]
-        masks = {(int(info["label_id"]), round(float(info["score"]), 4)): segmented["segmentation"][info["id"]]
-                 for info in segmented["segments_info"]}
+        segmented = processor.post_process_instance_segmentation(
+            outputs, threshold=threshold, target_sizes=size, return_binary_maps=True
+        )[0]
+        masks = {
+            (int(info["label_id"]), round(float(info["score"]), 4)): segmented["segmentation"][info["id"]]
+            for info in segmented["segments_info"]
+        }
         instances = []
         for detection in detections:
             box = detection["box"]
             label_id = label2id[detection["label"]]
             mask = masks.get((label_id, round(float(detection["score"]), 4)))
-            instances.append({"box": (box["xmin"], box["ymin"], box["xmax"], box["ymax"]), "label_id": label_id,
-                              "label": detection["label"], "score": float(detection["score"]),
-                              "mask": None if mask is None else mask.numpy().astype(bool)})
+            instances.append(
+                {
+                    "box": (box["xmin"], box["ymin"], box["xmax"], box["ymax"]),
+                    "label_id": label_id,
+                    "label": detection["label"],
+                    "score": float(detection["score"]),
+                    "mask": None if mask is None else mask.numpy().astype(bool),
+                }
+            )
         results.append(instances)
     return results

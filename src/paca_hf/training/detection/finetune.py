@@ -45,12 +45,22 @@ from .data import CocoInstanceDataset, builtin_scene_folders, collate_instances,
 from .evaluation import METRIC_NAMES, category_ids_by_label, coco_results, evaluate_coco_results, predict_coco_images
 from .model import build_detector, recipe_image_processor, source_id2label
 
+
 logger = logging.getLogger(__name__)
 
 LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask")
 # Settings that an exact resume needs unchanged (a resume with others is warned about).
-RESUME_SENSITIVE_SETTINGS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_processes", "seed",
-                             "num_train_images", "learning_rate", "train_short_edges", "flip_prob", "detr_crop_prob")
+RESUME_SENSITIVE_SETTINGS = (
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_processes",
+    "seed",
+    "num_train_images",
+    "learning_rate",
+    "train_short_edges",
+    "flip_prob",
+    "detr_crop_prob",
+)
 
 
 def main(argv=None) -> dict:
@@ -70,8 +80,9 @@ def main(argv=None) -> dict:
         reset_accelerate_state(accelerator)
 
 
-def evaluate_detector(model, accelerator, image_processor, coco, images_dir, batch_size: int,
-                      disable_progress: bool = True) -> dict:
+def evaluate_detector(
+    model, accelerator, image_processor, coco, images_dir, batch_size: int, disable_progress: bool = True
+) -> dict:
     """COCO box and mask AP of the (possibly wrapped) `model` on a split, as the saved model deploys: its image
     processor, `predict_coco_images`, pycocotools. Computed by the global main process (the others get `{}`) and
     waited for by all; the model is back in training mode afterwards."""
@@ -80,8 +91,15 @@ def evaluate_detector(model, accelerator, image_processor, coco, images_dir, bat
         model = accelerator.unwrap_model(model)
         model.eval()
         try:
-            predictions = predict_coco_images(model, image_processor, coco, images_dir, batch_size=batch_size,
-                                              device=accelerator.device, disable_progress=disable_progress)
+            predictions = predict_coco_images(
+                model,
+                image_processor,
+                coco,
+                images_dir,
+                batch_size=batch_size,
+                device=accelerator.device,
+                disable_progress=disable_progress,
+            )
             metrics = evaluate_coco_results(coco, coco_results(predictions, coco, model.config.id2label))
         finally:
             model.train()
@@ -123,12 +141,14 @@ def run(args, accelerator) -> dict:
     set_seed(args.seed)
     with accelerator.main_process_first():
         if args.dataset_name is not None:
-            folders = builtin_scene_folders(output_dir, args.num_train_images, args.num_eval_images,
-                                            args.builtin_image_size, seed=args.seed)
+            folders = builtin_scene_folders(
+                output_dir, args.num_train_images, args.num_eval_images, args.builtin_image_size, seed=args.seed
+            )
         else:
             folders = (args.train_annotations, args.train_images, args.validation_annotations, args.validation_images)
-        train_coco, train_files = load_coco_split(folders[0], folders[1], args.num_train_images,
-                                                  args.skip_invalid_annotations)
+        train_coco, train_files = load_coco_split(
+            folders[0], folders[1], args.num_train_images, args.skip_invalid_annotations
+        )
         eval_coco, _ = load_coco_split(folders[2], folders[3], args.num_eval_images, args.skip_invalid_annotations)
     id2label = resolve_id2label(train_coco, source_id2label(args.model_name_or_path, args.cache_dir))
     try:  # the final evaluation matches labels to the validation categories by name: fail now, not after training
@@ -136,32 +156,54 @@ def run(args, accelerator) -> dict:
     except ValueError as error:
         raise ValueError(f"{folders[2]}: {error}") from None
     train_dataset = CocoInstanceDataset(train_coco, train_files, id2label)
-    logger.info("Data: %s; evaluation: %d images; %d classes.", train_dataset.describe("training"),
-                len(eval_coco.imgs), len(id2label))
+    logger.info(
+        "Data: %s; evaluation: %d images; %d classes.",
+        train_dataset.describe("training"),
+        len(eval_coco.imgs),
+        len(id2label),
+    )
 
-    model, init_report = build_detector(id2label, args.model_name_or_path, args.config_name, args.drop_path_rate,
-                                        args.cache_dir)
+    model, init_report = build_detector(
+        id2label, args.model_name_or_path, args.config_name, args.drop_path_rate, args.cache_dir
+    )
     logger.info("%s", init_report.summary())
     model = maybe_sync_batchnorm(model, accelerator)
-    groups = param_groups(model, args.learning_rate, args.weight_decay, head_lr_mult=1.0, clustering_lr_mult=1.0,
-                          norm_decay_mult=args.norm_decay_mult)
+    groups = param_groups(
+        model,
+        args.learning_rate,
+        args.weight_decay,
+        head_lr_mult=1.0,
+        clustering_lr_mult=1.0,
+        norm_decay_mult=args.norm_decay_mult,
+    )
     logger.info("Parameter groups:\n%s", describe_param_groups(groups))
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  eps=args.adam_epsilon, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(
+        groups,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+    )
 
     sampler = EpochSampler(len(train_dataset), seed=args.seed)
     # Dedicated generators: creating loader iterators must not draw from the global RNG (the samplers' and
     # drop-path's).
     train_loader = DataLoader(
-        train_dataset, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True,
-        collate_fn=collate_instances, num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed),
+        train_dataset,
+        batch_size=args.per_device_train_batch_size,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=collate_instances,
+        num_workers=args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     batches_per_epoch = len(train_loader)
     accumulation = args.gradient_accumulation_steps
     steps_per_epoch = max(batches_per_epoch // accumulation, 1)
-    max_train_steps = args.max_train_steps if args.max_train_steps is not None else (
-        args.num_train_epochs * steps_per_epoch)
+    max_train_steps = (
+        args.max_train_steps if args.max_train_steps is not None else (args.num_train_epochs * steps_per_epoch)
+    )
     if batches_per_epoch == 0 and max_train_steps > 0:
         raise TrainingError(
             f"{len(train_dataset)} training images make no full batch of {args.per_device_train_batch_size} per "
@@ -172,9 +214,14 @@ def run(args, accelerator) -> dict:
     # Not prepared: accelerate would step it once per process; it is stepped once per optimiser step below.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     short_run = whole_run_warmup_warning(
-        args.num_warmup_steps, max_train_steps, args.learning_rate, schedule,
-        warmup=f"--num_warmup_steps {args.num_warmup_steps}", run=f"the run's {max_train_steps} steps",
-        where="at the last step", advice="Lower --num_warmup_steps for a short run.",
+        args.num_warmup_steps,
+        max_train_steps,
+        args.learning_rate,
+        schedule,
+        warmup=f"--num_warmup_steps {args.num_warmup_steps}",
+        run=f"the run's {max_train_steps} steps",
+        where="at the last step",
+        advice="Lower --num_warmup_steps for a short run.",
     )
     if short_run is not None:
         logger.warning(short_run)
@@ -182,16 +229,28 @@ def run(args, accelerator) -> dict:
     logger.info(
         "Effective batch: %d per device x %d process(es) x %d accumulation = %d images per step (the authors: 2 x 8 "
         "GPUs = 16). %d steps (%d per epoch), lr x%g at steps %s, warm-up %d steps.",
-        args.per_device_train_batch_size, accelerator.num_processes, accumulation, effective_batch, max_train_steps,
-        steps_per_epoch, args.lr_decay_factor, milestones, args.num_warmup_steps,
+        args.per_device_train_batch_size,
+        accelerator.num_processes,
+        accumulation,
+        effective_batch,
+        max_train_steps,
+        steps_per_epoch,
+        args.lr_decay_factor,
+        milestones,
+        args.num_warmup_steps,
     )
 
     state = TrainingState(args.seed, accelerator.process_index, accelerator.num_processes)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(state)
-    augment = DetectionTrainAugment(args.train_short_edges, max(args.resize_scale), args.flip_prob,
-                                    crop_prob=args.detr_crop_prob, crop_short_edges=args.detr_crop_short_edges,
-                                    crop_size_range=args.detr_crop_size)
+    augment = DetectionTrainAugment(
+        args.train_short_edges,
+        max(args.resize_scale),
+        args.flip_prob,
+        crop_prob=args.detr_crop_prob,
+        crop_short_edges=args.detr_crop_short_edges,
+        crop_size_range=args.detr_crop_size,
+    )
     image_processor = recipe_image_processor(args.resize_scale)
 
     run_info = {
@@ -215,29 +274,47 @@ def run(args, accelerator) -> dict:
     completed_steps = state.step
 
     if args.with_tracking:
-        config = {key: value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
-                  for key, value in vars(args).items()}
+        config = {
+            key: value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+            for key, value in vars(args).items()
+        }
         accelerator.init_trackers("finetune_coco", config)
 
     def checkpoint(name: str) -> None:
         check_finite_parameters(model, completed_steps, f"checkpoint {name}", accelerator)
         consumed = completed_steps * accumulation
-        info = {"step": completed_steps, "epoch": consumed // max(batches_per_epoch, 1),
-                "batches_in_epoch": consumed % max(batches_per_epoch, 1), "run": run_info}
+        info = {
+            "step": completed_steps,
+            "epoch": consumed // max(batches_per_epoch, 1),
+            "batches_in_epoch": consumed % max(batches_per_epoch, 1),
+            "run": run_info,
+        }
         folder = save_checkpoint(accelerator, output_dir, name, info, state, args.checkpoints_total_limit or None)
         logger.info("Saved checkpoint %s (step %d).", folder, completed_steps)
 
     def run_eval() -> dict:
-        return evaluate_detector(model, accelerator, image_processor, eval_coco, folders[3],
-                                 args.per_device_eval_batch_size, args.disable_tqdm)
+        return evaluate_detector(
+            model,
+            accelerator,
+            image_processor,
+            eval_coco,
+            folders[3],
+            args.per_device_eval_batch_size,
+            args.disable_tqdm,
+        )
 
     target = max_train_steps if args.stop_after_step is None else min(max_train_steps, args.stop_after_step)
     consumed = completed_steps * accumulation
     epoch = consumed // max(batches_per_epoch, 1)
-    stream = batch_stream(train_loader, sampler, epoch, consumed % max(batches_per_epoch, 1),
-                          accelerator.skip_first_batches)
-    progress = tqdm(total=max_train_steps, initial=completed_steps, desc="train",
-                    disable=args.disable_tqdm or not accelerator.is_main_process)
+    stream = batch_stream(
+        train_loader, sampler, epoch, consumed % max(batches_per_epoch, 1), accelerator.skip_first_batches
+    )
+    progress = tqdm(
+        total=max_train_steps,
+        initial=completed_steps,
+        desc="train",
+        disable=args.disable_tqdm or not accelerator.is_main_process,
+    )
     model.train()
     running = {}
     last_losses = None
@@ -249,8 +326,9 @@ def run(args, accelerator) -> dict:
         for _ in range(accumulation):
             with data_wait.waiting():
                 epoch, batch = next(stream)
-                pixel_values, image_sizes, labels = augment(batch, generator=state.generator,
-                                                            device=accelerator.device)
+                pixel_values, image_sizes, labels = augment(
+                    batch, generator=state.generator, device=accelerator.device
+                )
             with accelerator.accumulate(model):
                 outputs = model(pixel_values=pixel_values, image_sizes=image_sizes, labels=labels)
                 check_finite_loss(outputs.loss, completed_steps + 1, accelerator)
@@ -276,19 +354,30 @@ def run(args, accelerator) -> dict:
             count = running.pop("count")
             means = {name: total / count for name, total in running.items()}
             lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
-            logger.info("step %d/%d  %s  lr %.3g  epoch %d", completed_steps, max_train_steps,
-                        "  ".join(f"{name} {value:.4f}" for name, value in means.items()), lr, epoch)
+            logger.info(
+                "step %d/%d  %s  lr %.3g  epoch %d",
+                completed_steps,
+                max_train_steps,
+                "  ".join(f"{name} {value:.4f}" for name, value in means.items()),
+                lr,
+                epoch,
+            )
             progress.set_postfix(loss=f"{means['loss']:.3f}")
             if args.with_tracking:
-                accelerator.log({**{f"train_{name}": value for name, value in means.items()}, "lr": lr},
-                                step=completed_steps)
+                accelerator.log(
+                    {**{f"train_{name}": value for name, value in means.items()}, "lr": lr}, step=completed_steps
+                )
             running = {}
 
         if args.eval_steps and completed_steps % args.eval_steps == 0 and completed_steps < max_train_steps:
             metrics = run_eval()
             if metrics:
-                logger.info("step %d: eval box AP %.4f, mask AP %.4f", completed_steps, metrics["bbox"]["AP"],
-                            metrics["segm"]["AP"])
+                logger.info(
+                    "step %d: eval box AP %.4f, mask AP %.4f",
+                    completed_steps,
+                    metrics["bbox"]["AP"],
+                    metrics["segm"]["AP"],
+                )
                 if args.with_tracking:
                     accelerator.log(metrics_to_json(metrics), step=completed_steps)
         if isinstance(args.checkpointing_steps, int) and completed_steps % args.checkpointing_steps == 0:
@@ -307,28 +396,40 @@ def run(args, accelerator) -> dict:
     check_finite_parameters(model, completed_steps, "final model", accelerator)
     metrics = run_eval()
     results = metrics_to_json(metrics) if metrics else {}
-    results.update({
-        "train_steps": completed_steps,
-        "train_loss": None if last_losses is None else last_losses["loss"],
-        "train_losses": last_losses,
-        "effective_batch_size": effective_batch,
-        "num_train_images": len(train_dataset),
-        "num_skipped_train_images": len(train_dataset.skipped_empty),
-        "num_eval_images": len(eval_coco.imgs),
-        "train_runtime_s": round(time.time() - started, 2),
-        "resumed_from": str(resume_dir) if resume_dir else None,
-        "num_processes": accelerator.num_processes,
-        "data_wait_fraction": data_wait.summary()["data_wait_fraction"],
-    })
+    results.update(
+        {
+            "train_steps": completed_steps,
+            "train_loss": None if last_losses is None else last_losses["loss"],
+            "train_losses": last_losses,
+            "effective_batch_size": effective_batch,
+            "num_train_images": len(train_dataset),
+            "num_skipped_train_images": len(train_dataset.skipped_empty),
+            "num_eval_images": len(eval_coco.imgs),
+            "train_runtime_s": round(time.time() - started, 2),
+            "resumed_from": str(resume_dir) if resume_dir else None,
+            "num_processes": accelerator.num_processes,
+            "data_wait_fraction": data_wait.summary()["data_wait_fraction"],
+        }
+    )
     if metrics:
-        logger.info("Evaluation: box AP %.4f (AP50 %.4f), mask AP %.4f (AP50 %.4f)", metrics["bbox"]["AP"],
-                    metrics["bbox"]["AP50"], metrics["segm"]["AP"], metrics["segm"]["AP50"])
+        logger.info(
+            "Evaluation: box AP %.4f (AP50 %.4f), mask AP %.4f (AP50 %.4f)",
+            metrics["bbox"]["AP"],
+            metrics["bbox"]["AP50"],
+            metrics["segm"]["AP"],
+            metrics["segm"]["AP50"],
+        )
     if args.with_tracking:
         accelerator.log({k: v for k, v in results.items() if isinstance(v, (int, float))}, step=completed_steps)
 
     accelerator.wait_for_everyone()
-    write_final_outputs(args, accelerator, model, image_processor,
-                        {"init_report.json": init_report.to_dict(), "all_results.json": results})
+    write_final_outputs(
+        args,
+        accelerator,
+        model,
+        image_processor,
+        {"init_report.json": init_report.to_dict(), "all_results.json": results},
+    )
     accelerator.wait_for_everyone()
     results["output_dir"] = str(output_dir)
     return results

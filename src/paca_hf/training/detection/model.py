@@ -9,12 +9,16 @@ from pathlib import Path
 from ..errors import TrainingError
 from ..init_report import InitReport
 
+
 logger = logging.getLogger(__name__)
 
 
 def _labels(id2label: Mapping[int, str]) -> dict:
-    return {"num_labels": len(id2label), "id2label": dict(id2label),
-            "label2id": {name: label for label, name in id2label.items()}}
+    return {
+        "num_labels": len(id2label),
+        "id2label": dict(id2label),
+        "label2id": {name: label for label, name in id2label.items()},
+    }
 
 
 def _quietly(function, *args, **kwargs):
@@ -41,9 +45,13 @@ def source_id2label(model_name_or_path: str | None, cache_dir: str | None = None
     return {int(label): name for label, name in (config_dict.get("id2label") or {}).items()}
 
 
-def build_detector(id2label: Mapping[int, str], model_name_or_path: str | None = None,
-                   config_name: str | None = None, drop_path_rate: float | None = None,
-                   cache_dir: str | None = None):
+def build_detector(
+    id2label: Mapping[int, str],
+    model_name_or_path: str | None = None,
+    config_name: str | None = None,
+    drop_path_rate: float | None = None,
+    cache_dir: str | None = None,
+):
     """`(model, report)`: a `PaCaViTMaskRCNNForInstanceSegmentation` for the classes `id2label`.
 
     * `model_name_or_path` a detector (model_type `pacavit_mask_rcnn`): every tensor whose name and shape match
@@ -73,8 +81,12 @@ def build_detector(id2label: Mapping[int, str], model_name_or_path: str | None =
             config = PaCaViTMaskRCNNConfig.from_pretrained(model_name_or_path, cache_dir=cache_dir, **labels)
             config.backbone_config.update(backbone_overrides)
             model, info = _quietly(
-                PaCaViTMaskRCNNForInstanceSegmentation.from_pretrained, model_name_or_path, config=config,
-                ignore_mismatched_sizes=True, output_loading_info=True, cache_dir=cache_dir,
+                PaCaViTMaskRCNNForInstanceSegmentation.from_pretrained,
+                model_name_or_path,
+                config=config,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+                cache_dir=cache_dir,
             )
             mismatched = {entry[0]: entry for entry in info.get("mismatched_keys", [])}
             missing = set(info.get("missing_keys", []))
@@ -91,10 +103,16 @@ def build_detector(id2label: Mapping[int, str], model_name_or_path: str | None =
                 f"starts from; pass one of those, or --config_name to train from scratch."
             )
         backbone_config = PaCaViTConfig.from_pretrained(model_name_or_path, cache_dir=cache_dir, **backbone_overrides)
-        model = PaCaViTMaskRCNNForInstanceSegmentation(PaCaViTMaskRCNNConfig(backbone_config=backbone_config,
-                                                                             **labels))
-        backbone, info = _quietly(PaCaViTBackbone.from_pretrained, model_name_or_path,
-                                  config=model.config.backbone_config, output_loading_info=True, cache_dir=cache_dir)
+        model = PaCaViTMaskRCNNForInstanceSegmentation(
+            PaCaViTMaskRCNNConfig(backbone_config=backbone_config, **labels)
+        )
+        backbone, info = _quietly(
+            PaCaViTBackbone.from_pretrained,
+            model_name_or_path,
+            config=model.config.backbone_config,
+            output_loading_info=True,
+            cache_dir=cache_dir,
+        )
         missing = set(info.get("missing_keys", []))
         loaded = sorted(set(backbone.state_dict()) - missing)
         if not loaded:
@@ -141,5 +159,6 @@ def recipe_image_processor(resize_scale: tuple[int, int]):
     from ...image_processing_pacavit_mask_rcnn import PaCaViTMaskRCNNImageProcessor
 
     longest, shortest = (int(side) for side in resize_scale)
-    return PaCaViTMaskRCNNImageProcessor(size={"shortest_edge": min(longest, shortest),
-                                               "longest_edge": max(longest, shortest)})
+    return PaCaViTMaskRCNNImageProcessor(
+        size={"shortest_edge": min(longest, shortest), "longest_edge": max(longest, shortest)}
+    )

@@ -19,6 +19,7 @@ from .data import BUILTIN_SCENES, EpochSampler, collate_segmentation, load_segme
 from .evaluation import evaluate_segmentation, predict_batch
 from .model import InitReport, build_model, parse_num_clusters, recipe_image_processor
 
+
 __all__ = [
     "BUILTIN_SCENES",
     "EpochSampler",

@@ -26,38 +26,78 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", type=str, default=None,
-                       help="A converted PaCa-ViT checkpoint folder or Hub id (e.g. an ImageNet classifier); the "
-                            "segmentation head is new, tensors whose shape changes are re-initialised (and logged).")
-    model.add_argument("--config_name", type=str, default=None,
-                       help="Train from scratch: an official name (e.g. pacavit_tiny_p2cconv_100_0) or a config.json.")
-    model.add_argument("--num_clusters", type=_num_clusters, default="200",
-                       help="Clusters per stage downstream: one number for every stage that has clusters (the "
-                            "authors use 200 on ADE20k, stages without clusters keep 0), a comma list, or 'keep'.")
+    model.add_argument(
+        "--model_name_or_path",
+        type=str,
+        default=None,
+        help="A converted PaCa-ViT checkpoint folder or Hub id (e.g. an ImageNet classifier); the "
+        "segmentation head is new, tensors whose shape changes are re-initialised (and logged).",
+    )
+    model.add_argument(
+        "--config_name",
+        type=str,
+        default=None,
+        help="Train from scratch: an official name (e.g. pacavit_tiny_p2cconv_100_0) or a config.json.",
+    )
+    model.add_argument(
+        "--num_clusters",
+        type=_num_clusters,
+        default="200",
+        help="Clusters per stage downstream: one number for every stage that has clusters (the "
+        "authors use 200 on ADE20k, stages without clusters keep 0), a comma list, or 'keep'.",
+    )
     model.add_argument("--drop_path_rate", type=float, default=None, help="Override the config's drop-path rate.")
     model.add_argument("--cache_dir", type=str, default=None)
     model.add_argument("--trust_remote_code", action="store_true", help="Passed to datasets.load_dataset.")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", type=str, default="scene_parse_150",
-                      help=f"Hub id, a local folder that datasets.load_dataset / load_from_disk reads (with `image` "
-                           f"and `annotation` columns), or '{BUILTIN_SCENES}' (synthetic scenes made in memory).")
+    data.add_argument(
+        "--dataset_name",
+        type=str,
+        default="scene_parse_150",
+        help=f"Hub id, a local folder that datasets.load_dataset / load_from_disk reads (with `image` "
+        f"and `annotation` columns), or '{BUILTIN_SCENES}' (synthetic scenes made in memory).",
+    )
     data.add_argument("--dataset_config_name", type=str, default=None)
-    data.add_argument("--train_val_split", type=float, default=0.15,
-                      help="Share of train held out when the dataset has no validation split.")
-    data.add_argument("--reduce_labels", action=argparse.BooleanOptionalAction, default=True,
-                      help="ADE20k labels: 0 ('other') is ignored (255) and 1..150 become 0..149.")
-    data.add_argument("--id2label_file", type=str, default=None,
-                      help="JSON {id: name} indexed like the trained labels (after reduction).")
-    data.add_argument("--num_train_images", type=_positive_int, default=None,
-                      help="Use only the first N training images (default: all; 200 built-in scenes).")
-    data.add_argument("--num_eval_images", type=_positive_int, default=None,
-                      help="Use only the first N validation images (default: all; 50 built-in scenes).")
+    data.add_argument(
+        "--train_val_split",
+        type=float,
+        default=0.15,
+        help="Share of train held out when the dataset has no validation split.",
+    )
+    data.add_argument(
+        "--reduce_labels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ADE20k labels: 0 ('other') is ignored (255) and 1..150 become 0..149.",
+    )
+    data.add_argument(
+        "--id2label_file",
+        type=str,
+        default=None,
+        help="JSON {id: name} indexed like the trained labels (after reduction).",
+    )
+    data.add_argument(
+        "--num_train_images",
+        type=_positive_int,
+        default=None,
+        help="Use only the first N training images (default: all; 200 built-in scenes).",
+    )
+    data.add_argument(
+        "--num_eval_images",
+        type=_positive_int,
+        default=None,
+        help="Use only the first N validation images (default: all; 50 built-in scenes).",
+    )
     data.add_argument("--builtin_image_size", type=int, default=128, help=f"Image size of '{BUILTIN_SCENES}'.")
     data.add_argument("--crop_size", type=int, default=512, help="Training crop (square).")
-    data.add_argument("--resize_scale", type=_scale, default=None,
-                      help="mmseg RandomResize / test Resize scale 'LONG,SHORT'; default (4 x crop, crop), i.e. "
-                           "2048,512 for 512 crops.")
+    data.add_argument(
+        "--resize_scale",
+        type=_scale,
+        default=None,
+        help="mmseg RandomResize / test Resize scale 'LONG,SHORT'; default (4 x crop, crop), i.e. "
+        "2048,512 for 512 crops.",
+    )
     data.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (they only decode images).")
 
     optim = parser.add_argument_group("optimisation")
@@ -69,8 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--adam_epsilon", type=float, default=1e-8)
     optim.add_argument("--weight_decay", type=float, default=0.01)
     optim.add_argument("--head_lr_mult", type=float, default=10.0, help="lr multiplier of the decode head.")
-    optim.add_argument("--clustering_lr_mult", type=float, default=10.0,
-                       help="lr multiplier of the backbone's clustering output layers (to_clusters).")
+    optim.add_argument(
+        "--clustering_lr_mult",
+        type=float,
+        default=10.0,
+        help="lr multiplier of the backbone's clustering output layers (to_clusters).",
+    )
     optim.add_argument("--norm_decay_mult", type=float, default=0.0, help="weight-decay multiplier of norm layers.")
     optim.add_argument("--max_train_steps", type=int, default=160000, help="Optimiser steps (poly ends here).")
     optim.add_argument("--num_warmup_steps", type=int, default=1500)
@@ -79,39 +123,71 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
     optim.add_argument("--max_grad_norm", type=float, default=None, help="Clip gradients (the recipe does not).")
     optim.add_argument("--seed", type=int, default=0)
-    optim.add_argument("--avg_non_ignore", action=argparse.BooleanOptionalAction, default=True,
-                       help="Loss normalisation, mmseg's CrossEntropyLoss(avg_non_ignore): average each "
-                            "cross-entropy over the non-ignored pixels (the authors' PaCa-head configs); "
-                            "--no-avg_non_ignore divides the same sum by all pixels, ignored ones included (mmseg's "
-                            "default, the authors' UperNet configs).")
+    optim.add_argument(
+        "--avg_non_ignore",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Loss normalisation, mmseg's CrossEntropyLoss(avg_non_ignore): average each "
+        "cross-entropy over the non-ignored pixels (the authors' PaCa-head configs); "
+        "--no-avg_non_ignore divides the same sum by all pixels, ignored ones included (mmseg's "
+        "default, the authors' UperNet configs).",
+    )
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", type=str, required=True)
-    run.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
-                     help="Through accelerate; default: accelerate's configuration (no).")
+    run.add_argument(
+        "--mixed_precision",
+        type=str,
+        default=None,
+        choices=["no", "fp16", "bf16"],
+        help="Through accelerate; default: accelerate's configuration (no).",
+    )
     run.add_argument("--cpu", action="store_true", help="Run on the CPU even if a GPU is there.")
-    run.add_argument("--checkpointing_steps", type=_checkpointing_steps, default=None,
-                     help="Save the training state every N steps, or 'epoch'.")
-    run.add_argument("--checkpoints_total_limit", type=int, default=1,
-                     help="Complete checkpoints kept (the previous ones are removed only after a new one is "
-                          "complete); 0 keeps all.")
-    run.add_argument("--resume_from_checkpoint", type=str, default=None,
-                     help="A checkpoint folder, or 'latest' (the newest complete one in --output_dir).")
-    run.add_argument("--stop_after_step", type=int, default=None,
-                     help="Stop after this step as if interrupted (the schedule still ends at --max_train_steps); "
-                          "for time-limited jobs and tests. No final model is written.")
+    run.add_argument(
+        "--checkpointing_steps",
+        type=_checkpointing_steps,
+        default=None,
+        help="Save the training state every N steps, or 'epoch'.",
+    )
+    run.add_argument(
+        "--checkpoints_total_limit",
+        type=int,
+        default=1,
+        help="Complete checkpoints kept (the previous ones are removed only after a new one is "
+        "complete); 0 keeps all.",
+    )
+    run.add_argument(
+        "--resume_from_checkpoint",
+        type=str,
+        default=None,
+        help="A checkpoint folder, or 'latest' (the newest complete one in --output_dir).",
+    )
+    run.add_argument(
+        "--stop_after_step",
+        type=int,
+        default=None,
+        help="Stop after this step as if interrupted (the schedule still ends at --max_train_steps); "
+        "for time-limited jobs and tests. No final model is written.",
+    )
     run.add_argument("--eval_steps", type=int, default=None, help="Also evaluate every N steps (always at the end).")
     run.add_argument("--logging_steps", type=int, default=50)
     run.add_argument("--with_tracking", action="store_true", help="Log to the trackers of --report_to.")
-    run.add_argument("--report_to", type=str, default="all",
-                     help="accelerate trackers: tensorboard, wandb, comet_ml, ... or 'all'.")
+    run.add_argument(
+        "--report_to", type=str, default="all", help="accelerate trackers: tensorboard, wandb, comet_ml, ... or 'all'."
+    )
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", type=str, default=None)
     run.add_argument("--hub_token", type=str, default=None)
-    run.add_argument("--save_predictions", action="store_true",
-                     help="Write the final evaluation's prediction / reference maps to eval_predictions.npz.")
-    run.add_argument("--debug_dump_weights", action="store_true",
-                     help="Write every process's weight checksums to rank_checksums/rank_N.json.")
+    run.add_argument(
+        "--save_predictions",
+        action="store_true",
+        help="Write the final evaluation's prediction / reference maps to eval_predictions.npz.",
+    )
+    run.add_argument(
+        "--debug_dump_weights",
+        action="store_true",
+        help="Write every process's weight checksums to rank_checksums/rank_N.json.",
+    )
     run.add_argument("--find_unused_parameters", action="store_true", help="DistributedDataParallel option.")
     run.add_argument("--disable_tqdm", action="store_true")
     return parser
@@ -124,8 +200,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     `--resize_scale` defaults to (4 x crop, crop)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag in ("learning_rate", "weight_decay", "adam_epsilon", "head_lr_mult", "clustering_lr_mult",
-                 "norm_decay_mult", "warmup_start_factor"):
+    for flag in (
+        "learning_rate",
+        "weight_decay",
+        "adam_epsilon",
+        "head_lr_mult",
+        "clustering_lr_mult",
+        "norm_decay_mult",
+        "warmup_start_factor",
+    ):
         if not getattr(args, flag) >= 0:  # NaN fails too
             parser.error(f"--{flag} must be >= 0, got {getattr(args, flag)}")
     for flag in ("adam_beta1", "adam_beta2"):

@@ -18,7 +18,8 @@ Differences from mmseg, on purpose: pixel values stay float between steps (mmseg
 photometric step), and saturation and hue share one RGB->HSV->RGB round trip (the same maths, in float).
 """
 
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -33,6 +34,7 @@ from ..transforms import (  # noqa: F401  (decode_image, rescale_size, resize_*:
     resize_label,
 )
 
+
 # ImageNet mean / std on the 0..255 scale (mmseg's ADE20k data_preprocessor; = HF's rescale 1/255 + normalise).
 IMAGENET_MEAN_255 = tuple(255 * value for value in IMAGENET_DEFAULT_MEAN)
 IMAGENET_STD_255 = tuple(255 * value for value in IMAGENET_DEFAULT_STD)
@@ -43,6 +45,7 @@ LabelsIn = Union[torch.Tensor, Sequence]
 
 # ----------------------------------------------------------------------------------------------------------
 # inputs
+
 
 def decode_label_map(annotation, image=None) -> torch.Tensor:
     """(H, W) int64 label map of one annotation input, decoded by `paca_hf.images.load_label_map` (values kept;
@@ -87,16 +90,17 @@ def _as_list(batch) -> list:
 # ----------------------------------------------------------------------------------------------------------
 # geometry (random numbers always from a CPU generator; None = torch's global one)
 
+
 def random_resize_size(
-    height: int, width: int, scale: Tuple[int, int], ratio_range: Tuple[float, float], generator=None
-) -> Tuple[int, int]:
+    height: int, width: int, scale: tuple[int, int], ratio_range: tuple[float, float], generator=None
+) -> tuple[int, int]:
     """mmseg `RandomResize(scale, ratio_range, keep_ratio=True)`: scale * U(ratio_range), then `rescale_size`."""
     ratio = _uniform(generator, ratio_range[0], ratio_range[1])
     target = (int(scale[0] * ratio), int(scale[1] * ratio))
     return rescale_size(height, width, target)
 
 
-def _crop_box(height: int, width: int, crop_size: Tuple[int, int], generator) -> Tuple[int, int, int, int]:
+def _crop_box(height: int, width: int, crop_size: tuple[int, int], generator) -> tuple[int, int, int, int]:
     margin_h = max(height - crop_size[0], 0)
     margin_w = max(width - crop_size[1], 0)
     top = _randint(generator, 0, margin_h + 1)
@@ -106,12 +110,12 @@ def _crop_box(height: int, width: int, crop_size: Tuple[int, int], generator) ->
 
 def random_crop_box(
     label: torch.Tensor,
-    crop_size: Tuple[int, int],
+    crop_size: tuple[int, int],
     cat_max_ratio: float = 1.0,
     ignore_index: int = 255,
     generator=None,
     max_tries: int = 10,
-) -> Tuple[int, int, int, int]:
+) -> tuple[int, int, int, int]:
     """mmseg `RandomCrop.crop_bbox`: (top, bottom, left, right). With cat_max_ratio < 1 a box is redrawn (up
     to `max_tries` times) until the crop holds at least two classes and none covers `cat_max_ratio` or more of
     its non-ignored pixels; after `max_tries` failures the next draw is kept as it is (as mmseg does)."""
@@ -132,6 +136,7 @@ def random_crop_box(
 
 # ----------------------------------------------------------------------------------------------------------
 # colour
+
 
 def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) RGB in [0, 1] -> HSV with hue in [0, 1) (fraction of a turn), s and v in [0, 1]."""
@@ -171,8 +176,8 @@ def photometric_distortion(
     images: torch.Tensor,
     generator=None,
     brightness_delta: float = 32,
-    contrast_range: Tuple[float, float] = (0.5, 1.5),
-    saturation_range: Tuple[float, float] = (0.5, 1.5),
+    contrast_range: tuple[float, float] = (0.5, 1.5),
+    saturation_range: tuple[float, float] = (0.5, 1.5),
     hue_delta: int = 18,
 ) -> torch.Tensor:
     """mmseg `PhotoMetricDistortion` on a float batch (B, 3, H, W) in 0..255, parameters drawn per sample.
@@ -216,6 +221,7 @@ def photometric_distortion(
 # ----------------------------------------------------------------------------------------------------------
 # pipelines
 
+
 def _normalise(image: torch.Tensor, mean, std) -> torch.Tensor:
     if mean is None and std is None:
         return image
@@ -248,9 +254,9 @@ class SegmentationTrainAugment:
 
     def __init__(
         self,
-        crop_size: Tuple[int, int] = (512, 512),
-        scale: Tuple[int, int] = (2048, 512),
-        ratio_range: Tuple[float, float] = (0.5, 2.0),
+        crop_size: tuple[int, int] = (512, 512),
+        scale: tuple[int, int] = (2048, 512),
+        ratio_range: tuple[float, float] = (0.5, 2.0),
         cat_max_ratio: float = 0.75,
         flip_prob: float = 0.5,
         photometric: bool = True,

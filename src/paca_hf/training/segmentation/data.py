@@ -15,6 +15,7 @@ from ..errors import TrainingError
 from ..sampling import EpochSampler, batch_stream  # noqa: F401  (their home is paca_hf.training.sampling)
 from .augmentation import decode_image, decode_label_map
 
+
 logger = logging.getLogger(__name__)
 
 ADE20K_NAMES = ("scene_parse_150", "ade20k", "ade_20k", "ade20k-id2label")

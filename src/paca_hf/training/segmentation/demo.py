@@ -17,6 +17,7 @@ from ...file_utils import write_json_atomically
 from ...images import image_to_array
 from . import finetune
 
+
 # A PaCa-Tiny-shaped model (4 stages, clusters in stages 1-3, none in the last), much narrower and shallower:
 # 0.6M parameters. Chosen by measurement on 2 busy cores: a 1.2M model (32/64/128/160 wide, depths 1/1/2/1) reached
 # mIoU 0.33-0.35 in the same ~7 minutes, this one 0.39.
@@ -50,8 +51,16 @@ DEMO_SETTINGS = {
 # spread over seeds.
 MEASURED_MIOU = {0: 0.382, 1: 0.360, 2: 0.404}
 MEASURED_THREADS = 1
-COLOURS = [(230, 60, 60), (60, 180, 75), (70, 110, 235), (250, 200, 40), (200, 70, 220), (70, 210, 210),
-           (245, 130, 48), (145, 30, 180)]
+COLOURS = [
+    (230, 60, 60),
+    (60, 180, 75),
+    (70, 110, 235),
+    (250, 200, 40),
+    (200, 70, 220),
+    (70, 210, 210),
+    (245, 130, 48),
+    (145, 30, 180),
+]
 IGNORED_COLOUR = (40, 40, 40)
 
 
@@ -88,16 +97,43 @@ def finetune_argv(output_dir, config_path, seed=0, settings=None) -> list:
     """The fine-tune's command line for the demo: `DEMO_SETTINGS` updated with `settings`, on the CPU."""
     s = dict(DEMO_SETTINGS, **(settings or {}))
     return [
-        "--config_name", str(config_path), "--num_clusters", "keep",
-        "--dataset_name", "builtin-scenes", "--builtin_image_size", str(s["image_size"]),
-        "--crop_size", str(s["image_size"]),
-        "--num_train_images", str(s["num_train_images"]), "--num_eval_images", str(s["num_eval_images"]),
-        "--max_train_steps", str(s["max_train_steps"]), "--num_warmup_steps", str(s["num_warmup_steps"]),
-        "--learning_rate", str(s["learning_rate"]), "--head_lr_mult", str(s["head_lr_mult"]),
-        "--clustering_lr_mult", str(s["clustering_lr_mult"]),
-        "--per_device_train_batch_size", str(s["per_device_train_batch_size"]),
-        "--per_device_eval_batch_size", "10", "--logging_steps", "500",
-        "--output_dir", str(output_dir), "--seed", str(seed), "--mixed_precision", "no", "--cpu",
+        "--config_name",
+        str(config_path),
+        "--num_clusters",
+        "keep",
+        "--dataset_name",
+        "builtin-scenes",
+        "--builtin_image_size",
+        str(s["image_size"]),
+        "--crop_size",
+        str(s["image_size"]),
+        "--num_train_images",
+        str(s["num_train_images"]),
+        "--num_eval_images",
+        str(s["num_eval_images"]),
+        "--max_train_steps",
+        str(s["max_train_steps"]),
+        "--num_warmup_steps",
+        str(s["num_warmup_steps"]),
+        "--learning_rate",
+        str(s["learning_rate"]),
+        "--head_lr_mult",
+        str(s["head_lr_mult"]),
+        "--clustering_lr_mult",
+        str(s["clustering_lr_mult"]),
+        "--per_device_train_batch_size",
+        str(s["per_device_train_batch_size"]),
+        "--per_device_eval_batch_size",
+        "10",
+        "--logging_steps",
+        "500",
+        "--output_dir",
+        str(output_dir),
+        "--seed",
+        str(seed),
+        "--mixed_precision",
+        "no",
+        "--cpu",
     ]
 
 

@@ -35,7 +35,6 @@ from ..runner import (
     make_accelerator,
     maybe_sync_batchnorm,
     reset_accelerate_state,
-    save_final,
     setup_logging,
     stopped_run_report,
     warn_about_run_differences,
@@ -50,14 +49,22 @@ from .data import collate_segmentation, load_segmentation_splits, resolve_id2lab
 from .evaluation import evaluate_segmentation, metrics_to_json
 from .model import build_model, recipe_image_processor, segmentation_loss
 
+
 # Kept under its former name (tests and callers use it).
 _reset_accelerate_state = reset_accelerate_state
 
 logger = logging.getLogger(__name__)
 
 # Settings that an exact resume needs unchanged (a resume with others is warned about).
-RESUME_SENSITIVE_SETTINGS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_processes", "seed",
-                             "num_train_images", "learning_rate", "avg_non_ignore")
+RESUME_SENSITIVE_SETTINGS = (
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_processes",
+    "seed",
+    "num_train_images",
+    "learning_rate",
+    "avg_non_ignore",
+)
 
 
 def main(argv=None) -> dict:
@@ -87,9 +94,14 @@ def _write_outputs(args, accelerator, model, image_processor, results, init_repo
             arrays[f"reference_{index}"] = reference
         np.savez_compressed(output_dir / "eval_predictions.npz", **arrays)
 
-    write_final_outputs(args, accelerator, model, image_processor,
-                        {"init_report.json": init_report.to_dict(), "all_results.json": results},
-                        write_extra=write_predictions if pairs is not None else None)
+    write_final_outputs(
+        args,
+        accelerator,
+        model,
+        image_processor,
+        {"init_report.json": init_report.to_dict(), "all_results.json": results},
+        write_extra=write_predictions if pairs is not None else None,
+    )
 
 
 def run(args, accelerator) -> dict:
@@ -101,8 +113,9 @@ def run(args, accelerator) -> dict:
     started = time.time()
     output_dir = Path(args.output_dir)
     logger.info("%s", accelerator.state)
-    short_run = warmup_warning(args.num_warmup_steps, args.max_train_steps, args.learning_rate,
-                               args.warmup_start_factor, args.poly_power)
+    short_run = warmup_warning(
+        args.num_warmup_steps, args.max_train_steps, args.learning_rate, args.warmup_start_factor, args.poly_power
+    )
     if short_run is not None:
         logger.warning(short_run)
 
@@ -116,13 +129,25 @@ def run(args, accelerator) -> dict:
 
     with accelerator.main_process_first():
         train_dataset, eval_dataset = load_segmentation_splits(
-            args.dataset_name, args.dataset_config_name, args.train_val_split, args.seed, args.num_train_images,
-            args.num_eval_images, args.builtin_image_size, args.cache_dir, args.trust_remote_code,
+            args.dataset_name,
+            args.dataset_config_name,
+            args.train_val_split,
+            args.seed,
+            args.num_train_images,
+            args.num_eval_images,
+            args.builtin_image_size,
+            args.cache_dir,
+            args.trust_remote_code,
         )
     id2label = resolve_id2label(args.dataset_name, args.reduce_labels, train_dataset, args.id2label_file)
     num_labels = len(id2label)
-    logger.info("Data: %d training and %d evaluation images, %d classes (reduce_labels=%s).",
-                len(train_dataset), len(eval_dataset), num_labels, args.reduce_labels)
+    logger.info(
+        "Data: %d training and %d evaluation images, %d classes (reduce_labels=%s).",
+        len(train_dataset),
+        len(eval_dataset),
+        num_labels,
+        args.reduce_labels,
+    )
 
     overrides = {} if args.drop_path_rate is None else {"drop_path_rate": args.drop_path_rate}
     model, init_report = build_model(
@@ -131,27 +156,40 @@ def run(args, accelerator) -> dict:
     logger.info("%s", init_report.summary())
     model = maybe_sync_batchnorm(model, accelerator)
 
-    groups = param_groups(model, args.learning_rate, args.weight_decay, args.head_lr_mult,
-                          args.clustering_lr_mult, args.norm_decay_mult)
+    groups = param_groups(
+        model, args.learning_rate, args.weight_decay, args.head_lr_mult, args.clustering_lr_mult, args.norm_decay_mult
+    )
     logger.info("Parameter groups:\n%s", describe_param_groups(groups))
     optimizer = torch.optim.AdamW(
-        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+        groups,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
         weight_decay=args.weight_decay,
     )
     # Not prepared: accelerate would step it once per process; it is stepped once per optimiser step below.
-    scheduler = make_scheduler(optimizer, args.num_warmup_steps, args.max_train_steps, args.warmup_start_factor,
-                               args.poly_power)
+    scheduler = make_scheduler(
+        optimizer, args.num_warmup_steps, args.max_train_steps, args.warmup_start_factor, args.poly_power
+    )
 
     sampler = EpochSampler(len(train_dataset), seed=args.seed)
     # Dedicated generators: creating loader iterators must not draw from the global RNG (dropout's).
     train_loader = DataLoader(
-        train_dataset, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True,
-        collate_fn=collate_segmentation, num_workers=args.num_workers,
+        train_dataset,
+        batch_size=args.per_device_train_batch_size,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=collate_segmentation,
+        num_workers=args.num_workers,
         generator=torch.Generator().manual_seed(args.seed),
     )
     eval_loader = DataLoader(
-        eval_dataset, batch_size=args.per_device_eval_batch_size, shuffle=False, collate_fn=collate_segmentation,
-        num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed),
+        eval_dataset,
+        batch_size=args.per_device_eval_batch_size,
+        shuffle=False,
+        collate_fn=collate_segmentation,
+        num_workers=args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     state = TrainingState(args.seed, accelerator.process_index, accelerator.num_processes)
@@ -169,12 +207,18 @@ def run(args, accelerator) -> dict:
     logger.info(
         "Effective batch: %d per device x %d process(es) x %d accumulation = %d images per step (the authors: 2 x 8 "
         "GPUs = 16). %d steps, %d batches per epoch per process.",
-        args.per_device_train_batch_size, accelerator.num_processes, accumulation, effective_batch,
-        args.max_train_steps, batches_per_epoch,
+        args.per_device_train_batch_size,
+        accelerator.num_processes,
+        accumulation,
+        effective_batch,
+        args.max_train_steps,
+        batches_per_epoch,
     )
 
     augment = SegmentationTrainAugment(
-        crop_size=(args.crop_size, args.crop_size), scale=args.resize_scale, reduce_zero_label=args.reduce_labels,
+        crop_size=(args.crop_size, args.crop_size),
+        scale=args.resize_scale,
+        reduce_zero_label=args.reduce_labels,
         ignore_index=255,
     )
     # Evaluated through the processor saved with the model: the figures are those of the deployed model.
@@ -195,25 +239,41 @@ def run(args, accelerator) -> dict:
         logger.info("Resuming from %s (step %s).", resume_dir, resume_marker["step"])
         warn_about_run_differences(resume_marker.get("run", {}), run_info, RESUME_SENSITIVE_SETTINGS)
         load_checkpoint(accelerator, resume_dir)
-        follow_schedule(scheduler, optimizer, PolyWithWarmup(args.num_warmup_steps, args.max_train_steps,
-                                                             args.warmup_start_factor, args.poly_power), state.step)
+        follow_schedule(
+            scheduler,
+            optimizer,
+            PolyWithWarmup(args.num_warmup_steps, args.max_train_steps, args.warmup_start_factor, args.poly_power),
+            state.step,
+        )
     completed_steps = state.step
 
     if args.with_tracking:
-        config = {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in vars(args).items()}
+        config = {
+            k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in vars(args).items()
+        }
         accelerator.init_trackers("finetune_ade20k", config)
 
     def checkpoint(name: str) -> None:
         check_finite_parameters(model, completed_steps, f"checkpoint {name}", accelerator)
         consumed = completed_steps * accumulation
-        info = {"step": completed_steps, "epoch": consumed // max(batches_per_epoch, 1),
-                "batches_in_epoch": consumed % max(batches_per_epoch, 1), "run": run_info}
+        info = {
+            "step": completed_steps,
+            "epoch": consumed // max(batches_per_epoch, 1),
+            "batches_in_epoch": consumed % max(batches_per_epoch, 1),
+            "run": run_info,
+        }
         folder = save_checkpoint(accelerator, output_dir, name, info, state, args.checkpoints_total_limit or None)
         logger.info("Saved checkpoint %s (step %d).", folder, completed_steps)
 
     def run_eval(keep_predictions=False):
         return evaluate_segmentation(
-            model, eval_loader, accelerator, image_processor, num_labels, args.reduce_labels, 255,
+            model,
+            eval_loader,
+            accelerator,
+            image_processor,
+            num_labels,
+            args.reduce_labels,
+            255,
             keep_predictions=keep_predictions,
             disable_progress=args.disable_tqdm or not accelerator.is_main_process,
         )
@@ -221,10 +281,15 @@ def run(args, accelerator) -> dict:
     target = args.max_train_steps if args.stop_after_step is None else min(args.max_train_steps, args.stop_after_step)
     consumed = completed_steps * accumulation
     epoch = consumed // max(batches_per_epoch, 1)
-    stream = batch_stream(train_loader, sampler, epoch, consumed % max(batches_per_epoch, 1),
-                          accelerator.skip_first_batches)
-    progress = tqdm(total=args.max_train_steps, initial=completed_steps, desc="train",
-                    disable=args.disable_tqdm or not accelerator.is_main_process)
+    stream = batch_stream(
+        train_loader, sampler, epoch, consumed % max(batches_per_epoch, 1), accelerator.skip_first_batches
+    )
+    progress = tqdm(
+        total=args.max_train_steps,
+        initial=completed_steps,
+        desc="train",
+        disable=args.disable_tqdm or not accelerator.is_main_process,
+    )
     model.train()
     running_loss, running_count, last_loss = 0.0, 0, None
     data_wait = DataWaitMeter()
@@ -235,8 +300,9 @@ def run(args, accelerator) -> dict:
         for _ in range(accumulation):
             with data_wait.waiting():
                 epoch, batch = next(stream)
-                images, labels = augment(batch["images"], batch["labels"], generator=state.generator,
-                                         device=accelerator.device)
+                images, labels = augment(
+                    batch["images"], batch["labels"], generator=state.generator, device=accelerator.device
+                )
             with accelerator.accumulate(model):
                 loss, _ = segmentation_loss(model, images, labels, 255, args.avg_non_ignore)
                 check_finite_loss(loss, completed_steps + 1, accelerator)
@@ -258,8 +324,14 @@ def run(args, accelerator) -> dict:
         data_wait.step_done()
         if completed_steps % max(args.logging_steps, 1) == 0 or completed_steps == target:
             lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
-            logger.info("step %d/%d  loss %.4f  lr %.3g  epoch %d", completed_steps, args.max_train_steps,
-                        running_loss / running_count, lr, epoch)
+            logger.info(
+                "step %d/%d  loss %.4f  lr %.3g  epoch %d",
+                completed_steps,
+                args.max_train_steps,
+                running_loss / running_count,
+                lr,
+                epoch,
+            )
             progress.set_postfix(loss=f"{running_loss / running_count:.3f}")
             if args.with_tracking:
                 accelerator.log({"train_loss": running_loss / running_count, "lr": lr}, step=completed_steps)
@@ -286,20 +358,26 @@ def run(args, accelerator) -> dict:
     check_finite_parameters(model, completed_steps, "final model", accelerator)
     metrics, pairs = run_eval(keep_predictions=args.save_predictions)
     results = metrics_to_json(metrics, id2label)
-    results.update({
-        "train_steps": completed_steps,
-        "train_loss": last_loss,
-        "effective_batch_size": effective_batch,
-        "num_train_images": len(train_dataset),
-        "num_eval_images": len(eval_dataset),
-        "train_runtime_s": round(time.time() - started, 2),
-        "resumed_from": str(resume_dir) if resume_dir else None,
-        "num_processes": accelerator.num_processes,
-        "avg_non_ignore": args.avg_non_ignore,
-        "data_wait_fraction": data_wait.summary()["data_wait_fraction"],
-    })
-    logger.info("Evaluation: mIoU %.4f, mean accuracy %.4f, overall accuracy %.4f",
-                metrics["mean_iou"], metrics["mean_accuracy"], metrics["overall_accuracy"])
+    results.update(
+        {
+            "train_steps": completed_steps,
+            "train_loss": last_loss,
+            "effective_batch_size": effective_batch,
+            "num_train_images": len(train_dataset),
+            "num_eval_images": len(eval_dataset),
+            "train_runtime_s": round(time.time() - started, 2),
+            "resumed_from": str(resume_dir) if resume_dir else None,
+            "num_processes": accelerator.num_processes,
+            "avg_non_ignore": args.avg_non_ignore,
+            "data_wait_fraction": data_wait.summary()["data_wait_fraction"],
+        }
+    )
+    logger.info(
+        "Evaluation: mIoU %.4f, mean accuracy %.4f, overall accuracy %.4f",
+        metrics["mean_iou"],
+        metrics["mean_accuracy"],
+        metrics["overall_accuracy"],
+    )
     if args.with_tracking:
         accelerator.log({k: v for k, v in results.items() if isinstance(v, (int, float))}, step=completed_steps)
 

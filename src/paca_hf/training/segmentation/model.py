@@ -10,6 +10,7 @@ import torch
 from ..errors import TrainingError
 from ..init_report import InitReport
 
+
 logger = logging.getLogger(__name__)
 
 
@@ -124,8 +125,15 @@ def build_model(
             f"config.json / folder."
         )
     config_dict = config.to_dict()
-    for key in ("id2label", "label2id", "num_labels", "_name_or_path", "transformers_version", "model_type",
-                "architectures"):
+    for key in (
+        "id2label",
+        "label2id",
+        "num_labels",
+        "_name_or_path",
+        "transformers_version",
+        "model_type",
+        "architectures",
+    ):
         config_dict.pop(key, None)
     config_dict.update(labels)
     config_dict["num_clusters"] = parse_num_clusters(num_clusters, config.num_clusters)
