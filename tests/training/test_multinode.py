@@ -19,7 +19,7 @@ from tiny_configs import tiny_config
 
 from paca_hf import PaCaViTForImageClassification, PaCaViTForSemanticSegmentation
 from paca_hf import training as T
-from paca_hf.training import distributed
+from paca_hf.training import distributed, runner
 from paca_hf.training.classification.arguments import parse_args as imagenet_parse_args
 from paca_hf.training.errors import TrainingError
 from paca_hf.training.segmentation import finetune
@@ -300,16 +300,16 @@ def test_the_final_save_gathers_the_weights_on_every_process(tmp_path):
     model = PaCaViTForSemanticSegmentation(tiny_config(num_labels=3))
     processor = recipe_image_processor((128, 32), True)
     other = _OtherProcess()
-    finetune.save_final(other, model, processor, tmp_path / "other")
+    runner.save_final(other, model, processor, tmp_path / "other")
     assert other.gathered == 1 and not (tmp_path / "other").exists()
 
     accelerator = Accelerator(cpu=True)
     try:
         gathered = {name: tensor.clone() for name, tensor in accelerator.get_state_dict(model).items()}
         gathered["decode_head.classifier.bias"].fill_(0.5)  # stands for the weights gathered from the shards
-        finetune.save_final(accelerator, model, processor, tmp_path / "main", gathered)
+        runner.save_final(accelerator, model, processor, tmp_path / "main", gathered)
     finally:
-        finetune._reset_accelerate_state(accelerator)
+        runner.reset_accelerate_state(accelerator)
     saved = PaCaViTForSemanticSegmentation.from_pretrained(tmp_path / "main")
     expected = T.weight_checksums(gathered)  # still whole after the save (the dump of --debug_dump_weights uses it)
     assert len(expected) == len(model.state_dict()) and T.weight_checksums(saved) == expected
