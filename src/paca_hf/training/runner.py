@@ -1,11 +1,13 @@
 """The accelerate side of the fine-tunes (`segmentation.finetune`, `detection.finetune`): the run's `Accelerator`,
 logging from the global main process only, the final save (single writer, atomic), resetting accelerate's
-process-wide state between runs in one process, warnings about a resume with other settings, SyncBatchNorm."""
+process-wide state between runs in one process, warnings about a resume with other settings, SyncBatchNorm; the
+demo fine-tunes' run (`segmentation.demo`, `detection.demo`)."""
 
 import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -198,3 +200,27 @@ def write_final_outputs(args, accelerator, model, image_processor, json_files: d
             ignore_patterns=["step_*", "epoch_*", ".*", "rank_checksums/*", "*.npz", "builtin-scenes-coco/*"],
         )
         logger.info("Pushed to https://huggingface.co/%s", repo_id)
+
+
+def default_threads() -> int:
+    """Torch threads of the demo fine-tunes: one on a 2-core (often shared) machine, where OpenMP threads fighting for
+    busy cores were 3-4x slower than one thread in our measurements; more where there are more cores (at most 8)."""
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 2 else min(8, cores // 2)
+
+
+def run_demo_finetune(main, output_dir, config: dict, config_name: str, argv, threads=None, quiet=False) -> tuple:
+    """`(results, minutes)` of one demo fine-tune: `config` (the demo model's config dict) written atomically to
+    `output_dir / config_name`, then `main(argv(output_dir, config_path))` (a task's `finetune.main`, plus
+    `--disable_tqdm` if `quiet`) with `threads` torch threads (default [`default_threads`]); minutes of wall time."""
+    torch.set_num_threads(threads or default_threads())
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_path = output_dir / config_name
+    write_json_atomically(config_path, config, indent=1)
+    arguments = list(argv(output_dir, config_path))
+    if quiet:
+        arguments.append("--disable_tqdm")
+    started = time.time()
+    results = main(arguments)
+    return results, (time.time() - started) / 60.0
