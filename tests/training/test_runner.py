@@ -1,14 +1,19 @@
-"""The demo fine-tunes' shared run (`paca_hf.training.runner.run_demo_finetune`, `default_threads`) and the font of
+"""The pieces of the two fine-tunes' loops in the shared runner (`checkpoint_due`, `resume_position`,
+`tracker_config`, `accumulated_step`), the demo fine-tunes' shared run (`paca_hf.training.runner.run_demo_finetune`, `default_threads`) and the font of
 their pictures (`paca_hf.visualization.load_font`)."""
 
+import argparse
 import json
 
 import pytest
 import torch
+from accelerate import Accelerator
 
+from paca_hf import training as T
 from paca_hf.training import runner
 from paca_hf.training.detection import demo as detection_demo
 from paca_hf.training.segmentation import demo as segmentation_demo
+from paca_hf.training.throughput import DataWaitMeter
 from paca_hf.visualization import load_font
 
 
@@ -49,3 +54,71 @@ def test_load_font_scales_where_pillow_can():
     font = load_font(13)
     assert getattr(font, "size", 13) == 13
     assert load_font() is not None
+
+
+@pytest.mark.parametrize(
+    "checkpointing_steps, step, accumulation, batches_per_epoch, name",
+    [
+        (None, 4, 1, 3, None),
+        (2, 4, 1, 3, "step_4"),
+        (2, 3, 1, 3, None),
+        ("epoch", 3, 1, 3, "epoch_0"),
+        ("epoch", 2, 1, 3, None),
+        ("epoch", 2, 2, 3, "epoch_0"),  # batches 3-4 of 3 per epoch: epoch 0 ended inside this step
+        ("epoch", 3, 2, 3, "epoch_1"),  # batches 5-6
+        ("epoch", 3, 1, 0, None),
+    ],
+)
+def test_checkpoint_due(checkpointing_steps, step, accumulation, batches_per_epoch, name):
+    assert runner.checkpoint_due(checkpointing_steps, step, accumulation, batches_per_epoch) == name
+
+
+def test_resume_position():
+    assert runner.resume_position(5, 2, 3) == (3, 1)  # 10 batches of 3 per epoch: 3 epochs and 1 batch
+    assert runner.resume_position(4, 1, 0) == (4, 0)
+
+
+def test_tracker_config_stringifies_what_trackers_cannot_take():
+    args = argparse.Namespace(steps=3, lr=0.5, name="x", flag=True, none=None, scale=(4, 2), edges=[1, 2])
+    assert runner.tracker_config(args) == {
+        "steps": 3,
+        "lr": 0.5,
+        "name": "x",
+        "flag": True,
+        "none": None,
+        "scale": "(4, 2)",
+        "edges": "[1, 2]",
+    }
+
+
+@pytest.mark.parametrize("max_grad_norm, weight", [(None, -1.0), (0.5, 0.5)])
+def test_accumulated_step_averages_the_batches_clips_and_steps_once(max_grad_norm, weight):
+    """loss = w * x on batches x = 1 and x = 3 with w = 1, SGD lr 1: the step's gradient is the mean, 2, so w becomes
+    -1; clipped to norm 0.5, w becomes 0.5. The reported value is the mean loss, 2; the scheduler steps once."""
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    try:
+        model = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.ones_(model.weight)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        stream = iter([(0, 1.0), (1, 3.0)])
+        args = argparse.Namespace(gradient_accumulation_steps=2, max_grad_norm=max_grad_norm)
+
+        def forward(x):
+            loss = model(torch.tensor([[x]])).sum()
+            return loss, torch.stack([loss, 2 * loss])
+
+        epoch, values = runner.accumulated_step(
+            accelerator, model, optimizer, scheduler, stream, DataWaitMeter(), args, 1, lambda x: x, forward
+        )
+        assert epoch == 1 and values.tolist() == [2.0, 4.0]
+        assert model.weight.item() == pytest.approx(weight)
+        assert scheduler.scheduler.last_epoch == 1
+        bad = iter([(0, float("nan")), (0, 1.0)])
+        with pytest.raises(T.NonFiniteError, match="step 7"):
+            runner.accumulated_step(
+                accelerator, model, optimizer, scheduler, bad, DataWaitMeter(), args, 7, lambda x: x, forward
+            )
+    finally:
+        runner.reset_accelerate_state(accelerator)

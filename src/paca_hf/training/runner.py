@@ -1,7 +1,9 @@
 """The accelerate side of the fine-tunes (`segmentation.finetune`, `detection.finetune`): the run's `Accelerator`,
 logging from the global main process only, the final save (single writer, atomic), resetting accelerate's
 process-wide state between runs in one process, warnings about a resume with other settings, SyncBatchNorm; the
-demo fine-tunes' run (`segmentation.demo`, `detection.demo`)."""
+training loops' shared steps (an accumulated optimiser step with the NaN stop and clipping, the checkpoint cadence
+and save, the resume position, the trackers' config); the demo fine-tunes' run (`segmentation.demo`,
+`detection.demo`)."""
 
 import logging
 import os
@@ -14,8 +16,9 @@ from pathlib import Path
 import torch
 
 from ..file_utils import fsync_dir, fsync_file, give_normal_permissions, write_json_atomically
-from .checkpoint import find_latest_checkpoint, verify_checkpoint, weight_checksums
+from .checkpoint import find_latest_checkpoint, save_checkpoint, verify_checkpoint, weight_checksums
 from .distributed import check_fsdp_device, check_launch, distributed_on_cpu
+from .errors import check_finite_loss, check_finite_parameters
 
 
 logger = logging.getLogger(__name__)
@@ -224,3 +227,85 @@ def run_demo_finetune(main, output_dir, config: dict, config_name: str, argv, th
     started = time.time()
     results = main(arguments)
     return results, (time.time() - started) / 60.0
+
+
+def tracker_config(args) -> dict:
+    """`vars(args)` for `accelerator.init_trackers`: numbers, strings, booleans and `None` as they are, the rest as
+    strings (trackers take no tuples or lists)."""
+    return {
+        key: value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+        for key, value in vars(args).items()
+    }
+
+
+def resume_position(completed_steps: int, accumulation: int, batches_per_epoch: int) -> tuple[int, int]:
+    """`(epoch, batches_in_epoch)` after `completed_steps` optimiser steps of `accumulation` batches each, with
+    `batches_per_epoch` batches per process in an epoch (0: every batch counts in epoch 0)."""
+    consumed = completed_steps * accumulation
+    return consumed // max(batches_per_epoch, 1), consumed % max(batches_per_epoch, 1)
+
+
+def checkpoint_due(checkpointing_steps, completed_steps: int, accumulation: int, batches_per_epoch: int):
+    """The name of the checkpoint to save after optimiser step `completed_steps` (`step_N` every
+    `checkpointing_steps` steps; `epoch_E` when this step finished epoch E with `checkpointing_steps == "epoch"`),
+    or `None`."""
+    if isinstance(checkpointing_steps, int) and completed_steps % checkpointing_steps == 0:
+        return f"step_{completed_steps}"
+    if checkpointing_steps == "epoch" and batches_per_epoch:
+        before = ((completed_steps - 1) * accumulation) // batches_per_epoch
+        after = (completed_steps * accumulation) // batches_per_epoch
+        if after > before:
+            return f"epoch_{after - 1}"
+    return None
+
+
+def save_run_checkpoint(
+    accelerator, model, state, name: str, args, completed_steps: int, batches_per_epoch: int, run_info: dict
+) -> Path:
+    """Save checkpoint `name` in `args.output_dir` after checking that every weight is finite: the accelerate state
+    and `state`, with the step, the position in the epoch and `run_info` (the settings a resume compares) in its
+    marker; at most `args.checkpoints_total_limit` complete checkpoints are kept (0: all). The folder."""
+    check_finite_parameters(model, completed_steps, f"checkpoint {name}", accelerator)
+    epoch, batches_in_epoch = resume_position(completed_steps, args.gradient_accumulation_steps, batches_per_epoch)
+    info = {"step": completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "run": run_info}
+    folder = save_checkpoint(
+        accelerator, Path(args.output_dir), name, info, state, args.checkpoints_total_limit or None
+    )
+    logger.info("Saved checkpoint %s (step %d).", folder, completed_steps)
+    return folder
+
+
+def accumulated_step(accelerator, model, optimizer, scheduler, stream, data_wait, args, step: int, prepare, forward):
+    """One optimiser step of `args.gradient_accumulation_steps` batches from `stream` (`(epoch, batch)` pairs):
+    `prepare(batch)` (augmentation, timed as data wait) then `forward(inputs) -> (loss, values)` under
+    `accelerator.accumulate`; the loss checked finite (`step`: the step's number, in the error), back-propagated,
+    gradients clipped to `args.max_grad_norm` at the synchronising batch; then the scheduler's step. Returns
+    `(epoch, values)`: the epoch of the last batch and the mean of the batches' detached `values` (1-D)."""
+    accumulation = args.gradient_accumulation_steps
+    total = None
+    epoch = None
+    # accelerate skips the gradient all-reduce, `optimizer.step` and `zero_grad` on all but the last of these
+    # batches, and divides the loss by their number in `backward`.
+    for _ in range(accumulation):
+        with data_wait.waiting():
+            epoch, batch = next(stream)
+            inputs = prepare(batch)
+        with accelerator.accumulate(model):
+            loss, values = forward(inputs)
+            check_finite_loss(loss, step, accelerator)
+            accelerator.backward(loss)
+            if total is None:
+                total = torch.zeros(values.shape, device=values.device)  # float32 also under mixed precision
+            total += values.detach() / accumulation
+            if accelerator.sync_gradients and args.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return epoch, total
+
+
+def base_learning_rate(optimizer) -> float:
+    """The learning rate of the first parameter group without its `lr_mult`: the schedule's rate."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group.get("lr_mult", 1.0)

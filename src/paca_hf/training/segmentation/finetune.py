@@ -26,17 +26,22 @@ from ..checkpoint import (
     TrainingState,
     load_checkpoint,
     resolve_resume_checkpoint,
-    save_checkpoint,
     verify_checkpoint,
 )
-from ..errors import TrainingError, check_finite_loss, check_finite_parameters
+from ..errors import TrainingError, check_finite_parameters
 from ..optim import describe_param_groups, param_groups
 from ..runner import (
+    accumulated_step,
+    base_learning_rate,
+    checkpoint_due,
     make_accelerator,
     maybe_sync_batchnorm,
     reset_accelerate_state,
+    resume_position,
+    save_run_checkpoint,
     setup_logging,
     stopped_run_report,
+    tracker_config,
     warn_about_run_differences,
     write_final_outputs,
 )
@@ -248,22 +253,7 @@ def run(args, accelerator) -> dict:
     completed_steps = state.step
 
     if args.with_tracking:
-        config = {
-            k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in vars(args).items()
-        }
-        accelerator.init_trackers("finetune_ade20k", config)
-
-    def checkpoint(name: str) -> None:
-        check_finite_parameters(model, completed_steps, f"checkpoint {name}", accelerator)
-        consumed = completed_steps * accumulation
-        info = {
-            "step": completed_steps,
-            "epoch": consumed // max(batches_per_epoch, 1),
-            "batches_in_epoch": consumed % max(batches_per_epoch, 1),
-            "run": run_info,
-        }
-        folder = save_checkpoint(accelerator, output_dir, name, info, state, args.checkpoints_total_limit or None)
-        logger.info("Saved checkpoint %s (step %d).", folder, completed_steps)
+        accelerator.init_trackers("finetune_ade20k", tracker_config(args))
 
     def run_eval(keep_predictions=False):
         return evaluate_segmentation(
@@ -279,51 +269,40 @@ def run(args, accelerator) -> dict:
         )
 
     target = args.max_train_steps if args.stop_after_step is None else min(args.max_train_steps, args.stop_after_step)
-    consumed = completed_steps * accumulation
-    epoch = consumed // max(batches_per_epoch, 1)
-    stream = batch_stream(
-        train_loader, sampler, epoch, consumed % max(batches_per_epoch, 1), accelerator.skip_first_batches
-    )
+    epoch, batches_in_epoch = resume_position(completed_steps, accumulation, batches_per_epoch)
+    stream = batch_stream(train_loader, sampler, epoch, batches_in_epoch, accelerator.skip_first_batches)
     progress = tqdm(
         total=args.max_train_steps,
         initial=completed_steps,
         desc="train",
         disable=args.disable_tqdm or not accelerator.is_main_process,
     )
+
+    def prepare(batch):
+        return augment(batch["images"], batch["labels"], generator=state.generator, device=accelerator.device)
+
+    def forward(inputs):
+        loss, _ = segmentation_loss(model, *inputs, 255, args.avg_non_ignore)
+        return loss, loss.reshape(1)
+
     model.train()
     running_loss, running_count, last_loss = 0.0, 0, None
     data_wait = DataWaitMeter()
     while completed_steps < target:
-        step_loss = torch.zeros((), device=accelerator.device)
-        # One optimiser step: accelerate skips the gradient all-reduce, `optimizer.step` and `zero_grad` on all
-        # but the last of these batches, and divides the loss by their number in `backward`.
-        for _ in range(accumulation):
-            with data_wait.waiting():
-                epoch, batch = next(stream)
-                images, labels = augment(
-                    batch["images"], batch["labels"], generator=state.generator, device=accelerator.device
-                )
-            with accelerator.accumulate(model):
-                loss, _ = segmentation_loss(model, images, labels, 255, args.avg_non_ignore)
-                check_finite_loss(loss, completed_steps + 1, accelerator)
-                accelerator.backward(loss)
-                step_loss += loss.detach() / accumulation
-                if accelerator.sync_gradients and args.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        epoch, step_loss = accumulated_step(
+            accelerator, model, optimizer, scheduler, stream, data_wait, args, completed_steps + 1, prepare, forward
+        )
         completed_steps += 1
         state.step = completed_steps
         progress.update(1)
 
-        loss_value = accelerator.gather(step_loss.reshape(1)).mean().item()
+        loss_value = accelerator.gather(step_loss).mean().item()
         last_loss = loss_value
         running_loss += loss_value
         running_count += 1
         data_wait.step_done()
         if completed_steps % max(args.logging_steps, 1) == 0 or completed_steps == target:
-            lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
+            lr = base_learning_rate(optimizer)
             logger.info(
                 "step %d/%d  loss %.4f  lr %.3g  epoch %d",
                 completed_steps,
@@ -342,13 +321,9 @@ def run(args, accelerator) -> dict:
             logger.info("step %d: eval mIoU %.4f", completed_steps, metrics["mean_iou"])
             if args.with_tracking:
                 accelerator.log({"eval_mean_iou": metrics["mean_iou"]}, step=completed_steps)
-        if isinstance(args.checkpointing_steps, int) and completed_steps % args.checkpointing_steps == 0:
-            checkpoint(f"step_{completed_steps}")
-        elif args.checkpointing_steps == "epoch" and batches_per_epoch:
-            before = ((completed_steps - 1) * accumulation) // batches_per_epoch
-            after = (completed_steps * accumulation) // batches_per_epoch
-            if after > before:
-                checkpoint(f"epoch_{after - 1}")
+        name = checkpoint_due(args.checkpointing_steps, completed_steps, accumulation, batches_per_epoch)
+        if name is not None:
+            save_run_checkpoint(accelerator, model, state, name, args, completed_steps, batches_per_epoch, run_info)
     progress.close()
     logger.info("%s", data_wait.describe(args.num_workers))
 
