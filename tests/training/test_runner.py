@@ -122,3 +122,42 @@ def test_accumulated_step_averages_the_batches_clips_and_steps_once(max_grad_nor
             )
     finally:
         runner.reset_accelerate_state(accelerator)
+
+
+def test_make_adamw_takes_the_flags():
+    weight = torch.nn.Parameter(torch.ones(2))
+    args = argparse.Namespace(learning_rate=0.1, adam_beta1=0.8, adam_beta2=0.9, adam_epsilon=1e-6, weight_decay=0.2)
+    optimizer = runner.make_adamw([{"params": [weight], "weight_decay": 0.0}], args)
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (0.1, (0.8, 0.9), 1e-6, 0.0)
+    assert optimizer.defaults["weight_decay"] == 0.2
+
+
+def test_resolve_resume(tmp_path, caplog):
+    args = argparse.Namespace(resume_from_checkpoint=None, output_dir=str(tmp_path))
+    assert runner.resolve_resume(args) == (None, None)
+    args.resume_from_checkpoint = "latest"
+    with caplog.at_level("WARNING", logger="paca_hf.training"):
+        assert runner.resolve_resume(args) == (None, None)
+    assert caplog.records  # no checkpoint yet: training starts from the beginning, with a warning
+    args.resume_from_checkpoint = str(tmp_path / "step_5")
+    with pytest.raises(T.CheckpointError):
+        runner.resolve_resume(args)
+
+
+def test_run_with_accelerator_resets_accelerate_also_after_an_error(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    from paca_hf.training.segmentation.arguments import parse_args
+
+    args = parse_args(["--config_name", "x", "--output_dir", str(tmp_path), "--cpu"])
+    assert runner.run_with_accelerator(args, lambda a, accelerator: (a, accelerator.device.type)) == (args, "cpu")
+    assert AcceleratorState._shared_state == {}
+
+    def fails(a, accelerator):
+        raise T.TrainingError("stop")
+
+    with pytest.raises(T.TrainingError, match="stop"):
+        runner.run_with_accelerator(args, fails)
+    assert AcceleratorState._shared_state == {}

@@ -1,7 +1,8 @@
 """The accelerate side of the fine-tunes (`segmentation.finetune`, `detection.finetune`): the run's `Accelerator`,
-logging from the global main process only, the final save (single writer, atomic), resetting accelerate's
-process-wide state between runs in one process, warnings about a resume with other settings, SyncBatchNorm; the
-training loops' shared steps (an accumulated optimiser step with the NaN stop and clipping, the checkpoint cadence
+logging from the global main process only, the run's setup and teardown, AdamW from the flags, resolving and
+loading a checkpoint to resume from, the final save (single writer, atomic), resetting accelerate's process-wide
+state between runs in one process, warnings about a resume with other settings, SyncBatchNorm; the training loops'
+shared steps (an accumulated optimiser step with the NaN stop and clipping, the checkpoint cadence
 and save, the resume position, the trackers' config); the demo fine-tunes' run (`segmentation.demo`,
 `detection.demo`)."""
 
@@ -16,9 +17,17 @@ from pathlib import Path
 import torch
 
 from ..file_utils import fsync_dir, fsync_file, give_normal_permissions, write_json_atomically
-from .checkpoint import find_latest_checkpoint, save_checkpoint, verify_checkpoint, weight_checksums
+from .checkpoint import (
+    find_latest_checkpoint,
+    load_checkpoint,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+    weight_checksums,
+)
 from .distributed import check_fsdp_device, check_launch, distributed_on_cpu
 from .errors import check_finite_loss, check_finite_parameters
+from .scheduler import follow_schedule
 
 
 logger = logging.getLogger(__name__)
@@ -309,3 +318,52 @@ def base_learning_rate(optimizer) -> float:
     """The learning rate of the first parameter group without its `lr_mult`: the schedule's rate."""
     group = optimizer.param_groups[0]
     return group["lr"] / group.get("lr_mult", 1.0)
+
+
+def run_with_accelerator(args, run) -> dict:
+    """`run(args, accelerator)` on the run's `Accelerator` ([`make_accelerator`], logging set up), then, also when it
+    raises, the trackers ended (with `--with_tracking`), accelerate's memory freed and its process-wide state reset
+    (another run may follow in this process). What `run` returns."""
+    accelerator = make_accelerator(args)
+    setup_logging(accelerator)
+    try:
+        return run(args, accelerator)
+    finally:
+        if args.with_tracking:
+            accelerator.end_training()
+        accelerator.free_memory()
+        reset_accelerate_state(accelerator)
+
+
+def resolve_resume(args) -> tuple[Path | None, dict | None]:
+    """`(folder, marker)` of the checkpoint `--resume_from_checkpoint` names (`(None, None)`: start from the
+    beginning), resolved and verified before anything is written, so that a bad one stops the run here
+    (`CheckpointError`); the resolution's warnings are logged."""
+    resume_dir, resume_warnings = resolve_resume_checkpoint(args.resume_from_checkpoint, Path(args.output_dir))
+    for warning in resume_warnings:
+        logger.warning(warning)
+    return resume_dir, verify_checkpoint(resume_dir, check_hashes=False) if resume_dir is not None else None
+
+
+def make_adamw(groups, args) -> torch.optim.AdamW:
+    """AdamW over the parameter `groups` with `--learning_rate`, `--adam_beta1/2`, `--adam_epsilon` and
+    `--weight_decay` (groups that set their own keep theirs)."""
+    return torch.optim.AdamW(
+        groups,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+    )
+
+
+def resume_training(
+    accelerator, resume_dir, resume_marker, run_info: dict, keys, scheduler, optimizer, schedule, state
+):
+    """Load the checkpoint `resume_dir` (its `resume_marker` from [`resolve_resume`]) into the prepared objects and
+    the registered `state` (a `TrainingState`), then bring the (unprepared) `scheduler` to the loaded step on
+    `schedule`; first a warning about each of `keys` in which the saved run's settings differ from `run_info`."""
+    logger.info("Resuming from %s (step %s).", resume_dir, resume_marker["step"])
+    warn_about_run_differences(resume_marker.get("run", {}), run_info, keys)
+    load_checkpoint(accelerator, resume_dir)
+    follow_schedule(scheduler, optimizer, schedule, state.step)

@@ -24,26 +24,26 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import TrainingState, load_checkpoint, resolve_resume_checkpoint, verify_checkpoint
+from ..checkpoint import TrainingState
 from ..errors import TrainingError, check_finite_parameters
 from ..optim import describe_param_groups, param_groups
 from ..runner import (
     accumulated_step,
     base_learning_rate,
     checkpoint_due,
-    make_accelerator,
+    make_adamw,
     maybe_sync_batchnorm,
-    reset_accelerate_state,
+    resolve_resume,
     resume_position,
+    resume_training,
+    run_with_accelerator,
     save_run_checkpoint,
-    setup_logging,
     stopped_run_report,
     tracker_config,
-    warn_about_run_differences,
     write_final_outputs,
 )
 from ..sampling import EpochSampler, batch_stream
-from ..scheduler import MultiStepWithWarmup, follow_schedule, whole_run_warmup_warning
+from ..scheduler import MultiStepWithWarmup, whole_run_warmup_warning
 from ..throughput import DataWaitMeter
 from .arguments import parse_args
 from .augmentation import DetectionTrainAugment
@@ -74,16 +74,7 @@ def main(argv=None) -> dict:
     written to OUTPUT_DIR/all_results.json on the main process), or `{"stopped_at_step": N,
     "latest_checkpoint_step": M, ...}` with `--stop_after_step`. Raises `TrainingError` (`CheckpointError`,
     `NonFiniteError`) when the run cannot go on, `ValueError` naming the annotation, image or file for bad data."""
-    args = parse_args(argv)
-    accelerator = make_accelerator(args)
-    setup_logging(accelerator)
-    try:
-        return run(args, accelerator)
-    finally:
-        if args.with_tracking:
-            accelerator.end_training()
-        accelerator.free_memory()
-        reset_accelerate_state(accelerator)
+    return run_with_accelerator(parse_args(argv), run)
 
 
 def evaluate_detector(
@@ -138,11 +129,7 @@ def run(args, accelerator) -> dict:
     output_dir = Path(args.output_dir)
     logger.info("%s", accelerator.state)
 
-    # Resolve the checkpoint before anything is written: a bad one stops the run here.
-    resume_dir, resume_warnings = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-    for warning in resume_warnings:
-        logger.warning(warning)
-    resume_marker = verify_checkpoint(resume_dir, check_hashes=False) if resume_dir is not None else None
+    resume_dir, resume_marker = resolve_resume(args)  # before anything is written: a bad one stops the run here
 
     set_seed(args.seed)
     with accelerator.main_process_first():
@@ -183,13 +170,7 @@ def run(args, accelerator) -> dict:
         norm_decay_mult=args.norm_decay_mult,
     )
     logger.info("Parameter groups:\n%s", describe_param_groups(groups))
-    optimizer = torch.optim.AdamW(
-        groups,
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.weight_decay,
-    )
+    optimizer = make_adamw(groups, args)
 
     sampler = EpochSampler(len(train_dataset), seed=args.seed)
     # Dedicated generators: creating loader iterators must not draw from the global RNG (the samplers' and
@@ -273,10 +254,17 @@ def run(args, accelerator) -> dict:
         "detr_crop_prob": args.detr_crop_prob,
     }
     if resume_dir is not None:
-        logger.info("Resuming from %s (step %s).", resume_dir, resume_marker["step"])
-        warn_about_run_differences(resume_marker.get("run", {}), run_info, RESUME_SENSITIVE_SETTINGS)
-        load_checkpoint(accelerator, resume_dir)
-        follow_schedule(scheduler, optimizer, schedule, state.step)
+        resume_training(
+            accelerator,
+            resume_dir,
+            resume_marker,
+            run_info,
+            RESUME_SENSITIVE_SETTINGS,
+            scheduler,
+            optimizer,
+            schedule,
+            state,
+        )
     completed_steps = state.step
 
     if args.with_tracking:

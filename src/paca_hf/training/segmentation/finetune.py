@@ -24,9 +24,6 @@ import torch
 
 from ..checkpoint import (
     TrainingState,
-    load_checkpoint,
-    resolve_resume_checkpoint,
-    verify_checkpoint,
 )
 from ..errors import TrainingError, check_finite_parameters
 from ..optim import describe_param_groups, param_groups
@@ -34,19 +31,20 @@ from ..runner import (
     accumulated_step,
     base_learning_rate,
     checkpoint_due,
-    make_accelerator,
+    make_adamw,
     maybe_sync_batchnorm,
     reset_accelerate_state,
+    resolve_resume,
     resume_position,
+    resume_training,
+    run_with_accelerator,
     save_run_checkpoint,
-    setup_logging,
     stopped_run_report,
     tracker_config,
-    warn_about_run_differences,
     write_final_outputs,
 )
 from ..sampling import EpochSampler, batch_stream
-from ..scheduler import PolyWithWarmup, follow_schedule, make_scheduler, warmup_warning
+from ..scheduler import PolyWithWarmup, make_scheduler, warmup_warning
 from ..throughput import DataWaitMeter
 from .arguments import parse_args
 from .augmentation import SegmentationTrainAugment
@@ -77,16 +75,7 @@ def main(argv=None) -> dict:
     written to OUTPUT_DIR/all_results.json), or `{"stopped_at_step": N, "latest_checkpoint_step": M, ...}` with
     `--stop_after_step` (M: the step `--resume_from_checkpoint latest` restarts from, 0 without a checkpoint; on the
     main process). Raises `TrainingError` (`CheckpointError`, `NonFiniteError`) when the run cannot go on."""
-    args = parse_args(argv)
-    accelerator = make_accelerator(args)
-    setup_logging(accelerator)
-    try:
-        return run(args, accelerator)
-    finally:
-        if args.with_tracking:
-            accelerator.end_training()
-        accelerator.free_memory()
-        reset_accelerate_state(accelerator)
+    return run_with_accelerator(parse_args(argv), run)
 
 
 def _write_outputs(args, accelerator, model, image_processor, results, init_report, pairs) -> None:
@@ -124,11 +113,7 @@ def run(args, accelerator) -> dict:
     if short_run is not None:
         logger.warning(short_run)
 
-    # Resolve the checkpoint before anything is written: a bad one stops the run here.
-    resume_dir, resume_warnings = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-    for warning in resume_warnings:
-        logger.warning(warning)
-    resume_marker = verify_checkpoint(resume_dir, check_hashes=False) if resume_dir is not None else None
+    resume_dir, resume_marker = resolve_resume(args)  # before anything is written: a bad one stops the run here
 
     set_seed(args.seed)
 
@@ -165,13 +150,7 @@ def run(args, accelerator) -> dict:
         model, args.learning_rate, args.weight_decay, args.head_lr_mult, args.clustering_lr_mult, args.norm_decay_mult
     )
     logger.info("Parameter groups:\n%s", describe_param_groups(groups))
-    optimizer = torch.optim.AdamW(
-        groups,
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.weight_decay,
-    )
+    optimizer = make_adamw(groups, args)
     # Not prepared: accelerate would step it once per process; it is stepped once per optimiser step below.
     scheduler = make_scheduler(
         optimizer, args.num_warmup_steps, args.max_train_steps, args.warmup_start_factor, args.poly_power
@@ -241,14 +220,19 @@ def run(args, accelerator) -> dict:
         "avg_non_ignore": args.avg_non_ignore,
     }
     if resume_dir is not None:
-        logger.info("Resuming from %s (step %s).", resume_dir, resume_marker["step"])
-        warn_about_run_differences(resume_marker.get("run", {}), run_info, RESUME_SENSITIVE_SETTINGS)
-        load_checkpoint(accelerator, resume_dir)
-        follow_schedule(
+        schedule = PolyWithWarmup(
+            args.num_warmup_steps, args.max_train_steps, args.warmup_start_factor, args.poly_power
+        )
+        resume_training(
+            accelerator,
+            resume_dir,
+            resume_marker,
+            run_info,
+            RESUME_SENSITIVE_SETTINGS,
             scheduler,
             optimizer,
-            PolyWithWarmup(args.num_warmup_steps, args.max_train_steps, args.warmup_start_factor, args.poly_power),
-            state.step,
+            schedule,
+            state,
         )
     completed_steps = state.step
 
