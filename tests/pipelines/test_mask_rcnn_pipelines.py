@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from reference import case_checkpoint, case_config
-from remote_code_helpers import REMOTE_SCRIPT_PROLOGUE
+from remote_code_helpers import REMOTE_SCRIPT_PROLOGUE, ErrorRecorder
 from transformers import pipeline
 from transformers.utils import logging as transformers_logging
 
@@ -44,15 +44,6 @@ def model(folder):
 def photo(index, height, width):
     """One of the package's generated scenes (textured shapes on a textured background)."""
     return Image.fromarray(scene_arrays(index, (height, width))[0])
-
-
-class ErrorRecorder(logging.Handler):
-    def __init__(self):
-        super().__init__(level=logging.ERROR)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(f"{record.name}: {record.getMessage()}")
 
 
 def run_logging_errors(function):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from reference import case_checkpoint, case_config
-from remote_code_helpers import REMOTE_SCRIPT_PROLOGUE
+from remote_code_helpers import REMOTE_SCRIPT_PROLOGUE, ErrorRecorder
 from tiny_configs import tiny_config
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 from transformers.utils import logging as transformers_logging
@@ -131,15 +131,6 @@ class RecordingStdin:
 
     def isatty(self):
         return False
-
-
-class ErrorRecorder(logging.Handler):
-    def __init__(self):
-        super().__init__(level=logging.ERROR)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(f"{record.name}: {record.getMessage()}")
 
 
 @pytest.mark.parametrize(
