@@ -245,8 +245,12 @@ def draw_soft_map(soft_map: np.ndarray, picture: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def _font():
+def load_font(size: float | None = None):
+    """Pillow's default font, at `size` pixels where Pillow can scale it (10.1+, with FreeType; else its fixed
+    bitmap font); `None` where Pillow has no bundled font (drawing then uses Pillow's own default)."""
     try:
+        return ImageFont.load_default() if size is None else ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 takes no size
         return ImageFont.load_default()
     except OSError:  # pragma: no cover - Pillow without its bundled font
         return None
@@ -266,7 +270,7 @@ def _compose(rows: list[list[tuple[str, np.ndarray | None]]], columns: int, cell
     height = len(rows) * (LABEL_HEIGHT + cell_height) + (len(rows) + 1) * PADDING
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font = _font()
+    font = load_font()
     for row_index, row in enumerate(rows):
         top = PADDING + row_index * (LABEL_HEIGHT + cell_height + PADDING)
         for column_index, (label, tile) in enumerate(row):

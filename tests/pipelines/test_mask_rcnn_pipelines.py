@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from reference import case_checkpoint, case_config
+from remote_code_helpers import REMOTE_SCRIPT_PROLOGUE, ErrorRecorder
 from transformers import pipeline
 from transformers.utils import logging as transformers_logging
 
@@ -43,15 +44,6 @@ def model(folder):
 def photo(index, height, width):
     """One of the package's generated scenes (textured shapes on a textured background)."""
     return Image.fromarray(scene_arrays(index, (height, width))[0])
-
-
-class ErrorRecorder(logging.Handler):
-    def __init__(self):
-        super().__init__(level=logging.ERROR)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(f"{record.name}: {record.getMessage()}")
 
 
 def run_logging_errors(function):
@@ -148,31 +140,9 @@ def test_pipelines_batch_images_of_different_sizes_with_a_fixed_pad_size(folder,
     assert all(len(detections) > 0 for detections in found)
 
 
-_REMOTE_PIPELINES = """
-import logging, sys
-try:
-    import paca_hf
-except ImportError:
-    pass
-else:
-    sys.exit("paca_hf must not be importable here")
-import numpy as np
-from PIL import Image
-from transformers import pipeline
-from transformers.utils import logging as transformers_logging
-
-class Errors(logging.Handler):
-    def __init__(self):
-        super().__init__(level=logging.ERROR)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-errors = Errors()
-transformers_logging.get_logger("transformers").addHandler(errors)
-logging.getLogger().addHandler(errors)
-image = Image.open(sys.argv[2])
+_REMOTE_PIPELINES = (
+    REMOTE_SCRIPT_PROLOGUE
+    + """image = Image.open(sys.argv[2])
 detector = pipeline("object-detection", model=sys.argv[1], trust_remote_code=True, device="cpu")
 segmenter = pipeline("image-segmentation", model=sys.argv[1], subtask="instance", trust_remote_code=True, device="cpu")
 for run in (detector, segmenter):
@@ -182,6 +152,7 @@ print("DETECTIONS:", len(detector(image, threshold=0.1)))
 print("INSTANCES:", len(segmenter(image, threshold=0.1)))
 print("ERRORS:", errors.messages)
 """
+)
 
 
 def test_pipelines_run_the_repos_remote_code_without_paca_hf(folder, model, tmp_path):

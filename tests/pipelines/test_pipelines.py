@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from reference import case_checkpoint, case_config
+from remote_code_helpers import REMOTE_SCRIPT_PROLOGUE, ErrorRecorder
 from tiny_configs import tiny_config
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 from transformers.utils import logging as transformers_logging
@@ -132,15 +133,6 @@ class RecordingStdin:
         return False
 
 
-class ErrorRecorder(logging.Handler):
-    def __init__(self):
-        super().__init__(level=logging.ERROR)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(f"{record.name}: {record.getMessage()}")
-
-
 @pytest.mark.parametrize(
     "task, model_class, hub_task",
     [
@@ -182,31 +174,9 @@ def test_pipelines_on_a_hub_ready_folder_ask_nothing_and_log_no_error(
     assert output, f"{task} returned nothing"
 
 
-_REMOTE_SEGMENTATION = """
-import logging, sys
-try:
-    import paca_hf
-except ImportError:
-    pass
-else:
-    sys.exit("paca_hf must not be importable here")
-import numpy as np
-from PIL import Image
-from transformers import pipeline
-from transformers.utils import logging as transformers_logging
-
-class Errors(logging.Handler):
-    def __init__(self):
-        super().__init__(level=logging.ERROR)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-errors = Errors()
-transformers_logging.get_logger("transformers").addHandler(errors)
-logging.getLogger().addHandler(errors)
-segmenter = pipeline("image-segmentation", model=sys.argv[1], trust_remote_code=True, device="cpu")
+_REMOTE_SEGMENTATION = (
+    REMOTE_SCRIPT_PROLOGUE
+    + """segmenter = pipeline("image-segmentation", model=sys.argv[1], trust_remote_code=True, device="cpu")
 assert type(segmenter.model).__module__.startswith("transformers_modules."), type(segmenter.model)
 image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
 segments = segmenter(image)
@@ -214,6 +184,7 @@ masks = np.stack([np.array(segment["mask"]) > 0 for segment in segments])
 assert masks.shape[1:] == (90, 120) and (masks.sum(axis=0) == 1).all()
 print("ERRORS:", errors.messages)
 """
+)
 
 
 def test_remote_code_segmentation_pipeline_logs_no_error(tmp_path):

@@ -3,16 +3,13 @@ models: from scratch, from a converted backbone, two processes, exact resume, th
 schedule, and the reported mIoU against the saved predictions."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from finetune_helpers import assert_normal_permissions, finetune_argv, free_port
+from finetune_helpers import assert_normal_permissions, finetune_argv, launch_on_two_cpu_processes
 from PIL import Image
 from safetensors.torch import load_file
 from tiny_configs import TINY_CONFIG, tiny_config
@@ -414,35 +411,9 @@ def test_two_processes_on_the_cpu_hold_identical_weights(tiny_config_file, tmp_p
     """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs: the script switches to the CPU
     (gloo), keeps BatchNorm (SyncBatchNorm needs CUDA) and both processes end with the same weights."""
     out = tmp_path / "ddp"
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_VERBOSITY="error",
-        PYTHONPATH=str(ROOT / "src"),
-    )
-    env.pop("ACCELERATE_USE_CPU", None)
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        str(SCRIPT),
-        *tiny_args(tiny_config_file, out, "--debug_dump_weights", "--num_train_images", "8"),
-    ]
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
-    log = completed.stdout + completed.stderr
-    assert completed.returncode == 0, log[-4000:]
+    args = tiny_args(tiny_config_file, out, "--debug_dump_weights", "--num_train_images", "8")
+    status, log = launch_on_two_cpu_processes(SCRIPT, args, ROOT)
+    assert status == 0, log[-4000:]
     assert "SyncBatchNorm needs CUDA/NCCL" in log
     ranks = [json.loads((out / "rank_checksums" / f"rank_{i}.json").read_text()) for i in range(2)]
     assert [r["num_processes"] for r in ranks] == [2, 2]

@@ -5,17 +5,14 @@ augmentation moves boxes and masks with their image, the recipe's defaults and s
 
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from finetune_helpers import free_port
+from finetune_helpers import launch_on_two_cpu_processes, scenes_argv
 from safetensors.torch import load_file
 from tiny_configs import tiny_config, tiny_detector_config
 
@@ -53,36 +50,25 @@ def coco_args(config, output_dir, *extra, steps=3, train=4, evaluate=2):
     """A few steps of a tiny detector on 64 px built-in scenes, trained at short edges 48 or 64 (half of the time after
     DETR's crop, scaled down: a resize to 64 or 80, a crop of 32-48 px) and evaluated at 64;
     `extra` come last, so they override these."""
-    return [
-        "--config_name",
-        str(config),
-        "--dataset_name",
-        "builtin-scenes",
-        "--builtin_image_size",
-        "64",
-        "--num_train_images",
-        str(train),
-        "--num_eval_images",
-        str(evaluate),
-        "--train_short_edges",
-        "48,64",
-        "--resize_scale",
-        "96,64",
-        "--detr_crop_short_edges",
-        "64,80",
-        "--detr_crop_size",
-        "32,48",
-        "--max_train_steps",
-        str(steps),
-        "--num_warmup_steps",
-        "1",
-        "--learning_rate",
-        "1e-3",
-        "--output_dir",
-        str(output_dir),
-        "--disable_tqdm",
+    return scenes_argv(
+        config,
+        output_dir,
         *extra,
-    ]
+        task_flags=[
+            "--train_short_edges",
+            "48,64",
+            "--resize_scale",
+            "96,64",
+            "--detr_crop_short_edges",
+            "64,80",
+            "--detr_crop_size",
+            "32,48",
+        ],
+        image_size=64,
+        num_train_images=train,
+        num_eval_images=evaluate,
+        steps=steps,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -416,35 +402,9 @@ def test_two_processes_on_the_cpu_hold_identical_weights_and_write_once(detector
     """`accelerate launch --multi_gpu --num_processes 2 scripts/finetune_coco.py` on a machine without GPUs: gloo on
     the CPU, both processes end with the same weights, which are the saved model's, and the results count both."""
     out = tmp_path / "ddp"
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_VERBOSITY="error",
-        PYTHONPATH=str(ROOT / "src"),
-    )
-    env.pop("ACCELERATE_USE_CPU", None)
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        str(ROOT / "scripts" / "finetune_coco.py"),
-        *coco_args(detector_config_file, out, "--debug_dump_weights", steps=2),
-    ]
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
-    log = completed.stdout + completed.stderr
-    assert completed.returncode == 0, log[-4000:]
+    args = coco_args(detector_config_file, out, "--debug_dump_weights", steps=2)
+    status, log = launch_on_two_cpu_processes(ROOT / "scripts" / "finetune_coco.py", args, ROOT)
+    assert status == 0, log[-4000:]
     ranks = [json.loads((out / "rank_checksums" / f"rank_{i}.json").read_text()) for i in range(2)]
     assert all("MULTI_CPU" in r["distributed_type"] for r in ranks)
     assert ranks[0]["checksums"] == ranks[1]["checksums"]

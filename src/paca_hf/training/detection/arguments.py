@@ -3,9 +3,16 @@ authors' Mask R-CNN 1x recipe as defaults. Flags that mean what the ADE20k fine-
 (`segmentation.arguments`); they are a public contract."""
 
 import argparse
-from pathlib import Path
 
-from ..arguments import BUILTIN_SCENES, _checkpointing_steps, _positive_int, _scale
+from ..arguments import (
+    BUILTIN_SCENES,
+    _positive_int,
+    _scale,
+    add_adamw_arguments,
+    add_run_arguments,
+    add_step_arguments,
+    check_shared_args,
+)
 
 
 def _int_list(value):
@@ -117,13 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (they decode images and masks).")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--per_device_train_batch_size", type=int, default=2)
-    optim.add_argument("--per_device_eval_batch_size", type=int, default=1)
-    optim.add_argument("--learning_rate", type=float, default=1e-4)
-    optim.add_argument("--adam_beta1", type=float, default=0.9)
-    optim.add_argument("--adam_beta2", type=float, default=0.999)
-    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
-    optim.add_argument("--weight_decay", type=float, default=0.05)
+    add_adamw_arguments(optim, learning_rate=1e-4, weight_decay=0.05)
     optim.add_argument(
         "--norm_decay_mult",
         type=float,
@@ -147,62 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--lr_decay_factor", type=float, default=0.1)
     optim.add_argument("--num_warmup_steps", type=int, default=500)
     optim.add_argument("--warmup_start_factor", type=float, default=0.001)
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optim.add_argument("--max_grad_norm", type=float, default=None, help="Clip gradients (the recipe does not).")
-    optim.add_argument("--seed", type=int, default=0)
+    add_step_arguments(optim)
 
-    run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", type=str, required=True)
-    run.add_argument(
-        "--mixed_precision",
-        type=str,
-        default=None,
-        choices=["no", "fp16", "bf16"],
-        help="Through accelerate; default: accelerate's configuration (no).",
-    )
-    run.add_argument("--cpu", action="store_true", help="Run on the CPU even if a GPU is there.")
-    run.add_argument(
-        "--checkpointing_steps",
-        type=_checkpointing_steps,
-        default=None,
-        help="Save the training state every N steps, or 'epoch'.",
-    )
-    run.add_argument(
-        "--checkpoints_total_limit",
-        type=int,
-        default=1,
-        help="Complete checkpoints kept (the previous ones are removed only after a new one is "
-        "complete); 0 keeps all.",
-    )
-    run.add_argument(
-        "--resume_from_checkpoint",
-        type=str,
-        default=None,
-        help="A checkpoint folder, or 'latest' (the newest complete one in --output_dir).",
-    )
-    run.add_argument(
-        "--stop_after_step",
-        type=int,
-        default=None,
-        help="Stop after this step as if interrupted (the schedule still ends at the last step); for "
-        "time-limited jobs and tests. No final model is written.",
-    )
-    run.add_argument("--eval_steps", type=int, default=None, help="Also evaluate every N steps (always at the end).")
-    run.add_argument("--logging_steps", type=int, default=50)
-    run.add_argument("--with_tracking", action="store_true", help="Log to the trackers of --report_to.")
-    run.add_argument(
-        "--report_to", type=str, default="all", help="accelerate trackers: tensorboard, wandb, comet_ml, ... or 'all'."
-    )
-    run.add_argument("--push_to_hub", action="store_true")
-    run.add_argument("--hub_model_id", type=str, default=None)
-    run.add_argument("--hub_token", type=str, default=None)
-    run.add_argument(
-        "--debug_dump_weights",
-        action="store_true",
-        help="Write every process's weight checksums to rank_checksums/rank_N.json.",
-    )
-    run.add_argument("--find_unused_parameters", action="store_true", help="DistributedDataParallel option.")
-    run.add_argument("--disable_tqdm", action="store_true")
+    add_run_arguments(parser, schedule_end="the last step")
     return parser
 
 
@@ -213,19 +161,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     or does not exist yet); otherwise argparse's usage error (`SystemExit` 2) naming the flag."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag in (
-        "learning_rate",
-        "weight_decay",
-        "adam_epsilon",
-        "norm_decay_mult",
-        "warmup_start_factor",
-        "lr_decay_factor",
-    ):
-        if not getattr(args, flag) >= 0:  # NaN fails too
-            parser.error(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    for flag in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
+    check_shared_args(
+        parser,
+        args,
+        non_negative=(
+            "learning_rate",
+            "weight_decay",
+            "adam_epsilon",
+            "norm_decay_mult",
+            "warmup_start_factor",
+            "lr_decay_factor",
+        ),
+    )
     for flag in ("flip_prob", "detr_crop_prob"):
         if not 0 <= getattr(args, flag) <= 1:
             parser.error(f"--{flag} must be in [0, 1], got {getattr(args, flag)}")
@@ -234,18 +181,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             f"--detr_crop_size must be 'MIN,MAX' with 1 <= MIN <= MAX, got {args.detr_crop_size}, and "
             f"--detr_crop_short_edges whole numbers >= 1, got {args.detr_crop_short_edges}"
         )
-    if args.max_grad_norm is not None and not args.max_grad_norm > 0:
-        parser.error(f"--max_grad_norm must be > 0, got {args.max_grad_norm}")
     if args.num_warmup_steps < 0 or args.num_workers < 0:
         parser.error("--num_warmup_steps and --num_workers must be >= 0.")
     if min(args.train_short_edges) < 1:
         parser.error(f"--train_short_edges must be whole numbers >= 1, got {args.train_short_edges}")
-    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
-        parser.error(f"--output_dir {args.output_dir} exists and is not a folder")
-    if (args.model_name_or_path is None) == (args.config_name is None):
-        parser.error("pass exactly one of --model_name_or_path (fine-tune) and --config_name (scratch).")
-    if args.gradient_accumulation_steps < 1 or args.per_device_train_batch_size < 1:
-        parser.error("--gradient_accumulation_steps and --per_device_train_batch_size must be >= 1.")
     if args.num_train_epochs < 1:
         parser.error(f"--num_train_epochs must be >= 1, got {args.num_train_epochs}")
     if args.max_train_steps is not None and args.max_train_steps < 0:
@@ -267,6 +206,4 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(
             f"missing {', '.join('--' + flag for flag in missing)} (or pass --dataset_name {BUILTIN_SCENES})."
         )
-    if args.push_to_hub and args.hub_model_id is None:
-        args.hub_model_id = Path(args.output_dir).name
     return args

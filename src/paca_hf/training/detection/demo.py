@@ -7,13 +7,11 @@ The model, data and schedule are chosen so that the whole path runs in minutes o
 numbers say nothing about PaCa-ViT on COCO.
 """
 
-import os
-import time
-from pathlib import Path
-
 import numpy as np
 
-from ...file_utils import write_json_atomically
+from ...visualization import load_font
+from ..runner import default_threads as default_threads  # public here: scripts/demo.py, scripts/benchmark_demo.py
+from ..runner import run_demo_finetune
 from . import finetune
 
 
@@ -59,12 +57,6 @@ DEMO_SETTINGS = {
     "resize_scale": "256,128",
     "detr_crop_prob": 0.0,  # DETR's crops of 384-600 px are for COCO's images, not for 128 px scenes
 }
-
-
-def default_threads() -> int:
-    """One thread on a 2-core (often shared) machine, more where there are more cores (as `make demo`)."""
-    cores = os.cpu_count() or 1
-    return 1 if cores <= 2 else min(8, cores // 2)
 
 
 def finetune_argv(output_dir, config_path, seed=0, settings=None) -> list:
@@ -114,31 +106,18 @@ def finetune_argv(output_dir, config_path, seed=0, settings=None) -> list:
 
 def run_finetune(output_dir, seed=0, settings=None, threads=None, quiet=False) -> tuple:
     """`(results, minutes)` of one demo training run into `output_dir`."""
-    import torch
-
-    torch.set_num_threads(threads or default_threads())
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config_path = output_dir / "demo_detector_config.json"
-    write_json_atomically(config_path, DEMO_DETECTOR, indent=1)
-    argv = finetune_argv(output_dir, config_path, seed, settings)
-    if quiet:
-        argv.append("--disable_tqdm")
-    started = time.time()
-    results = finetune.main(argv)
-    return results, (time.time() - started) / 60.0
+    return run_demo_finetune(
+        finetune.main,
+        output_dir,
+        DEMO_DETECTOR,
+        "demo_detector_config.json",
+        lambda folder, config_path: finetune_argv(folder, config_path, seed, settings),
+        threads,
+        quiet,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ picture
-
-
-def _font(size):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
 
 
 COLOURS = [(230, 60, 60), (60, 180, 75), (70, 110, 235), (250, 200, 40), (200, 70, 220), (70, 210, 210)]
@@ -172,7 +151,7 @@ def render_detections(images, truths, predictions, header: list[str], scale: int
     `label_id`, `label`, `mask` (H, W) bool or None, `score` for predictions)."""
     from PIL import Image, ImageDraw
 
-    font = _font(11)
+    font = load_font(11)
     tiles = [
         [
             _draw_instances(image, [], scale, font),

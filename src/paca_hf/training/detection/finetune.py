@@ -24,20 +24,26 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import TrainingState, load_checkpoint, resolve_resume_checkpoint, save_checkpoint, verify_checkpoint
-from ..errors import TrainingError, check_finite_loss, check_finite_parameters
+from ..checkpoint import TrainingState
+from ..errors import TrainingError, check_finite_parameters
 from ..optim import describe_param_groups, param_groups
 from ..runner import (
-    make_accelerator,
+    accumulated_step,
+    base_learning_rate,
+    checkpoint_due,
+    make_adamw,
     maybe_sync_batchnorm,
-    reset_accelerate_state,
-    setup_logging,
+    resolve_resume,
+    resume_position,
+    resume_training,
+    run_with_accelerator,
+    save_run_checkpoint,
     stopped_run_report,
-    warn_about_run_differences,
+    tracker_config,
     write_final_outputs,
 )
 from ..sampling import EpochSampler, batch_stream
-from ..scheduler import MultiStepWithWarmup, follow_schedule, whole_run_warmup_warning
+from ..scheduler import MultiStepWithWarmup, whole_run_warmup_warning
 from ..throughput import DataWaitMeter
 from .arguments import parse_args
 from .augmentation import DetectionTrainAugment
@@ -68,16 +74,7 @@ def main(argv=None) -> dict:
     written to OUTPUT_DIR/all_results.json on the main process), or `{"stopped_at_step": N,
     "latest_checkpoint_step": M, ...}` with `--stop_after_step`. Raises `TrainingError` (`CheckpointError`,
     `NonFiniteError`) when the run cannot go on, `ValueError` naming the annotation, image or file for bad data."""
-    args = parse_args(argv)
-    accelerator = make_accelerator(args)
-    setup_logging(accelerator)
-    try:
-        return run(args, accelerator)
-    finally:
-        if args.with_tracking:
-            accelerator.end_training()
-        accelerator.free_memory()
-        reset_accelerate_state(accelerator)
+    return run_with_accelerator(parse_args(argv), run)
 
 
 def evaluate_detector(
@@ -132,11 +129,7 @@ def run(args, accelerator) -> dict:
     output_dir = Path(args.output_dir)
     logger.info("%s", accelerator.state)
 
-    # Resolve the checkpoint before anything is written: a bad one stops the run here.
-    resume_dir, resume_warnings = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-    for warning in resume_warnings:
-        logger.warning(warning)
-    resume_marker = verify_checkpoint(resume_dir, check_hashes=False) if resume_dir is not None else None
+    resume_dir, resume_marker = resolve_resume(args)  # before anything is written: a bad one stops the run here
 
     set_seed(args.seed)
     with accelerator.main_process_first():
@@ -177,13 +170,7 @@ def run(args, accelerator) -> dict:
         norm_decay_mult=args.norm_decay_mult,
     )
     logger.info("Parameter groups:\n%s", describe_param_groups(groups))
-    optimizer = torch.optim.AdamW(
-        groups,
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.weight_decay,
-    )
+    optimizer = make_adamw(groups, args)
 
     sampler = EpochSampler(len(train_dataset), seed=args.seed)
     # Dedicated generators: creating loader iterators must not draw from the global RNG (the samplers' and
@@ -267,30 +254,21 @@ def run(args, accelerator) -> dict:
         "detr_crop_prob": args.detr_crop_prob,
     }
     if resume_dir is not None:
-        logger.info("Resuming from %s (step %s).", resume_dir, resume_marker["step"])
-        warn_about_run_differences(resume_marker.get("run", {}), run_info, RESUME_SENSITIVE_SETTINGS)
-        load_checkpoint(accelerator, resume_dir)
-        follow_schedule(scheduler, optimizer, schedule, state.step)
+        resume_training(
+            accelerator,
+            resume_dir,
+            resume_marker,
+            run_info,
+            RESUME_SENSITIVE_SETTINGS,
+            scheduler,
+            optimizer,
+            schedule,
+            state,
+        )
     completed_steps = state.step
 
     if args.with_tracking:
-        config = {
-            key: value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
-            for key, value in vars(args).items()
-        }
-        accelerator.init_trackers("finetune_coco", config)
-
-    def checkpoint(name: str) -> None:
-        check_finite_parameters(model, completed_steps, f"checkpoint {name}", accelerator)
-        consumed = completed_steps * accumulation
-        info = {
-            "step": completed_steps,
-            "epoch": consumed // max(batches_per_epoch, 1),
-            "batches_in_epoch": consumed % max(batches_per_epoch, 1),
-            "run": run_info,
-        }
-        folder = save_checkpoint(accelerator, output_dir, name, info, state, args.checkpoints_total_limit or None)
-        logger.info("Saved checkpoint %s (step %d).", folder, completed_steps)
+        accelerator.init_trackers("finetune_coco", tracker_config(args))
 
     def run_eval() -> dict:
         return evaluate_detector(
@@ -304,42 +282,31 @@ def run(args, accelerator) -> dict:
         )
 
     target = max_train_steps if args.stop_after_step is None else min(max_train_steps, args.stop_after_step)
-    consumed = completed_steps * accumulation
-    epoch = consumed // max(batches_per_epoch, 1)
-    stream = batch_stream(
-        train_loader, sampler, epoch, consumed % max(batches_per_epoch, 1), accelerator.skip_first_batches
-    )
+    epoch, batches_in_epoch = resume_position(completed_steps, accumulation, batches_per_epoch)
+    stream = batch_stream(train_loader, sampler, epoch, batches_in_epoch, accelerator.skip_first_batches)
     progress = tqdm(
         total=max_train_steps,
         initial=completed_steps,
         desc="train",
         disable=args.disable_tqdm or not accelerator.is_main_process,
     )
+
+    def prepare(batch):
+        return augment(batch, generator=state.generator, device=accelerator.device)
+
+    def forward(inputs):
+        pixel_values, image_sizes, labels = inputs
+        outputs = model(pixel_values=pixel_values, image_sizes=image_sizes, labels=labels)
+        return outputs.loss, torch.stack([outputs.loss, *(outputs[name] for name in LOSS_NAMES)])
+
     model.train()
     running = {}
     last_losses = None
     data_wait = DataWaitMeter()
     while completed_steps < target:
-        step_losses = torch.zeros(1 + len(LOSS_NAMES), device=accelerator.device)
-        # One optimiser step: accelerate skips the gradient all-reduce, `optimizer.step` and `zero_grad` on all
-        # but the last of these batches, and divides the loss by their number in `backward`.
-        for _ in range(accumulation):
-            with data_wait.waiting():
-                epoch, batch = next(stream)
-                pixel_values, image_sizes, labels = augment(
-                    batch, generator=state.generator, device=accelerator.device
-                )
-            with accelerator.accumulate(model):
-                outputs = model(pixel_values=pixel_values, image_sizes=image_sizes, labels=labels)
-                check_finite_loss(outputs.loss, completed_steps + 1, accelerator)
-                accelerator.backward(outputs.loss)
-                parts = torch.stack([outputs.loss, *(outputs[name] for name in LOSS_NAMES)]).detach()
-                step_losses += parts / accumulation
-                if accelerator.sync_gradients and args.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        epoch, step_losses = accumulated_step(
+            accelerator, model, optimizer, scheduler, stream, data_wait, args, completed_steps + 1, prepare, forward
+        )
         completed_steps += 1
         state.step = completed_steps
         progress.update(1)
@@ -353,7 +320,7 @@ def run(args, accelerator) -> dict:
         if completed_steps % max(args.logging_steps, 1) == 0 or completed_steps == target:
             count = running.pop("count")
             means = {name: total / count for name, total in running.items()}
-            lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
+            lr = base_learning_rate(optimizer)
             logger.info(
                 "step %d/%d  %s  lr %.3g  epoch %d",
                 completed_steps,
@@ -380,13 +347,9 @@ def run(args, accelerator) -> dict:
                 )
                 if args.with_tracking:
                     accelerator.log(metrics_to_json(metrics), step=completed_steps)
-        if isinstance(args.checkpointing_steps, int) and completed_steps % args.checkpointing_steps == 0:
-            checkpoint(f"step_{completed_steps}")
-        elif args.checkpointing_steps == "epoch" and batches_per_epoch:
-            before = ((completed_steps - 1) * accumulation) // batches_per_epoch
-            after = (completed_steps * accumulation) // batches_per_epoch
-            if after > before:
-                checkpoint(f"epoch_{after - 1}")
+        name = checkpoint_due(args.checkpointing_steps, completed_steps, accumulation, batches_per_epoch)
+        if name is not None:
+            save_run_checkpoint(accelerator, model, state, name, args, completed_steps, batches_per_epoch, run_info)
     progress.close()
     logger.info("%s", data_wait.describe(args.num_workers))
 

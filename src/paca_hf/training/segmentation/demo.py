@@ -6,15 +6,15 @@ The model, data and schedule are chosen so that the whole path (training, evalua
 in minutes on a CPU and visibly learns; the numbers say nothing about PaCa-ViT on ADE20k.
 """
 
-import os
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
-from ...file_utils import write_json_atomically
 from ...images import image_to_array
+from ...visualization import load_font
+from ..runner import default_threads as default_threads  # public here: scripts/demo.py, scripts/benchmark_demo.py
+from ..runner import run_demo_finetune
 from . import finetune
 
 
@@ -62,13 +62,6 @@ COLOURS = [
     (145, 30, 180),
 ]
 IGNORED_COLOUR = (40, 40, 40)
-
-
-def default_threads() -> int:
-    """One thread on a 2-core (often shared) machine: OpenMP threads fighting for busy cores were 3-4x slower
-    than one thread in our measurements; more where there are more cores."""
-    cores = os.cpu_count() or 1
-    return 1 if cores <= 2 else min(8, cores // 2)
 
 
 def expected_miou() -> tuple[float, float]:
@@ -139,31 +132,18 @@ def finetune_argv(output_dir, config_path, seed=0, settings=None) -> list:
 
 def run_finetune(output_dir, seed=0, settings=None, threads=None, quiet=False) -> tuple:
     """`(results, minutes)` of one demo fine-tune into `output_dir`."""
-    import torch
-
-    torch.set_num_threads(threads or default_threads())
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config_path = output_dir / "demo_model_config.json"
-    write_json_atomically(config_path, DEMO_MODEL, indent=1)
-    argv = finetune_argv(output_dir, config_path, seed, settings)
-    if quiet:
-        argv.append("--disable_tqdm")
-    started = time.time()
-    results = finetune.main(argv)
-    return results, (time.time() - started) / 60.0
+    return run_demo_finetune(
+        finetune.main,
+        output_dir,
+        DEMO_MODEL,
+        "demo_model_config.json",
+        lambda folder, config_path: finetune_argv(folder, config_path, seed, settings),
+        threads,
+        quiet,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ picture
-
-
-def _font(size):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:
-        return ImageFont.load_default()
 
 
 def colourise(label_map, num_labels, ignore_index=255):
@@ -195,7 +175,7 @@ def render_grid(images, truths, predictions, id2label, header, scale=2, ignore_i
     cell_h, cell_w, pad = height * scale, width * scale, 6
     titles = ["image", "truth", "prediction (pipeline)", "errors (scored pixels)"]
     canvas_w = 4 * cell_w + 5 * pad
-    font = _font(13)
+    font = load_font(13)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     lines = []
     for text in header:  # wrap to the picture's width

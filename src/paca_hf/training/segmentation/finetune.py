@@ -24,24 +24,27 @@ import torch
 
 from ..checkpoint import (
     TrainingState,
-    load_checkpoint,
-    resolve_resume_checkpoint,
-    save_checkpoint,
-    verify_checkpoint,
 )
-from ..errors import TrainingError, check_finite_loss, check_finite_parameters
+from ..errors import TrainingError, check_finite_parameters
 from ..optim import describe_param_groups, param_groups
 from ..runner import (
-    make_accelerator,
+    accumulated_step,
+    base_learning_rate,
+    checkpoint_due,
+    make_adamw,
     maybe_sync_batchnorm,
     reset_accelerate_state,
-    setup_logging,
+    resolve_resume,
+    resume_position,
+    resume_training,
+    run_with_accelerator,
+    save_run_checkpoint,
     stopped_run_report,
-    warn_about_run_differences,
+    tracker_config,
     write_final_outputs,
 )
 from ..sampling import EpochSampler, batch_stream
-from ..scheduler import PolyWithWarmup, follow_schedule, make_scheduler, warmup_warning
+from ..scheduler import PolyWithWarmup, make_scheduler, warmup_warning
 from ..throughput import DataWaitMeter
 from .arguments import parse_args
 from .augmentation import SegmentationTrainAugment
@@ -72,16 +75,7 @@ def main(argv=None) -> dict:
     written to OUTPUT_DIR/all_results.json), or `{"stopped_at_step": N, "latest_checkpoint_step": M, ...}` with
     `--stop_after_step` (M: the step `--resume_from_checkpoint latest` restarts from, 0 without a checkpoint; on the
     main process). Raises `TrainingError` (`CheckpointError`, `NonFiniteError`) when the run cannot go on."""
-    args = parse_args(argv)
-    accelerator = make_accelerator(args)
-    setup_logging(accelerator)
-    try:
-        return run(args, accelerator)
-    finally:
-        if args.with_tracking:
-            accelerator.end_training()
-        accelerator.free_memory()
-        reset_accelerate_state(accelerator)
+    return run_with_accelerator(parse_args(argv), run)
 
 
 def _write_outputs(args, accelerator, model, image_processor, results, init_report, pairs) -> None:
@@ -119,11 +113,7 @@ def run(args, accelerator) -> dict:
     if short_run is not None:
         logger.warning(short_run)
 
-    # Resolve the checkpoint before anything is written: a bad one stops the run here.
-    resume_dir, resume_warnings = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-    for warning in resume_warnings:
-        logger.warning(warning)
-    resume_marker = verify_checkpoint(resume_dir, check_hashes=False) if resume_dir is not None else None
+    resume_dir, resume_marker = resolve_resume(args)  # before anything is written: a bad one stops the run here
 
     set_seed(args.seed)
 
@@ -160,13 +150,7 @@ def run(args, accelerator) -> dict:
         model, args.learning_rate, args.weight_decay, args.head_lr_mult, args.clustering_lr_mult, args.norm_decay_mult
     )
     logger.info("Parameter groups:\n%s", describe_param_groups(groups))
-    optimizer = torch.optim.AdamW(
-        groups,
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.weight_decay,
-    )
+    optimizer = make_adamw(groups, args)
     # Not prepared: accelerate would step it once per process; it is stepped once per optimiser step below.
     scheduler = make_scheduler(
         optimizer, args.num_warmup_steps, args.max_train_steps, args.warmup_start_factor, args.poly_power
@@ -236,34 +220,24 @@ def run(args, accelerator) -> dict:
         "avg_non_ignore": args.avg_non_ignore,
     }
     if resume_dir is not None:
-        logger.info("Resuming from %s (step %s).", resume_dir, resume_marker["step"])
-        warn_about_run_differences(resume_marker.get("run", {}), run_info, RESUME_SENSITIVE_SETTINGS)
-        load_checkpoint(accelerator, resume_dir)
-        follow_schedule(
+        schedule = PolyWithWarmup(
+            args.num_warmup_steps, args.max_train_steps, args.warmup_start_factor, args.poly_power
+        )
+        resume_training(
+            accelerator,
+            resume_dir,
+            resume_marker,
+            run_info,
+            RESUME_SENSITIVE_SETTINGS,
             scheduler,
             optimizer,
-            PolyWithWarmup(args.num_warmup_steps, args.max_train_steps, args.warmup_start_factor, args.poly_power),
-            state.step,
+            schedule,
+            state,
         )
     completed_steps = state.step
 
     if args.with_tracking:
-        config = {
-            k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in vars(args).items()
-        }
-        accelerator.init_trackers("finetune_ade20k", config)
-
-    def checkpoint(name: str) -> None:
-        check_finite_parameters(model, completed_steps, f"checkpoint {name}", accelerator)
-        consumed = completed_steps * accumulation
-        info = {
-            "step": completed_steps,
-            "epoch": consumed // max(batches_per_epoch, 1),
-            "batches_in_epoch": consumed % max(batches_per_epoch, 1),
-            "run": run_info,
-        }
-        folder = save_checkpoint(accelerator, output_dir, name, info, state, args.checkpoints_total_limit or None)
-        logger.info("Saved checkpoint %s (step %d).", folder, completed_steps)
+        accelerator.init_trackers("finetune_ade20k", tracker_config(args))
 
     def run_eval(keep_predictions=False):
         return evaluate_segmentation(
@@ -279,51 +253,40 @@ def run(args, accelerator) -> dict:
         )
 
     target = args.max_train_steps if args.stop_after_step is None else min(args.max_train_steps, args.stop_after_step)
-    consumed = completed_steps * accumulation
-    epoch = consumed // max(batches_per_epoch, 1)
-    stream = batch_stream(
-        train_loader, sampler, epoch, consumed % max(batches_per_epoch, 1), accelerator.skip_first_batches
-    )
+    epoch, batches_in_epoch = resume_position(completed_steps, accumulation, batches_per_epoch)
+    stream = batch_stream(train_loader, sampler, epoch, batches_in_epoch, accelerator.skip_first_batches)
     progress = tqdm(
         total=args.max_train_steps,
         initial=completed_steps,
         desc="train",
         disable=args.disable_tqdm or not accelerator.is_main_process,
     )
+
+    def prepare(batch):
+        return augment(batch["images"], batch["labels"], generator=state.generator, device=accelerator.device)
+
+    def forward(inputs):
+        loss, _ = segmentation_loss(model, *inputs, 255, args.avg_non_ignore)
+        return loss, loss.reshape(1)
+
     model.train()
     running_loss, running_count, last_loss = 0.0, 0, None
     data_wait = DataWaitMeter()
     while completed_steps < target:
-        step_loss = torch.zeros((), device=accelerator.device)
-        # One optimiser step: accelerate skips the gradient all-reduce, `optimizer.step` and `zero_grad` on all
-        # but the last of these batches, and divides the loss by their number in `backward`.
-        for _ in range(accumulation):
-            with data_wait.waiting():
-                epoch, batch = next(stream)
-                images, labels = augment(
-                    batch["images"], batch["labels"], generator=state.generator, device=accelerator.device
-                )
-            with accelerator.accumulate(model):
-                loss, _ = segmentation_loss(model, images, labels, 255, args.avg_non_ignore)
-                check_finite_loss(loss, completed_steps + 1, accelerator)
-                accelerator.backward(loss)
-                step_loss += loss.detach() / accumulation
-                if accelerator.sync_gradients and args.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        epoch, step_loss = accumulated_step(
+            accelerator, model, optimizer, scheduler, stream, data_wait, args, completed_steps + 1, prepare, forward
+        )
         completed_steps += 1
         state.step = completed_steps
         progress.update(1)
 
-        loss_value = accelerator.gather(step_loss.reshape(1)).mean().item()
+        loss_value = accelerator.gather(step_loss).mean().item()
         last_loss = loss_value
         running_loss += loss_value
         running_count += 1
         data_wait.step_done()
         if completed_steps % max(args.logging_steps, 1) == 0 or completed_steps == target:
-            lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
+            lr = base_learning_rate(optimizer)
             logger.info(
                 "step %d/%d  loss %.4f  lr %.3g  epoch %d",
                 completed_steps,
@@ -342,13 +305,9 @@ def run(args, accelerator) -> dict:
             logger.info("step %d: eval mIoU %.4f", completed_steps, metrics["mean_iou"])
             if args.with_tracking:
                 accelerator.log({"eval_mean_iou": metrics["mean_iou"]}, step=completed_steps)
-        if isinstance(args.checkpointing_steps, int) and completed_steps % args.checkpointing_steps == 0:
-            checkpoint(f"step_{completed_steps}")
-        elif args.checkpointing_steps == "epoch" and batches_per_epoch:
-            before = ((completed_steps - 1) * accumulation) // batches_per_epoch
-            after = (completed_steps * accumulation) // batches_per_epoch
-            if after > before:
-                checkpoint(f"epoch_{after - 1}")
+        name = checkpoint_due(args.checkpointing_steps, completed_steps, accumulation, batches_per_epoch)
+        if name is not None:
+            save_run_checkpoint(accelerator, model, state, name, args, completed_steps, batches_per_epoch, run_info)
     progress.close()
     logger.info("%s", data_wait.describe(args.num_workers))
 
