@@ -33,7 +33,6 @@ from ..runner import (
     checkpoint_due,
     make_adamw,
     maybe_sync_batchnorm,
-    reset_accelerate_state,
     resolve_resume,
     resume_position,
     resume_training,
@@ -52,9 +51,6 @@ from .data import collate_segmentation, load_segmentation_splits, resolve_id2lab
 from .evaluation import evaluate_segmentation, metrics_to_json
 from .model import build_model, recipe_image_processor, segmentation_loss
 
-
-# Kept under its former name (tests and callers use it).
-_reset_accelerate_state = reset_accelerate_state
 
 logger = logging.getLogger(__name__)
 
