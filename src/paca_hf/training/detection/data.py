@@ -6,7 +6,6 @@ Crowd annotations (`iscrowd` 1) are left out of the training targets, as mmdetec
 `filter_empty_gt=True` does, counted in the log; evaluation runs every image.
 """
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -17,7 +16,7 @@ import torch
 
 from ..arguments import BUILTIN_SCENES
 from ..transforms import decode_image
-from .evaluation import image_files, load_coco_annotations
+from .evaluation import image_files, load_coco_annotations, read_annotation_file
 
 
 logger = logging.getLogger(__name__)
@@ -25,19 +24,6 @@ logger = logging.getLogger(__name__)
 BUILTIN_SCENES_FOLDER = "builtin-scenes-coco"
 # The built-in scenes' default split sizes (as the ADE20k fine-tune's: 200 training, 50 validation scenes).
 BUILTIN_TRAIN_IMAGES, BUILTIN_EVAL_IMAGES = 200, 50
-
-
-def _read_json(path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            dataset = json.load(handle)
-    except FileNotFoundError:
-        raise ValueError(f"the annotation file {os.fspath(path)} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"the annotation file {os.fspath(path)} is not JSON: {error}") from None
-    if not isinstance(dataset, dict):
-        raise ValueError(f"the annotation file {os.fspath(path)} holds no JSON object (COCO instances format)")
-    return dataset
 
 
 def load_coco_split(annotations, images_dir, num_images: int | None = None, skip_invalid_annotations: bool = False):
@@ -52,7 +38,7 @@ def load_coco_split(annotations, images_dir, num_images: int | None = None, skip
         `ValueError`: naming the problem: the file missing or not JSON, bad annotations (unknown image or category
             ids, boxes outside the image, zero-area polygons, ...: each named), missing image files.
     """
-    dataset = _read_json(annotations)
+    dataset = read_annotation_file(annotations)
     if num_images is not None and isinstance(dataset.get("images"), list):
         kept = set(
             sorted(image.get("id") for image in dataset["images"] if isinstance(image.get("id"), int))[:num_images]

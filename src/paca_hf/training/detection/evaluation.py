@@ -177,6 +177,21 @@ def check_coco_annotations(dataset: Mapping) -> None:
         raise ValueError("bad COCO annotations: " + _listed(problems + list(bad.values())))
 
 
+def read_annotation_file(path: str | os.PathLike) -> dict:
+    """The JSON object of a COCO annotation file. Raises `ValueError` naming the file when it is missing, not JSON, or
+    not a JSON object."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            dataset = json.load(handle)
+    except FileNotFoundError:
+        raise ValueError(f"the annotation file {os.fspath(path)} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"the annotation file {os.fspath(path)} is not JSON: {error}") from None
+    if not isinstance(dataset, dict):
+        raise ValueError(f"the annotation file {os.fspath(path)} holds no JSON object (COCO instances format)")
+    return dataset
+
+
 def load_coco_annotations(source, skip_invalid_annotations: bool = False):
     """
     A `pycocotools.coco.COCO` index of a COCO instances file, checked by [`check_coco_annotations`] first.
@@ -192,18 +207,7 @@ def load_coco_annotations(source, skip_invalid_annotations: bool = False):
         `ValueError`: the file is missing or not JSON, or the annotations are bad (each problem named).
     """
     coco_module, _, _ = _pycocotools()
-    if isinstance(source, Mapping):
-        dataset = copy.deepcopy(dict(source))
-    else:
-        try:
-            with open(source, encoding="utf-8") as handle:
-                dataset = json.load(handle)
-        except FileNotFoundError:
-            raise ValueError(f"the annotation file {os.fspath(source)} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"the annotation file {os.fspath(source)} is not JSON: {error}") from None
-        if not isinstance(dataset, dict):
-            raise ValueError(f"the annotation file {os.fspath(source)} holds no JSON object (COCO instances format)")
+    dataset = copy.deepcopy(dict(source)) if isinstance(source, Mapping) else read_annotation_file(source)
     problems, bad = _find_problems(dataset)
     if problems or (bad and not skip_invalid_annotations):
         hint = "" if problems else " (skip_invalid_annotations=True / --skip-invalid-annotations leaves them out)"
