@@ -242,7 +242,7 @@ def test_a_launch_that_would_train_each_machine_alone_is_refused(tiny_config_fil
     with pytest.raises(TrainingError, match="Add --multi_gpu"):
         imagenet_parse_args(["--config_name", "x", "--output_dir", str(out)])
     with pytest.raises(TrainingError, match="Add --multi_gpu"):
-        finetune.make_accelerator(finetune.parse_args(args))
+        runner.make_accelerator(finetune.parse_args(args))
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")  # accelerate's mpirun launch (--mpirun_hostfile): accepted
     distributed.check_launch()
     monkeypatch.delenv("OMPI_COMM_WORLD_SIZE")
@@ -263,7 +263,7 @@ def test_fsdp_on_the_cpu_is_refused_with_the_reason(tiny_config_file, tmp_path, 
     )
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(TrainingError, match="FSDP .* needs GPUs"):
-        finetune.make_accelerator(args)
+        runner.make_accelerator(args)
     monkeypatch.setenv("WORLD_SIZE", "2")
     if not torch.cuda.is_available():
         with pytest.raises(TrainingError, match="FSDP .* needs GPUs"):
