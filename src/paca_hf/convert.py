@@ -328,6 +328,17 @@ def summarize_prefixes(keys) -> str:
     return ", ".join(f"{prefix} ({count} tensors)" for prefix, count in counts.items())
 
 
+def _key_problems(wrong_shape, unexpected, missing, wrong_value=()) -> list[str]:
+    """The parts of a mismatch message, one per non-empty group of checkpoint keys."""
+    groups = (
+        ("shape mismatch", wrong_shape),
+        ("unexpected in the checkpoint", unexpected),
+        ("missing from the checkpoint", missing),
+        ("unexpected values", wrong_value),
+    )
+    return [f"{what} ({len(keys)}): {summarize_keys(keys)}" for what, keys in groups if keys]
+
+
 def convert_state_dict(
     source: dict[str, torch.Tensor], model: torch.nn.Module, clustering_type: str, suggest: bool = True
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -373,15 +384,7 @@ def convert_state_dict(
         _name_in_checkpoint(key, prefix, source, clustering_type, upernet)
         for key in sorted(set(target) - set(converted) - mismatched)
     ]
-    problems = []
-    if wrong_shape:
-        problems.append(f"shape mismatch ({len(wrong_shape)}): {summarize_keys(wrong_shape)}")
-    if unexpected:
-        problems.append(f"unexpected in the checkpoint ({len(unexpected)}): {summarize_keys(unexpected)}")
-    if missing:
-        problems.append(f"missing from the checkpoint ({len(missing)}): {summarize_keys(missing)}")
-    if wrong_value:
-        problems.append(f"unexpected values ({len(wrong_value)}): {summarize_keys(wrong_value)}")
+    problems = _key_problems(wrong_shape, unexpected, missing, wrong_value)
     if problems:
         hint = _matching_official_name(source, model) if suggest else None
         raise ConversionError(
@@ -474,12 +477,7 @@ def convert_detector_state_dict(
         for key in target
         if key not in converted and not key.startswith("backbone.")
     ]
-    if wrong_shape:
-        problems.append(f"shape mismatch ({len(wrong_shape)}): {summarize_keys(wrong_shape)}")
-    if unexpected:
-        problems.append(f"unexpected in the checkpoint ({len(unexpected)}): {summarize_keys(unexpected)}")
-    if missing:
-        problems.append(f"missing from the checkpoint ({len(missing)}): {summarize_keys(missing)}")
+    problems += _key_problems(wrong_shape, unexpected, missing)
     if problems:
         raise ConversionError("The checkpoint does not match the detector. " + " | ".join(problems))
     return converted
